@@ -1,0 +1,264 @@
+// Package routes owns gatehouse's configuration: the TOML file a user
+// writes, its validation (every error with the line it is on), and the
+// route table that maps an SNI name to the route that serves it.
+//
+// Nothing here touches the network or certificates; the proxy and
+// tlsconfig packages read what this package produces.
+package routes
+
+import (
+	"fmt"
+	"time"
+)
+
+// DefaultDirectory is the ACME directory used when [acme] names none.
+const DefaultDirectory = "https://acme-v02.api.letsencrypt.org/directory"
+
+// Modes a route can forward in.
+const (
+	ModeHTTP        = "http"        // terminate TLS, reverse-proxy HTTP/1.1 and HTTP/2
+	ModeTCP         = "tcp"         // terminate TLS, pipe plaintext bytes
+	ModePassthrough = "passthrough" // do not terminate: route by SNI, pipe the TLS bytes
+)
+
+// Config is the whole gatehouse.toml. Field tags are the names users
+// write; keep them stable, they are the product's contract.
+type Config struct {
+	Listen   Listen   `toml:"listen"`
+	ACME     ACME     `toml:"acme"`
+	Storage  Storage  `toml:"storage"`
+	OnDemand OnDemand `toml:"on_demand"`
+	Log      Log      `toml:"log"`
+	Timeouts Timeouts `toml:"timeouts"`
+	Routes   []Route  `toml:"route"`
+
+	// Path is the file the config was read from ("" when built in memory).
+	Path string `toml:"-"`
+}
+
+// Listen says where gatehouse accepts connections.
+type Listen struct {
+	HTTPS string `toml:"https"` // TLS listener; SNI decides the route
+	HTTP  string `toml:"http"`  // ACME HTTP-01 and the 308 redirect; "" disables
+	Admin string `toml:"admin"` // /healthz /readyz /metrics; "" disables
+
+	// ProxyProtocolFrom lists the CIDRs allowed to send a PROXY protocol
+	// header (a load balancer in front). Empty: PROXY headers are refused.
+	ProxyProtocolFrom []string `toml:"proxy_protocol_from"`
+}
+
+// ACME configures how certificates are obtained.
+type ACME struct {
+	Email      string   `toml:"email"`
+	Directory  string   `toml:"directory"`
+	CARoot     string   `toml:"ca_root"`    // extra root trusted for the ACME server's own HTTPS
+	Challenges []string `toml:"challenges"` // "http-01", "tls-alpn-01"
+	Profile    string   `toml:"profile"`    // ACME profile, e.g. "shortlived"
+
+	// Issuer is either a word, issuer = "internal" (sign from a local
+	// root) or "acme" (the default), or a list of CAs to try in order,
+	// [[acme.issuer]], which replaces Directory/Email/CARoot above.
+	Issuer IssuerSpec `toml:"issuer"`
+}
+
+// IssuerSpec holds [acme] issuer in either of its two spellings.
+type IssuerSpec struct {
+	Kind string   // "acme" or "internal"; "" means acme
+	List []Issuer // [[acme.issuer]] entries, in order of preference
+}
+
+// UnmarshalTOML implements toml.Unmarshaler for both spellings.
+func (s *IssuerSpec) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case string:
+		s.Kind = v
+		return nil
+	case []map[string]any:
+		for i, m := range v {
+			var is Issuer
+			if err := is.fromMap(m); err != nil {
+				return fmt.Errorf("[[acme.issuer]] #%d: %w", i+1, err)
+			}
+			s.List = append(s.List, is)
+		}
+		return nil
+	case []any:
+		for i, e := range v {
+			m, ok := e.(map[string]any)
+			if !ok {
+				return fmt.Errorf("[[acme.issuer]] #%d: want a table", i+1)
+			}
+			var is Issuer
+			if err := is.fromMap(m); err != nil {
+				return fmt.Errorf("[[acme.issuer]] #%d: %w", i+1, err)
+			}
+			s.List = append(s.List, is)
+		}
+		return nil
+	}
+	return fmt.Errorf("issuer must be \"acme\", \"internal\" or a list of [[acme.issuer]] tables, not %T", v)
+}
+
+func (is *Issuer) fromMap(m map[string]any) error {
+	fields := map[string]*string{
+		"directory": &is.Directory, "email": &is.Email, "ca_root": &is.CARoot,
+		"eab_kid": &is.EABKeyID, "eab_hmac": &is.EABHMAC, "profile": &is.Profile,
+	}
+	for k, v := range m {
+		dst, ok := fields[k]
+		if !ok {
+			return fmt.Errorf("unknown key %q (known: directory, email, ca_root, eab_kid, eab_hmac, profile)", k)
+		}
+		str, ok := v.(string)
+		if !ok {
+			return fmt.Errorf("%s must be a string", k)
+		}
+		*dst = str
+	}
+	return nil
+}
+
+// Issuer is one CA in a fallback list.
+type Issuer struct {
+	Directory string `toml:"directory"`
+	Email     string `toml:"email"`
+	CARoot    string `toml:"ca_root"`
+	EABKeyID  string `toml:"eab_kid"`
+	EABHMAC   string `toml:"eab_hmac"`
+	Profile   string `toml:"profile"`
+}
+
+// Storage says where certificates, keys, the ACME account and staples live.
+type Storage struct {
+	Backend string `toml:"backend"` // "file" (default) or "etcd"
+	Dir     string `toml:"dir"`
+
+	// etcd backend
+	Endpoints []string `toml:"endpoints"`
+	Prefix    string   `toml:"prefix"`
+	Username  string   `toml:"username"`
+	Password  string   `toml:"password"`
+	CACert    string   `toml:"ca_cert"`
+	Cert      string   `toml:"cert"`
+	Key       string   `toml:"key"`
+}
+
+// OnDemand configures certificates obtained during the first handshake
+// for names that are not listed in config.
+type OnDemand struct {
+	Ask string `toml:"ask"`
+}
+
+// Log configures logging.
+type Log struct {
+	Format string `toml:"format"` // "text" (default) or "json"
+	Level  string `toml:"level"`  // "debug", "info" (default), "warn", "error"
+}
+
+// Timeouts bound every wait the proxy does on a peer. Zero means the default.
+type Timeouts struct {
+	ReadHeader     Duration `toml:"read_header"`
+	Idle           Duration `toml:"idle"`
+	UpstreamDial   Duration `toml:"upstream_dial"`
+	UpstreamHeader Duration `toml:"upstream_response_header"`
+	Handshake      Duration `toml:"handshake"`
+	ShutdownDrain  Duration `toml:"shutdown_drain"`
+}
+
+// Route maps host names to an upstream.
+type Route struct {
+	Hosts     []string `toml:"hosts"`
+	Upstream  string   `toml:"upstream"`
+	Upstreams []string `toml:"upstreams"`
+	Mode      string   `toml:"mode"` // http (default), tcp, passthrough
+
+	// Manual certificate: served and stapled, never ACME-managed.
+	Cert string `toml:"cert"`
+	Key  string `toml:"key"`
+
+	TLS     string `toml:"tls"`     // "acme" (default) or "internal"
+	Profile string `toml:"profile"` // ACME profile for this route's names
+
+	ALPN          []string `toml:"alpn"`           // tcp mode: protocols to negotiate
+	ProxyProtocol string   `toml:"proxy_protocol"` // "", "v1", "v2"
+	HSTS          string   `toml:"hsts"`           // Strict-Transport-Security value; "" off
+	UpstreamCA    string   `toml:"upstream_ca"`    // CA file for https:// upstreams
+
+	Balance        string   `toml:"balance"` // "round_robin" (default), "least_conn"
+	HealthPath     string   `toml:"health_path"`
+	HealthInterval Duration `toml:"health_interval"`
+	HealthTimeout  Duration `toml:"health_timeout"`
+
+	// Line is where the route's [[route]] header is in the file (0 if unknown).
+	Line int `toml:"-"`
+}
+
+// Duration is a time.Duration written as "10s", "1m30s" in TOML.
+type Duration time.Duration
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// Or returns d, or def when d is zero.
+func (d Duration) Or(def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return time.Duration(d)
+}
+
+// AllUpstreams returns the route's upstreams: Upstreams, or the single Upstream.
+func (r *Route) AllUpstreams() []string {
+	if len(r.Upstreams) > 0 {
+		return r.Upstreams
+	}
+	if r.Upstream != "" {
+		return []string{r.Upstream}
+	}
+	return nil
+}
+
+// ModeOrDefault returns the route's mode, "http" when unset.
+func (r *Route) ModeOrDefault() string {
+	if r.Mode == "" {
+		return ModeHTTP
+	}
+	return r.Mode
+}
+
+// Manual reports whether the route serves a certificate from files.
+func (r *Route) Manual() bool { return r.Cert != "" || r.Key != "" }
+
+// ApplyDefaults fills in what the user left out.
+func (c *Config) ApplyDefaults() {
+	if c.Listen.HTTPS == "" {
+		c.Listen.HTTPS = ":443"
+	}
+	if c.ACME.Directory == "" {
+		c.ACME.Directory = DefaultDirectory
+	}
+	if len(c.ACME.Challenges) == 0 {
+		c.ACME.Challenges = []string{"http-01", "tls-alpn-01"}
+	}
+	if c.Storage.Backend == "" {
+		c.Storage.Backend = "file"
+	}
+	if c.Storage.Backend == "file" && c.Storage.Dir == "" {
+		c.Storage.Dir = "/var/lib/gatehouse"
+	}
+	for i := range c.Routes {
+		if c.Routes[i].Mode == "" {
+			c.Routes[i].Mode = ModeHTTP
+		}
+	}
+}

@@ -1,0 +1,323 @@
+package routes
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+)
+
+// validate checks everything that can be checked without the network.
+func (c *Config) validate(idx lineIndex) Errors {
+	var errs Errors
+	bad := func(path string, format string, args ...any) {
+		errs = append(errs, &Error{Line: idx.key(path), Msg: fmt.Sprintf(format, args...)})
+	}
+
+	checkAddr := func(key, addr string, optional bool) {
+		if addr == "" && optional {
+			return
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad(key, "%s = %q is not a listen address like \":443\" or \"127.0.0.1:8443\"", key, addr)
+		}
+	}
+	checkAddr("listen.https", c.Listen.HTTPS, false)
+	checkAddr("listen.http", c.Listen.HTTP, true)
+	checkAddr("listen.admin", c.Listen.Admin, true)
+	for _, p := range c.Listen.ProxyProtocolFrom {
+		if _, err := netip.ParsePrefix(p); err != nil {
+			if _, err2 := netip.ParseAddr(p); err2 != nil {
+				bad("listen.proxy_protocol_from", "proxy_protocol_from entry %q is not a CIDR like \"10.0.0.0/8\"", p)
+			}
+		}
+	}
+
+	// [acme]
+	needACME := false
+	for i := range c.Routes {
+		if c.Routes[i].usesACME(c) {
+			needACME = true
+		}
+	}
+	if c.ACME.Issuer.Kind != "" && c.ACME.Issuer.Kind != "acme" && c.ACME.Issuer.Kind != "internal" {
+		bad("acme.issuer", "issuer = %q: want \"acme\" or \"internal\"", c.ACME.Issuer.Kind)
+	}
+	if needACME {
+		if len(c.ACME.Issuer.List) == 0 {
+			if c.ACME.Email == "" {
+				bad("acme", "[acme] email is missing: the CA needs a contact address for the account; set email = \"you@example.com\" in [acme]")
+			}
+			checkDirectory(bad, "acme.directory", c.ACME.Directory)
+			checkPEMFile(bad, "acme.ca_root", c.ACME.CARoot)
+		}
+		for i, is := range c.ACME.Issuer.List {
+			key := "acme.issuer"
+			if is.Directory == "" {
+				bad(key, "[[acme.issuer]] #%d has no directory", i+1)
+			} else {
+				checkDirectory(bad, key, is.Directory)
+			}
+			if is.Email == "" && c.ACME.Email == "" {
+				bad(key, "[[acme.issuer]] #%d has no email and [acme] sets none", i+1)
+			}
+			if (is.EABKeyID == "") != (is.EABHMAC == "") {
+				bad(key, "[[acme.issuer]] #%d: eab_kid and eab_hmac go together", i+1)
+			}
+			checkPEMFile(bad, key, is.CARoot)
+		}
+	}
+	for _, ch := range c.ACME.Challenges {
+		switch ch {
+		case "http-01":
+			if c.Listen.HTTP == "" && needACME {
+				bad("acme.challenges", "challenge \"http-01\" needs [listen] http; set http = \":80\" or drop \"http-01\"")
+			}
+		case "tls-alpn-01":
+		default:
+			bad("acme.challenges", "unknown challenge %q: want \"http-01\" and/or \"tls-alpn-01\"", ch)
+		}
+	}
+
+	// [storage]
+	switch c.Storage.Backend {
+	case "file":
+		if c.Storage.Dir == "" {
+			bad("storage.dir", "[storage] dir is empty")
+		}
+	case "etcd":
+		if len(c.Storage.Endpoints) == 0 {
+			bad("storage.endpoints", "[storage] backend = \"etcd\" needs endpoints = [\"127.0.0.1:2379\"]")
+		}
+	default:
+		bad("storage.backend", "backend = %q: want \"file\" or \"etcd\"", c.Storage.Backend)
+	}
+
+	if c.OnDemand.Ask != "" {
+		if u, err := url.Parse(c.OnDemand.Ask); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("on_demand.ask", "ask = %q is not an http:// or https:// URL", c.OnDemand.Ask)
+		}
+	}
+	if f := c.Log.Format; f != "" && f != "text" && f != "json" {
+		bad("log.format", "format = %q: want \"text\" or \"json\"", f)
+	}
+	if l := c.Log.Level; l != "" && !slices.Contains([]string{"debug", "info", "warn", "error"}, l) {
+		bad("log.level", "level = %q: want debug, info, warn or error", l)
+	}
+
+	// [[route]]
+	if len(c.Routes) == 0 {
+		errs = append(errs, &Error{Msg: "no [[route]] defined: add at least one with hosts and upstream"})
+	}
+	owner := map[string]int{} // host -> route index
+	for i := range c.Routes {
+		r := &c.Routes[i]
+		key := func(k string) string { return fmt.Sprintf("route.%d.%s", i, k) }
+		where := fmt.Sprintf("route #%d", i+1)
+		if len(r.Hosts) == 0 {
+			bad(key("hosts"), "%s has no hosts", where)
+		}
+		for _, h := range r.Hosts {
+			norm, err := NormalizeHost(h)
+			if err != nil {
+				bad(key("hosts"), "%s: %v", where, err)
+				continue
+			}
+			if j, dup := owner[norm]; dup {
+				bad(key("hosts"), "host %q is in route #%d (line %d) and route #%d: each host belongs to one route",
+					norm, j+1, c.Routes[j].Line, i+1)
+				continue
+			}
+			owner[norm] = i
+			if isPattern(norm) && r.usesACME(c) && c.OnDemand.Ask == "" {
+				bad(key("hosts"), "%s: %q needs a certificate per name: ACME cannot issue wildcards without DNS-01; "+
+					"set [on_demand] ask, or give the route cert/key, or tls = \"internal\"", where, norm)
+			}
+		}
+		switch r.Mode {
+		case ModeHTTP, ModeTCP, ModePassthrough:
+		default:
+			bad(key("mode"), "%s: mode = %q: want \"http\", \"tcp\" or \"passthrough\"", where, r.Mode)
+		}
+		ups := r.AllUpstreams()
+		if r.Upstream != "" && len(r.Upstreams) > 0 {
+			bad(key("upstreams"), "%s: set upstream or upstreams, not both", where)
+		}
+		if len(ups) == 0 {
+			bad(key("upstream"), "%s has no upstream: set upstream = \"http://127.0.0.1:8080\"", where)
+		}
+		for _, u := range ups {
+			if _, err := ParseUpstream(r.Mode, u); err != nil {
+				k := key("upstream")
+				if len(r.Upstreams) > 0 {
+					k = key("upstreams")
+				}
+				bad(k, "%s: %v", where, err)
+			}
+		}
+		switch r.TLS {
+		case "", "acme", "internal":
+		default:
+			bad(key("tls"), "%s: tls = %q: want \"acme\" or \"internal\"", where, r.TLS)
+		}
+		if r.Manual() {
+			if r.Mode == ModePassthrough {
+				bad(key("cert"), "%s: passthrough routes do not terminate TLS, so cert/key have no use", where)
+			} else if r.Cert == "" || r.Key == "" {
+				bad(key("cert"), "%s: cert and key go together", where)
+			} else if _, err := tls.LoadX509KeyPair(r.Cert, r.Key); err != nil {
+				bad(key("cert"), "%s: cannot load cert %q / key %q: %v", where, r.Cert, r.Key, err)
+			}
+		}
+		switch r.ProxyProtocol {
+		case "", "v1", "v2":
+		default:
+			bad(key("proxy_protocol"), "%s: proxy_protocol = %q: want \"v1\" or \"v2\"", where, r.ProxyProtocol)
+		}
+		switch r.Balance {
+		case "", "round_robin", "least_conn":
+		default:
+			bad(key("balance"), "%s: balance = %q: want \"round_robin\" or \"least_conn\"", where, r.Balance)
+		}
+		if r.HealthPath != "" && !strings.HasPrefix(r.HealthPath, "/") {
+			bad(key("health_path"), "%s: health_path = %q must start with /", where, r.HealthPath)
+		}
+		checkPEMFile(bad, key("upstream_ca"), r.UpstreamCA)
+	}
+	return errs
+}
+
+// usesACME reports whether the route's names get certificates from an ACME CA.
+func (r *Route) usesACME(c *Config) bool {
+	if r.Mode == ModePassthrough || r.Manual() {
+		return false
+	}
+	return r.Issuer(c) == "acme"
+}
+
+// Issuer returns "acme", "internal" or "manual" for the route's certificates
+// ("" for passthrough routes, which hold none).
+func (r *Route) Issuer(c *Config) string {
+	switch {
+	case r.Mode == ModePassthrough:
+		return ""
+	case r.Manual():
+		return "manual"
+	case r.TLS == "internal":
+		return "internal"
+	case r.TLS == "" && c.ACME.Issuer.Kind == "internal":
+		return "internal"
+	}
+	return "acme"
+}
+
+func checkDirectory(bad func(string, string, ...any), key, dir string) {
+	u, err := url.Parse(dir)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		bad(key, "directory = %q is not an ACME directory URL like %q", dir, DefaultDirectory)
+	}
+}
+
+func checkPEMFile(bad func(string, string, ...any), key, path string) {
+	if path == "" {
+		return
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		bad(key, "cannot read %q: %v", path, err)
+		return
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		bad(key, "%q holds no PEM certificate", path)
+	}
+}
+
+// NormalizeHost lower-cases a host name and checks it is one gatehouse can
+// route: a DNS name, "*.suffix" (one leading wildcard label), "*" (any
+// name, on-demand only) or an IP address.
+func NormalizeHost(h string) (string, error) {
+	h = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(h), "."))
+	if h == "" {
+		return "", fmt.Errorf("empty host name")
+	}
+	if h == "*" {
+		return h, nil
+	}
+	if _, err := netip.ParseAddr(h); err == nil {
+		return h, nil
+	}
+	if strings.ContainsAny(h, ":/ ") {
+		return "", fmt.Errorf("host %q: write a bare name, without scheme, port or path", h)
+	}
+	name := strings.TrimPrefix(h, "*.")
+	if strings.Contains(name, "*") {
+		return "", fmt.Errorf("host %q: a wildcard is allowed only as the whole leftmost label, as in \"*.example.com\"", h)
+	}
+	if len(name) > 253 {
+		return "", fmt.Errorf("host %q is longer than 253 characters", h)
+	}
+	for _, label := range strings.Split(name, ".") {
+		if label == "" || len(label) > 63 {
+			return "", fmt.Errorf("host %q has an empty or over-long label", h)
+		}
+		for _, ch := range label {
+			if !(ch >= 'a' && ch <= 'z' || ch >= '0' && ch <= '9' || ch == '-' || ch == '_') {
+				return "", fmt.Errorf("host %q: %q is not allowed in a DNS name", h, ch)
+			}
+		}
+	}
+	return h, nil
+}
+
+func isPattern(h string) bool { return h == "*" || strings.HasPrefix(h, "*.") }
+
+// Upstream is a parsed upstream address.
+type Upstream struct {
+	Raw    string
+	Scheme string // http, https, h2c for http mode; tcp for tcp/passthrough
+	Host   string // host:port
+	URL    *url.URL
+}
+
+// ParseUpstream parses an upstream for a route of the given mode.
+// HTTP routes take http://, https:// or h2c:// URLs; tcp and
+// passthrough routes take host:port or tcp://host:port.
+func ParseUpstream(mode, raw string) (Upstream, error) {
+	if mode == ModeTCP || mode == ModePassthrough {
+		hostport := strings.TrimPrefix(raw, "tcp://")
+		if _, port, err := net.SplitHostPort(hostport); err != nil || port == "" {
+			return Upstream{}, fmt.Errorf("upstream %q: a %s route needs host:port (or tcp://host:port)", raw, mode)
+		}
+		return Upstream{Raw: raw, Scheme: "tcp", Host: hostport}, nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return Upstream{}, fmt.Errorf("upstream %q is not a URL: %v", raw, err)
+	}
+	switch u.Scheme {
+	case "http", "https", "h2c":
+	default:
+		return Upstream{}, fmt.Errorf("upstream %q: want http://, https:// or h2c:// followed by host:port", raw)
+	}
+	if u.Host == "" || u.Hostname() == "" {
+		return Upstream{}, fmt.Errorf("upstream %q has no host", raw)
+	}
+	if u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.User != nil {
+		return Upstream{}, fmt.Errorf("upstream %q: only scheme://host:port is allowed (no path, query or credentials)", raw)
+	}
+	host := u.Host
+	if u.Port() == "" {
+		port := "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+		host = net.JoinHostPort(u.Hostname(), port)
+	}
+	return Upstream{Raw: raw, Scheme: u.Scheme, Host: host, URL: u}, nil
+}
