@@ -1,0 +1,463 @@
+// Package tlsconfig owns gatehouse's certificates: obtaining and renewing
+// them by ACME (through certmagic), loading manual ones, stapling OCSP
+// responses, and the storage all of that lives in.
+//
+// The proxy asks one question of it per handshake, GetCertificate, and
+// only after the route table has matched the SNI name: certmagic on its
+// own answers unknown names with an error (an internal_error alert),
+// where gatehouse must answer unrecognized_name.
+package tlsconfig
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"github.com/mholt/acmez/v3/acme"
+
+	"github.com/gatehouse-proxy/gatehouse/routes"
+)
+
+// Options configure a Manager.
+type Options struct {
+	// HTTPPort and TLSPort are the ports gatehouse's own listeners hold.
+	// certmagic tries to bind its challenge solvers there, finds them
+	// taken, and leaves the challenges to gatehouse's listeners, which
+	// answer them through HandleHTTPChallenge and GetCertificate.
+	// Zero disables that challenge type.
+	HTTPPort, TLSPort int
+	// ListenHost is the host the listeners are bound to ("" for all).
+	ListenHost string
+
+	Logger *slog.Logger
+
+	// Storage overrides the storage built from the config (tests, etcd).
+	Storage certmagic.Storage
+
+	// OCSPCheckInterval is how often staples are checked for refresh;
+	// default one minute.
+	OCSPCheckInterval time.Duration
+}
+
+// Manager holds every certificate gatehouse serves.
+type Manager struct {
+	log     *slog.Logger
+	opts    Options
+	storage certmagic.Storage
+	cache   *certmagic.Cache
+	staples *stapler
+	status  *statusBook
+
+	mu       sync.RWMutex
+	acme     map[string]*certmagic.Config // by ACME profile ("" = default)
+	manual   *certmagic.Config            // unmanaged: manual cert/key files
+	byName   map[string]*certmagic.Config // every configured name -> its config
+	manualBy map[string]string            // route key -> cache hash of its manual cert
+	issuers  []*certmagic.ACMEIssuer      // for HTTP-01 answers
+	cfg      *routes.Config
+
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// New builds a Manager for cfg. It does not contact any CA: Apply does,
+// in the background.
+func New(cfg *routes.Config, opts Options) (*Manager, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.OCSPCheckInterval == 0 {
+		opts.OCSPCheckInterval = time.Minute
+	}
+	storage := opts.Storage
+	if storage == nil {
+		var err error
+		storage, err = OpenStorage(cfg.Storage)
+		if err != nil {
+			return nil, err
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &Manager{
+		log:      opts.Logger,
+		opts:     opts,
+		storage:  storage,
+		status:   newStatusBook(),
+		acme:     map[string]*certmagic.Config{},
+		byName:   map[string]*certmagic.Config{},
+		manualBy: map[string]string{},
+		ctx:      ctx,
+		cancel:   cancel,
+	}
+	m.cache = certmagic.NewCache(certmagic.CacheOptions{
+		GetConfigForCert: m.configForCert,
+		Logger:           zapLogger(opts.Logger),
+		// Size the cache on purpose: certmagic scans the whole cache for
+		// each certificate added past capacity (see field notes).
+		Capacity: 0,
+	})
+	m.staples = newStapler(storage, opts.Logger, opts.OCSPCheckInterval, m.onRevoked)
+	go m.staples.run(ctx)
+	return m, nil
+}
+
+// OpenStorage opens the storage a config names. The file backend checks
+// that the directory is writable now, not at the first issuance.
+func OpenStorage(s routes.Storage) (certmagic.Storage, error) {
+	switch s.Backend {
+	case "", "file":
+		if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+			return nil, fmt.Errorf("storage dir %s: cannot create it (%v): create it and give gatehouse's user write access, or set [storage] dir / GATEHOUSE_STORAGE_DIR", s.Dir, errors.Unwrap(err))
+		}
+		probe := filepath.Join(s.Dir, ".gatehouse-write-test")
+		if err := os.WriteFile(probe, []byte("ok"), 0o600); err != nil {
+			return nil, fmt.Errorf("storage dir %s is not writable (%v): give gatehouse's user write access (chown/chmod), or set [storage] dir / GATEHOUSE_STORAGE_DIR", s.Dir, errors.Unwrap(err))
+		}
+		_ = os.Remove(probe)
+		return &certmagic.FileStorage{Path: s.Dir}, nil
+	case "etcd":
+		if openEtcd == nil {
+			return nil, fmt.Errorf("storage backend etcd is not built into this binary")
+		}
+		return openEtcd(s)
+	}
+	return nil, fmt.Errorf("unknown storage backend %q", s.Backend)
+}
+
+// openEtcd is set by the etcd backend's registration.
+var openEtcd func(routes.Storage) (certmagic.Storage, error)
+
+// Storage returns the storage certificates live in.
+func (m *Manager) Storage() certmagic.Storage { return m.storage }
+
+// Close stops background work (renewals, staple refreshes).
+func (m *Manager) Close() {
+	m.cancel()
+	m.cache.Stop()
+}
+
+func (m *Manager) configForCert(c certmagic.Certificate) (*certmagic.Config, error) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	for _, name := range c.Names {
+		if cfg, ok := m.byName[name]; ok {
+			return cfg, nil
+		}
+	}
+	if m.manual != nil {
+		return m.manual, nil
+	}
+	return nil, fmt.Errorf("no config for certificate %v", c.Names)
+}
+
+// newConfig returns a certmagic config sharing the manager's cache.
+func (m *Manager) newConfig() *certmagic.Config {
+	return certmagic.New(m.cache, certmagic.Config{
+		Storage: m.storage,
+		Logger:  zapLogger(m.log),
+		// gatehouse staples OCSP itself (ocsp.go): certmagic's stapler
+		// fetches on the load path (blocking a manual certificate's
+		// first handshake on the responder) and keeps serving an old
+		// Good staple after the responder says Revoked.
+		OCSP:    certmagic.OCSPConfig{DisableStapling: true},
+		OnEvent: m.onEvent,
+		// Only the events onEvent reads: certmagic builds a map per
+		// handshake for tls_get_certificate otherwise.
+		ShouldEmitFunc: func(event string) bool {
+			switch event {
+			case "cert_obtaining", "cert_obtained", "cert_failed", "cached_managed_cert", "cached_unmanaged_cert":
+				return true
+			}
+			return false
+		},
+	})
+}
+
+// acmeConfig returns (creating once) the certmagic config for an ACME profile.
+func (m *Manager) acmeConfig(cfg *routes.Config, profile string) (*certmagic.Config, error) {
+	if c, ok := m.acme[profile]; ok {
+		return c, nil
+	}
+	c := m.newConfig()
+	list := cfg.ACME.Issuer.List
+	if len(list) == 0 {
+		list = []routes.Issuer{{Directory: cfg.ACME.Directory, Email: cfg.ACME.Email, CARoot: cfg.ACME.CARoot}}
+	}
+	var issuers []certmagic.Issuer
+	for _, is := range list {
+		email := is.Email
+		if email == "" {
+			email = cfg.ACME.Email
+		}
+		prof := profile
+		if prof == "" {
+			prof = is.Profile
+		}
+		if prof == "" {
+			prof = cfg.ACME.Profile
+		}
+		ai := certmagic.ACMEIssuer{
+			CA:                      is.Directory,
+			Email:                   email,
+			Agreed:                  true,
+			Profile:                 prof,
+			DisableHTTPChallenge:    m.opts.HTTPPort == 0 || !hasChallenge(cfg, "http-01"),
+			DisableTLSALPNChallenge: m.opts.TLSPort == 0 || !hasChallenge(cfg, "tls-alpn-01"),
+			AltHTTPPort:             m.opts.HTTPPort,
+			AltTLSALPNPort:          m.opts.TLSPort,
+			ListenHost:              m.opts.ListenHost,
+			Logger:                  zapLogger(m.log),
+		}
+		if is.CARoot != "" {
+			pool, err := loadPool(is.CARoot)
+			if err != nil {
+				return nil, err
+			}
+			ai.TrustedRoots = pool
+		}
+		if is.EABKeyID != "" {
+			ai.ExternalAccount = &acme.EAB{KeyID: is.EABKeyID, MACKey: is.EABHMAC}
+		}
+		issuer := certmagic.NewACMEIssuer(c, ai)
+		issuers = append(issuers, issuer)
+		m.issuers = append(m.issuers, issuer)
+	}
+	c.Issuers = issuers
+	m.acme[profile] = c
+	return c, nil
+}
+
+func hasChallenge(cfg *routes.Config, name string) bool {
+	for _, c := range cfg.ACME.Challenges {
+		if c == name {
+			return true
+		}
+	}
+	return false
+}
+
+func loadPool(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("ca_root: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("ca_root %s: no PEM certificate in it", path)
+	}
+	return pool, nil
+}
+
+// Apply makes the manager serve the names of table t: manual
+// certificates are loaded now (from files, without any network), ACME
+// names are loaded from storage or obtained in the background. It
+// returns without waiting on any CA. Apply is called again on reload
+// with the new table; names it already manages are left alone.
+func (m *Manager) Apply(t *routes.Table) error {
+	cfg := t.Config()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.cfg = cfg
+	if m.manual == nil {
+		m.manual = m.newConfig()
+	}
+
+	var errs []error
+	var toManage = map[*certmagic.Config][]string{}
+	for _, e := range t.Entries() {
+		switch e.Issuer {
+		case "manual":
+			if err := m.loadManual(e); err != nil {
+				errs = append(errs, err)
+			}
+		case "acme":
+			c, err := m.acmeConfig(cfg, e.Route.Profile)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			for _, h := range e.Hosts {
+				if _, seen := m.byName[h]; seen || isPattern(h) {
+					continue
+				}
+				m.byName[h] = c
+				m.status.set(h, "acme", stateWaiting, nil)
+				toManage[c] = append(toManage[c], h)
+			}
+		case "internal":
+			errs = append(errs, fmt.Errorf("route #%d: tls = \"internal\" is not available yet", e.Index+1))
+		}
+	}
+	for c, names := range toManage {
+		sort.Strings(names)
+		// ManageAsync loads each name from storage or orders it, one
+		// goroutine per name: a slow CA or OCSP responder never holds
+		// up the others, and never the listeners.
+		if err := c.ManageAsync(m.ctx, names); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func isPattern(h string) bool { return h == "*" || len(h) > 1 && h[0] == '*' }
+
+// loadManual caches a route's cert/key files, unless already loaded.
+func (m *Manager) loadManual(e *routes.Entry) error {
+	r := e.Route
+	certPEM, err := os.ReadFile(r.Cert)
+	if err != nil {
+		return fmt.Errorf("route #%d: reading cert: %w", e.Index+1, err)
+	}
+	keyPEM, err := os.ReadFile(r.Key)
+	if err != nil {
+		return fmt.Errorf("route #%d: reading key: %w", e.Index+1, err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return fmt.Errorf("route #%d: cert %s / key %s: %w", e.Index+1, r.Cert, r.Key, err)
+	}
+	key := r.Cert + "\x00" + r.Key
+	hash, err := m.manual.CacheUnmanagedTLSCertificate(m.ctx, pair, []string{"manual"})
+	if err != nil {
+		return fmt.Errorf("route #%d: caching cert %s: %w", e.Index+1, r.Cert, err)
+	}
+	if old, ok := m.manualBy[key]; ok && old != hash {
+		m.cache.Remove([]string{old})
+	}
+	m.manualBy[key] = hash
+	for _, h := range e.Hosts {
+		m.byName[h] = m.manual
+		m.status.set(h, "manual", stateReady, nil)
+	}
+	for _, c := range m.cache.AllMatchingCertificates(e.Hosts[0]) {
+		m.staples.register(c.Certificate, c.Names)
+	}
+	return nil
+}
+
+// GetCertificate returns the certificate for a handshake the route
+// table has already matched to e. It never waits on a CA or an OCSP
+// responder: a name without a certificate yet fails the handshake.
+func (m *Manager) GetCertificate(e *routes.Entry, hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	m.mu.RLock()
+	c := m.byName[hello.ServerName]
+	if c == nil {
+		// a wildcard route's name: any config shares the cache
+		c = m.manual
+	}
+	m.mu.RUnlock()
+	if c == nil {
+		return nil, fmt.Errorf("no certificate configured for %q", hello.ServerName)
+	}
+	cert, err := c.GetCertificate(hello)
+	if err != nil || cert == nil || cert.Leaf == nil {
+		return cert, err
+	}
+	return m.staples.staple(cert), nil
+}
+
+// HandleHTTPChallenge answers an ACME HTTP-01 request; it reports
+// whether it did.
+func (m *Manager) HandleHTTPChallenge(w http.ResponseWriter, r *http.Request) bool {
+	if !certmagic.LooksLikeHTTPChallenge(r) {
+		return false
+	}
+	m.mu.RLock()
+	issuers := m.issuers
+	m.mu.RUnlock()
+	for _, is := range issuers {
+		if is.HandleHTTPChallenge(w, r) {
+			return true
+		}
+	}
+	return false
+}
+
+// onEvent follows certmagic's work so readiness and logs can tell an
+// operator what is happening to each name.
+func (m *Manager) onEvent(ctx context.Context, event string, data map[string]any) error {
+	switch event {
+	case "cert_obtaining":
+		name, _ := data["identifier"].(string)
+		m.log.Info("obtaining certificate", "name", name)
+	case "cert_obtained":
+		name, _ := data["identifier"].(string)
+		renewal, _ := data["renewal"].(bool)
+		issuer, _ := data["issuer"].(string)
+		m.status.set(name, "acme", stateReady, nil)
+		m.log.Info("certificate obtained", "name", name, "renewal", renewal, "issuer", issuer)
+		metricObtain(issuer, renewal, nil)
+		// the new certificate is cached after this event; register
+		// its staple lazily on first handshake.
+	case "cert_failed":
+		name, _ := data["identifier"].(string)
+		renewal, _ := data["renewal"].(bool)
+		err, _ := data["error"].(error)
+		issuers, _ := data["issuers"].([]string)
+		m.status.fail(name, err)
+		m.log.Error("certificate order failed; will retry with backoff, existing certificate (if any) keeps serving",
+			"name", name, "renewal", renewal, "issuers", issuers, "error", err)
+		metricObtain(fmt.Sprint(issuers), renewal, err)
+	case "cached_managed_cert", "cached_unmanaged_cert":
+		sans, _ := data["sans"].([]string)
+		for _, name := range sans {
+			m.status.set(name, "", stateReady, nil)
+			for _, c := range m.cache.AllMatchingCertificates(name) {
+				m.staples.register(c.Certificate, c.Names)
+			}
+		}
+	}
+	return nil
+}
+
+// onRevoked is the stapler telling that a certificate is revoked.
+// A managed certificate is replaced at once; a manual one cannot be,
+// so it is reported loudly (and its staple is already withheld).
+func (m *Manager) onRevoked(leaf *x509.Certificate, names []string) {
+	m.mu.RLock()
+	var c *certmagic.Config
+	for _, name := range names {
+		if c = m.byName[name]; c != nil {
+			break
+		}
+	}
+	manual := c == nil || c == m.manual
+	m.mu.RUnlock()
+	metricRevoked.WithLabelValues(map[bool]string{true: "manual", false: "acme"}[manual]).Inc()
+	if manual {
+		m.log.Error("MANUAL CERTIFICATE IS REVOKED: gatehouse cannot replace it and withholds its staple; install a new cert/key and reload",
+			"names", names, "serial", leaf.SerialNumber.Text(16))
+		return
+	}
+	name := names[0]
+	m.log.Warn("certificate revoked by its CA; replacing it now", "name", name, "serial", leaf.SerialNumber.Text(16))
+	go func() {
+		old := m.cache.AllMatchingCertificates(name)
+		if err := c.RenewCertSync(m.ctx, name, true); err != nil {
+			m.log.Error("replacing revoked certificate failed; retrying on the next staple check", "name", name, "error", err)
+			return
+		}
+		if _, err := c.CacheManagedCertificate(m.ctx, name); err != nil {
+			m.log.Error("loading replacement certificate", "name", name, "error", err)
+			return
+		}
+		var stale []string
+		for _, oc := range old {
+			if oc.Leaf != nil && oc.Leaf.SerialNumber.Cmp(leaf.SerialNumber) == 0 {
+				stale = append(stale, oc.Hash())
+			}
+		}
+		m.cache.Remove(stale)
+	}()
+}

@@ -1,0 +1,41 @@
+package tlsconfig
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/crypto/ocsp"
+)
+
+var (
+	metricObtains = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gatehouse_cert_obtain_total",
+		Help: "Certificate orders by issuer, kind (obtain or renew) and result (success or failure).",
+	}, []string{"issuer", "kind", "result"})
+	metricRevoked = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gatehouse_cert_revoked_total",
+		Help: "Certificates found revoked, by source of the certificate (acme or manual).",
+	}, []string{"source"})
+	metricStapleNextUpdate = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "gatehouse_ocsp_staple_next_update_seconds",
+		Help: "Unix time of the NextUpdate of the latest OCSP response, by status.",
+	}, []string{"status"})
+)
+
+// Collectors returns the metrics this package maintains.
+func Collectors() []prometheus.Collector {
+	return []prometheus.Collector{metricObtains, metricRevoked, metricStapleNextUpdate}
+}
+
+func metricObtain(issuer string, renewal bool, err error) {
+	kind, result := "obtain", "success"
+	if renewal {
+		kind = "renew"
+	}
+	if err != nil {
+		result = "failure"
+	}
+	metricObtains.WithLabelValues(issuer, kind, result).Inc()
+}
+
+func metricStapleUpdate(resp *ocsp.Response) {
+	metricStapleNextUpdate.WithLabelValues(statusName(resp.Status)).Set(float64(resp.NextUpdate.Unix()))
+}
