@@ -1,0 +1,208 @@
+// Command gatehouse is a TLS reverse proxy that routes by SNI and gets
+// its certificates by ACME. This file only parses the command line and
+// wires the routes, tlsconfig and proxy packages together.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"github.com/gatehouse-proxy/gatehouse/routes"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `gatehouse: a TLS reverse proxy that routes by SNI and gets its own certificates.
+
+Usage:
+  gatehouse run [--config FILE]       serve (FILE: $GATEHOUSE_CONFIG, then ./gatehouse.toml)
+  gatehouse validate [--config FILE]  check a config; every error with its line; exit 1 on errors
+  gatehouse healthcheck [--url URL]   exit 0 when the admin /healthz answers (for container HEALTHCHECK)
+  gatehouse version                   print the version
+`
+
+func main() {
+	os.Exit(realMain(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func realMain(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "run":
+		return cmdRun(args[1:], stderr)
+	case "validate":
+		return cmdValidate(args[1:], stdout, stderr)
+	case "healthcheck":
+		return cmdHealthcheck(args[1:], stderr)
+	case "version", "--version", "-v":
+		fmt.Fprintln(stdout, "gatehouse", versionString())
+		return 0
+	case "help", "--help", "-h":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "gatehouse: unknown command %q\n\n%s", args[0], usage)
+	return 2
+}
+
+func versionString() string {
+	v := version
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if v == "dev" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			v = bi.Main.Version
+		}
+		v += " (" + bi.GoVersion + ")"
+	}
+	return v
+}
+
+// configPath resolves --config, then $GATEHOUSE_CONFIG, then ./gatehouse.toml.
+func configPath(flagValue string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	if p := os.Getenv("GATEHOUSE_CONFIG"); p != "" {
+		return p
+	}
+	return "gatehouse.toml"
+}
+
+// loadConfig reads a config file and applies environment overrides.
+func loadConfig(path string) (*routes.Config, error) {
+	cfg, err := routes.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func cmdValidate(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgFlag := fs.String("config", "", "config file")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	path := configPath(*cfgFlag)
+	cfg, err := loadConfig(path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		var es routes.Errors
+		if errors.As(err, &es) && len(es) > 1 {
+			fmt.Fprintf(stderr, "%d errors\n", len(es))
+		}
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d routes)\n", path, len(cfg.Routes))
+	return 0
+}
+
+func cmdRun(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgFlag := fs.String("config", "", "config file")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	path := configPath(*cfgFlag)
+	cfg, err := loadConfig(path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	log := newLogger(cfg.Log, stderr)
+	slog.SetDefault(log)
+	in, err := start(cfg, startOptions{logger: log})
+	if err != nil {
+		fmt.Fprintln(stderr, "gatehouse:", err)
+		return 1
+	}
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	for {
+		select {
+		case err := <-in.served:
+			log.Error("listener stopped", "error", err)
+			return 1
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				_ = in.reload(path)
+				continue
+			}
+			drain := cfg.Timeouts.ShutdownDrain.Or(20 * time.Second)
+			log.Info("shutting down: draining connections", "signal", sig.String(), "max_drain", drain)
+			if err := in.shutdown(drain); err != nil {
+				log.Warn("shutdown", "error", err)
+			}
+			return 0
+		}
+	}
+}
+
+func cmdHealthcheck(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("healthcheck", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	url := fs.String("url", "", "health URL (default: http://<[listen] admin>/healthz)")
+	cfgFlag := fs.String("config", "", "config file, to find the admin address")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	target := *url
+	if target == "" {
+		addr := "127.0.0.1:2019"
+		if cfg, err := routes.Load(configPath(*cfgFlag)); err == nil && cfg.Listen.Admin != "" {
+			addr = cfg.Listen.Admin
+		}
+		target = "http://" + addr + "/healthz"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Fprintln(stderr, "unhealthy:", err)
+		return 1
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		fmt.Fprintln(stderr, "unhealthy: HTTP", res.StatusCode)
+		return 1
+	}
+	return 0
+}
+
+// newLogger builds the process logger from [log].
+func newLogger(c routes.Log, w io.Writer) *slog.Logger {
+	if w == nil {
+		w = os.Stderr
+	}
+	level := slog.LevelInfo
+	switch c.Level {
+	case "debug":
+		level = slog.LevelDebug
+	case "warn":
+		level = slog.LevelWarn
+	case "error":
+		level = slog.LevelError
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

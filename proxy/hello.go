@@ -1,0 +1,119 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"time"
+)
+
+// maxHelloBytes bounds how much a ClientHello peek reads. A ClientHello
+// with post-quantum key shares is ~1.2 KB; a TLS record is at most
+// 16 KiB plus header, and a hello may span several records.
+const maxHelloBytes = 64 << 10
+
+// Hello is what gatehouse needs from a ClientHello to route it.
+type Hello struct {
+	ServerName string   // lower case, as crypto/tls gives it
+	ALPN       []string // protocols the client offers
+}
+
+// errHelloDone stops crypto/tls right after it parsed the ClientHello.
+var errHelloDone = errors.New("clienthello read")
+
+// peekHello reads a ClientHello from conn without consuming it: the
+// bytes read are returned so they can be replayed to crypto/tls or to a
+// passthrough upstream. Parsing is done by crypto/tls itself (the
+// parser that will do the real handshake), stopped at
+// GetConfigForClient, so a hello split across records and TCP segments
+// is handled exactly as the real handshake will handle it.
+func peekHello(conn net.Conn, timeout time.Duration) (Hello, []byte, error) {
+	rec := &recordingConn{Conn: conn}
+	if timeout > 0 {
+		_ = conn.SetReadDeadline(time.Now().Add(timeout))
+	}
+	var h Hello
+	var got bool
+	err := tls.Server(rec, &tls.Config{
+		GetConfigForClient: func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
+			h.ServerName = chi.ServerName
+			h.ALPN = slices.Clone(chi.SupportedProtos)
+			got = true
+			return nil, errHelloDone
+		},
+	}).Handshake()
+	if timeout > 0 {
+		_ = conn.SetReadDeadline(time.Time{})
+	}
+	if got {
+		return h, rec.buf.Bytes(), nil
+	}
+	if rec.readErr != nil {
+		return h, rec.buf.Bytes(), fmt.Errorf("reading ClientHello: %w", rec.readErr)
+	}
+	return h, rec.buf.Bytes(), fmt.Errorf("not a TLS ClientHello: %w", err)
+}
+
+// recordingConn keeps every byte read and refuses writes, so the
+// parsing handshake can neither answer the client nor lose its bytes.
+type recordingConn struct {
+	net.Conn
+	buf     bytes.Buffer
+	readErr error
+}
+
+var errTooBig = errors.New("ClientHello larger than 64 KiB")
+
+func (c *recordingConn) Read(p []byte) (int, error) {
+	if c.buf.Len() >= maxHelloBytes {
+		c.readErr = errTooBig
+		return 0, errTooBig
+	}
+	if room := maxHelloBytes - c.buf.Len(); len(p) > room {
+		p = p[:room]
+	}
+	n, err := c.Conn.Read(p)
+	c.buf.Write(p[:n])
+	if err != nil {
+		c.readErr = err
+	}
+	return n, err
+}
+
+func (c *recordingConn) Write(p []byte) (int, error) { return 0, io.ErrClosedPipe }
+
+// replayConn replays peeked bytes before reading from the connection.
+// It also carries the connection's route, which GetCertificate and the
+// HTTP handler read back (through tls.Conn.NetConn) instead of looking
+// the name up again in a table a reload may have replaced since.
+type replayConn struct {
+	net.Conn
+	pending []byte
+	route   *routeState
+	hello   Hello
+}
+
+func (c *replayConn) Read(p []byte) (int, error) {
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		c.pending = c.pending[n:]
+		if len(c.pending) == 0 {
+			c.pending = nil
+		}
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// CloseWrite half-closes the underlying TCP connection, so tcp-mode
+// pipes can pass a client's end-of-stream on.
+func (c *replayConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}

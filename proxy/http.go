@@ -1,0 +1,67 @@
+package proxy
+
+import (
+	"net"
+	"net/http"
+	"strings"
+
+	"github.com/gatehouse-proxy/gatehouse/routes"
+)
+
+// serveHTTP handles a request on a TLS connection routed to http mode.
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	rc := connFrom(r.Context())
+	if rc == nil || rc.route == nil {
+		http.Error(w, "misdirected request", http.StatusMisdirectedRequest)
+		return
+	}
+	rs := rc.route
+	// A browser reuses one connection for every name the certificate
+	// covers; a request for a name this connection's route does not
+	// serve must be retried by the client on its own connection.
+	if host := routes.CanonicalHost(r.Host); host != rc.hello.ServerName && !rs.serves(host) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusMisdirectedRequest)
+		_, _ = w.Write([]byte("421 Misdirected Request: this connection was opened for " + rc.hello.ServerName + "\n"))
+		return
+	}
+	if rs.hsts != "" {
+		w.Header().Set("Strict-Transport-Security", rs.hsts)
+	}
+	rs.proxy.ServeHTTP(w, r)
+}
+
+// serves reports whether host belongs to this route (exactly or by the
+// route's own wildcard).
+func (rs *routeState) serves(host string) bool {
+	for _, h := range rs.entry.Hosts {
+		switch {
+		case h == host, h == "*":
+			return true
+		case strings.HasPrefix(h, "*.") && strings.HasSuffix(host, h[1:]) && !strings.Contains(host[:len(host)-len(h)+1], "."):
+			return true
+		}
+	}
+	return false
+}
+
+// servePlain handles the plain-HTTP listener: ACME HTTP-01 challenges,
+// and a 308 to https for every routed name.
+func (s *Server) servePlain(w http.ResponseWriter, r *http.Request) {
+	if s.certs != nil && s.certs.HandleHTTPChallenge(w, r) {
+		return
+	}
+	host := routes.CanonicalHost(r.Host)
+	snap := s.state.Load()
+	if snap == nil || host == "" || snap.lookup(host) == nil {
+		http.Error(w, "404 not found: no route for this host", http.StatusNotFound)
+		return
+	}
+	target := "https://" + host
+	if s.httpsPort != "" && s.httpsPort != "443" {
+		target = "https://" + net.JoinHostPort(host, s.httpsPort)
+	}
+	target += r.URL.RequestURI()
+	w.Header().Set("Location", target)
+	w.WriteHeader(http.StatusPermanentRedirect)
+}
