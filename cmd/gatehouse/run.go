@@ -23,10 +23,10 @@ import (
 // instance is one running gatehouse: the wiring of listeners, the
 // certificate manager and the proxy. main runs one; tests run several.
 type instance struct {
-	log   *slog.Logger
-	proxy *proxy.Server
-	certs *tlsconfig.Manager
-	admin *http.Server
+	log     *slog.Logger
+	proxy   *proxy.Server
+	certs   *tlsconfig.Manager
+	admin   *http.Server
 	adminLn net.Listener
 
 	mu  sync.Mutex
