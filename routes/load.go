@@ -218,6 +218,9 @@ func (idx lineIndex) key(path string) int {
 	if n, ok := idx.keys[path]; ok {
 		return n
 	}
+	if n, ok := idx.tables[path]; ok {
+		return n
+	}
 	return idx.table(path[:max(strings.LastIndexByte(path, '.'), 0)])
 }
 
