@@ -272,6 +272,13 @@ func (s *stapler) setErr(e *stapleEntry, err error) {
 	e.failures++
 	e.lastErr = err
 	backoff := time.Duration(1<<min(e.failures-1, 6)) * 30 * time.Second // 30s .. 32m
+	// a staple close to its NextUpdate is retried sooner: losing it
+	// costs clients more than a few extra requests to the responder
+	if sp := e.cur.Load(); sp != nil {
+		if left := time.Until(sp.resp.NextUpdate) / 4; left < backoff {
+			backoff = max(left, time.Second)
+		}
+	}
 	e.nextTry = time.Now().Add(backoff)
 }
 

@@ -32,7 +32,9 @@ type instance struct {
 	mu  sync.Mutex
 	cfg *routes.Config
 
-	served chan error
+	served   chan error
+	stopOnce sync.Once
+	stopErr  error
 }
 
 // startOptions lets tests hand in listeners bound before the CA starts.
@@ -103,10 +105,13 @@ func start(cfg *routes.Config, o startOptions) (*instance, error) {
 		go func() { _ = in.admin.Serve(in.adminLn) }()
 	}
 
-	go func() { in.served <- in.proxy.Serve() }()
+	// Manual certificates load here from files (no network); ACME names
+	// are handed to background jobs. Connections arriving meanwhile wait
+	// in the bound listeners' accept queues.
 	if err := certs.Apply(table); err != nil {
 		log.Error("certificate setup", "error", err)
 	}
+	go func() { in.served <- in.proxy.Serve() }()
 	log.Info("gatehouse serving", "https", httpsAddr, "http", httpAddr, "admin", adminAddr(in.adminLn), "routes", len(cfg.Routes))
 	return in, nil
 }
@@ -175,13 +180,16 @@ func (in *instance) reload(path string) error {
 }
 
 // shutdown stops accepting and drains for at most drain.
+// It is safe to call more than once.
 func (in *instance) shutdown(drain time.Duration) error {
-	ctx, cancel := context.WithTimeout(context.Background(), drain)
-	defer cancel()
-	err := in.proxy.Shutdown(ctx)
-	if in.admin != nil {
-		_ = in.admin.Shutdown(ctx)
-	}
-	in.certs.Close()
-	return err
+	in.stopOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), drain)
+		defer cancel()
+		in.stopErr = in.proxy.Shutdown(ctx)
+		if in.admin != nil {
+			_ = in.admin.Shutdown(ctx)
+		}
+		in.certs.Close()
+	})
+	return in.stopErr
 }

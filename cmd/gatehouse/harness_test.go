@@ -1,0 +1,215 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/routes"
+)
+
+// testLogger writes gatehouse's log into the test's output, shown on failure.
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(&tWriter{t: t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct {
+	mu   sync.Mutex
+	t    testing.TB
+	done bool
+}
+
+func (w *tWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Log(strings.TrimRight(string(p), "\n"))
+	}
+	return len(p), nil
+}
+
+// listen binds a loopback listener on a kernel-picked port.
+func listen(t testing.TB) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
+
+func port(l net.Listener) int { return l.Addr().(*net.TCPAddr).Port }
+
+// env is a test world: a DNS server answering 127.0.0.1, an in-process
+// Pebble whose validation really dials gatehouse's listeners, and the
+// listeners themselves, bound before Pebble starts.
+type env struct {
+	t                      testing.TB
+	dns                    *acmetest.DNS
+	pebble                 *acmetest.Pebble
+	httpsLn, httpLn, admLn net.Listener
+	storage                string
+	roots                  *x509.CertPool
+	acmeExtra              string // extra lines for [acme]
+}
+
+func newEnv(t testing.TB, popts acmetest.PebbleOptions) *env {
+	t.Helper()
+	e := &env{t: t, storage: filepath.Join(t.TempDir(), "storage")}
+	e.bind()
+	dns, err := acmetest.StartDNS(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(dns.Close)
+	e.dns = dns
+	popts.HTTPPort, popts.TLSPort, popts.DNSAddr = port(e.httpLn), port(e.httpsLn), dns.Addr()
+	p, err := acmetest.StartPebble(popts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	e.pebble = p
+	if e.roots, err = p.Roots(); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// bind takes fresh listeners (for a restart on new ports, the old ones
+// being closed by shutdown).
+func (e *env) bind() {
+	e.httpsLn, e.httpLn, e.admLn = listen(e.t), listen(e.t), listen(e.t)
+}
+
+// config writes a gatehouse.toml for this env with the given routes.
+func (e *env) config(routesTOML string) string {
+	e.t.Helper()
+	dir := e.t.TempDir()
+	ca := ""
+	dirURL := "https://127.0.0.1:1/dir"
+	if e.pebble != nil {
+		ca, dirURL = e.pebble.CACertFile, e.pebble.DirectoryURL
+	}
+	text := fmt.Sprintf(`
+[listen]
+https = %q
+http  = %q
+admin = %q
+
+[acme]
+email     = "ops@example.test"
+directory = %q
+ca_root   = %q
+%s
+
+[storage]
+dir = %q
+%s`, e.httpsLn.Addr(), e.httpLn.Addr(), e.admLn.Addr(), dirURL, ca, e.acmeExtra, e.storage, routesTOML)
+	p := filepath.Join(dir, "gatehouse.toml")
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	return p
+}
+
+// start runs gatehouse in-process on the env's listeners.
+func (e *env) start(cfgPath string, opts ...func(*startOptions)) *instance {
+	e.t.Helper()
+	cfg, err := routes.Load(cfgPath)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	o := startOptions{httpsLn: e.httpsLn, httpLn: e.httpLn, adminLn: e.admLn, logger: testLogger(e.t)}
+	for _, f := range opts {
+		f(&o)
+	}
+	in, err := start(cfg, o)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { _ = in.shutdown(2 * time.Second) })
+	return in
+}
+
+func (e *env) httpsAddr() string { return e.httpsLn.Addr().String() }
+
+// dialTLS connects to gatehouse with SNI name, verifying against roots
+// (nil: no verification).
+func dialTLS(addr, name string, roots *x509.CertPool, alpn ...string) (*tls.Conn, error) {
+	cfg := &tls.Config{ServerName: name, RootCAs: roots, NextProtos: alpn, InsecureSkipVerify: roots == nil}
+	d := &net.Dialer{Timeout: 3 * time.Second}
+	return tls.DialWithDialer(d, "tcp", addr, cfg)
+}
+
+// waitFor polls cond every 100 ms until it holds or limit passes.
+func waitFor(t testing.TB, limit time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	var err error
+	for i := 0; ; i++ {
+		if err = cond(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s: %v", what, limit, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// client returns an HTTP client that reaches every name at gatehouse's
+// https listener and trusts roots; h2 selects HTTP/2 (else HTTP/1.1).
+func client(addr string, roots *x509.CertPool, h2 bool) *http.Client {
+	tr := &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: roots},
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", addr)
+		},
+		ForceAttemptHTTP2: h2,
+	}
+	if !h2 {
+		tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	}
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+// upstream is a plaintext test backend that names itself in every answer
+// and echoes what gatehouse told it about the client.
+func upstream(t testing.TB, name string) *httptest.Server {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		w.Header().Set("X-Upstream", name)
+		fmt.Fprintf(w, "upstream=%s host=%s xff=%s xfp=%s xfh=%s body=%d\n", name, r.Host,
+			r.Header.Get("X-Forwarded-For"), r.Header.Get("X-Forwarded-Proto"), r.Header.Get("X-Forwarded-Host"), len(body))
+	})
+	s := httptest.NewServer(mux)
+	t.Cleanup(s.Close)
+	return s
+}
+
+func readAll(t testing.TB, res *http.Response) string {
+	t.Helper()
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(bytes.TrimSpace(b))
+}
