@@ -106,9 +106,8 @@ const (
 	maxKeyDepth = 64
 )
 
-// listPageSize bounds each range response when listing (a variable so a
-// test can force paging).
-var listPageSize int64 = 1000
+// listPageSize bounds each range response when listing.
+const listPageSize = 1000
 
 // Config configures New.
 type Config struct {
@@ -152,6 +151,7 @@ type Storage struct {
 	lockRoot   string // prefix + ".etcdstore/locks/"
 	reqTimeout time.Duration
 	ttlSeconds int
+	pageSize   int64  // listPageSize; smaller in a test to force paging
 	endpoints  string // for String; never credentials
 
 	// ctx lives until Close; lock sessions' keepalives hang off it.
@@ -231,6 +231,7 @@ func New(cfg Config) (*Storage, error) {
 		lockRoot:   prefix + reservedDir + "/locks/",
 		reqTimeout: cfg.RequestTimeout,
 		ttlSeconds: ttl,
+		pageSize:   listPageSize,
 		endpoints:  strings.Join(cfg.Endpoints, ","),
 		ctx:        ctx,
 		cancel:     cancel,
@@ -615,15 +616,16 @@ func (s *Storage) List(ctx context.Context, dir string, recursive bool) ([]strin
 	if k != "" {
 		start = s.prefix + k + "/"
 	}
+	ranges := [][2]string{{start, clientv3.GetPrefixRangeEnd(start)}}
+	if k == "" {
+		// Skip the reserved directory "<prefix>.etcdstore/" ('0' follows
+		// '/'), whose keys are about as many as the data keys.
+		reserved := s.prefix + reservedDir + "/"
+		ranges = [][2]string{{start, reserved}, {s.prefix + reservedDir + "0", ranges[0][1]}}
+	}
 	seen := make(map[string]struct{})
-	err = s.scanKeys(ctx, start, clientv3.GetPrefixRangeEnd(start), func(full string) {
+	err = s.scanKeys(ctx, ranges, func(full string) {
 		rel := strings.TrimPrefix(full, start)
-		if k == "" {
-			// The root range also spans the reserved directory.
-			if first, _, _ := strings.Cut(rel, "/"); first == reservedDir {
-				return
-			}
-		}
 		if !recursive {
 			first, _, _ := strings.Cut(rel, "/")
 			seen[path.Join(k, first)] = struct{}{}
@@ -660,38 +662,42 @@ func (s *Storage) List(ctx context.Context, dir string, recursive bool) ([]strin
 	return keys, nil
 }
 
-// scanKeys calls fn for every etcd key in [start, end), in pages of
-// listPageSize, each page a bounded request pinned to the first page's
-// revision so the whole scan is one snapshot.
-func (s *Storage) scanKeys(ctx context.Context, start, end string, fn func(string)) error {
+// scanKeys calls fn for every etcd key in the [start, end) ranges, in
+// pages of s.pageSize, each page a bounded request pinned to the first
+// page's revision so the whole scan is one snapshot.
+func (s *Storage) scanKeys(ctx context.Context, ranges [][2]string, fn func(string)) error {
 	var rev int64
-	for {
-		opts := []clientv3.OpOption{
-			clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(listPageSize),
-			clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend),
+	for _, r := range ranges {
+		start, end := r[0], r[1]
+		for {
+			opts := []clientv3.OpOption{
+				clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(s.pageSize),
+				clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend),
+			}
+			if rev != 0 {
+				opts = append(opts, clientv3.WithRev(rev))
+			}
+			octx, cancel := s.opCtx(ctx)
+			resp, err := s.client.Get(octx, start, opts...)
+			cancel()
+			if err != nil {
+				return err
+			}
+			if rev == 0 {
+				rev = resp.Header.Revision
+			}
+			for _, kv := range resp.Kvs {
+				fn(string(kv.Key))
+			}
+			if !resp.More || len(resp.Kvs) == 0 {
+				break
+			}
+			// Each page starts strictly after the last key seen, so the
+			// loop ends after at most keys/pageSize + 1 requests.
+			start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 		}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
-		}
-		octx, cancel := s.opCtx(ctx)
-		resp, err := s.client.Get(octx, start, opts...)
-		cancel()
-		if err != nil {
-			return err
-		}
-		if rev == 0 {
-			rev = resp.Header.Revision
-		}
-		for _, kv := range resp.Kvs {
-			fn(string(kv.Key))
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			return nil
-		}
-		// Each page starts strictly after the last key seen, so the loop
-		// ends after at most (keys / listPageSize) + 1 requests.
-		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
+	return nil
 }
 
 // walkOrder orders keys as filepath.Walk visits paths: component by

@@ -266,12 +266,26 @@ func TestListPaging(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	old := listPageSize
-	listPageSize = 4
-	defer func() { listPageSize = old }()
+	// Locks and mtimes live between data keys in etcd's order; the root
+	// listing must page across and around them.
+	if err := s.Lock(ctx, "paging"); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Unlock(ctx, "paging")
+	for _, k := range []string{"-first", ".etcdstor", ".etcdstore-x/y", "zz"} {
+		if err := s.Store(ctx, k, []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.pageSize = 4
 	got, err := s.List(ctx, "p", false)
 	if err != nil || !slices.Equal(got, want) {
 		t.Errorf("paged List = %q, %v", got, err)
+	}
+	got, err = s.List(ctx, "", false)
+	wantRoot := []string{"-first", ".etcdstor", ".etcdstore-x", "p", "zz"}
+	if err != nil || !slices.Equal(got, wantRoot) {
+		t.Errorf("paged root List = %q, %v; want %q", got, err, wantRoot)
 	}
 }
 
