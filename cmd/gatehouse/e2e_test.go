@@ -329,3 +329,37 @@ func wsEcho(t *testing.T) string {
 	t.Cleanup(srv.Close)
 	return srv.URL
 }
+
+// A name whose order fails (its DNS points elsewhere) is reported with
+// the CA's error on /readyz, while the other names are served.
+func TestFailedOrderReported(t *testing.T) {
+	e := newEnv(t, acmetest.PebbleOptions{})
+	e.dns.SetA("elsewhere.test", "127.0.0.2") // nothing of gatehouse's listens there
+	up := upstream(t, "A")
+	e.start(e.config(fmt.Sprintf("[[route]]\nhosts = [\"ok.test\"]\nupstream = %q\n[[route]]\nhosts = [\"elsewhere.test\"]\nupstream = %q\n", up.URL, up.URL)))
+	waitFor(t, 60*time.Second, "ok.test served", func() error {
+		c, err := dialTLS(e.httpsAddr(), "ok.test", e.roots)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+	var body string
+	waitFor(t, 60*time.Second, "elsewhere.test reported with the CA's error", func() error {
+		res, err := http.Get("http://" + e.admLn.Addr().String() + "/readyz")
+		if err != nil {
+			return err
+		}
+		body = readAll(t, res)
+		if !strings.Contains(body, `"name": "elsewhere.test"`) || !strings.Contains(body, "last_error") {
+			return fmt.Errorf("readyz: %s", body)
+		}
+		return nil
+	})
+	if !strings.Contains(body, "127.0.0.2") && !strings.Contains(strings.ToLower(body), "connection refused") {
+		t.Errorf("the reported error should carry the CA's validation detail: %s", body)
+	}
+	if _, err := dialTLS(e.httpsAddr(), "elsewhere.test", e.roots); err == nil {
+		t.Errorf("elsewhere.test has no certificate but the handshake succeeded")
+	}
+}

@@ -102,3 +102,41 @@ func TestOCSPStapling(t *testing.T) {
 	})
 	_ = in
 }
+
+// An ACME-issued certificate whose CA names a responder gets stapled too.
+func TestOCSPStaplingACME(t *testing.T) {
+	responder, err := acmetest.StartOCSPResponder(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer responder.Close()
+	e := newEnv(t, acmetest.PebbleOptions{OCSPResponderURL: responder.URL()})
+	inter, key, err := e.pebble.IntermediateAndKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	responder.SetIssuer(inter, key)
+	responder.SetStatusFunc(e.pebble.OCSPStatus)
+	up := upstream(t, "A")
+	e.start(e.config(fmt.Sprintf("[[route]]\nhosts = [\"stapled.test\"]\nupstream = %q\n", up.URL)),
+		func(o *startOptions) { o.ocspInterval = 200 * time.Millisecond })
+	waitFor(t, 60*time.Second, "ACME certificate with a Good staple", func() error {
+		c, err := dialTLS(e.httpsAddr(), "stapled.test", e.roots)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		st := c.ConnectionState()
+		if len(st.OCSPResponse) == 0 {
+			return fmt.Errorf("no staple yet")
+		}
+		r, err := ocsp.ParseResponseForCert(st.OCSPResponse, st.PeerCertificates[0], inter)
+		if err != nil {
+			return err
+		}
+		if r.Status != ocsp.Good {
+			return fmt.Errorf("status %d", r.Status)
+		}
+		return nil
+	})
+}
