@@ -217,3 +217,44 @@ func TestCanonicalHost(t *testing.T) {
 		}
 	}
 }
+
+func TestEnvOverrides(t *testing.T) {
+	t.Setenv(EnvACMEEmail, "env@example.com")
+	t.Setenv(EnvACMEDirectory, "https://ca.example/dir")
+	t.Setenv(EnvStorageDir, "/tmp/env-storage")
+	// no email in the file: the environment provides it, so this validates
+	cfg, err := Parse([]byte("[[route]]\nhosts = [\"a.example\"]\nupstream = \"http://127.0.0.1:1\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ACME.Email != "env@example.com" || cfg.ACME.Directory != "https://ca.example/dir" || cfg.Storage.Dir != "/tmp/env-storage" {
+		t.Errorf("env not applied: %+v %+v", cfg.ACME, cfg.Storage)
+	}
+}
+
+func TestQuick(t *testing.T) {
+	t.Setenv(EnvStorageDir, t.TempDir())
+	cfg, err := Quick(QuickOptions{
+		From:  []string{"app.example.com", "www.example.com", "localhost"},
+		To:    []string{"127.0.0.1:8080", "http://127.0.0.1:8080/", "http://127.0.0.1:9000"},
+		Email: "a@example.com",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Routes) != 2 {
+		t.Fatalf("routes = %+v", cfg.Routes)
+	}
+	if r := cfg.Routes[0]; strings.Join(r.Hosts, ",") != "app.example.com,www.example.com" || r.Upstream != "http://127.0.0.1:8080" {
+		t.Errorf("route 0 = %+v", r)
+	}
+	if r := cfg.Routes[1]; r.Issuer(cfg) != "internal" {
+		t.Errorf("localhost should use the internal issuer, got %q", r.Issuer(cfg))
+	}
+	if _, err := Quick(QuickOptions{From: []string{"a.example.com"}}); err == nil {
+		t.Error("unpaired --from accepted")
+	}
+	if _, err := Quick(QuickOptions{From: []string{"a.example.com"}, To: []string{"x"}}); err == nil || !strings.Contains(err.Error(), "email") {
+		t.Errorf("missing email: %v", err)
+	}
+}

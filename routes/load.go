@@ -99,13 +99,19 @@ func Parse(data []byte) (*Config, error) {
 	for i := range cfg.Routes {
 		cfg.Routes[i].Line = idx.table(fmt.Sprintf("route.%d", i))
 	}
+	return cfg.finish(idx, errs)
+}
+
+// finish applies environment overrides and defaults, then validates.
+func (cfg *Config) finish(idx lineIndex, errs Errors) (*Config, error) {
+	cfg.applyEnv()
 	cfg.ApplyDefaults()
 	errs = append(errs, cfg.validate(idx)...)
 	if len(errs) > 0 {
 		sort.SliceStable(errs, func(i, j int) bool { return errs[i].Line < errs[j].Line })
 		return nil, errs
 	}
-	return &cfg, nil
+	return cfg, nil
 }
 
 // known lists the keys of each table, for "did you mean" hints.

@@ -51,7 +51,7 @@ func (c *Config) validate(idx lineIndex) Errors {
 	if needACME {
 		if len(c.ACME.Issuer.List) == 0 {
 			if c.ACME.Email == "" {
-				bad("acme", "[acme] email is missing: the CA needs a contact address for the account; set email = \"you@example.com\" in [acme]")
+				bad("acme", "[acme] email is missing: the CA needs a contact address for the account; set email = \"you@example.com\" in [acme] (or the GATEHOUSE_ACME_EMAIL environment variable)")
 			}
 			checkDirectory(bad, "acme.directory", c.ACME.Directory)
 			checkPEMFile(bad, "acme.ca_root", c.ACME.CARoot)

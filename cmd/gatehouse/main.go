@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -27,6 +28,8 @@ const usage = `gatehouse: a TLS reverse proxy that routes by SNI and gets its ow
 
 Usage:
   gatehouse run [--config FILE]       serve (FILE: $GATEHOUSE_CONFIG, then ./gatehouse.toml)
+  gatehouse run --from NAME --to URL [--from NAME --to URL ...] [--https :443] [--http :80] [--email E]
+                                      quick start without a file
   gatehouse validate [--config FILE]  check a config; every error with its line; exit 1 on errors
   gatehouse healthcheck [--url URL]   exit 0 when the admin /healthz answers (for container HEALTHCHECK)
   gatehouse version                   print the version
@@ -111,15 +114,34 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// multiFlag collects a repeatable flag.
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
 func cmdRun(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgFlag := fs.String("config", "", "config file")
+	var from, to multiFlag
+	fs.Var(&from, "from", "quick start: a host name to serve (repeatable, paired with --to)")
+	fs.Var(&to, "to", "quick start: the upstream for the preceding --from, e.g. http://127.0.0.1:8080")
+	httpsAddr := fs.String("https", ":443", "quick start: https listen address")
+	httpAddr := fs.String("http", ":80", "quick start: http listen address")
+	email := fs.String("email", os.Getenv(routes.EnvACMEEmail), "quick start: ACME account email")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	path := configPath(*cfgFlag)
-	cfg, err := loadConfig(path)
+	var cfg *routes.Config
+	var err error
+	path := ""
+	if len(from) > 0 || len(to) > 0 {
+		cfg, err = routes.Quick(routes.QuickOptions{From: from, To: to, HTTPS: *httpsAddr, HTTP: *httpAddr, Email: *email})
+	} else {
+		path = configPath(*cfgFlag)
+		cfg, err = loadConfig(path)
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
@@ -141,6 +163,10 @@ func cmdRun(args []string, stderr io.Writer) int {
 			return 1
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
+				if path == "" {
+					log.Warn("SIGHUP ignored: a quick start has no config file to reload")
+					continue
+				}
 				_ = in.reload(path)
 				continue
 			}

@@ -1,0 +1,104 @@
+package routes
+
+import (
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/caddyserver/certmagic"
+)
+
+// Environment variables that override the file, for containers where
+// the config is baked into an image or a ConfigMap and the per-deployment
+// values come from the environment.
+const (
+	EnvACMEEmail     = "GATEHOUSE_ACME_EMAIL"
+	EnvACMEDirectory = "GATEHOUSE_ACME_DIRECTORY"
+	EnvStorageDir    = "GATEHOUSE_STORAGE_DIR"
+)
+
+func (c *Config) applyEnv() {
+	if v := os.Getenv(EnvACMEEmail); v != "" {
+		c.ACME.Email = v
+	}
+	if v := os.Getenv(EnvACMEDirectory); v != "" {
+		c.ACME.Directory = v
+	}
+	if v := os.Getenv(EnvStorageDir); v != "" {
+		c.Storage.Dir = v
+	}
+}
+
+// QuickOptions describe a config built from the command line, like
+// `caddy reverse-proxy`: gatehouse run --from NAME --to URL [...].
+type QuickOptions struct {
+	From, To    []string // pairs: From[i] is served from To[i]
+	HTTPS, HTTP string   // listen addresses; default :443 and :80
+	Email       string
+}
+
+// Quick builds and validates a config from command-line pairs. Names no
+// public CA will sign (localhost, *.localhost, *.internal, IP addresses)
+// get certificates from gatehouse's internal issuer; the rest use ACME.
+func Quick(o QuickOptions) (*Config, error) {
+	if len(o.From) == 0 || len(o.From) != len(o.To) {
+		return nil, Errors{{Msg: "quick start needs matching pairs: --from NAME --to URL (repeatable)"}}
+	}
+	c := &Config{}
+	c.Listen.HTTPS = o.HTTPS
+	c.Listen.HTTP = o.HTTP
+	if c.Listen.HTTP == "" {
+		c.Listen.HTTP = ":80"
+	}
+	c.Listen.Admin = "127.0.0.1:2019"
+	c.ACME.Email = o.Email
+	c.Storage.Dir = defaultStorageDir()
+	byUpstream := map[string]int{}
+	for i, from := range o.From {
+		to := o.To[i]
+		if !strings.Contains(to, "://") {
+			to = "http://" + to // --to 127.0.0.1:8080, as caddy accepts
+		}
+		if u, err := url.Parse(to); err == nil && u.Path == "/" {
+			to = strings.TrimSuffix(to, "/")
+		}
+		host := strings.ToLower(from)
+		if u, err := url.Parse(from); err == nil && u.Host != "" {
+			host = u.Hostname()
+		}
+		r := Route{Hosts: []string{host}, Upstream: to}
+		if !certmagic.SubjectQualifiesForPublicCert(host) {
+			r.TLS = "internal"
+		}
+		if j, ok := byUpstream[to+"|"+r.TLS]; ok {
+			c.Routes[j].Hosts = append(c.Routes[j].Hosts, host)
+			continue
+		}
+		byUpstream[to+"|"+r.TLS] = len(c.Routes)
+		c.Routes = append(c.Routes, r)
+	}
+	cfg, err := c.finish(lineIndex{}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("quick start: %w", err)
+	}
+	return cfg, nil
+}
+
+// defaultStorageDir is /var/lib/gatehouse when it can be used, else a
+// directory in the user's home, so a quick start works without root.
+func defaultStorageDir() string {
+	const system = "/var/lib/gatehouse"
+	if err := os.MkdirAll(system, 0o700); err == nil {
+		if f, err := os.CreateTemp(system, ".probe"); err == nil {
+			f.Close()
+			os.Remove(f.Name())
+			return system
+		}
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "share", "gatehouse")
+	}
+	return filepath.Join(os.TempDir(), "gatehouse")
+}
