@@ -30,7 +30,7 @@ import (
 )
 
 func main() {
-	httpsPort := flag.Int("https-port", 8443, "gatehouse https port on 127.0.0.1")
+	httpsPort := flag.Int("https-port", 8443, "gatehouse https port on 127.0.0.1 (0: any free port)")
 	httpPort := flag.Int("http-port", 8080, "gatehouse http port on 127.0.0.1 (ACME HTTP-01 and redirects)")
 	bin := flag.String("gatehouse", "", "gatehouse binary (default: build ./cmd/gatehouse)")
 	check := flag.Bool("check", false, "make the demo requests, print the results and exit")
@@ -42,6 +42,17 @@ func main() {
 }
 
 func run(httpsPort, httpPort int, bin string, check bool) error {
+	// port 0: pick free ports (Pebble must know them before gatehouse binds)
+	for _, p := range []*int{&httpsPort, &httpPort} {
+		if *p == 0 {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return err
+			}
+			*p = ln.Addr().(*net.TCPAddr).Port
+			ln.Close()
+		}
+	}
 	dir, err := os.MkdirTemp("", "gatehouse-demo-")
 	if err != nil {
 		return err
