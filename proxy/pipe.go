@@ -51,12 +51,12 @@ func (rs *routeState) dialStream() (net.Conn, error) {
 // finishes sending, the other side's write half is closed, so a
 // client's end-of-stream reaches the upstream and the reverse.
 func (s *Server) stream(client, up net.Conn, route string) {
-	s.streams.Add(1)
-	defer s.streams.Done()
-	s.conns.add(client)
-	s.conns.add(up)
-	defer s.conns.remove(client)
-	defer s.conns.remove(up)
+	if !s.conns.begin(client, up) {
+		client.Close()
+		up.Close()
+		return
+	}
+	defer s.conns.end(client, up)
 	metricActiveStreams.Inc()
 	defer metricActiveStreams.Dec()
 

@@ -58,8 +58,7 @@ type Server struct {
 	plain  *http.Server // the http listener: ACME HTTP-01 + redirect
 	closed atomic.Bool
 
-	streams sync.WaitGroup // tcp and passthrough pipes
-	conns   connSet        // tcp/passthrough connections, closed after drain
+	conns connSet // open tcp/passthrough streams, closed at the drain deadline
 }
 
 // snapshot is one config's worth of routing: the table and the live
@@ -386,8 +385,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		errs = append(errs, s.plain.Shutdown(ctx))
 	}
 	errs = append(errs, s.h1.Shutdown(ctx))
-	done := make(chan struct{})
-	go func() { s.streams.Wait(); close(done) }()
+	done := s.conns.drain()
 	select {
 	case <-done:
 	case <-ctx.Done():

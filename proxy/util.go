@@ -69,25 +69,60 @@ func connFrom(ctx context.Context) *replayConn {
 	return rc
 }
 
-// connSet tracks stream connections so a drain deadline can close them.
+// connSet tracks open tcp/passthrough streams and their connections, so
+// Shutdown can wait for them and close what is left at the drain
+// deadline. (A sync.WaitGroup would race: streams begin while Shutdown
+// waits.)
 type connSet struct {
-	mu sync.Mutex
-	m  map[net.Conn]struct{}
+	mu       sync.Mutex
+	m        map[net.Conn]struct{}
+	streams  int
+	draining bool
+	idle     chan struct{} // closed when draining and no stream is left
 }
 
-func (s *connSet) add(c net.Conn) {
+// begin registers a stream; false once draining has started.
+func (s *connSet) begin(conns ...net.Conn) bool {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return false
+	}
 	if s.m == nil {
 		s.m = map[net.Conn]struct{}{}
 	}
-	s.m[c] = struct{}{}
-	s.mu.Unlock()
+	s.streams++
+	for _, c := range conns {
+		s.m[c] = struct{}{}
+	}
+	return true
 }
 
-func (s *connSet) remove(c net.Conn) {
+func (s *connSet) end(conns ...net.Conn) {
 	s.mu.Lock()
-	delete(s.m, c)
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	for _, c := range conns {
+		delete(s.m, c)
+	}
+	s.streams--
+	if s.draining && s.streams == 0 && s.idle != nil {
+		close(s.idle)
+		s.idle = nil
+	}
+}
+
+// drain stops new streams and returns a channel closed when none is left.
+func (s *connSet) drain() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.draining = true
+	ch := make(chan struct{})
+	if s.streams == 0 {
+		close(ch)
+	} else {
+		s.idle = ch
+	}
+	return ch
 }
 
 func (s *connSet) closeAll() {
