@@ -67,12 +67,21 @@ apt_install() { # apt_install TIMEOUT PKG...: quiet, bounded, one update retry
 step "tools"
 [ -d "$DEPLOY" ] || { echo "deploy-check: FAIL (no $DEPLOY)"; exit 1; }
 command -v go >/dev/null || { echo "deploy-check: FAIL (go not found)"; exit 1; }
-if ! python3 -c 'import yaml' 2>/dev/null; then
+# python3 >= 3.11 (tomllib) with PyYAML; Debian's python3-yaml installs into
+# /usr/bin/python3, which may not be the python3 first on PATH.
+PY=
+for p in python3 /usr/bin/python3; do
+  "$p" -c 'import sys, tomllib, yaml' 2>/dev/null && { PY=$p; break; }
+done
+if [ -z "$PY" ]; then
   echo "  installing python3-yaml"
   apt_install 300 python3 python3-yaml || true
-  python3 -c 'import yaml' 2>/dev/null || { echo "deploy-check: FAIL (python3 with PyYAML not available)"; exit 1; }
+  for p in python3 /usr/bin/python3; do
+    "$p" -c 'import sys, tomllib, yaml' 2>/dev/null && { PY=$p; break; }
+  done
+  [ -n "$PY" ] || { echo "deploy-check: FAIL (python3 >= 3.11 with PyYAML not available)"; exit 1; }
 fi
-ok "python3 $(python3 -c 'import sys, yaml; print(sys.version.split()[0], "PyYAML", yaml.__version__)')"
+ok "$PY $("$PY" -c 'import sys, yaml; print(sys.version.split()[0], "PyYAML", yaml.__version__)')"
 
 if ! command -v systemd-analyze >/dev/null; then
   echo "  installing systemd (for systemd-analyze; nothing is started)"
@@ -131,7 +140,7 @@ done < <(find "$DEPLOY" -name kustomization.yaml | sort)
 step "YAML, TOML and cross checks"
 RENDER_SH=sh
 command -v busybox >/dev/null && RENDER_SH="busybox sh"
-python3 - "$REPO" "$WORK" "$WORK/gatehouse" "$RENDER_SH" "${VARIANTS[@]}" >"$WORK/py.out" 2>&1 <<'PYEOF'
+"$PY" - "$REPO" "$WORK" "$WORK/gatehouse" "$RENDER_SH" "${VARIANTS[@]}" >"$WORK/py.out" 2>&1 <<'PYEOF'
 import os, re, shlex, subprocess, sys, tempfile
 import yaml
 
