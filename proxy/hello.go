@@ -8,7 +8,8 @@ import (
 	"io"
 	"net"
 	"slices"
-	"time"
+	"sync"
+	"sync/atomic"
 )
 
 // maxHelloBytes bounds how much a ClientHello peek reads. A ClientHello
@@ -31,11 +32,11 @@ var errHelloDone = errors.New("clienthello read")
 // parser that will do the real handshake), stopped at
 // GetConfigForClient, so a hello split across records and TCP segments
 // is handled exactly as the real handshake will handle it.
-func peekHello(conn net.Conn, timeout time.Duration) (Hello, []byte, error) {
+//
+// The read is bounded in size here (maxHelloBytes) and in time by the
+// deadline the caller set on conn.
+func peekHello(conn net.Conn) (Hello, []byte, error) {
 	rec := &recordingConn{Conn: conn}
-	if timeout > 0 {
-		_ = conn.SetReadDeadline(time.Now().Add(timeout))
-	}
 	var h Hello
 	var got bool
 	err := tls.Server(rec, &tls.Config{
@@ -46,9 +47,6 @@ func peekHello(conn net.Conn, timeout time.Duration) (Hello, []byte, error) {
 			return nil, errHelloDone
 		},
 	}).Handshake()
-	if timeout > 0 {
-		_ = conn.SetReadDeadline(time.Time{})
-	}
 	if got {
 		return h, rec.buf.Bytes(), nil
 	}
@@ -94,7 +92,21 @@ type replayConn struct {
 	net.Conn
 	pending []byte
 	route   *routeState
+	snap    *snapshot // the config the route was looked up in
 	hello   Hello
+
+	// onClose runs once when the connection closes, for connections
+	// tracked after net/http let go of them (hijacked).
+	onClose   atomic.Pointer[func()]
+	closeOnce sync.Once
+}
+
+func (c *replayConn) Close() error {
+	err := c.Conn.Close()
+	if f := c.onClose.Load(); f != nil {
+		c.closeOnce.Do(*f)
+	}
+	return err
 }
 
 func (c *replayConn) Read(p []byte) (int, error) {

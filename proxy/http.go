@@ -15,7 +15,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "misdirected request", http.StatusMisdirectedRequest)
 		return
 	}
-	rs := rc.route
+	rs := s.routeFor(w, r, rc)
 	// A browser reuses one connection for every name the certificate
 	// covers; a request for a name this connection's route does not
 	// serve must be retried by the client on its own connection.
@@ -29,6 +29,28 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Strict-Transport-Security", rs.hsts)
 	}
 	rs.proxy.ServeHTTP(w, r)
+}
+
+// routeFor returns the route a request on rc is served by. A request is
+// the unit of routing in http mode: after a reload, the next request on
+// a kept-alive connection follows the new config (a changed upstream
+// takes effect at once, not when the client reconnects), while requests
+// in flight and upgraded connections (WebSockets) stay on the route
+// they started with. When the connection's name has no http route any
+// more, the request is still served by the old route, and an HTTP/1
+// connection is then closed: it drains.
+func (s *Server) routeFor(w http.ResponseWriter, r *http.Request, rc *replayConn) *routeState {
+	snap := s.state.Load()
+	if snap == rc.snap {
+		return rc.route
+	}
+	if cur := snap.lookup(rc.hello.ServerName); cur != nil && cur.mode == routes.ModeHTTP {
+		return cur
+	}
+	if r.ProtoMajor == 1 {
+		w.Header().Set("Connection", "close")
+	}
+	return rc.route
 }
 
 // serves reports whether host belongs to this route (exactly or by the

@@ -51,16 +51,16 @@ func (rs *routeState) dialStream() (net.Conn, error) {
 // finishes sending, the other side's write half is closed, so a
 // client's end-of-stream reaches the upstream and the reverse.
 func (s *Server) stream(client, up net.Conn, route string) {
-	if !s.conns.begin(client, up) {
+	if !s.conns.add(client, up) {
+		// shutting down, past the drain
 		client.Close()
 		up.Close()
 		return
 	}
-	defer s.conns.end(client, up)
+	defer s.conns.remove(client, up)
 	metricActiveStreams.Inc()
 	defer metricActiveStreams.Dec()
 
-	done := make(chan struct{}, 2)
 	cp := func(dst, src net.Conn) {
 		buf := buffers.Get().(*[]byte)
 		_, err := io.CopyBuffer(dst, src, *buf)
@@ -70,11 +70,12 @@ func (s *Server) stream(client, up net.Conn, route string) {
 			client.Close()
 			up.Close()
 		} else {
+			// end of stream: pass it on, keep the other direction open
 			closeWrite(dst)
 		}
-		done <- struct{}{}
 	}
-	go cp(up, client)
+	done := make(chan struct{})
+	go func() { cp(up, client); close(done) }()
 	cp(client, up)
 	<-done
 	client.Close()

@@ -77,7 +77,7 @@ func newRouteState(e *routes.Entry, tm timeouts, prev *routeState, log *slog.Log
 			Rewrite:      rs.rewrite,
 			Transport:    tr,
 			ErrorHandler: rs.proxyError,
-			ErrorLog:     slogErrorLog(rs.log, "reverseproxy"),
+			ErrorLog:     slogWarnLog(rs.log, "reverseproxy"), // only upstream failures reach it
 			BufferPool:   bufferPool{},
 		}
 	}

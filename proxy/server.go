@@ -12,6 +12,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -53,12 +54,32 @@ type Server struct {
 	tlsHTTP, tlsChallenge *tls.Config
 	tlsTCP                sync.Map // ALPN list joined by "," -> *tls.Config
 
-	h1     *http.Server // serves TLS connections routed to http mode
-	h1Ln   *chanListener
+	// front serves TLS connections routed to http mode; fronts holds it
+	// and the ones before it. net/http reads its timeouts from the
+	// Server while serving, so a reload that changes [timeouts] starts a
+	// new front for new connections instead of writing to a live one.
+	front   atomic.Pointer[front]
+	mu      sync.Mutex // guards fronts, serving, the start of front goroutines
+	fronts  []*front
+	serving bool
+	serveWG sync.WaitGroup
+
 	plain  *http.Server // the http listener: ACME HTTP-01 + redirect
 	closed atomic.Bool
 
-	conns connSet // open tcp/passthrough streams, closed at the drain deadline
+	// conns holds the connections of open streams: tcp and passthrough
+	// pipes, and WebSockets (net/http forgets a connection once the
+	// reverse proxy hijacks it). A drain waits for them; its deadline
+	// closes them.
+	conns connSet
+}
+
+// front is one net/http server for http-mode connections, with the
+// timeouts it was made with.
+type front struct {
+	srv              *http.Server
+	ln               *chanListener
+	readHeader, idle time.Duration
 }
 
 // snapshot is one config's worth of routing: the table and the live
@@ -92,14 +113,63 @@ func New(opts Options) *Server {
 	s := &Server{certs: opts.Certs, log: opts.Logger}
 	s.tlsHTTP = s.baseTLS([]string{"h2", "http/1.1"})
 	s.tlsChallenge = s.baseTLS([]string{"acme-tls/1"})
-	s.h1Ln = newChanListener()
-	s.h1 = &http.Server{
-		Handler:     http.HandlerFunc(s.serveHTTP),
-		ConnContext: connContext,
-		ErrorLog:    slogErrorLog(s.log, "http"),
-		Protocols:   protocols(true, true),
-	}
 	return s
+}
+
+// useFront makes new http-mode connections go to a server with the
+// given timeouts, starting one if the current front has others.
+func (s *Server) useFront(tm timeouts) {
+	if f := s.front.Load(); f != nil && f.readHeader == tm.readHeader && f.idle == tm.idle {
+		return
+	}
+	f := &front{ln: newChanListener(), readHeader: tm.readHeader, idle: tm.idle}
+	f.srv = &http.Server{
+		Handler:           http.HandlerFunc(s.serveHTTP),
+		ConnContext:       connContext,
+		ConnState:         s.connState,
+		ErrorLog:          slogErrorLog(s.log, "http"),
+		Protocols:         protocols(true, true),
+		ReadHeaderTimeout: tm.readHeader,
+		IdleTimeout:       tm.idle,
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed.Load() {
+		return
+	}
+	s.fronts = append(s.fronts, f)
+	s.front.Store(f)
+	if s.serving {
+		s.serveFront(f)
+	}
+}
+
+// serveFront runs f's server; s.mu must be held.
+func (s *Server) serveFront(f *front) {
+	s.serveWG.Add(1)
+	go func() { defer s.serveWG.Done(); _ = f.srv.Serve(f.ln) }()
+}
+
+// connState tracks connections the reverse proxy hijacks (WebSockets
+// and other upgrades): net/http stops tracking them, so without this a
+// drain would neither wait for them nor close them at its deadline.
+func (s *Server) connState(c net.Conn, st http.ConnState) {
+	if st != http.StateHijacked {
+		return
+	}
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return
+	}
+	rc, ok := tc.NetConn().(*replayConn)
+	if !ok {
+		return
+	}
+	done := func() { s.conns.remove(c) }
+	rc.onClose.Store(&done)
+	if !s.conns.add(c) {
+		c.Close() // the drain deadline has passed
+	}
 }
 
 func protocols(h1, h2 bool) *http.Protocols {
@@ -159,8 +229,7 @@ func (s *Server) SetTable(t *routes.Table) error {
 		snap.routes = append(snap.routes, rs)
 	}
 	s.state.Store(snap)
-	s.h1.ReadHeaderTimeout = snap.tm.readHeader
-	s.h1.IdleTimeout = snap.tm.idle
+	s.useFront(snap.tm)
 	if old != nil {
 		for _, rs := range old.routes {
 			if !slices.Contains(snap.routes, rs) {
@@ -260,9 +329,15 @@ func (s *Server) Serve() error {
 	if _, port, err := net.SplitHostPort(s.httpsLn.Addr().String()); err == nil {
 		s.httpsPort = port
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = s.h1.Serve(s.h1Ln) }()
+	s.mu.Lock()
+	if s.closed.Load() {
+		s.mu.Unlock()
+		return nil
+	}
+	s.serving = true
+	for _, f := range s.fronts {
+		s.serveFront(f)
+	}
 	if s.httpLn != nil {
 		s.plain = &http.Server{
 			Handler:           http.HandlerFunc(s.servePlain),
@@ -270,11 +345,12 @@ func (s *Server) Serve() error {
 			IdleTimeout:       30 * time.Second,
 			ErrorLog:          slogErrorLog(s.log, "http-plain"),
 		}
-		wg.Add(1)
-		go func() { defer wg.Done(); _ = s.plain.Serve(s.httpLn) }()
+		s.serveWG.Add(1)
+		go func() { defer s.serveWG.Done(); _ = s.plain.Serve(s.httpLn) }()
 	}
+	s.mu.Unlock()
 	err := s.acceptLoop()
-	wg.Wait()
+	s.serveWG.Wait()
 	if s.closed.Load() {
 		return nil
 	}
@@ -304,14 +380,22 @@ func (s *Server) acceptLoop() error {
 	}
 }
 
-// handleConn routes one accepted TLS connection.
+// handleConn routes one accepted TLS connection. The handshake
+// timeout bounds the ClientHello peek and the TLS handshake together,
+// from accept: a client that sends nothing, or a hello byte by byte,
+// is closed when it runs out.
 func (s *Server) handleConn(c net.Conn) {
 	snap := s.state.Load()
 	metricConnsAccepted.Inc()
-	hello, peeked, err := peekHello(c, snap.tm.handshake)
+	_ = c.SetDeadline(time.Now().Add(snap.tm.handshake))
+	hello, peeked, err := peekHello(c)
 	if err != nil {
 		metricHandshakeFail("bad_hello")
 		s.log.Debug("dropping connection: no valid ClientHello", "remote", c.RemoteAddr(), "error", err)
+		if looksLikeHTTP(peeked) {
+			// the common mistake of plain HTTP to the TLS port: say so
+			_, _ = io.WriteString(c, "HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+		}
 		c.Close()
 		return
 	}
@@ -323,11 +407,12 @@ func (s *Server) handleConn(c net.Conn) {
 		}
 		metricHandshakeFail(reason)
 		s.log.Debug("refusing handshake: no route for SNI", "sni", hello.ServerName, "remote", c.RemoteAddr())
-		s.refuse(c, peeked, snap.tm.handshake)
+		s.refuse(c, peeked)
 		return
 	}
-	rc := &replayConn{Conn: c, pending: peeked, route: rs, hello: hello}
+	rc := &replayConn{Conn: c, pending: peeked, route: rs, snap: snap, hello: hello}
 	if rs.mode == routes.ModePassthrough {
+		_ = c.SetDeadline(time.Time{})
 		s.passthrough(rc)
 		return
 	}
@@ -340,7 +425,6 @@ func (s *Server) handleConn(c net.Conn) {
 		cfg = s.tcpTLS(rs.entry.Route.ALPN)
 	}
 	tc := tls.Server(rc, cfg)
-	_ = c.SetDeadline(time.Now().Add(snap.tm.handshake))
 	if err := tc.Handshake(); err != nil {
 		metricHandshakeFail(handshakeReason(err))
 		s.log.Debug("TLS handshake failed", "sni", hello.ServerName, "remote", c.RemoteAddr(), "error", err)
@@ -357,42 +441,78 @@ func (s *Server) handleConn(c net.Conn) {
 	case routes.ModeTCP:
 		s.pipeTCP(tc, rc)
 	default:
-		if !s.h1Ln.push(tc) {
+		if f := s.front.Load(); f == nil || !f.ln.push(tc) {
 			tc.Close()
 		}
 	}
 }
 
-// refuse runs a handshake that fails with unrecognized_name.
-func (s *Server) refuse(c net.Conn, peeked []byte, timeout time.Duration) {
+// looksLikeHTTP reports whether b starts like a plain HTTP request.
+func looksLikeHTTP(b []byte) bool {
+	for _, m := range []string{"GET ", "HEAD ", "POST ", "PUT ", "DELETE ", "OPTIONS ", "PATCH ", "CONNECT ", "PRI * "} {
+		if len(b) >= len(m) && string(b[:len(m)]) == m {
+			return true
+		}
+	}
+	return false
+}
+
+// refuse runs a handshake that fails with unrecognized_name, within
+// the deadline already set on c.
+func (s *Server) refuse(c net.Conn, peeked []byte) {
 	rc := &replayConn{Conn: c, pending: peeked}
 	tc := tls.Server(rc, refuseTLS)
-	_ = c.SetDeadline(time.Now().Add(timeout))
 	_ = tc.Handshake()
 	tc.Close()
 }
 
-// Shutdown stops accepting, lets in-flight requests and streams finish
-// until ctx ends, then closes what is left.
+// Shutdown stops accepting, lets in-flight requests and open streams
+// (tcp, passthrough, WebSockets) finish until ctx ends, then closes
+// whatever is still open.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
 	s.closed.Store(true)
+	fronts, plain := s.fronts, s.plain
+	s.mu.Unlock()
 	if s.httpsLn != nil {
 		s.httpsLn.Close()
 	}
-	s.h1Ln.Close()
-	var errs []error
-	if s.plain != nil {
-		errs = append(errs, s.plain.Shutdown(ctx))
+	if s.httpLn != nil && plain == nil {
+		s.httpLn.Close() // never served
 	}
-	errs = append(errs, s.h1.Shutdown(ctx))
-	done := s.conns.drain()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		s.conns.closeAll()
-		<-done
-		errs = append(errs, fmt.Errorf("drain deadline passed; closed open streams"))
+
+	var (
+		wg   sync.WaitGroup
+		emu  sync.Mutex
+		errs []error
+	)
+	drain := func(name string, srv *http.Server) {
+		defer wg.Done()
+		if err := srv.Shutdown(ctx); err != nil {
+			// the deadline passed with requests in flight: cut them
+			_ = srv.Close()
+			emu.Lock()
+			errs = append(errs, fmt.Errorf("%s: drain deadline passed; closed requests still in flight", name))
+			emu.Unlock()
+		}
 	}
+	for _, f := range fronts {
+		f.ln.Close()
+		wg.Add(1)
+		go drain("https", f.srv)
+	}
+	if plain != nil {
+		wg.Add(1)
+		go drain("http", plain)
+	}
+	if err := s.conns.wait(ctx); err != nil {
+		n := s.conns.closeAll()
+		emu.Lock()
+		errs = append(errs, fmt.Errorf("drain deadline passed; closed %d stream connections (tcp, passthrough, WebSocket)", n))
+		emu.Unlock()
+	}
+	s.conns.closeAll() // streams that start from here on are refused
+	wg.Wait()
 	if st := s.state.Load(); st != nil {
 		for _, rs := range st.routes {
 			rs.retire()

@@ -69,74 +69,94 @@ func connFrom(ctx context.Context) *replayConn {
 	return rc
 }
 
-// connSet tracks open tcp/passthrough streams and their connections, so
-// Shutdown can wait for them and close what is left at the drain
-// deadline. (A sync.WaitGroup would race: streams begin while Shutdown
-// waits.)
+// connSet tracks the connections of open streams, so a drain can wait
+// for them and, at its deadline, close them. Once closed, it refuses
+// new connections: a stream starting after the drain is over would
+// be left running.
 type connSet struct {
-	mu       sync.Mutex
-	m        map[net.Conn]struct{}
-	streams  int
-	draining bool
-	idle     chan struct{} // closed when draining and no stream is left
+	mu      sync.Mutex
+	m       map[net.Conn]struct{}
+	closed  bool
+	changed chan struct{} // closed (and replaced) when a connection is removed
 }
 
-// begin registers a stream; false once draining has started.
-func (s *connSet) begin(conns ...net.Conn) bool {
+// add tracks cs; false means the set is closed and the caller must
+// close them.
+func (s *connSet) add(cs ...net.Conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.draining {
+	if s.closed {
 		return false
 	}
 	if s.m == nil {
 		s.m = map[net.Conn]struct{}{}
 	}
-	s.streams++
-	for _, c := range conns {
+	for _, c := range cs {
 		s.m[c] = struct{}{}
 	}
 	return true
 }
 
-func (s *connSet) end(conns ...net.Conn) {
+func (s *connSet) remove(cs ...net.Conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, c := range conns {
+	for _, c := range cs {
 		delete(s.m, c)
 	}
-	s.streams--
-	if s.draining && s.streams == 0 && s.idle != nil {
-		close(s.idle)
-		s.idle = nil
+	if s.changed != nil {
+		close(s.changed)
+		s.changed = nil
 	}
 }
 
-// drain stops new streams and returns a channel closed when none is left.
-func (s *connSet) drain() <-chan struct{} {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.draining = true
-	ch := make(chan struct{})
-	if s.streams == 0 {
-		close(ch)
-	} else {
-		s.idle = ch
+// wait returns once no connection is tracked, or with ctx's error.
+func (s *connSet) wait(ctx context.Context) error {
+	for {
+		s.mu.Lock()
+		if len(s.m) == 0 {
+			s.mu.Unlock()
+			return nil
+		}
+		if s.changed == nil {
+			s.changed = make(chan struct{})
+		}
+		ch := s.changed
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
-	return ch
 }
 
-func (s *connSet) closeAll() {
+// closeAll closes every tracked connection and refuses new ones; it
+// returns how many it closed.
+func (s *connSet) closeAll() int {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.closed = true
+	open := make([]net.Conn, 0, len(s.m))
 	for c := range s.m {
+		open = append(open, c)
+	}
+	s.mu.Unlock()
+	// closing outside the lock: a hijacked connection's Close calls back into remove
+	for _, c := range open {
 		c.Close()
 	}
+	return len(open)
 }
 
 // slogErrorLog adapts net/http's error log to slog at debug level:
 // those lines are mostly clients hanging up mid-handshake.
 func slogErrorLog(l *slog.Logger, component string) *log.Logger {
 	return slog.NewLogLogger(l.With("component", component).Handler(), slog.LevelDebug)
+}
+
+// slogWarnLog adapts a logger whose every line is an operator-relevant
+// failure (the reverse proxy's: an upstream that broke off a response).
+func slogWarnLog(l *slog.Logger, component string) *log.Logger {
+	return slog.NewLogLogger(l.With("component", component).Handler(), slog.LevelWarn)
 }
 
 func errAddrInUse() error { return syscall.EADDRINUSE }

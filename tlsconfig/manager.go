@@ -10,6 +10,7 @@ package tlsconfig
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -20,6 +21,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -62,7 +64,7 @@ type Manager struct {
 	acme     map[string]*certmagic.Config // by ACME profile ("" = default)
 	manual   *certmagic.Config            // unmanaged: manual cert/key files
 	byName   map[string]*certmagic.Config // every configured name -> its config
-	manualBy map[string]string            // route key -> cache hash of its manual cert
+	manualBy map[string]*manualCert       // cert+key paths -> what was loaded from them
 	issuers  []*certmagic.ACMEIssuer      // for HTTP-01 answers
 	cfg      *routes.Config
 
@@ -95,7 +97,7 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 		status:   newStatusBook(),
 		acme:     map[string]*certmagic.Config{},
 		byName:   map[string]*certmagic.Config{},
-		manualBy: map[string]string{},
+		manualBy: map[string]*manualCert{},
 		ctx:      ctx,
 		cancel:   cancel,
 	}
@@ -312,30 +314,54 @@ func (m *Manager) Apply(t *routes.Table) error {
 
 func isPattern(h string) bool { return h == "*" || len(h) > 1 && h[0] == '*' }
 
-// loadManual caches a route's cert/key files, unless already loaded.
+// manualCert is a certificate loaded from a route's cert/key files.
+type manualCert struct {
+	stamp string   // size, mtime and inode of both files when read
+	sum   [32]byte // their content
+	hash  string   // certmagic's cache key
+	leaf  *x509.Certificate
+}
+
+// loadManual caches a route's cert/key files. On reload, files whose
+// size, mtime and inode are unchanged are not read again, and files
+// rewritten with the same content are not parsed again; a changed
+// certificate replaces the old one in the cache, so the next handshake
+// serves it.
 func (m *Manager) loadManual(e *routes.Entry) error {
 	r := e.Route
-	certPEM, err := os.ReadFile(r.Cert)
-	if err != nil {
-		return fmt.Errorf("route #%d: reading cert: %w", e.Index+1, err)
-	}
-	keyPEM, err := os.ReadFile(r.Key)
-	if err != nil {
-		return fmt.Errorf("route #%d: reading key: %w", e.Index+1, err)
-	}
-	pair, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		return fmt.Errorf("route #%d: cert %s / key %s: %w", e.Index+1, r.Cert, r.Key, err)
-	}
 	key := r.Cert + "\x00" + r.Key
-	hash, err := m.manual.CacheUnmanagedTLSCertificate(m.ctx, pair, []string{"manual"})
-	if err != nil {
-		return fmt.Errorf("route #%d: caching cert %s: %w", e.Index+1, r.Cert, err)
+	mc := m.manualBy[key]
+	if stamp := fileStamp(r.Cert) + "|" + fileStamp(r.Key); mc == nil || mc.stamp != stamp {
+		certPEM, err := os.ReadFile(r.Cert)
+		if err != nil {
+			return fmt.Errorf("route #%d: reading cert: %w", e.Index+1, err)
+		}
+		keyPEM, err := os.ReadFile(r.Key)
+		if err != nil {
+			return fmt.Errorf("route #%d: reading key: %w", e.Index+1, err)
+		}
+		sum := sha256.Sum256(append(append(certPEM, 0), keyPEM...))
+		if mc != nil && mc.sum == sum {
+			mc.stamp = stamp // touched, not changed
+		} else {
+			pair, err := tls.X509KeyPair(certPEM, keyPEM)
+			if err != nil {
+				return fmt.Errorf("route #%d: cert %s / key %s: %w", e.Index+1, r.Cert, r.Key, err)
+			}
+			hash, err := m.manual.CacheUnmanagedTLSCertificate(m.ctx, pair, []string{"manual"})
+			if err != nil {
+				return fmt.Errorf("route #%d: caching cert %s: %w", e.Index+1, r.Cert, err)
+			}
+			m.log.Info("certificate loaded from files", "cert", r.Cert, "names", pair.Leaf.DNSNames,
+				"serial", pair.Leaf.SerialNumber.Text(16), "not_after", pair.Leaf.NotAfter)
+			if mc != nil && mc.hash != hash && !m.manualInUse(mc.hash, key) {
+				m.cache.Remove([]string{mc.hash})
+				m.staples.unregister(mc.leaf)
+			}
+			mc = &manualCert{stamp: stamp, sum: sum, hash: hash, leaf: pair.Leaf}
+			m.manualBy[key] = mc
+		}
 	}
-	if old, ok := m.manualBy[key]; ok && old != hash {
-		m.cache.Remove([]string{old})
-	}
-	m.manualBy[key] = hash
 	for _, h := range e.Hosts {
 		m.byName[h] = m.manual
 		m.status.set(h, "manual", stateReady, nil)
@@ -344,6 +370,30 @@ func (m *Manager) loadManual(e *routes.Entry) error {
 		m.staples.register(c.Certificate, c.Names)
 	}
 	return nil
+}
+
+// manualInUse reports whether another route's files hold the cached
+// certificate hash.
+func (m *Manager) manualInUse(hash, except string) bool {
+	for k, mc := range m.manualBy {
+		if k != except && mc.hash == hash {
+			return true
+		}
+	}
+	return false
+}
+
+// fileStamp identifies a file's version without reading it.
+func fileStamp(path string) string {
+	st, err := os.Stat(path)
+	if err != nil {
+		return "missing"
+	}
+	var ino uint64
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		ino = sys.Ino
+	}
+	return fmt.Sprintf("%d/%d/%d", st.Size(), st.ModTime().UnixNano(), ino)
 }
 
 // GetCertificate returns the certificate for a handshake the route

@@ -149,6 +149,16 @@ func (s *stapler) register(cert tls.Certificate, names []string) {
 
 // accept validates a response for e and makes it current. A Revoked
 // response clears the staple and reports the revocation once.
+// unregister stops keeping a staple for a certificate no longer served.
+func (s *stapler) unregister(leaf *x509.Certificate) {
+	if leaf == nil {
+		return
+	}
+	s.mu.Lock()
+	delete(s.entries, leaf)
+	s.mu.Unlock()
+}
+
 func (s *stapler) accept(e *stapleEntry, der []byte) (*ocsp.Response, error) {
 	resp, err := ocsp.ParseResponseForCert(der, e.leaf, e.issuer)
 	if err != nil {

@@ -167,15 +167,28 @@ func cmdRun(args []string, stderr io.Writer) int {
 					log.Warn("SIGHUP ignored: a quick start has no config file to reload")
 					continue
 				}
+				log.Info("SIGHUP: reloading the config", "config", path)
 				_ = in.reload(path)
 				continue
 			}
-			drain := cfg.Timeouts.ShutdownDrain.Or(20 * time.Second)
+			drain := in.drainTimeout()
 			log.Info("shutting down: draining connections", "signal", sig.String(), "max_drain", drain)
-			if err := in.shutdown(drain); err != nil {
-				log.Warn("shutdown", "error", err)
+			done := make(chan error, 1)
+			go func() { done <- in.shutdown(drain) }()
+			for {
+				select {
+				case err := <-done:
+					if err != nil {
+						log.Warn("shutdown", "error", err)
+					}
+					return 0
+				case sig := <-sigs:
+					if sig != syscall.SIGHUP {
+						log.Warn("second signal: exiting without waiting for the drain", "signal", sig.String())
+						return 1
+					}
+				}
 			}
-			return 0
 		}
 	}
 }

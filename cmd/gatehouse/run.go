@@ -2,16 +2,21 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"reflect"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/caddyserver/certmagic"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -29,10 +34,12 @@ type instance struct {
 	admin   *http.Server
 	adminLn net.Listener
 
-	mu  sync.Mutex
-	cfg *routes.Config
+	mu      sync.Mutex
+	cfg     *routes.Config
+	applied string // fingerprint of the files the last reload (or start) read
 
 	served   chan error
+	stop     chan struct{} // closed by shutdown: stops the config watcher
 	stopOnce sync.Once
 	stopErr  error
 }
@@ -42,6 +49,11 @@ type startOptions struct {
 	httpsLn, httpLn, adminLn net.Listener
 	logger                   *slog.Logger
 	ocspInterval             time.Duration
+	// storage replaces the certificate storage the config names.
+	storage certmagic.Storage
+	// watchEvery is how often the config file (and the cert/key files
+	// it names) are checked for changes: 0 means every 2 s, < 0 never.
+	watchEvery time.Duration
 }
 
 // start brings gatehouse up: listeners first (so certmagic finds the
@@ -53,7 +65,7 @@ func start(cfg *routes.Config, o startOptions) (*instance, error) {
 	if log == nil {
 		log = newLogger(cfg.Log, nil)
 	}
-	in := &instance{log: log, cfg: cfg, served: make(chan error, 1)}
+	in := &instance{log: log, cfg: cfg, served: make(chan error, 1), stop: make(chan struct{})}
 	in.proxy = proxy.New(proxy.Options{Logger: log})
 
 	if o.httpsLn != nil {
@@ -62,7 +74,7 @@ func start(cfg *routes.Config, o startOptions) (*instance, error) {
 		return nil, err
 	}
 	httpsAddr, httpAddr := in.proxy.Addrs()
-	opts := tlsconfig.Options{Logger: log, OCSPCheckInterval: o.ocspInterval}
+	opts := tlsconfig.Options{Logger: log, OCSPCheckInterval: o.ocspInterval, Storage: o.storage}
 	opts.ListenHost, opts.TLSPort = hostPort(httpsAddr)
 	if httpAddr != nil {
 		_, opts.HTTPPort = hostPort(httpAddr)
@@ -112,6 +124,14 @@ func start(cfg *routes.Config, o startOptions) (*instance, error) {
 		log.Error("certificate setup", "error", err)
 	}
 	go func() { in.served <- in.proxy.Serve() }()
+	in.applied = configSum(cfg.Path) + certStamps(cfg)
+	if cfg.Path != "" && o.watchEvery >= 0 {
+		every := o.watchEvery
+		if every == 0 {
+			every = 2 * time.Second
+		}
+		go in.watch(cfg.Path, every)
+	}
 	log.Info("gatehouse serving", "https", httpsAddr, "http", httpAddr, "admin", adminAddr(in.adminLn), "routes", len(cfg.Routes))
 	return in, nil
 }
@@ -156,33 +176,125 @@ func (in *instance) ready() (bool, any) {
 // reload applies a new config: a bad one is refused and the old one
 // keeps serving; connections already open keep their routes.
 func (in *instance) reload(path string) error {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	// read under the lock: a SIGHUP and the watcher reloading together
+	// must not apply an older read of the file last
+	sum := configSum(path)
 	cfg, err := loadConfig(path)
 	if err != nil {
+		in.applied = sum + certStamps(in.cfg) // report a bad file once, not at every poll
 		in.log.Error("config reload refused; the previous config keeps serving", "config", path, "errors", err.Error())
 		return err
 	}
-	in.mu.Lock()
-	defer in.mu.Unlock()
 	if !reflect.DeepEqual(cfg.Listen, in.cfg.Listen) {
 		in.log.Warn("[listen] changes take effect on restart; keeping the current listeners")
 	}
 	table := routes.NewTable(cfg)
 	if err := in.proxy.SetTable(table); err != nil {
-		in.log.Error("config reload refused; the previous config keeps serving", "error", err)
+		in.applied = sum + certStamps(in.cfg)
+		in.log.Error("config reload refused; the previous config keeps serving", "config", path, "error", err)
 		return err
 	}
+	stamps := certStamps(cfg) // before Apply reads the files
 	if err := in.certs.Apply(table); err != nil {
 		in.log.Error("certificate setup after reload", "error", err)
 	}
 	in.cfg = cfg
+	in.applied = sum + stamps
 	in.log.Info("config reloaded", "config", path, "routes", len(cfg.Routes))
 	return nil
+}
+
+// watch reloads when the config file, or a cert/key file the config
+// names, changes. It polls (the config's content, the certificate
+// files' size, mtime and inode): that works on every file system, for
+// editors that replace the file, and for symlink swaps such as
+// Kubernetes secret volumes, without a dependency. A change is applied
+// once it has held still for a moment, so a file caught half-written
+// is not loaded; a bad config is reported once, not at every poll.
+func (in *instance) watch(path string, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	current := func() string {
+		in.mu.Lock()
+		cfg, applied := in.cfg, in.applied
+		in.mu.Unlock()
+		fp := configSum(path) + certStamps(cfg)
+		if fp == applied {
+			return ""
+		}
+		return fp
+	}
+	for {
+		select {
+		case <-in.stop:
+			return
+		case <-t.C:
+		}
+		fp := current()
+		if fp == "" {
+			continue
+		}
+		select {
+		case <-in.stop:
+			return
+		case <-time.After(min(every/2, 500*time.Millisecond)):
+		}
+		if current() != fp {
+			continue // still being written, or a SIGHUP reloaded it
+		}
+		in.log.Info("config or certificate file changed; reloading", "config", path)
+		_ = in.reload(path)
+	}
+}
+
+// configSum hashes a config file's content.
+func configSum(path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "unreadable: " + err.Error()
+	}
+	sum := sha256.Sum256(data)
+	return string(sum[:])
+}
+
+// certStamps identifies the versions of the cert/key files cfg names
+// by size, mtime and inode, without reading them.
+func certStamps(cfg *routes.Config) string {
+	var b strings.Builder
+	for _, r := range cfg.Routes {
+		if !r.Manual() {
+			continue
+		}
+		for _, f := range []string{r.Cert, r.Key} {
+			st, err := os.Stat(f)
+			if err != nil {
+				fmt.Fprintf(&b, "%s: %v\n", f, err)
+				continue
+			}
+			var ino uint64
+			if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+				ino = sys.Ino
+			}
+			fmt.Fprintf(&b, "%s %d %d %d\n", f, st.Size(), st.ModTime().UnixNano(), ino)
+		}
+	}
+	return b.String()
+}
+
+// drainTimeout is [timeouts] shutdown_drain of the config in force.
+func (in *instance) drainTimeout() time.Duration {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.cfg.Timeouts.ShutdownDrain.Or(20 * time.Second)
 }
 
 // shutdown stops accepting and drains for at most drain.
 // It is safe to call more than once.
 func (in *instance) shutdown(drain time.Duration) error {
 	in.stopOnce.Do(func() {
+		close(in.stop)
 		ctx, cancel := context.WithTimeout(context.Background(), drain)
 		defer cancel()
 		in.stopErr = in.proxy.Shutdown(ctx)
