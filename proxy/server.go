@@ -28,7 +28,8 @@ import (
 // Certs is what the proxy needs from the certificate manager.
 type Certs interface {
 	// GetCertificate returns the certificate for a handshake already
-	// routed to e. It must not block on the network.
+	// routed to e. It must not block on the network, except for an
+	// on-demand name's first handshake (bounded by the handshake timeout).
 	GetCertificate(e *routes.Entry, hello *tls.ClientHelloInfo) (*tls.Certificate, error)
 	// HandleHTTPChallenge answers an ACME HTTP-01 request, reporting
 	// whether it did.
@@ -259,6 +260,22 @@ func (sn *snapshot) lookup(name string) *routeState {
 	return sn.routes[e.Index]
 }
 
+// lookupIP routes a ClientHello without SNI (clients send none when they
+// dial an IP address) to the route listing the local address it arrived
+// on, exactly: a pattern route never takes a connection without a name.
+func (sn *snapshot) lookupIP(local net.Addr) *routeState {
+	ta, ok := local.(*net.TCPAddr)
+	if !ok {
+		return nil
+	}
+	ip := ta.IP.String()
+	e := sn.table.Lookup(ip)
+	if e == nil || !slices.Contains(e.Hosts, ip) {
+		return nil
+	}
+	return sn.routes[e.Index]
+}
+
 // Listen binds the https and http listeners (http may be "").
 // Binding happens before anything else so certmagic finds the ports
 // taken and leaves challenges to these listeners.
@@ -400,6 +417,9 @@ func (s *Server) handleConn(c net.Conn) {
 		return
 	}
 	rs := snap.lookup(hello.ServerName)
+	if rs == nil && hello.ServerName == "" {
+		rs = snap.lookupIP(c.LocalAddr())
+	}
 	if rs == nil {
 		reason := "unknown_sni"
 		if hello.ServerName == "" {

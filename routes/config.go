@@ -8,6 +8,8 @@ package routes
 
 import (
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -144,9 +146,59 @@ type Storage struct {
 }
 
 // OnDemand configures certificates obtained during the first handshake
-// for names that are not listed in config.
+// for names that are not listed in config (routes with hosts = ["*"] or
+// "*.suffix"). Every knob bounds what a stranger's ClientHello can make
+// gatehouse do: ask whether the name is wanted, how many orders a
+// minute, how many at once, how long a "no" is remembered.
 type OnDemand struct {
+	// Ask is asked GET ?domain=NAME&ip=CLIENT before any order; only a
+	// 2xx answer allows one.
 	Ask string `toml:"ask"`
+	// AskTimeout bounds the ask call; a slower answer is a denial.
+	// Default 5s.
+	AskTimeout Duration `toml:"ask_timeout"`
+	// Rate is the most new on-demand orders gatehouse places, "N/period"
+	// like "10/1m". Default "10/1m".
+	Rate string `toml:"rate"`
+	// MaxConcurrent caps on-demand orders in flight at once. Default 4.
+	MaxConcurrent int `toml:"max_concurrent"`
+	// DenyCache is how long a denied name is refused without asking
+	// again. Default 1m.
+	DenyCache Duration `toml:"deny_cache"`
+}
+
+// On-demand defaults.
+const (
+	DefaultOnDemandRate          = "10/1m"
+	DefaultOnDemandMaxConcurrent = 4
+	DefaultOnDemandAskTimeout    = 5 * time.Second
+	DefaultOnDemandDenyCache     = time.Minute
+)
+
+// ParseRate reads Rate ("N/period"; "" means the default) as a count
+// and a period.
+func (o OnDemand) ParseRate() (int, time.Duration, error) {
+	r := o.Rate
+	if r == "" {
+		r = DefaultOnDemandRate
+	}
+	n, per, ok := strings.Cut(r, "/")
+	if !ok {
+		return 0, 0, fmt.Errorf("rate = %q: write it as N/period, like %q", o.Rate, DefaultOnDemandRate)
+	}
+	count, err := strconv.Atoi(strings.TrimSpace(n))
+	if err != nil || count < 1 {
+		return 0, 0, fmt.Errorf("rate = %q: %q is not a positive whole number of orders", o.Rate, n)
+	}
+	per = strings.TrimSpace(per)
+	if per != "" && (per[0] < '0' || per[0] > '9') {
+		per = "1" + per // "10/m" reads as "10/1m"
+	}
+	d, err := time.ParseDuration(per)
+	if err != nil || d <= 0 {
+		return 0, 0, fmt.Errorf("rate = %q: %q is not a period like 1m or 1h", o.Rate, per)
+	}
+	return count, d, nil
 }
 
 // Log configures logging.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 )
 
 // validate checks everything that can be checked without the network.
@@ -102,6 +103,18 @@ func (c *Config) validate(idx lineIndex) Errors {
 		if u, err := url.Parse(c.OnDemand.Ask); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			bad("on_demand.ask", "ask = %q is not an http:// or https:// URL", c.OnDemand.Ask)
 		}
+	}
+	if _, _, err := c.OnDemand.ParseRate(); err != nil {
+		bad("on_demand.rate", "%v", err)
+	}
+	if c.OnDemand.MaxConcurrent < 0 {
+		bad("on_demand.max_concurrent", "max_concurrent = %d: want 1 or more (default %d)", c.OnDemand.MaxConcurrent, DefaultOnDemandMaxConcurrent)
+	}
+	if t := time.Duration(c.OnDemand.AskTimeout); t < 0 || t > time.Minute {
+		bad("on_demand.ask_timeout", "ask_timeout = %s: want a duration up to 1m (a handshake waits on it)", t)
+	}
+	if d := time.Duration(c.OnDemand.DenyCache); d < 0 {
+		bad("on_demand.deny_cache", "deny_cache = %s must not be negative", d)
 	}
 	if f := c.Log.Format; f != "" && f != "text" && f != "json" {
 		bad("log.format", "format = %q: want \"text\" or \"json\"", f)

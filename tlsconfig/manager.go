@@ -68,6 +68,10 @@ type Manager struct {
 	issuers  []*certmagic.ACMEIssuer      // for HTTP-01 answers
 	cfg      *routes.Config
 
+	internal   *certmagic.Config // tls = "internal" (internal.go)
+	internalCA *internalIssuer
+	onDemand   *onDemand // pattern routes: hosts = ["*"], "*.suffix" (ondemand.go)
+
 	ctx    context.Context
 	cancel context.CancelFunc
 }
@@ -98,6 +102,7 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 		acme:     map[string]*certmagic.Config{},
 		byName:   map[string]*certmagic.Config{},
 		manualBy: map[string]*manualCert{},
+		onDemand: newOnDemand(),
 		ctx:      ctx,
 		cancel:   cancel,
 	}
@@ -155,6 +160,9 @@ func (m *Manager) configForCert(c certmagic.Certificate) (*certmagic.Config, err
 		if cfg, ok := m.byName[name]; ok {
 			return cfg, nil
 		}
+	}
+	if cfg := m.patternConfigFor(c.Names); cfg != nil {
+		return cfg, nil
 	}
 	if m.manual != nil {
 		return m.manual, nil
@@ -297,9 +305,12 @@ func (m *Manager) Apply(t *routes.Table) error {
 				toManage[c] = append(toManage[c], h)
 			}
 		case "internal":
-			errs = append(errs, fmt.Errorf("route #%d: tls = \"internal\" is not available yet", e.Index+1))
+			if err := m.applyInternal(cfg, e, toManage); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
+	m.applyPatterns(cfg, t)
 	for c, names := range toManage {
 		sort.Strings(names)
 		// ManageAsync loads each name from storage or orders it, one
@@ -397,20 +408,22 @@ func fileStamp(path string) string {
 }
 
 // GetCertificate returns the certificate for a handshake the route
-// table has already matched to e. It never waits on a CA or an OCSP
-// responder: a name without a certificate yet fails the handshake.
+// table has already matched to e. It never waits on an OCSP responder,
+// nor on a CA for a configured name (one without a certificate yet
+// fails the handshake); only an on-demand name's first handshake waits
+// for its order, at most the handshake timeout (ondemand.go).
 func (m *Manager) GetCertificate(e *routes.Entry, hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	name := serverName(hello)
 	m.mu.RLock()
-	c := m.byName[hello.ServerName]
-	if c == nil {
-		// a wildcard route's name: any config shares the cache
-		c = m.manual
-	}
+	c := m.byName[name]
 	m.mu.RUnlock()
-	if c == nil {
-		return nil, fmt.Errorf("no certificate configured for %q", hello.ServerName)
+	var cert *tls.Certificate
+	var err error
+	if c != nil {
+		cert, err = c.GetCertificate(hello)
+	} else {
+		cert, err = m.patternCertificate(e, name, hello)
 	}
-	cert, err := c.GetCertificate(hello)
 	if err != nil || cert == nil || cert.Leaf == nil {
 		return cert, err
 	}

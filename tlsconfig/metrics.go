@@ -22,7 +22,7 @@ var (
 
 // Collectors returns the metrics this package maintains.
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{metricObtains, metricRevoked, metricStapleNextUpdate}
+	return append([]prometheus.Collector{metricObtains, metricRevoked, metricStapleNextUpdate}, certopsCollectors...)
 }
 
 func metricObtain(issuer string, renewal bool, err error) {
