@@ -10,6 +10,8 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+
+	proxyproto "github.com/pires/go-proxyproto"
 )
 
 // maxHelloBytes bounds how much a ClientHello peek reads. A ClientHello
@@ -94,6 +96,7 @@ type replayConn struct {
 	route   *routeState
 	snap    *snapshot // the config the route was looked up in
 	hello   Hello
+	pin     atomic.Pointer[pinnedPool] // proxy_protocol http routes: this client's upstream pool
 
 	// onClose runs once when the connection closes, for connections
 	// tracked after net/http let go of them (hijacked).
@@ -101,7 +104,12 @@ type replayConn struct {
 	closeOnce sync.Once
 }
 
+// Close closes the connection, and the upstream connections pinned to
+// it for a proxy_protocol route.
 func (c *replayConn) Close() error {
+	if p := c.pin.Swap(pinClosed); p != nil && p != pinClosed {
+		p.close()
+	}
 	err := c.Conn.Close()
 	if f := c.onClose.Load(); f != nil {
 		c.closeOnce.Do(*f)
@@ -124,7 +132,11 @@ func (c *replayConn) Read(p []byte) (int, error) {
 // CloseWrite half-closes the underlying TCP connection, so tcp-mode
 // pipes can pass a client's end-of-stream on.
 func (c *replayConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+	conn := c.Conn
+	if pc, ok := conn.(*proxyproto.Conn); ok {
+		conn = pc.Raw()
+	}
+	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
 	return nil

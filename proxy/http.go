@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
@@ -16,10 +17,13 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rs := s.routeFor(w, r, rc)
+	began := time.Now()
+	defer rs.metrics.observe(began)
 	// A browser reuses one connection for every name the certificate
 	// covers; a request for a name this connection's route does not
 	// serve must be retried by the client on its own connection.
 	if host := routes.CanonicalHost(r.Host); host != rc.hello.ServerName && !rs.serves(host) {
+		rs.metrics.none[classOf(http.StatusMisdirectedRequest)].Inc()
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(http.StatusMisdirectedRequest)
 		_, _ = w.Write([]byte("421 Misdirected Request: this connection was opened for " + rc.hello.ServerName + "\n"))

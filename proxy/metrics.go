@@ -2,6 +2,9 @@ package proxy
 
 import (
 	"crypto/tls"
+	"sort"
+	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -17,21 +20,137 @@ var (
 	}, []string{"version"})
 	metricHandshakeFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gatehouse_tls_handshake_failures_total",
-		Help: "Failed or refused TLS handshakes by reason (unknown_sni, no_sni, bad_hello, protocol, alpn, timeout, ...).",
+		Help: "Failed or refused TLS handshakes by reason (unknown_sni, no_sni, bad_hello, proxy_header, protocol, alpn, timeout, ...).",
 	}, []string{"reason"})
 	metricActiveStreams = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "gatehouse_active_streams",
 		Help: "Open tcp and passthrough streams.",
 	})
+	metricRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gatehouse_http_requests_total",
+		Help: "HTTP requests by route, status class (1xx..5xx, or canceled by the client) and upstream " +
+			"(empty when gatehouse answered itself: 421, or 502 with every upstream down).",
+	}, []string{"route", "code_class", "upstream"})
+	metricDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "gatehouse_http_request_duration_seconds",
+		Help:    "Time from a request's headers to the end of its response, by route.",
+		Buckets: prometheus.DefBuckets,
+	}, []string{"route"})
+	healthDesc = prometheus.NewDesc("gatehouse_upstream_healthy",
+		"1 when the upstream is in rotation (active and passive health), 0 when it is skipped.",
+		[]string{"route", "upstream"}, nil)
 )
 
 // Collectors returns the metrics this package maintains.
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{metricConnsAccepted, metricHandshakes, metricHandshakeFailures, metricActiveStreams}
+	return []prometheus.Collector{metricConnsAccepted, metricHandshakes, metricHandshakeFailures, metricActiveStreams,
+		metricRequests, metricDuration, healthCollector{}}
 }
 
 func metricHandshakeFail(reason string) { metricHandshakeFailures.WithLabelValues(reason).Inc() }
 
 func metricHandshakeOK(version uint16) {
 	metricHandshakes.WithLabelValues(tls.VersionName(version)).Inc()
+}
+
+type counter = prometheus.Counter
+
+// Status classes, the code_class label.
+const (
+	classCanceled = 5
+	numClasses    = 6
+)
+
+var classNames = [numClasses]string{"1xx", "2xx", "3xx", "4xx", "5xx", "canceled"}
+
+func classOf(code int) int {
+	if c := code/100 - 1; c >= 0 && c < 5 {
+		return c
+	}
+	return 4
+}
+
+// routeMetrics are a route's metric children, looked up once when the
+// route is built, so a request costs a few atomic adds and no label
+// lookups or allocations. Each upstream holds its own counters.
+type routeMetrics struct {
+	none     [numClasses]counter // answered by gatehouse itself
+	duration prometheus.Observer
+}
+
+func newRouteMetrics(route string, ups []*upstream) routeMetrics {
+	var m routeMetrics
+	for i, c := range classNames {
+		m.none[i] = metricRequests.WithLabelValues(route, c, "")
+		for _, u := range ups {
+			u.reqs[i] = metricRequests.WithLabelValues(route, c, u.Raw)
+		}
+	}
+	m.duration = metricDuration.WithLabelValues(route)
+	return m
+}
+
+func (m *routeMetrics) observe(began time.Time) {
+	m.duration.Observe(time.Since(began).Seconds())
+}
+
+// live holds the routes installed in a proxy (not yet retired), for the
+// upstream health gauge: it is computed at scrape time, so it shows a
+// passive cooldown's end and drops a removed route's upstreams.
+var live struct {
+	sync.Mutex
+	seq    uint64
+	routes map[*routeState]uint64
+}
+
+func trackRoute(rs *routeState) {
+	live.Lock()
+	defer live.Unlock()
+	if live.routes == nil {
+		live.routes = map[*routeState]uint64{}
+	}
+	live.seq++
+	live.routes[rs] = live.seq
+}
+
+func untrackRoute(rs *routeState) {
+	live.Lock()
+	delete(live.routes, rs)
+	live.Unlock()
+}
+
+type healthCollector struct{}
+
+func (healthCollector) Describe(ch chan<- *prometheus.Desc) { ch <- healthDesc }
+
+func (healthCollector) Collect(ch chan<- prometheus.Metric) {
+	type entry struct {
+		rs  *routeState
+		seq uint64
+	}
+	live.Lock()
+	rss := make([]entry, 0, len(live.routes))
+	for rs, seq := range live.routes {
+		rss = append(rss, entry{rs, seq})
+	}
+	live.Unlock()
+	// newest first: while a reload overlaps an old and a new state of
+	// the same route, the new one is reported (labels must be unique)
+	sort.Slice(rss, func(i, j int) bool { return rss[i].seq > rss[j].seq })
+	seen := map[[2]string]bool{}
+	for _, e := range rss {
+		rs := e.rs
+		for _, u := range rs.bal.ups {
+			k := [2]string{rs.name, u.Raw}
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+			v := 0.0
+			if u.healthy() {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(healthDesc, prometheus.GaugeValue, v, rs.name, u.Raw)
+		}
+	}
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"time"
@@ -12,12 +13,13 @@ import (
 // route's upstream, both ways, passing half-closes on.
 func (s *Server) pipeTCP(tc *tls.Conn, rc *replayConn) {
 	rs := rc.route
-	up, err := rs.dialStream()
+	up, u, err := rs.dialStream(tc)
 	if err != nil {
-		rs.log.Warn("tcp upstream unreachable", "error", err)
+		rs.log.Warn("tcp upstream unreachable", "client", tc.RemoteAddr(), "error", err)
 		tc.Close()
 		return
 	}
+	defer u.active.Add(-1)
 	s.stream(tc, up, rs.name)
 }
 
@@ -25,26 +27,46 @@ func (s *Server) pipeTCP(tc *tls.Conn, rc *replayConn) {
 // first, to a passthrough route's upstream.
 func (s *Server) passthrough(rc *replayConn) {
 	rs := rc.route
-	up, err := rs.dialStream()
+	up, u, err := rs.dialStream(rc)
 	if err != nil {
-		rs.log.Warn("passthrough upstream unreachable", "error", err)
+		rs.log.Warn("passthrough upstream unreachable", "client", rc.RemoteAddr(), "error", err)
 		rc.Close()
 		return
 	}
+	defer u.active.Add(-1)
 	s.stream(rc, up, rs.name)
 }
 
-func (rs *routeState) dialStream() (net.Conn, error) {
-	var lastErr error
-	for range len(rs.ups) {
-		u := rs.pick()
-		c, err := net.DialTimeout("tcp", u.Host, rs.dial)
-		if err == nil {
-			return c, nil
+// dialStream connects a tcp or passthrough stream to an upstream chosen
+// by the route's balancer, trying the others when one cannot be
+// reached, and writes the route's PROXY header (client's address → the
+// address it connected to) before any other byte.
+func (rs *routeState) dialStream(client net.Conn) (net.Conn, *upstream, error) {
+	var skip tried
+	var lastErr error = errNoUpstream
+	for {
+		u := rs.bal.pick(skip)
+		if u == nil {
+			return nil, nil, lastErr
 		}
-		lastErr = err
+		c, err := rs.dialer.Dial("tcp", u.Host)
+		if err == nil && rs.ppVersion != 0 {
+			if err = sendPROXY(c, rs.ppVersion, client.RemoteAddr(), client.LocalAddr(), rs.dial); err != nil {
+				c.Close()
+			}
+		}
+		if err == nil {
+			u.succeeded()
+			u.active.Add(1)
+			return c, u, nil
+		}
+		if u.failed(rs.bal.passive) {
+			rs.log.Warn("upstream out of rotation after consecutive failures", "upstream", u.Raw,
+				"failures", passiveFails, "cooldown", passiveCooldown, "error", err)
+		}
+		lastErr = fmt.Errorf("%s: %w", u.Raw, err)
+		skip.add(rs.bal.index(u))
 	}
-	return nil, lastErr
 }
 
 // stream copies both directions until both are done. When one side

@@ -10,11 +10,11 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
-	"net/url"
 	"os"
 	"reflect"
+	"strconv"
+	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/gatehouse-proxy/gatehouse/routes"
@@ -22,25 +22,26 @@ import (
 
 // routeState is a route's live side: how it reaches its upstreams.
 // An unchanged route keeps its state (and its upstream connection
-// pool) across reloads.
+// pool, health checks and balancing counters) across reloads.
 type routeState struct {
 	entry *routes.Entry
 	mode  string
 	log   *slog.Logger
 	name  string // first host, for logs and metrics
 
-	ups       []*upstream
-	next      atomic.Uint64 // round-robin cursor
+	bal       balancer
+	scheme    string // http mode: the upstreams' URL scheme (http or https)
 	transport *http.Transport
 	proxy     *httputil.ReverseProxy
 	hsts      string
 	dial      time.Duration
-}
+	dialer    *net.Dialer
+	ppVersion byte // PROXY protocol version sent to upstreams; 0: none
 
-// upstream is one backend address of a route.
-type upstream struct {
-	routes.Upstream
-	target *url.URL // for the reverse proxy: scheme http or https
+	metrics routeMetrics
+	health  healthChecks
+
+	startOnce, retireOnce sync.Once
 }
 
 func newRouteState(e *routes.Entry, tm timeouts, prev *routeState, log *slog.Logger) (*routeState, error) {
@@ -48,11 +49,13 @@ func newRouteState(e *routes.Entry, tm timeouts, prev *routeState, log *slog.Log
 		return prev, nil
 	}
 	rs := &routeState{
-		entry: e,
-		mode:  e.Mode(),
-		name:  e.Hosts[0],
-		hsts:  e.Route.HSTS,
-		dial:  tm.dial,
+		entry:     e,
+		mode:      e.Mode(),
+		name:      e.Hosts[0],
+		hsts:      e.Route.HSTS,
+		dial:      tm.dial,
+		dialer:    &net.Dialer{Timeout: tm.dial, KeepAlive: 30 * time.Second},
+		ppVersion: proxyVersion(e.Route.ProxyProtocol),
 	}
 	rs.log = log.With("route", rs.name)
 	for _, u := range e.Upstreams {
@@ -64,18 +67,25 @@ func newRouteState(e *routes.Entry, tm timeouts, prev *routeState, log *slog.Log
 			}
 			t.Path = ""
 			up.target = &t
+			rs.scheme = t.Scheme
 		}
-		rs.ups = append(rs.ups, up)
+		rs.bal.ups = append(rs.bal.ups, up)
 	}
+	if len(rs.bal.ups) == 0 {
+		return nil, errors.New("no usable upstream")
+	}
+	rs.bal.leastConn = e.Route.Balance == "least_conn"
+	rs.bal.passive = len(rs.bal.ups) > 1
+	rs.metrics = newRouteMetrics(rs.name, rs.bal.ups)
 	if rs.mode == routes.ModeHTTP {
-		tr, err := newTransport(e, tm)
+		tr, err := rs.newTransport(e, tm)
 		if err != nil {
 			return nil, err
 		}
 		rs.transport = tr
 		rs.proxy = &httputil.ReverseProxy{
 			Rewrite:      rs.rewrite,
-			Transport:    tr,
+			Transport:    rs, // balancing, retries, PROXY-pinned connections: balance.go
 			ErrorHandler: rs.proxyError,
 			ErrorLog:     slogWarnLog(rs.log, "reverseproxy"), // only upstream failures reach it
 			BufferPool:   bufferPool{},
@@ -91,26 +101,34 @@ func (rs *routeState) sameAs(e *routes.Entry) bool {
 	return reflect.DeepEqual(a, b)
 }
 
-// retire releases a route's idle upstream connections once no new
-// connection can reach it; open ones finish on their own.
+// start begins the route's background work (health checks) once it is
+// installed; a state built for a table that was then refused never starts.
+func (rs *routeState) start() {
+	rs.startOnce.Do(func() {
+		trackRoute(rs)
+		rs.startHealth()
+	})
+}
+
+// retire stops the route's health checks and releases its idle
+// upstream connections once no new connection can reach it; open ones
+// finish on their own (with the last health state they saw).
 func (rs *routeState) retire() {
-	if rs.transport != nil {
-		rs.transport.CloseIdleConnections()
-	}
+	rs.retireOnce.Do(func() {
+		rs.stopHealth()
+		untrackRoute(rs)
+		if rs.transport != nil {
+			rs.transport.CloseIdleConnections()
+		}
+	})
 }
 
-// pick chooses the upstream for the next request or stream.
-func (rs *routeState) pick() *upstream {
-	if len(rs.ups) == 1 {
-		return rs.ups[0]
-	}
-	return rs.ups[int(rs.next.Add(1)-1)%len(rs.ups)]
-}
-
-func newTransport(e *routes.Entry, tm timeouts) (*http.Transport, error) {
-	dialer := &net.Dialer{Timeout: tm.dial, KeepAlive: 30 * time.Second}
+// newTransport builds the route's shared upstream transport.
+// https:// upstreams are spoken to in HTTP/1.1 (as nginx does), so
+// WebSocket upgrades work; h2c:// ones in cleartext HTTP/2 only.
+func (rs *routeState) newTransport(e *routes.Entry, tm timeouts) (*http.Transport, error) {
 	tr := &http.Transport{
-		DialContext:           dialer.DialContext,
+		DialContext:           rs.dialHTTP,
 		MaxIdleConns:          0, // bounded per host below
 		MaxIdleConnsPerHost:   256,
 		IdleConnTimeout:       90 * time.Second,
@@ -139,36 +157,107 @@ func newTransport(e *routes.Entry, tm timeouts) (*http.Transport, error) {
 		if !pool.AppendCertsFromPEM(pem) {
 			return nil, fmt.Errorf("upstream_ca %s: no PEM certificate", ca)
 		}
-		tr.TLSClientConfig = &tls.Config{RootCAs: pool}
+		// ServerName is left empty: the transport sets it to each
+		// upstream's host, so SNI and verification use that name.
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
 	return tr, nil
 }
 
-type upstreamKey struct{}
+// dialHTTP dials an upstream for the shared transport, marking failures
+// as dial errors: a request whose connection was never made reached no
+// upstream, so it may be retried on another.
+func (rs *routeState) dialHTTP(ctx context.Context, network, addr string) (net.Conn, error) {
+	c, err := rs.dialer.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, &dialError{err}
+	}
+	return c, nil
+}
+
+// dialError is a failure to connect to an upstream: nothing was sent.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
 
 // rewrite turns the client's request into the upstream's: the target
-// address, the original Host, and X-Forwarded-* set from what gatehouse
-// saw (Rewrite drops any the client sent, so they cannot be forged).
+// scheme (the host is chosen per attempt by RoundTrip), the original
+// Host, and X-Forwarded-* and Forwarded set from what gatehouse saw —
+// Rewrite mode has already dropped any the client sent, so they cannot
+// be forged. The client address is the connection's, which is the
+// PROXY-protocol address when a trusted load balancer sent one.
 func (rs *routeState) rewrite(pr *httputil.ProxyRequest) {
-	up := rs.pick()
-	pr.SetURL(up.target)
-	pr.Out.Host = pr.In.Host
+	out := pr.Out
+	out.URL.Scheme = rs.scheme
+	out.URL.Host = rs.bal.ups[0].target.Host
+	out.Host = pr.In.Host
 	pr.SetXForwarded()
-	pr.Out = pr.Out.WithContext(context.WithValue(pr.Out.Context(), upstreamKey{}, up))
+	out.Header["Forwarded"] = []string{forwardedValue(pr.In)}
+}
+
+// forwardedValue is the RFC 7239 Forwarded element for r:
+// for=<client>;host=<host>;proto=https.
+func forwardedValue(r *http.Request) string {
+	ip, _, err := net.SplitHostPort(r.RemoteAddr)
+	var b strings.Builder
+	b.Grow(len(ip) + len(r.Host) + 32)
+	b.WriteString("for=")
+	switch {
+	case err != nil || ip == "":
+		b.WriteString("unknown")
+	case strings.IndexByte(ip, ':') >= 0: // IPv6: quoted and bracketed
+		b.WriteString(`"[`)
+		b.WriteString(ip)
+		b.WriteString(`]"`)
+	default:
+		b.WriteString(ip)
+	}
+	if r.Host != "" {
+		b.WriteString(";host=")
+		if isToken(r.Host) {
+			b.WriteString(r.Host)
+		} else {
+			b.WriteString(strconv.Quote(r.Host))
+		}
+	}
+	if r.TLS != nil {
+		b.WriteString(";proto=https")
+	} else {
+		b.WriteString(";proto=http")
+	}
+	return b.String()
+}
+
+// isToken reports whether s is an RFC 7230 token (else it is quoted).
+func isToken(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0 {
+			continue
+		}
+		return false
+	}
+	return s != ""
 }
 
 // proxyError answers a failed upstream exchange: 502 (504 on timeout)
 // with a short plain body that leaks nothing internal; the details go
-// to the log with the route and upstream.
+// to the log with the route, upstream and client.
 func (rs *routeState) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	up, _ := r.Context().Value(upstreamKey{}).(*upstream)
-	addr := ""
+	var up *upstream
+	var ue *upstreamError
+	if errors.As(err, &ue) {
+		up = ue.up
+	}
+	reqs, addr := &rs.metrics.none, ""
 	if up != nil {
-		addr = up.Raw
+		reqs, addr = &up.reqs, up.Raw
 	}
 	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 		// the client went away; nothing to answer
-		rs.log.Debug("client canceled request", "upstream", addr, "path", r.URL.Path)
+		reqs[classCanceled].Inc()
+		rs.log.Debug("client canceled request", "upstream", addr, "path", r.URL.Path, "client", r.RemoteAddr)
 		return
 	}
 	status, body := http.StatusBadGateway, "502 Bad Gateway: the upstream server is unavailable\n"
@@ -176,7 +265,14 @@ func (rs *routeState) proxyError(w http.ResponseWriter, r *http.Request, err err
 	if errors.As(err, &ne) && ne.Timeout() {
 		status, body = http.StatusGatewayTimeout, "504 Gateway Timeout: the upstream server did not answer in time\n"
 	}
-	rs.log.Warn("upstream request failed", "upstream", addr, "method", r.Method, "path", r.URL.Path, "status", status, "error", err)
+	reqs[classOf(status)].Inc()
+	if errors.Is(err, errNoUpstream) {
+		// every upstream is marked down; the transitions were logged
+		rs.log.Debug("no healthy upstream", "method", r.Method, "path", r.URL.Path, "client", r.RemoteAddr)
+	} else {
+		rs.log.Warn("upstream request failed", "upstream", addr, "method", r.Method, "path", r.URL.Path,
+			"client", r.RemoteAddr, "status", status, "error", err)
+	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)

@@ -86,10 +86,17 @@ type front struct {
 // snapshot is one config's worth of routing: the table and the live
 // state of each route (its reverse proxy, balancer).
 type snapshot struct {
-	table  *routes.Table
-	routes []*routeState
-	tm     timeouts
+	table   *routes.Table
+	routes  []*routeState
+	tm      timeouts
+	trusted trustedSources // [listen] proxy_protocol_from
 }
+
+// maxHeaderBytes bounds a request's header block (HTTP/1.1 answers
+// 431 beyond it; HTTP/2 advertises it as SETTINGS_MAX_HEADER_LIST_SIZE
+// and answers 431 too). 64 KiB is four times nginx's default large
+// header buffers and room for any real cookie jar.
+const maxHeaderBytes = 64 << 10
 
 type timeouts struct {
 	handshake, readHeader, idle, dial, respHeader time.Duration
@@ -132,6 +139,7 @@ func (s *Server) useFront(tm timeouts) {
 		Protocols:         protocols(true, true),
 		ReadHeaderTimeout: tm.readHeader,
 		IdleTimeout:       tm.idle,
+		MaxHeaderBytes:    maxHeaderBytes,
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -217,7 +225,7 @@ var refuseTLS = &tls.Config{
 // the route they were accepted with.
 func (s *Server) SetTable(t *routes.Table) error {
 	old := s.state.Load()
-	snap := &snapshot{table: t, tm: timeoutsOf(t.Config())}
+	snap := &snapshot{table: t, tm: timeoutsOf(t.Config()), trusted: parseTrusted(t.Config().Listen.ProxyProtocolFrom)}
 	for _, e := range t.Entries() {
 		var prev *routeState
 		if old != nil {
@@ -231,6 +239,9 @@ func (s *Server) SetTable(t *routes.Table) error {
 	}
 	s.state.Store(snap)
 	s.useFront(snap.tm)
+	for _, rs := range snap.routes {
+		rs.start()
+	}
 	if old != nil {
 		for _, rs := range old.routes {
 			if !slices.Contains(snap.routes, rs) {
@@ -360,10 +371,11 @@ func (s *Server) Serve() error {
 			Handler:           http.HandlerFunc(s.servePlain),
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       30 * time.Second,
+			MaxHeaderBytes:    maxHeaderBytes,
 			ErrorLog:          slogErrorLog(s.log, "http-plain"),
 		}
 		s.serveWG.Add(1)
-		go func() { defer s.serveWG.Done(); _ = s.plain.Serve(s.httpLn) }()
+		go func() { defer s.serveWG.Done(); _ = s.plain.Serve(proxyListener{s.httpLn, s}) }()
 	}
 	s.mu.Unlock()
 	err := s.acceptLoop()
@@ -404,11 +416,17 @@ func (s *Server) acceptLoop() error {
 func (s *Server) handleConn(c net.Conn) {
 	snap := s.state.Load()
 	metricConnsAccepted.Inc()
+	c = acceptPROXY(c, snap.trusted, snap.tm.handshake)
 	_ = c.SetDeadline(time.Now().Add(snap.tm.handshake))
 	hello, peeked, err := peekHello(c)
 	if err != nil {
-		metricHandshakeFail("bad_hello")
-		s.log.Debug("dropping connection: no valid ClientHello", "remote", c.RemoteAddr(), "error", err)
+		if msg := proxyProblem(err, peeked); msg != "" {
+			metricHandshakeFail("proxy_header")
+			s.log.Warn(msg, "source", rawRemote(c))
+		} else {
+			metricHandshakeFail("bad_hello")
+			s.log.Debug("dropping connection: no valid ClientHello", "remote", c.RemoteAddr(), "error", err)
+		}
 		if looksLikeHTTP(peeked) {
 			// the common mistake of plain HTTP to the TLS port: say so
 			_, _ = io.WriteString(c, "HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")

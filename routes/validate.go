@@ -201,6 +201,7 @@ func (c *Config) validate(idx lineIndex) Errors {
 			bad(key("health_path"), "%s: health_path = %q must start with /", where, r.HealthPath)
 		}
 		checkPEMFile(bad, key("upstream_ca"), r.UpstreamCA)
+		r.validateUpstreams(bad, key, where)
 	}
 	return errs
 }

@@ -65,6 +65,43 @@ type env struct {
 	storage                string
 	roots                  *x509.CertPool
 	acmeExtra              string // extra lines for [acme]
+	listenExtra            string // extra lines for [listen]
+	topExtra               string // extra tables before the routes, e.g. [timeouts]
+	ca                     *acmetest.TestCA
+}
+
+// newCAEnv is an env without Pebble, for tests where ACME is not the
+// point: routes carry a cert/key from e.certFor, issued by a test CA
+// that e.roots trusts. (manualEnv, in manual_test.go, writes its own
+// config file for reload tests; this one keeps env.config.)
+func newCAEnv(t testing.TB) *env {
+	t.Helper()
+	ca, err := acmetest.NewTestCA("gatehouse test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, storage: filepath.Join(t.TempDir(), "storage"), ca: ca, roots: ca.Pool()}
+	e.bind()
+	return e
+}
+
+// certFor issues a certificate for names from the env's test CA and
+// returns the route lines cert = ... and key = ... that serve it.
+func (e *env) certFor(names ...string) string {
+	e.t.Helper()
+	certPEM, keyPEM, _, err := e.ca.Issue(names, "", 24*time.Hour)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	dir := e.t.TempDir()
+	cf, kf := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(cf, certPEM, 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := os.WriteFile(kf, keyPEM, 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	return fmt.Sprintf("cert = %q\nkey = %q\n", cf, kf)
 }
 
 func newEnv(t testing.TB, popts acmetest.PebbleOptions) *env {
@@ -110,6 +147,7 @@ func (e *env) config(routesTOML string) string {
 https = %q
 http  = %q
 admin = %q
+%s
 
 [acme]
 email     = "ops@example.test"
@@ -119,7 +157,9 @@ ca_root   = %q
 
 [storage]
 dir = %q
-%s`, e.httpsLn.Addr(), e.httpLn.Addr(), e.admLn.Addr(), dirURL, ca, e.acmeExtra, e.storage, routesTOML)
+
+%s
+%s`, e.httpsLn.Addr(), e.httpLn.Addr(), e.admLn.Addr(), e.listenExtra, dirURL, ca, e.acmeExtra, e.storage, e.topExtra, routesTOML)
 	p := filepath.Join(dir, "gatehouse.toml")
 	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
 		e.t.Fatal(err)

@@ -187,7 +187,10 @@ func (in *instance) reload(path string) error {
 		in.log.Error("config reload refused; the previous config keeps serving", "config", path, "errors", err.Error())
 		return err
 	}
-	if !reflect.DeepEqual(cfg.Listen, in.cfg.Listen) {
+	// proxy_protocol_from is a policy, applied from the new config at once
+	oldL, newL := in.cfg.Listen, cfg.Listen
+	oldL.ProxyProtocolFrom, newL.ProxyProtocolFrom = nil, nil
+	if !reflect.DeepEqual(newL, oldL) {
 		in.log.Warn("[listen] changes take effect on restart; keeping the current listeners")
 	}
 	table := routes.NewTable(cfg)
