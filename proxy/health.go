@@ -47,8 +47,7 @@ func (rs *routeState) startHealth() {
 	if !r.HealthChecked() {
 		return
 	}
-	interval := r.HealthInterval.Or(routes.DefaultHealthInterval)
-	timeout := r.HealthTimeout.Or(routes.DefaultHealthTimeout)
+	interval, timeout := r.HealthTimings()
 	probe := rs.tcpProbe
 	if rs.mode == routes.ModeHTTP {
 		probe = rs.httpProbe(r.HealthPath)

@@ -29,6 +29,15 @@ func (r *Route) HealthChecked() bool {
 	return r.HealthInterval != 0
 }
 
+// HealthTimings returns the check interval and timeout with defaults
+// applied; the default timeout is shortened to the interval when the
+// interval is shorter.
+func (r *Route) HealthTimings() (interval, timeout time.Duration) {
+	interval = r.HealthInterval.Or(DefaultHealthInterval)
+	timeout = r.HealthTimeout.Or(min(DefaultHealthTimeout, interval))
+	return interval, timeout
+}
+
 // validateUpstreams checks the keys of several upstreams, balancing,
 // health checks, PROXY protocol and upstream TLS.
 func (r *Route) validateUpstreams(bad func(string, string, ...any), key func(string) string, where string) {
@@ -37,8 +46,7 @@ func (r *Route) validateUpstreams(bad func(string, string, ...any), key func(str
 		bad(key("upstreams"), "%s has %d upstreams; at most %d are allowed", where, len(ups), MaxUpstreams)
 	}
 	seen := map[string]bool{}
-	scheme := ""
-	https := false
+	scheme, mixed, https := "", false, false
 	for _, raw := range ups {
 		u, err := ParseUpstream(r.ModeOrDefault(), raw)
 		if err != nil {
@@ -48,10 +56,12 @@ func (r *Route) validateUpstreams(bad func(string, string, ...any), key func(str
 			bad(key("upstreams"), "%s: upstream %q is listed twice", where, raw)
 		}
 		seen[u.Host] = true
-		if scheme != "" && u.Scheme != scheme {
+		if scheme == "" {
+			scheme = u.Scheme
+		} else if u.Scheme != scheme && !mixed {
+			mixed = true
 			bad(key("upstreams"), "%s: upstreams mix %s:// and %s://; one route speaks one protocol to all its upstreams", where, scheme, u.Scheme)
 		}
-		scheme = u.Scheme
 		https = https || u.Scheme == "https"
 	}
 	if r.UpstreamCA != "" && !https {
@@ -59,7 +69,11 @@ func (r *Route) validateUpstreams(bad func(string, string, ...any), key func(str
 	}
 	if r.Mode == ModeHTTP {
 		if r.HealthPath == "" && (r.HealthInterval != 0 || r.HealthTimeout != 0) {
-			bad(key("health_path"), "%s: health_interval/health_timeout need health_path = \"/healthz\" (the path gatehouse asks each upstream)", where)
+			k := key("health_interval")
+			if r.HealthInterval == 0 {
+				k = key("health_timeout")
+			}
+			bad(k, "%s: health_interval/health_timeout need health_path = \"/healthz\" (the path gatehouse asks each upstream)", where)
 		}
 	} else if r.HealthPath != "" {
 		bad(key("health_path"), "%s: health_path is for http routes; a %s route's health check is a TCP connect, enabled by health_interval", where, r.Mode)
@@ -70,8 +84,7 @@ func (r *Route) validateUpstreams(bad func(string, string, ...any), key func(str
 		bad(key("health_interval"), "%s: health durations must be positive", where)
 	}
 	if r.HealthChecked() {
-		iv := r.HealthInterval.Or(DefaultHealthInterval)
-		to := r.HealthTimeout.Or(DefaultHealthTimeout)
+		iv, to := r.HealthTimings()
 		if iv < 100*time.Millisecond {
 			bad(key("health_interval"), "%s: health_interval = %s is below the 100ms minimum", where, iv)
 		}
