@@ -194,6 +194,7 @@ func localHeader(version byte) *proxyproto.Header {
 // clients.
 type pinnedPool struct {
 	mu     sync.Mutex
+	rs     *routeState // the route tr was made for (a reload may route later requests elsewhere)
 	tr     *http.Transport
 	closed bool
 }
@@ -219,6 +220,11 @@ func (rs *routeState) pinnedTransport(req *http.Request) (*http.Transport, error
 	if p.closed || p == pinClosed {
 		return nil, errClientGone
 	}
+	if p.tr != nil && p.rs != rs {
+		// a reload moved this connection's requests to a new route state
+		p.tr.CloseIdleConnections()
+		p.tr = nil
+	}
 	if p.tr == nil {
 		tr := rs.transport.Clone()
 		tr.MaxIdleConnsPerHost = 4
@@ -234,7 +240,7 @@ func (rs *routeState) pinnedTransport(req *http.Request) (*http.Transport, error
 			}
 			return c, nil
 		}
-		p.tr = tr
+		p.tr, p.rs = tr, rs
 	}
 	return p.tr, nil
 }
