@@ -1,0 +1,608 @@
+// Command driver runs gatehouse beside nginx, HAProxy and (when
+// installed) Caddy under the same load and prints a table of medians
+// and per-round ratios against nginx. bench/run.sh builds it and calls
+// it; see bench/README.md.
+//
+// Every proxy is pinned to CPU 0; the load generators and the
+// upstream run on CPU 1. Each proxy's CPU time is read from
+// /proc/<pid>/stat (utime+stime, summed over all its processes) around
+// each run. Rounds interleave the proxies: for each round, each
+// scenario runs once against each proxy, in an order rotated per round.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type bench struct {
+	dur, latDur time.Duration
+	idleN       int
+	rounds      int
+	profile     bool
+
+	work, cache, out  string
+	upstream          string
+	loadgenBin        string
+	gatehouseBin      string
+	gatehousePprofBin string
+	pprofAddr         string
+	afterSettle       func()
+	loadStart         string
+
+	log *os.File
+}
+
+func (b *bench) logf(format string, args ...any) {
+	line := fmt.Sprintf("%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+	os.Stderr.WriteString(line)
+	if b.log != nil {
+		b.log.WriteString(line)
+	}
+}
+
+func main() {
+	quick := flag.Bool("quick", false, "short smoke run: small counts, one round")
+	binDir := flag.String("bin", "", "directory holding gatehouse, gatehouse-pprof, loadgen, upstream")
+	outDir := flag.String("out", "", "results directory")
+	cacheDir := flag.String("cache", "", "cache directory (many-names certificates)")
+	only := flag.String("only", "", "comma-separated scenario keys (default all; 'names' for many names)")
+	proxiesFlag := flag.String("proxies", "nginx,haproxy,caddy,gatehouse", "proxies to run (caddy is skipped when not installed)")
+	rounds := flag.Int("rounds", 3, "rounds")
+	dur := flag.Duration("d", 8*time.Second, "duration of each throughput run")
+	namesFlag := flag.String("names", "10000,100000", "many-names counts")
+	namesLayout := flag.String("names-layout", "hosts", "many names: 'hosts' (one route listing every name) or 'routes' (a route per name)")
+	profile := flag.Bool("profile", false, "after the rounds, profile gatehouse (pprof build) in each scenario")
+	flag.Parse()
+	initClkTck()
+
+	b := &bench{dur: *dur, latDur: 15 * time.Second, idleN: 5000, rounds: *rounds, profile: *profile,
+		cache: *cacheDir, out: *outDir}
+	names := parseInts(*namesFlag)
+	if *quick {
+		b.dur, b.latDur, b.idleN, b.rounds = 2*time.Second, 3*time.Second, 200, 1
+		names = []int{200}
+	}
+	b.loadgenBin = filepath.Join(*binDir, "loadgen")
+	b.gatehouseBin = filepath.Join(*binDir, "gatehouse")
+	b.gatehousePprofBin = filepath.Join(*binDir, "gatehouse-pprof")
+	if err := os.MkdirAll(b.out, 0o755); err != nil {
+		fatal(err)
+	}
+	b.log, _ = os.Create(filepath.Join(b.out, "driver.log"))
+
+	var err error
+	if b.work, err = os.MkdirTemp("", "gatehouse-bench-"); err != nil {
+		fatal(err)
+	}
+	cleanup := func() {
+		stopAll()
+		_ = os.RemoveAll(b.work)
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	go func() {
+		s := <-sigs
+		b.logf("signal %v: stopping", s)
+		cleanup()
+		os.Exit(130)
+	}()
+	code := b.main(*only, *proxiesFlag, names, *namesLayout == "routes")
+	cleanup()
+	os.Exit(code)
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "bench:", err)
+	stopAll()
+	os.Exit(1)
+}
+
+func parseInts(s string) []int {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if v, err := strconv.Atoi(strings.TrimSpace(f)); err == nil && v > 0 {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+type result struct {
+	Round    int                `json:"round"`
+	Proxy    string             `json:"proxy"`
+	Scenario string             `json:"scenario"`
+	Metrics  map[string]float64 `json:"metrics,omitempty"`
+	Error    string             `json:"error,omitempty"`
+}
+
+func (b *bench) main(only, proxyList string, names []int, perRoute bool) int {
+	want := func(key string) bool {
+		if only == "" {
+			return true
+		}
+		return slices.Contains(strings.Split(only, ","), key)
+	}
+	b.loadStart = loadavg()
+	certs := filepath.Join(b.work, "certs")
+	if err := os.MkdirAll(certs, 0o755); err != nil {
+		fatal(err)
+	}
+	if _, err := siteCerts(certs); err != nil {
+		fatal(err)
+	}
+	up, err := spawnUpstream(b.work, filepath.Dir(b.loadgenBin))
+	if err != nil {
+		fatal(err)
+	}
+	b.upstream = up
+	b.logf("upstream on %s (CPU 1); work dir %s", up, b.work)
+
+	var proxies []*proxy
+	for _, name := range strings.Split(proxyList, ",") {
+		var p *proxy
+		var err error
+		switch strings.TrimSpace(name) {
+		case "nginx":
+			p, err = nginxProxy(b.work, certs, up)
+		case "haproxy":
+			p, err = haproxyProxy(b.work, certs, up)
+		case "caddy":
+			if _, lerr := exec.LookPath("caddy"); lerr != nil {
+				b.logf("caddy not installed: skipped")
+				continue
+			}
+			p, err = caddyProxy(b.work, certs, up)
+		case "gatehouse":
+			p, err = gatehouseProxy(b.work, b.gatehouseBin, "gatehouse", certs, up, nil)
+		default:
+			err = fmt.Errorf("unknown proxy %q", name)
+		}
+		if err != nil {
+			fatal(err)
+		}
+		proxies = append(proxies, p)
+	}
+
+	var results []result
+	scens := b.scenarios()
+	runScen := false
+	for _, s := range scens {
+		if want(s.key) {
+			runScen = true
+		}
+	}
+	if runScen {
+		for _, p := range proxies {
+			if err := p.start(); err != nil {
+				fatal(err)
+			}
+			b.logf("%s serving on %s (pid %d, CPU 0)", p.name, p.addr(), p.pid())
+		}
+		for r := 1; r <= b.rounds; r++ {
+			order := rotate(proxies, r-1)
+			for _, s := range scens {
+				if !want(s.key) {
+					continue
+				}
+				for _, p := range order {
+					if s.only != "" && p.name != s.only {
+						continue
+					}
+					if s.restart {
+						stop(p.cmd)
+						if err := p.start(); err != nil {
+							fatal(err)
+						}
+					}
+					time.Sleep(500 * time.Millisecond)
+					m, err := s.run(b, p)
+					res := result{Round: r, Proxy: p.name, Scenario: s.key, Metrics: m}
+					if err != nil {
+						res.Error = err.Error()
+						b.logf("round %d %-16s %-9s ERROR %v", r, s.key, p.name, err)
+					} else {
+						b.logf("round %d %-16s %-9s %s", r, s.key, p.name, fmtMetrics(m))
+					}
+					results = append(results, res)
+				}
+			}
+		}
+		for _, p := range proxies {
+			stop(p.cmd)
+		}
+	}
+
+	var namesRes []result
+	if want("names") {
+		for _, n := range names {
+			m, err := b.namesRun(n, perRoute)
+			res := result{Proxy: "gatehouse", Scenario: fmt.Sprintf("names-%d", n), Metrics: m}
+			if err != nil {
+				res.Error = err.Error()
+				b.logf("names %d ERROR %v", n, err)
+			} else {
+				b.logf("names %d %s", n, fmtMetrics(m))
+			}
+			namesRes = append(namesRes, res)
+		}
+	}
+
+	if b.profile && runScen {
+		b.profileScenarios(scens, want, certs)
+	}
+
+	all := append(results, namesRes...)
+	js, _ := json.MarshalIndent(all, "", "  ")
+	_ = os.WriteFile(filepath.Join(b.out, "results.json"), js, 0o644)
+	table := b.report(scens, proxies, results, namesRes, perRoute)
+	_ = os.WriteFile(filepath.Join(b.out, "results.md"), []byte(table), 0o644)
+	fmt.Print(table)
+	b.logf("results in %s", b.out)
+	for _, r := range all {
+		if r.Error != "" {
+			return 1
+		}
+	}
+	return 0
+}
+
+func rotate(ps []*proxy, k int) []*proxy {
+	if len(ps) == 0 {
+		return nil
+	}
+	k %= len(ps)
+	return append(append([]*proxy{}, ps[k:]...), ps[:k]...)
+}
+
+func fmtMetrics(m map[string]float64) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var sb strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&sb, "%s=%s ", k, num(m[k]))
+	}
+	return sb.String()
+}
+
+func num(v float64) string {
+	switch {
+	case v == 0:
+		return "0"
+	case v >= 100 || v <= -100:
+		return strconv.FormatFloat(v, 'f', 0, 64)
+	case v >= 10 || v <= -10:
+		return strconv.FormatFloat(v, 'f', 1, 64)
+	default:
+		return strconv.FormatFloat(v, 'f', 2, 64)
+	}
+}
+
+func spawnUpstream(work, binDir string) (string, error) {
+	cmd := exec.Command("taskset", "-c", "1", filepath.Join(binDir, "upstream"), "-addr", "127.0.0.1:0")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return "", err
+	}
+	f, _ := os.Create(filepath.Join(work, "upstream.log"))
+	cmd.Stderr = f
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	started.Lock()
+	started.procs = append(started.procs, cmd)
+	started.Unlock()
+	return readFirstLine(stdout, 10*time.Second)
+}
+
+func newHTTPClient() *http.Client {
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: false, MaxIdleConnsPerHost: 2}}
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// report prints, per scenario and metric, each proxy's median over the
+// rounds and, for the metrics compared with nginx, the ratio of medians
+// and the per-round ratios (round r of a proxy against round r of nginx).
+func (b *bench) report(scens []*scenario, proxies []*proxy, results, namesRes []result, perRoute bool) string {
+	var sb strings.Builder
+	host, _ := os.Hostname()
+	fmt.Fprintf(&sb, "\n# gatehouse bench — %s, %s, %d CPUs (%s), %s\n\n", time.Now().Format("2006-01-02 15:04"), host, runtime.NumCPU(), cpuModel(), goVersion())
+	fmt.Fprintf(&sb, "rounds %d, throughput runs %s, latency runs %s, idle connections %d; proxy on CPU 0, load + upstream on CPU 1; medians over rounds; ratio = proxy ÷ nginx (per round in brackets)\n\n",
+		b.rounds, b.dur, b.latDur, b.idleN)
+	fmt.Fprintf(&sb, "load average (1/5/15 min) at start %s, at end %s: other work on the machine skews latency more than CPU per operation\n\n", b.loadStart, loadavg())
+	get := func(scen, proxy, metric string) (vals []float64, byRound map[int]float64) {
+		byRound = map[int]float64{}
+		for _, r := range results {
+			if r.Scenario == scen && r.Proxy == proxy && r.Error == "" {
+				if v, ok := r.Metrics[metric]; ok {
+					vals = append(vals, v)
+					byRound[r.Round] = v
+				}
+			}
+		}
+		return
+	}
+	for _, s := range scens {
+		has := false
+		for _, r := range results {
+			if r.Scenario == s.key {
+				has = true
+			}
+		}
+		if !has {
+			continue
+		}
+		fmt.Fprintf(&sb, "## %s — %s\n\n", s.key, s.title)
+		fmt.Fprintf(&sb, "| metric |")
+		var ps []*proxy
+		for _, p := range proxies {
+			if s.only == "" || p.name == s.only {
+				ps = append(ps, p)
+				fmt.Fprintf(&sb, " %s |", p.name)
+			}
+		}
+		fmt.Fprintf(&sb, "\n|---|%s\n", strings.Repeat("---|", len(ps)))
+		for _, m := range s.metrics {
+			fmt.Fprintf(&sb, "| %s |", m.unit)
+			for _, p := range ps {
+				v, _ := get(s.key, p.name, m.key)
+				if len(v) == 0 {
+					sb.WriteString(" – |")
+					continue
+				}
+				fmt.Fprintf(&sb, " %s |", num(median(v)))
+			}
+			sb.WriteString("\n")
+			if m.ratio && s.only == "" {
+				nv, nr := get(s.key, "nginx", m.key)
+				if len(nv) == 0 {
+					continue
+				}
+				fmt.Fprintf(&sb, "| ↳ ÷ nginx |")
+				for _, p := range ps {
+					v, br := get(s.key, p.name, m.key)
+					if len(v) == 0 || median(nv) == 0 {
+						sb.WriteString(" – |")
+						continue
+					}
+					var per []string
+					for r := 1; r <= b.rounds; r++ {
+						if a, ok := br[r]; ok {
+							if n, ok := nr[r]; ok && n != 0 {
+								per = append(per, num(a/n))
+							}
+						}
+					}
+					fmt.Fprintf(&sb, " %s× [%s] |", num(median(v)/median(nv)), strings.Join(per, " "))
+				}
+				sb.WriteString("\n")
+			}
+		}
+		var errs []string
+		for _, r := range results {
+			if r.Scenario == s.key && r.Error != "" {
+				errs = append(errs, fmt.Sprintf("round %d %s: %s", r.Round, r.Proxy, r.Error))
+			}
+		}
+		if len(errs) > 0 {
+			fmt.Fprintf(&sb, "\nerrors: %s\n", strings.Join(errs, "; "))
+		}
+		sb.WriteString("\n")
+	}
+	// derived comparisons inside one proxy
+	var extra []string
+	for _, p := range proxies {
+		if hs, _ := get("hs-ecdsa", p.name, "cpu_us"); len(hs) > 0 {
+			if ho, _ := get("hostile", p.name, "cpu_us"); len(ho) > 0 {
+				extra = append(extra, fmt.Sprintf("| %s | hostile CPU per refused conn ÷ good handshake | %s× |", p.name, num(median(ho)/median(hs))))
+			}
+		}
+		if l, _ := get("latency", p.name, "p99_us"); len(l) > 0 {
+			if hl, _ := get("hostile-latency", p.name, "p99_us"); len(hl) > 0 {
+				extra = append(extra, fmt.Sprintf("| %s | good-traffic p99 with hostile load ÷ without | %s× |", p.name, num(median(hl)/median(l))))
+			}
+		}
+		if mk, _ := get("hs-mlkem", p.name, "cpu_us"); len(mk) > 0 {
+			if hs, _ := get("hs-ecdsa", p.name, "cpu_us"); len(hs) > 0 {
+				extra = append(extra, fmt.Sprintf("| %s | X25519MLKEM768 handshake CPU ÷ X25519 | %s× (+%s µs) |", p.name, num(median(mk)/median(hs)), num(median(mk)-median(hs))))
+			}
+		}
+	}
+	if len(extra) > 0 {
+		sb.WriteString("## within each proxy\n\n| proxy | comparison | value |\n|---|---|---|\n")
+		sb.WriteString(strings.Join(extra, "\n") + "\n\n")
+	}
+	if len(namesRes) > 0 {
+		layout := "one [[route]] listing every name"
+		if perRoute {
+			layout = "one [[route]] per name"
+		}
+		fmt.Fprintf(&sb, "## many names (gatehouse; ACME-managed names, certificates already in storage, CA unreachable; %s)\n\n", layout)
+		keys := []struct{ k, label string }{
+			{"ready_s", "start → /readyz 200 (s)"}, {"cpu_to_ready_s", "CPU until ready (s)"},
+			{"rss_ready_mib", "RSS at ready (MiB)"}, {"rss_sweep_mib", "RSS after serving every name once (MiB)"},
+			{"sweep_ok", "names served (verified handshake)"}, {"sweep_missing", "names not served"}, {"sweep_s", "sweep time (s)"},
+			{"spread_conns_s", "handshakes/s, SNI spread over all names"}, {"one_conns_s", "handshakes/s, one name"},
+			{"spread_vs_one", "spread ÷ one-name rate"}, {"spread_cpu_us", "CPU µs/handshake, spread"}, {"one_cpu_us", "CPU µs/handshake, one name"},
+			{"log_error_lines", "ERROR lines in gatehouse's log"},
+		}
+		sb.WriteString("| metric |")
+		for _, r := range namesRes {
+			fmt.Fprintf(&sb, " %s |", r.Scenario)
+		}
+		fmt.Fprintf(&sb, "\n|---|%s\n", strings.Repeat("---|", len(namesRes)))
+		for _, k := range keys {
+			fmt.Fprintf(&sb, "| %s |", k.label)
+			for _, r := range namesRes {
+				if r.Error != "" {
+					sb.WriteString(" error |")
+					continue
+				}
+				fmt.Fprintf(&sb, " %s |", num(r.Metrics[k.k]))
+			}
+			sb.WriteString("\n")
+		}
+		for _, r := range namesRes {
+			if r.Error != "" {
+				fmt.Fprintf(&sb, "\n%s error: %s\n", r.Scenario, r.Error)
+			}
+		}
+		sb.WriteString("\n")
+	}
+	return sb.String()
+}
+
+func cpuModel() string {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "model name"); ok {
+			return strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+		}
+	}
+	return "?"
+}
+
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func goVersion() string { return runtime.Version() }
+
+// --- profiling (gatehouse built with -tags gatehouse_pprof) ---
+
+// fetchProfile fetches a CPU profile of d seconds from the pprof
+// listener in the background; the channel closes when it is saved.
+func (b *bench) fetchProfile(name string, d time.Duration, _ bool) chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b.savePprof(name+".cpu.pb.gz", fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(d.Seconds())), d+30*time.Second)
+	}()
+	return done
+}
+
+func (b *bench) fetchHeap(name string) {
+	b.savePprof(name+".heap.pb.gz", "/debug/pprof/heap?gc=1", 30*time.Second)
+}
+
+func (b *bench) savePprof(file, path string, limit time.Duration) {
+	dir := filepath.Join(b.out, "profiles")
+	_ = os.MkdirAll(dir, 0o755)
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	var res *http.Response
+	var err error
+	for i := 0; i < 50; i++ { // the listener may not be up yet at process start
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+b.pprofAddr+path, nil)
+		if res, err = http.DefaultClient.Do(req); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		b.logf("profile %s: %v", file, err)
+		return
+	}
+	defer res.Body.Close()
+	f, err := os.Create(filepath.Join(dir, file))
+	if err != nil {
+		return
+	}
+	_, _ = io.Copy(f, res.Body)
+	f.Close()
+	// a text summary beside it
+	kind := "-top"
+	out, err := exec.Command("go", "tool", "pprof", kind, "-nodecount=45", b.gatehousePprofBin, filepath.Join(dir, file)).CombinedOutput()
+	if err == nil {
+		_ = os.WriteFile(filepath.Join(dir, strings.TrimSuffix(file, ".pb.gz")+".top.txt"), out, 0o644)
+	}
+	if strings.HasSuffix(file, ".heap.pb.gz") {
+		out, err := exec.Command("go", "tool", "pprof", "-top", "-sample_index=inuse_space", "-nodecount=45", b.gatehousePprofBin, filepath.Join(dir, file)).CombinedOutput()
+		if err == nil {
+			_ = os.WriteFile(filepath.Join(dir, strings.TrimSuffix(file, ".pb.gz")+".inuse.top.txt"), out, 0o644)
+		}
+	}
+}
+
+// profileScenarios runs each scenario once more against the pprof
+// build of gatehouse, taking a CPU profile over the load (a heap
+// profile for the idle connections).
+func (b *bench) profileScenarios(scens []*scenario, want func(string) bool, certs string) {
+	pp, _ := freePort()
+	b.pprofAddr = "127.0.0.1:" + strconv.Itoa(pp)
+	p, err := gatehouseProxy(b.work, b.gatehousePprofBin, "gatehouse-pprof", certs, b.upstream, []string{"GATEHOUSE_PPROF=" + b.pprofAddr})
+	if err != nil {
+		b.logf("profile: %v", err)
+		return
+	}
+	p.name = "gatehouse"
+	if err := p.start(); err != nil {
+		b.logf("profile: %v", err)
+		return
+	}
+	defer func() { stop(p.cmd) }()
+	for _, s := range scens {
+		if !want(s.key) {
+			continue
+		}
+		if s.restart {
+			stop(p.cmd)
+			if err := p.start(); err != nil {
+				b.logf("profile: %v", err)
+				return
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+		if s.key == "idle" {
+			b.afterSettle = func() { b.fetchHeap("idle") }
+			_, err := s.run(b, p)
+			b.afterSettle = nil
+			b.logf("profiled %s (heap) %v", s.key, err)
+			continue
+		}
+		d := b.dur
+		if strings.Contains(s.key, "latency") {
+			d = b.latDur
+		}
+		done := b.fetchProfile(s.key, d-time.Second, false)
+		_, err := s.run(b, p)
+		<-done
+		b.logf("profiled %s %v", s.key, err)
+	}
+	b.fetchHeap("after-all")
+}

@@ -1,0 +1,409 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// metricDef describes one number a scenario reports.
+type metricDef struct {
+	key, unit string
+	ratio     bool // printed as a ratio against nginx
+}
+
+// scenario is one measurement, run once per proxy per round.
+type scenario struct {
+	key, title string
+	metrics    []metricDef
+	only       string // run on this proxy only ("gatehouse")
+	restart    bool   // restart the proxy first (memory scenarios)
+	run        func(b *bench, p *proxy) (map[string]float64, error)
+}
+
+// measure runs load while sampling the proxy's CPU time (all its
+// processes) and wall time.
+func measure(p *proxy, load func() error) (cpu, wall float64, err error) {
+	c0, t0 := cpuSeconds(p.pid()), time.Now()
+	err = load()
+	return cpuSeconds(p.pid()) - c0, time.Since(t0).Seconds(), err
+}
+
+func secs(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', -1, 64) }
+
+var (
+	reReq = regexp.MustCompile(`requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout`)
+	reFin = regexp.MustCompile(`finished in ([\d.]+)(m?s)`)
+)
+
+type h2res struct {
+	ok, failed float64
+	seconds    float64
+}
+
+func parseH2load(out []byte) (h2res, error) {
+	m := reReq.FindSubmatch(out)
+	f := reFin.FindSubmatch(out)
+	if m == nil || f == nil {
+		return h2res{}, fmt.Errorf("cannot read h2load output: %s", lastLines(string(out), 8))
+	}
+	var r h2res
+	r.ok, _ = strconv.ParseFloat(string(m[4]), 64)
+	fl, _ := strconv.ParseFloat(string(m[5]), 64)
+	er, _ := strconv.ParseFloat(string(m[6]), 64)
+	r.failed = fl + er
+	r.seconds, _ = strconv.ParseFloat(string(f[1]), 64)
+	if string(f[2]) == "ms" {
+		r.seconds /= 1000
+	}
+	return r, nil
+}
+
+// h2load runs h2load against p for name, with extra flags.
+func (b *bench) h2load(p *proxy, name, path string, flags ...string) (map[string]float64, h2res, error) {
+	args := append([]string{"-D", secs(b.dur), "--connect-to=" + p.addr()}, flags...)
+	args = append(args, fmt.Sprintf("https://%s:%d%s", name, p.port, path))
+	var out []byte
+	cpu, wall, err := measure(p, func() error {
+		var err error
+		out, err = runLoad(b.dur+30*time.Second, false, "h2load", args...)
+		return err
+	})
+	if err != nil {
+		return nil, h2res{}, err
+	}
+	r, err := parseH2load(out)
+	if err != nil {
+		return nil, r, err
+	}
+	if r.ok == 0 {
+		return nil, r, fmt.Errorf("h2load: no request succeeded: %s", lastLines(string(out), 8))
+	}
+	return map[string]float64{
+		"rps":      r.ok / r.seconds,
+		"cpu_us":   cpu / r.ok * 1e6,
+		"cpu_pct":  cpu / wall * 100,
+		"failures": r.failed,
+	}, r, nil
+}
+
+// loadgen runs the bench's own load generator and decodes its JSON.
+func (b *bench) loadgen(nice bool, limit time.Duration, into any, args ...string) error {
+	out, err := runLoad(limit, nice, b.loadgenBin, args...)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(out, into)
+}
+
+type hsOut struct {
+	Conns, Errors, Resumed int64
+	Seconds, Rate          float64
+	Curve                  string
+	FirstError             string `json:"first_error"`
+}
+
+func (b *bench) handshakes(p *proxy, curve string, sniArgs ...string) (map[string]float64, error) {
+	var r hsOut
+	args := append([]string{"-addr", p.addr(), "-c", "16", "-d", b.dur.String(), "-curve", curve}, sniArgs...)
+	args = append(args, "handshake")
+	cpu, wall, err := measure(p, func() error { return b.loadgen(false, b.dur+30*time.Second, &r, args...) })
+	if err != nil {
+		return nil, err
+	}
+	if r.Conns == 0 {
+		return nil, fmt.Errorf("no handshake succeeded: %s", r.FirstError)
+	}
+	if curve == "mlkem" && r.Curve != "X25519MLKEM768" {
+		return nil, fmt.Errorf("negotiated %q, not X25519MLKEM768", r.Curve)
+	}
+	if r.Resumed != 0 {
+		return nil, fmt.Errorf("%d handshakes were resumed: the scenario is full handshakes only", r.Resumed)
+	}
+	return map[string]float64{
+		"conns_s": r.Rate,
+		"cpu_us":  cpu / float64(r.Conns) * 1e6,
+		"cpu_pct": cpu / wall * 100,
+		"errors":  float64(r.Errors),
+		"resumed": float64(r.Resumed),
+	}, nil
+}
+
+type latOut struct {
+	Req  int64   `json:"requests"`
+	Err  int64   `json:"errors"`
+	Lt   int64   `json:"late_sends"`
+	P50  float64 `json:"p50_us"`
+	P99  float64 `json:"p99_us"`
+	P999 float64 `json:"p999_us"`
+	Max  float64 `json:"max_us"`
+}
+
+func (b *bench) latency(p *proxy) (map[string]float64, error) {
+	var r latOut
+	args := []string{"-addr", p.addr(), "-sni", nameEC, "-rate", "1000", "-c", "32", "-d", b.latDur.String(), "latency"}
+	cpu, wall, err := measure(p, func() error { return b.loadgen(false, b.latDur+60*time.Second, &r, args...) })
+	if err != nil {
+		return nil, err
+	}
+	return map[string]float64{
+		"p50_us": r.P50, "p99_us": r.P99, "p999_us": r.P999,
+		"cpu_pct": cpu / wall * 100, "errors": float64(r.Err), "late": float64(r.Lt),
+	}, nil
+}
+
+// idle opens b.idleN connections, each with one request, and reports
+// the growth of the proxy's RSS per connection.
+func (b *bench) idle(p *proxy) (map[string]float64, error) {
+	time.Sleep(time.Second)
+	before := rssKiB(p.pid())
+	cmd := exec.Command("taskset", "-c", "1", b.loadgenBin, "-addr", p.addr(), "-sni", nameEC,
+		"-n", strconv.Itoa(b.idleN), "-c", "32", "-hold", "5m", "idle")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdin, _ := cmd.StdinPipe()
+	stderr, _ := cmd.StderrPipe()
+	var out strings.Builder
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	defer func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); _ = cmd.Wait() }()
+	line, err := readFirstLine(stderr, 3*time.Minute)
+	if err != nil {
+		return nil, fmt.Errorf("idle client: %v", err)
+	}
+	var open int
+	if _, err := fmt.Sscanf(line, "ready %d", &open); err != nil || open == 0 {
+		return nil, fmt.Errorf("idle client: %q", line)
+	}
+	time.Sleep(3 * time.Second) // let the proxy settle (GC, buffers released)
+	after := rssKiB(p.pid())
+	if b.afterSettle != nil {
+		b.afterSettle()
+	}
+	stdin.Close()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+	}
+	return map[string]float64{
+		"kib_per_conn": (after - before) / float64(open),
+		"rss_before":   before / 1024, "rss_after": after / 1024,
+		"open": float64(open),
+	}, nil
+}
+
+type hostileOut struct {
+	Conns, Alerts, Served, Errors int64
+	Rate                          float64
+}
+
+func (b *bench) hostile(p *proxy) (map[string]float64, error) {
+	var r hostileOut
+	args := []string{"-addr", p.addr(), "-c", "16", "-d", b.dur.String(), "hostile"}
+	cpu, wall, err := measure(p, func() error { return b.loadgen(false, b.dur+30*time.Second, &r, args...) })
+	if err != nil {
+		return nil, err
+	}
+	if r.Conns == 0 {
+		return nil, fmt.Errorf("hostile: no connection completed")
+	}
+	return map[string]float64{
+		"conns_s": r.Rate, "cpu_us": cpu / float64(r.Conns) * 1e6, "cpu_pct": cpu / wall * 100,
+		"served": float64(r.Served), "alerts": float64(r.Alerts),
+	}, nil
+}
+
+// hostileLatency is the latency scenario with hostile handshakes at full
+// rate beside it (niced, so the good client and the upstream, sharing
+// CPU 1 with it, keep their share).
+func (b *bench) hostileLatency(p *proxy) (map[string]float64, error) {
+	var hr hostileOut
+	hdone := make(chan error, 1)
+	go func() {
+		hdone <- b.loadgen(true, b.latDur+60*time.Second, &hr, "-addr", p.addr(), "-c", "16", "-d", (b.latDur + 2*time.Second).String(), "hostile")
+	}()
+	time.Sleep(500 * time.Millisecond)
+	m, err := b.latency(p)
+	herr := <-hdone
+	if err != nil {
+		return nil, err
+	}
+	if herr != nil {
+		return nil, fmt.Errorf("hostile load: %v", herr)
+	}
+	m["hostile_conns_s"] = hr.Rate
+	return m, nil
+}
+
+func (b *bench) scenarios() []*scenario {
+	return []*scenario{
+		{key: "hs-ecdsa", title: "TLS 1.3 full handshake, X25519, ECDSA P-256, 1 request each",
+			metrics: []metricDef{{"conns_s", "conn/s", false}, {"cpu_us", "µs/conn", true}, {"cpu_pct", "% CPU", false}},
+			run:     func(b *bench, p *proxy) (map[string]float64, error) { return b.handshakes(p, "x25519", "-sni", nameEC) }},
+		{key: "hs-rsa", title: "TLS 1.3 full handshake, X25519, RSA-2048, 1 request each",
+			metrics: []metricDef{{"conns_s", "conn/s", false}, {"cpu_us", "µs/conn", true}, {"cpu_pct", "% CPU", false}},
+			run: func(b *bench, p *proxy) (map[string]float64, error) {
+				return b.handshakes(p, "x25519", "-sni", nameRSA)
+			}},
+		{key: "hs-mlkem", title: "TLS 1.3 full handshake, X25519MLKEM768, ECDSA (gatehouse only: OpenSSL 3.0 peers cannot)", only: "gatehouse",
+			metrics: []metricDef{{"conns_s", "conn/s", false}, {"cpu_us", "µs/conn", false}, {"cpu_pct", "% CPU", false}},
+			run:     func(b *bench, p *proxy) (map[string]float64, error) { return b.handshakes(p, "mlkem", "-sni", nameEC) }},
+		{key: "h1", title: "HTTP/1.1 keep-alive, 100-byte body, 32 connections (h2load --h1)",
+			metrics: []metricDef{{"rps", "req/s", false}, {"cpu_us", "µs/req", true}, {"cpu_pct", "% CPU", false}},
+			run: func(b *bench, p *proxy) (map[string]float64, error) {
+				m, _, err := b.h2load(p, nameEC, "/", "--h1", "-c", "32", "-m", "1")
+				return m, err
+			}},
+		{key: "h2", title: "HTTP/2, 16 connections x 16 streams, 100-byte body (h2load)",
+			metrics: []metricDef{{"rps", "req/s", false}, {"cpu_us", "µs/req", true}, {"cpu_pct", "% CPU", false}},
+			run: func(b *bench, p *proxy) (map[string]float64, error) {
+				m, _, err := b.h2load(p, nameEC, "/", "-c", "16", "-m", "16")
+				return m, err
+			}},
+		{key: "bulk", title: "bulk: 1 MiB responses, HTTP/1.1, 4 connections (h2load --h1)",
+			metrics: []metricDef{{"mib_s", "MiB/s", false}, {"cpu_ms_gib", "CPU ms/GiB", true}, {"cpu_pct", "% CPU", false}},
+			run: func(b *bench, p *proxy) (map[string]float64, error) {
+				m, r, err := b.h2load(p, nameEC, "/1m", "--h1", "-c", "4", "-m", "1")
+				if err != nil {
+					return nil, err
+				}
+				// cpu_us is per 1 MiB response: ×1024 per GiB, /1000 to ms
+				return map[string]float64{"mib_s": r.ok / r.seconds, "cpu_ms_gib": m["cpu_us"] * 1024 / 1000, "cpu_pct": m["cpu_pct"], "failures": m["failures"]}, nil
+			}},
+		{key: "latency", title: "open-loop 1,000 req/s, HTTP/1.1 keep-alive, 32 connections (latency from scheduled send)",
+			metrics: []metricDef{{"p50_us", "p50 µs", true}, {"p99_us", "p99 µs", true}, {"p999_us", "p99.9 µs", true}, {"cpu_pct", "% CPU", true}},
+			run:     (*bench).latency},
+		{key: "idle", title: "idle TLS connections (one request each), RSS growth", restart: true,
+			metrics: []metricDef{{"kib_per_conn", "KiB/conn", true}, {"rss_before", "MiB before", false}, {"rss_after", "MiB after", false}},
+			run:     (*bench).idle},
+		{key: "hostile", title: "hostile: ClientHellos with unknown SNI at full rate (refused)",
+			metrics: []metricDef{{"conns_s", "conn/s", false}, {"cpu_us", "µs/conn", true}, {"cpu_pct", "% CPU", false}, {"served", "served (must be 0)", false}},
+			run:     (*bench).hostile},
+		{key: "hostile-latency", title: "open-loop 1,000 req/s good traffic beside full-rate hostile handshakes",
+			metrics: []metricDef{{"p50_us", "p50 µs", true}, {"p99_us", "p99 µs", true}, {"p999_us", "p99.9 µs", true}, {"cpu_pct", "% CPU", false}, {"hostile_conns_s", "hostile conn/s", false}},
+			run:     (*bench).hostileLatency},
+	}
+}
+
+// namesRun measures gatehouse with n ACME-managed names whose
+// certificates are already in storage and whose CA is unreachable.
+func (b *bench) namesRun(n int, perRoute bool) (map[string]float64, error) {
+	dir, err := ensureNames(b.cache, n, b.logf)
+	if err != nil {
+		return nil, err
+	}
+	all, err := os.ReadFile(dir + "/names.txt")
+	if err != nil {
+		return nil, err
+	}
+	names := strings.Fields(string(all))
+	work, err := os.MkdirTemp(b.work, "names-")
+	if err != nil {
+		return nil, err
+	}
+	port, _ := freePort()
+	admin, _ := freePort()
+	cfg, err := namesConfig(work, dir+"/storage", names, perRoute, port, admin, b.upstream)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(work+"/names.txt", all, 0o644); err != nil {
+		return nil, err
+	}
+	p := &proxy{name: "gatehouse", port: port, bin: b.gatehouseBin, args: []string{"run", "--config", cfg}, log: work + "/stderr.log"}
+	if b.profile {
+		p.bin = b.gatehousePprofBin
+		pp, _ := freePort()
+		p.env = []string{"GATEHOUSE_PPROF=127.0.0.1:" + strconv.Itoa(pp)}
+		b.pprofAddr = "127.0.0.1:" + strconv.Itoa(pp)
+	}
+	t0 := time.Now()
+	cmd, err := spawn("0", p.env, p.log, p.bin, p.args...)
+	if err != nil {
+		return nil, err
+	}
+	p.cmd = cmd
+	defer stop(cmd)
+	var profDone chan struct{}
+	if b.profile {
+		profDone = b.fetchProfile(fmt.Sprintf("names-%d-startup", n), 10*time.Second, true)
+	}
+	limit := 10 * time.Minute
+	var ready time.Duration
+	client := newHTTPClient()
+	for {
+		if time.Since(t0) > limit {
+			return nil, fmt.Errorf("%d names: /readyz not 200 within %s", n, limit)
+		}
+		if cmd.ProcessState != nil {
+			return nil, fmt.Errorf("gatehouse exited: see %s", p.log)
+		}
+		res, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", admin))
+		if err == nil {
+			_, _ = io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				ready = time.Since(t0)
+				break
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	cpuReady := cpuSeconds(p.pid())
+	rssReady := rssKiB(p.pid())
+	if profDone != nil {
+		<-profDone
+		b.fetchHeap(fmt.Sprintf("names-%d", n))
+	}
+	// every name served, with its own certificate (verified against the CA)
+	var sw hsOut
+	sweepLimit := 20 * time.Minute
+	t1 := time.Now()
+	cpuS, _, err := measure(p, func() error {
+		return b.loadgen(false, sweepLimit+time.Minute, &sw, "-addr", p.addr(), "-names", work+"/names.txt", "-ca", dir+"/ca.crt", "-c", "16", "-d", sweepLimit.String(), "sweep")
+	})
+	if err != nil {
+		return nil, err
+	}
+	sweepTime := time.Since(t1)
+	if sw.Errors > 0 {
+		b.logf("names %d: %d names not served: %s", n, sw.Errors, sw.FirstError)
+	}
+	rssSweep := rssKiB(p.pid())
+	spread, err := b.handshakes(p, "x25519", "-names", work+"/names.txt")
+	if err != nil {
+		return nil, err
+	}
+	one, err := b.handshakes(p, "x25519", "-sni", names[0])
+	if err != nil {
+		return nil, err
+	}
+	logb, _ := os.ReadFile(p.log)
+	return map[string]float64{
+		"ready_s":         ready.Seconds(),
+		"cpu_to_ready_s":  cpuReady,
+		"rss_ready_mib":   rssReady / 1024,
+		"rss_sweep_mib":   rssSweep / 1024,
+		"sweep_s":         sweepTime.Seconds(),
+		"sweep_ok":        float64(sw.Conns),
+		"sweep_missing":   float64(sw.Errors),
+		"sweep_cpu_us":    cpuS / float64(max(sw.Conns, 1)) * 1e6,
+		"spread_conns_s":  spread["conns_s"],
+		"spread_cpu_us":   spread["cpu_us"],
+		"one_conns_s":     one["conns_s"],
+		"one_cpu_us":      one["cpu_us"],
+		"spread_vs_one":   spread["conns_s"] / one["conns_s"],
+		"log_lines":       float64(strings.Count(string(logb), "\n")),
+		"log_error_lines": float64(strings.Count(string(logb), "level=ERROR")),
+	}, nil
+}

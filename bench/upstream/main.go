@@ -1,0 +1,121 @@
+// Command upstream is the benchmark's plaintext backend: a minimal
+// HTTP/1.1 server that answers every request from a prebuilt buffer, so
+// that the proxy in front of it, not the backend, is what the bench
+// measures. GET /1m answers 1 MiB; anything else answers a fixed
+// 100-byte body. Keep-alive unless the request says Connection: close.
+//
+// It parses only what a proxy sends (request line, headers, a
+// Content-Length body); it is not a general HTTP server.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"strconv"
+)
+
+func response(n int) []byte {
+	body := bytes.Repeat([]byte("x"), n)
+	if n >= 1 {
+		body[n-1] = '\n'
+	}
+	head := fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n", n)
+	return append([]byte(head), body...)
+}
+
+var (
+	small = response(100)
+	big   = response(1 << 20)
+)
+
+func main() {
+	addr := flag.String("addr", "127.0.0.1:0", "listen address")
+	flag.Parse()
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	// the bench reads the bound address from the first line
+	fmt.Fprintln(os.Stdout, ln.Addr().String())
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			log.Fatal(err)
+		}
+		go serve(c)
+	}
+}
+
+var (
+	hdrConnection    = []byte("connection:")
+	hdrContentLength = []byte("content-length:")
+	tokClose         = []byte("close")
+)
+
+func serve(c net.Conn) {
+	defer c.Close()
+	br := bufio.NewReaderSize(c, 8<<10)
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return
+		}
+		resp := small
+		// "GET /1m HTTP/1.1"
+		if sp := bytes.IndexByte(line, ' '); sp >= 0 {
+			rest := line[sp+1:]
+			if bytes.HasPrefix(rest, []byte("/1m ")) || bytes.HasPrefix(rest, []byte("/1m?")) {
+				resp = big
+			}
+		}
+		closeAfter := false
+		bodyLen := int64(0)
+		for {
+			h, err := br.ReadSlice('\n')
+			if err != nil {
+				return
+			}
+			if len(h) <= 2 { // "\r\n"
+				break
+			}
+			if len(h) > len(hdrContentLength) && asciiHasPrefixFold(h, hdrContentLength) {
+				v := bytes.TrimSpace(h[len(hdrContentLength):])
+				bodyLen, _ = strconv.ParseInt(string(v), 10, 64)
+			} else if len(h) > len(hdrConnection) && asciiHasPrefixFold(h, hdrConnection) {
+				if bytes.Contains(bytes.ToLower(h), tokClose) {
+					closeAfter = true
+				}
+			}
+		}
+		if bodyLen > 0 {
+			if _, err := io.CopyN(io.Discard, br, bodyLen); err != nil {
+				return
+			}
+		}
+		if _, err := c.Write(resp); err != nil {
+			return
+		}
+		if closeAfter {
+			return
+		}
+	}
+}
+
+func asciiHasPrefixFold(s, prefix []byte) bool {
+	for i, p := range prefix {
+		b := s[i]
+		if 'A' <= b && b <= 'Z' {
+			b += 'a' - 'A'
+		}
+		if b != p {
+			return false
+		}
+	}
+	return true
+}
