@@ -153,8 +153,16 @@ func TestProxyProtocolToUpstreams(t *testing.T) {
 	var closedMu sync.Mutex
 	closed := map[string]bool{}
 	type idKey struct{}
+	var healthMu sync.Mutex
+	healthSeen := map[string]bool{} // connection descriptions of /health requests
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/health" {
+				healthMu.Lock()
+				healthSeen[fmt.Sprint(r.Context().Value(idKey{}))] = true
+				healthMu.Unlock()
+				return
+			}
 			fmt.Fprintf(w, "conn=%s remote=%s", r.Context().Value(idKey{}), r.RemoteAddr)
 		}),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
@@ -180,9 +188,24 @@ func TestProxyProtocolToUpstreams(t *testing.T) {
 	for _, v := range []string{"1", "2"} {
 		fmt.Fprintf(&routesTOML, "[[route]]\nhosts = [\"pp%s-tcp.test\"]\nmode = \"tcp\"\nupstream = %q\nproxy_protocol = \"v%s\"\n%s\n", v, tcpUp, v, e.certFor("pp"+v+"-tcp.test"))
 		fmt.Fprintf(&routesTOML, "[[route]]\nhosts = [\"pp%s-pass.test\"]\nmode = \"passthrough\"\nupstream = %q\nproxy_protocol = \"v%s\"\n\n", v, passUp, v)
-		fmt.Fprintf(&routesTOML, "[[route]]\nhosts = [\"pp%s-http.test\"]\nupstream = \"http://%s\"\nproxy_protocol = \"v%s\"\n%s\n", v, httpLn.Addr(), v, e.certFor("pp"+v+"-http.test"))
+		fmt.Fprintf(&routesTOML, "[[route]]\nhosts = [\"pp%s-http.test\"]\nupstream = \"http://%s\"\nproxy_protocol = \"v%s\"\n"+
+			"health_path = \"/health\"\nhealth_interval = \"200ms\"\n%s\n", v, httpLn.Addr(), v, e.certFor("pp"+v+"-http.test"))
 	}
 	e.start(e.config(routesTOML.String()))
+
+	// health checks announce themselves with a LOCAL header (v1: PROXY UNKNOWN)
+	for _, v := range []string{"1", "2"} {
+		waitFor(t, 5*time.Second, "v"+v+" health check with a LOCAL header", func() error {
+			healthMu.Lock()
+			defer healthMu.Unlock()
+			for desc := range healthSeen {
+				if strings.Contains(desc, "(v"+v+" LOCAL ") {
+					return nil
+				}
+			}
+			return fmt.Errorf("health requests seen on: %v", healthSeen)
+		})
+	}
 
 	for _, v := range []string{"1", "2"} {
 		for _, mode := range []string{"tcp", "pass"} {
@@ -1208,5 +1231,46 @@ func h2Status(t *testing.T, addr, name string, roots *x509.CertPool, n, size int
 		case *http2.RSTStreamFrame:
 			return fmt.Sprintf("RST_STREAM %v", f.ErrCode)
 		}
+	}
+}
+
+// A reload that removes or changes a health-checked route stops its
+// checks; an unchanged route keeps its checker (and its verdicts).
+func TestHealthChecksStopOnReload(t *testing.T) {
+	e := newCAEnv(t)
+	var aChecks, bChecks atomic.Int64
+	checked := func(n *atomic.Int64) string {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/health" {
+				n.Add(1)
+			}
+		}))
+		t.Cleanup(srv.Close)
+		return srv.URL
+	}
+	a, b := checked(&aChecks), checked(&bChecks)
+	route := func(name, upstream string) string {
+		return fmt.Sprintf("[[route]]\nhosts = [%q]\nupstream = %q\nhealth_path = \"/health\"\nhealth_interval = \"100ms\"\n%s\n",
+			name, upstream, e.certFor(name))
+	}
+	keep, gone := route("keep.test", a), route("gone.test", b)
+	in := e.start(e.config(keep + gone))
+	waitFor(t, 5*time.Second, "both checked", func() error {
+		if aChecks.Load() < 2 || bChecks.Load() < 2 {
+			return fmt.Errorf("checks: A %d, B %d", aChecks.Load(), bChecks.Load())
+		}
+		return nil
+	})
+	if err := in.reload(e.config(keep)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(150 * time.Millisecond) // a probe already under way may land
+	bAfter, aAfter := bChecks.Load(), aChecks.Load()
+	time.Sleep(600 * time.Millisecond)
+	if n := bChecks.Load() - bAfter; n != 0 {
+		t.Errorf("removed route's upstream got %d health checks after the reload", n)
+	}
+	if n := aChecks.Load() - aAfter; n < 3 {
+		t.Errorf("kept route's upstream got %d health checks in 600ms at 100ms intervals", n)
 	}
 }
