@@ -115,6 +115,7 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 	})
 	m.staples = newStapler(storage, opts.Logger, opts.OCSPCheckInterval, m.onRevoked)
 	go m.staples.run(ctx)
+	liveMetrics.add(m) // expiry and staple age metrics (inventory.go)
 	return m, nil
 }
 
@@ -450,6 +451,7 @@ func (m *Manager) HandleHTTPChallenge(w http.ResponseWriter, r *http.Request) bo
 // onEvent follows certmagic's work so readiness and logs can tell an
 // operator what is happening to each name.
 func (m *Manager) onEvent(ctx context.Context, event string, data map[string]any) error {
+	m.observeCertEvent(ctx, event, data) // names for the expiry metric (inventory.go)
 	switch event {
 	case "cert_obtaining":
 		name, _ := data["identifier"].(string)

@@ -32,6 +32,8 @@ Usage:
                                       quick start without a file
   gatehouse validate [--config FILE]  check a config; every error with its line; exit 1 on errors
   gatehouse healthcheck [--url URL]   exit 0 when the admin /healthz answers (for container HEALTHCHECK)
+  gatehouse certs [--config FILE] [--json] [--root]
+                                      every name's certificate, renewal, staple, last error (reads storage only)
   gatehouse version                   print the version
 `
 
@@ -51,6 +53,8 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return cmdValidate(args[1:], stdout, stderr)
 	case "healthcheck":
 		return cmdHealthcheck(args[1:], stderr)
+	case "certs":
+		return cmdCerts(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "gatehouse", versionString())
 		return 0
