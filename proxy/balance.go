@@ -182,6 +182,7 @@ func (rs *routeState) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, errNoUpstream
 		}
 		req.URL.Host = up.target.Host
+		noteUpstream(req.Context(), up)
 		up.active.Add(1)
 		res, err := tr.RoundTrip(req)
 		if err == nil {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"net"
 	"net/http"
 	"strings"
@@ -32,7 +33,16 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if rs.hsts != "" {
 		w.Header().Set("Strict-Transport-Security", rs.hsts)
 	}
-	rs.proxy.ServeHTTP(w, r)
+	if s.access == nil {
+		rs.proxy.ServeHTTP(w, r)
+		return
+	}
+	a := accessPool.Get().(*accessRecord)
+	*a = accessRecord{ResponseWriter: w}
+	rs.proxy.ServeHTTP(a, r.WithContext(context.WithValue(r.Context(), accessKey{}, a)))
+	s.logAccess(rs, rc, r, a, began)
+	*a = accessRecord{}
+	accessPool.Put(a)
 }
 
 // routeFor returns the route a request on rc is served by. A request is

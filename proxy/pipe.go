@@ -20,7 +20,9 @@ func (s *Server) pipeTCP(tc *tls.Conn, rc *replayConn) {
 		return
 	}
 	defer u.active.Add(-1)
-	s.stream(tc, up, rs.name)
+	began := time.Now()
+	in, out := s.stream(tc, up)
+	s.logStream(rs, rc, u.Raw, in, out, began)
 }
 
 // passthrough forwards a connection's TLS bytes, the peeked ClientHello
@@ -34,7 +36,9 @@ func (s *Server) passthrough(rc *replayConn) {
 		return
 	}
 	defer u.active.Add(-1)
-	s.stream(rc, up, rs.name)
+	began := time.Now()
+	in, out := s.stream(rc, up)
+	s.logStream(rs, rc, u.Raw, in, out, began)
 }
 
 // dialStream connects a tcp or passthrough stream to an upstream chosen
@@ -71,21 +75,23 @@ func (rs *routeState) dialStream(client net.Conn) (net.Conn, *upstream, error) {
 
 // stream copies both directions until both are done. When one side
 // finishes sending, the other side's write half is closed, so a
-// client's end-of-stream reaches the upstream and the reverse.
-func (s *Server) stream(client, up net.Conn, route string) {
+// client's end-of-stream reaches the upstream and the reverse. It
+// returns the bytes sent each way (to the upstream, to the client).
+func (s *Server) stream(client, up net.Conn) (toUp, toClient int64) {
 	if !s.conns.add(client, up) {
 		// shutting down, past the drain
 		client.Close()
 		up.Close()
-		return
+		return 0, 0
 	}
 	defer s.conns.remove(client, up)
 	metricActiveStreams.Inc()
 	defer metricActiveStreams.Dec()
 
-	cp := func(dst, src net.Conn) {
+	cp := func(dst, src net.Conn, n *int64) {
 		buf := buffers.Get().(*[]byte)
-		_, err := io.CopyBuffer(dst, src, *buf)
+		var err error
+		*n, err = io.CopyBuffer(dst, src, *buf)
 		buffers.Put(buf)
 		if err != nil && !errors.Is(err, net.ErrClosed) {
 			// an error (reset) on one side: tear both down
@@ -97,12 +103,12 @@ func (s *Server) stream(client, up net.Conn, route string) {
 		}
 	}
 	done := make(chan struct{})
-	go func() { cp(up, client); close(done) }()
-	cp(client, up)
+	go func() { cp(up, client, &toUp); close(done) }()
+	cp(client, up, &toClient)
 	<-done
 	client.Close()
 	up.Close()
-	_ = route
+	return toUp, toClient
 }
 
 // closeWrite half-closes c's sending side where the connection type

@@ -40,12 +40,15 @@ type Certs interface {
 type Options struct {
 	Certs  Certs
 	Logger *slog.Logger
+	// AccessLog, if set, gets one line per request and per stream.
+	AccessLog *slog.Logger
 }
 
 // Server is gatehouse's data plane.
 type Server struct {
-	certs Certs
-	log   *slog.Logger
+	certs  Certs
+	log    *slog.Logger
+	access *slog.Logger // nil: no access log
 
 	state atomic.Pointer[snapshot]
 
@@ -118,7 +121,7 @@ func New(opts Options) *Server {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Server{certs: opts.Certs, log: opts.Logger}
+	s := &Server{certs: opts.Certs, log: opts.Logger, access: opts.AccessLog}
 	s.tlsHTTP = s.baseTLS([]string{"h2", "http/1.1"})
 	s.tlsChallenge = s.baseTLS([]string{"acme-tls/1"})
 	return s

@@ -205,7 +205,11 @@ func (o OnDemand) ParseRate() (int, time.Duration, error) {
 type Log struct {
 	Format string `toml:"format"` // "text" (default) or "json"
 	Level  string `toml:"level"`  // "debug", "info" (default), "warn", "error"
+	Access *bool  `toml:"access"` // one line per request and stream; default true
 }
+
+// AccessEnabled reports whether access logging is on (the default).
+func (l Log) AccessEnabled() bool { return l.Access == nil || *l.Access }
 
 // Timeouts bound every wait the proxy does on a peer. Zero means the default.
 type Timeouts struct {

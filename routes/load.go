@@ -121,7 +121,7 @@ var known = map[string][]string{
 	"acme":      {"email", "directory", "ca_root", "challenges", "profile", "issuer"},
 	"storage":   {"backend", "dir", "endpoints", "prefix", "username", "password", "ca_cert", "cert", "key"},
 	"on_demand": {"ask", "ask_timeout", "rate", "max_concurrent", "deny_cache"},
-	"log":       {"format", "level"},
+	"log":       {"format", "level", "access"},
 	"timeouts":  {"read_header", "idle", "upstream_dial", "upstream_response_header", "handshake", "shutdown_drain"},
 	"route": {"hosts", "upstream", "upstreams", "mode", "cert", "key", "tls", "profile", "alpn",
 		"proxy_protocol", "hsts", "upstream_ca", "balance", "health_path", "health_interval", "health_timeout"},

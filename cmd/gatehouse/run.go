@@ -66,7 +66,11 @@ func start(cfg *routes.Config, o startOptions) (*instance, error) {
 		log = newLogger(cfg.Log, nil)
 	}
 	in := &instance{log: log, cfg: cfg, served: make(chan error, 1), stop: make(chan struct{})}
-	in.proxy = proxy.New(proxy.Options{Logger: log})
+	popts := proxy.Options{Logger: log}
+	if cfg.Log.AccessEnabled() {
+		popts.AccessLog = log.With("log", "access")
+	}
+	in.proxy = proxy.New(popts)
 
 	if o.httpsLn != nil {
 		in.proxy.UseListeners(o.httpsLn, o.httpLn)

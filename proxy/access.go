@@ -1,0 +1,98 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// accessRecord follows one request through the proxy for its access-log
+// line: the status and bytes written to the client, and the upstream
+// that answered. It wraps the ResponseWriter; Unwrap keeps
+// http.ResponseController (flushes, hijacks for WebSockets) working.
+type accessRecord struct {
+	http.ResponseWriter
+	status   int
+	bytes    int64
+	upstream *upstream
+}
+
+var accessPool = sync.Pool{New: func() any { return new(accessRecord) }}
+
+type accessKey struct{}
+
+func (a *accessRecord) WriteHeader(code int) {
+	if a.status == 0 && code >= 200 {
+		a.status = code
+	}
+	a.ResponseWriter.WriteHeader(code)
+}
+
+func (a *accessRecord) Write(b []byte) (int, error) {
+	if a.status == 0 {
+		a.status = http.StatusOK
+	}
+	n, err := a.ResponseWriter.Write(b)
+	a.bytes += int64(n)
+	return n, err
+}
+
+func (a *accessRecord) Unwrap() http.ResponseWriter { return a.ResponseWriter }
+
+// noteUpstream records the upstream a request went to, if it is logged.
+func noteUpstream(ctx context.Context, up *upstream) {
+	if a, ok := ctx.Value(accessKey{}).(*accessRecord); ok {
+		a.upstream = up
+	}
+}
+
+// logAccess writes one line per request: what an operator greps for
+// when a user reports a failure.
+func (s *Server) logAccess(rs *routeState, rc *replayConn, r *http.Request, a *accessRecord, began time.Time) {
+	up := ""
+	if a.upstream != nil {
+		up = a.upstream.Raw
+	}
+	status := a.status
+	if status == 0 {
+		status = 499 // the client went away before any answer
+	}
+	var tlsVersion string
+	if r.TLS != nil {
+		tlsVersion = tls.VersionName(r.TLS.Version)
+	}
+	s.access.LogAttrs(r.Context(), slog.LevelInfo, "access",
+		slog.String("route", rs.name),
+		slog.String("sni", rc.hello.ServerName),
+		slog.String("client", r.RemoteAddr),
+		slog.String("method", r.Method),
+		slog.String("host", r.Host),
+		slog.String("path", r.URL.Path),
+		slog.String("proto", r.Proto),
+		slog.String("tls", tlsVersion),
+		slog.Int("status", status),
+		slog.Int64("bytes", a.bytes),
+		slog.String("upstream", up),
+		slog.Duration("duration", time.Since(began)),
+	)
+}
+
+// logStream writes one line per tcp or passthrough stream.
+func (s *Server) logStream(rs *routeState, rc *replayConn, up string, toUp, toClient int64, began time.Time) {
+	if s.access == nil {
+		return
+	}
+	s.access.LogAttrs(context.Background(), slog.LevelInfo, "access",
+		slog.String("route", rs.name),
+		slog.String("mode", rs.mode),
+		slog.String("sni", rc.hello.ServerName),
+		slog.String("client", rc.RemoteAddr().String()),
+		slog.String("upstream", up),
+		slog.Int64("bytes_in", toUp),
+		slog.Int64("bytes_out", toClient),
+		slog.Duration("duration", time.Since(began)),
+	)
+}
