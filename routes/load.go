@@ -17,6 +17,9 @@ type Error struct {
 	File string
 	Line int // 0 when the problem has no single line (a missing key)
 	Msg  string
+
+	missing string // key path a "missing" error is about, e.g. "acme.email"
+	suggest string // key path an unknown-key error suggests instead
 }
 
 func (e *Error) Error() string {
@@ -87,7 +90,8 @@ func Parse(data []byte) (*Config, error) {
 			lines = []int{0}
 		}
 		for _, ln := range lines {
-			errs = append(errs, &Error{Line: ln, Msg: unknownKeyMsg(k)})
+			msg, suggest := unknownKeyMsg(k)
+			errs = append(errs, &Error{Line: ln, Msg: msg, suggest: suggest})
 		}
 	}
 	if !md.IsDefined("listen", "http") {
@@ -107,6 +111,21 @@ func (cfg *Config) finish(idx lineIndex, errs Errors) (*Config, error) {
 	cfg.applyEnv()
 	cfg.ApplyDefaults()
 	errs = append(errs, cfg.validate(idx)...)
+	// A misspelt key also makes the key it meant missing: report the
+	// typo alone, it is the one thing to fix.
+	suggested := map[string]bool{}
+	for _, e := range errs {
+		if e.suggest != "" {
+			suggested[e.suggest] = true
+		}
+	}
+	kept := errs[:0]
+	for _, e := range errs {
+		if e.missing == "" || !suggested[e.missing] {
+			kept = append(kept, e)
+		}
+	}
+	errs = kept
 	if len(errs) > 0 {
 		sort.SliceStable(errs, func(i, j int) bool { return errs[i].Line < errs[j].Line })
 		return nil, errs
@@ -127,18 +146,19 @@ var known = map[string][]string{
 		"proxy_protocol", "hsts", "upstream_ca", "balance", "health_path", "health_interval", "health_timeout"},
 }
 
-func unknownKeyMsg(k toml.Key) string {
+func unknownKeyMsg(k toml.Key) (msg, suggest string) {
 	table := strings.Join(k[:len(k)-1], ".")
 	name := k[len(k)-1]
 	where := "at the top level"
 	if table != "" {
 		where = "in [" + table + "]"
 	}
-	msg := fmt.Sprintf("unknown key %q %s", name, where)
+	msg = fmt.Sprintf("unknown key %q %s", name, where)
 	if best := closest(name, known[table]); best != "" {
 		msg += fmt.Sprintf(" (did you mean %q?)", best)
+		suggest = strings.TrimPrefix(table+"."+best, ".")
 	}
-	return msg
+	return msg, suggest
 }
 
 // closest returns the known key nearest to name by edit distance, if near enough.

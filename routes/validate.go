@@ -20,6 +20,9 @@ func (c *Config) validate(idx lineIndex) Errors {
 		errs = append(errs, &Error{Line: idx.key(path), Msg: fmt.Sprintf(format, args...)})
 	}
 
+	missing := func(keyPath, path string, format string, args ...any) {
+		errs = append(errs, &Error{Line: idx.key(path), Msg: fmt.Sprintf(format, args...), missing: keyPath})
+	}
 	checkAddr := func(key, addr string, optional bool) {
 		if addr == "" && optional {
 			return
@@ -52,7 +55,7 @@ func (c *Config) validate(idx lineIndex) Errors {
 	if needACME {
 		if len(c.ACME.Issuer.List) == 0 {
 			if c.ACME.Email == "" {
-				bad("acme", "[acme] email is missing: the CA needs a contact address for the account; set email = \"you@example.com\" in [acme] (or the GATEHOUSE_ACME_EMAIL environment variable)")
+				missing("acme.email", "acme", "[acme] email is missing: the CA needs a contact address for the account; set email = \"you@example.com\" in [acme] (or the GATEHOUSE_ACME_EMAIL environment variable)")
 			}
 			checkDirectory(bad, "acme.directory", c.ACME.Directory)
 			checkPEMFile(bad, "acme.ca_root", c.ACME.CARoot)
