@@ -96,15 +96,19 @@ func OpenStorageForReading(s routes.Storage) (certmagic.Storage, error) {
 	return OpenStorage(s)
 }
 
-// acmeIssuerKeys returns the storage issuer keys of cfg's ACME CAs, in
-// order of preference.
+// acmeIssuerKeys returns the issuer keys of cfg's ACME CAs, in order of
+// preference, as they appear in storage (certificates/<key>/).
 func acmeIssuerKeys(cfg *routes.Config) []string {
-	var keys []string
-	if len(cfg.ACME.Issuer.List) == 0 {
-		return []string{(&certmagic.ACMEIssuer{CA: cfg.ACME.Directory}).IssuerKey()}
+	dirs := []string{cfg.ACME.Directory}
+	if len(cfg.ACME.Issuer.List) > 0 {
+		dirs = dirs[:0]
+		for _, is := range cfg.ACME.Issuer.List {
+			dirs = append(dirs, is.Directory)
+		}
 	}
-	for _, is := range cfg.ACME.Issuer.List {
-		keys = append(keys, (&certmagic.ACMEIssuer{CA: is.Directory}).IssuerKey())
+	var keys []string
+	for _, d := range dirs {
+		keys = append(keys, certmagic.StorageKeys.Safe((&certmagic.ACMEIssuer{CA: d}).IssuerKey()))
 	}
 	return keys
 }

@@ -1,0 +1,223 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+	"golang.org/x/crypto/acme"
+	"golang.org/x/crypto/acme/autocert"
+
+	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+)
+
+// servedSerial returns the serial of the certificate gatehouse serves
+// for name (hex), verifying it against roots.
+func servedSerial(addr, name string, roots *x509.CertPool) (string, error) {
+	c, err := dialTLS(addr, name, roots)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	return c.ConnectionState().PeerCertificates[0].SerialNumber.Text(16), nil
+}
+
+// A Go program's autocert cache moves into gatehouse: the certificates
+// autocert obtained (ECDSA, and RSA as "+rsa") are served by gatehouse
+// with the CA down, and no new order reaches the CA.
+func TestImportAutocert(t *testing.T) {
+	e := newEnv(t, acmetest.PebbleOptions{AlwaysValid: true})
+	cacheDir := filepath.Join(t.TempDir(), "autocert")
+	m := &autocert.Manager{
+		Prompt:     autocert.AcceptTOS,
+		Cache:      autocert.DirCache(cacheDir),
+		HostPolicy: autocert.HostWhitelist("go-app.test", "legacy-rsa.test"),
+		Email:      "dev@example.test",
+		Client:     &acme.Client{DirectoryURL: e.pebble.DirectoryURL, HTTPClient: e.pebble.HTTPClient()},
+	}
+	ecdsaHello := &tls.ClientHelloInfo{
+		ServerName: "go-app.test", SignatureSchemes: []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256},
+		SupportedCurves: []tls.CurveID{tls.CurveP256}, CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256},
+	}
+	rsaHello := &tls.ClientHelloInfo{
+		ServerName: "legacy-rsa.test", SignatureSchemes: []tls.SignatureScheme{tls.PSSWithSHA256},
+		CipherSuites: []uint16{tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256},
+	}
+	want := map[string]string{}
+	for _, h := range []*tls.ClientHelloInfo{ecdsaHello, rsaHello} {
+		cert, err := m.GetCertificate(h) // autocert bounds it (5 min)
+		if err != nil {
+			t.Fatalf("autocert against Pebble, %s: %v", h.ServerName, err)
+		}
+		want[h.ServerName] = cert.Leaf.SerialNumber.Text(16)
+	}
+	entries, _ := os.ReadDir(cacheDir)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	t.Logf("autocert cache: %v", names)
+	if !strings.Contains(strings.Join(names, " "), "legacy-rsa.test+rsa") {
+		t.Fatalf("autocert stored no +rsa entry: %v", names)
+	}
+	ordersBefore := e.pebble.Orders("go-app.test") + e.pebble.Orders("legacy-rsa.test")
+
+	up := upstream(t, "G")
+	routesTOML := fmt.Sprintf("[[route]]\nhosts = [\"go-app.test\", \"legacy-rsa.test\"]\nupstream = %q\n", up.URL)
+	cfgPath := e.config(routesTOML)
+	var out, errOut strings.Builder
+	if code := realMain([]string{"import", "autocert", cacheDir, "--config", cfgPath}, &out, &errOut); code != 0 {
+		t.Fatalf("import autocert: exit %d\n%s%s", code, out.String(), errOut.String())
+	}
+	t.Logf("gatehouse import autocert:\n%s", out.String())
+	for name := range want {
+		if !strings.Contains(out.String(), name) || strings.Count(out.String(), "imported") != 2 {
+			t.Errorf("import output does not report %s imported:\n%s", name, out.String())
+		}
+	}
+	for _, key := range []string{"go-app.test", "legacy-rsa.test"} {
+		fi, err := os.Stat(filepath.Join(e.storage, "certificates", issuerDir(e), key, key+".key"))
+		if err != nil {
+			t.Fatalf("imported key for %s: %v", key, err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("imported key %s has mode %v, want 0600", key, fi.Mode().Perm())
+		}
+	}
+
+	// gatehouse starts with the CA unreachable and serves the imported certificates
+	e.pebble.Stop()
+	e.start(cfgPath)
+	for name, serial := range want {
+		waitFor(t, 10*time.Second, "imported certificate for "+name, func() error {
+			got, err := servedSerial(e.httpsAddr(), name, e.roots)
+			if err != nil {
+				return err
+			}
+			if got != serial {
+				return fmt.Errorf("serves serial %s, want autocert's %s", got, serial)
+			}
+			return nil
+		})
+	}
+	// with the CA back, gatehouse does not re-order what it imported
+	if err := e.pebble.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	if got := e.pebble.Orders("go-app.test") + e.pebble.Orders("legacy-rsa.test"); got != ordersBefore {
+		t.Errorf("Pebble got %d orders after the import, want none", got-ordersBefore)
+	}
+
+	// importing again leaves what gatehouse has alone
+	out.Reset()
+	if code := realMain([]string{"import", "autocert", cacheDir, "--config", cfgPath}, &out, &errOut); code != 0 {
+		t.Fatalf("second import: exit %d", code)
+	}
+	if strings.Contains(out.String(), " imported ") || !strings.Contains(out.String(), "already has a certificate") {
+		t.Errorf("second import:\n%s", out.String())
+	}
+}
+
+func issuerDir(e *env) string {
+	return certmagic.StorageKeys.Safe((&certmagic.ACMEIssuer{CA: e.pebble.DirectoryURL}).IssuerKey())
+}
+
+// A Caddy data directory (certmagic's file layout, made here by
+// certmagic itself against Pebble) moves into gatehouse the same way.
+func TestImportCaddy(t *testing.T) {
+	e := newEnv(t, acmetest.PebbleOptions{AlwaysValid: true})
+	caddyData := filepath.Join(t.TempDir(), "caddy")
+	pool := x509.NewCertPool()
+	pool.AddCert(e.pebble.HTTPSCACert())
+	solverLn := listen(t) // a port for certmagic's TLS-ALPN solver (Pebble never dials it: AlwaysValid)
+	solverPort := port(solverLn)
+	solverLn.Close()
+	var cm *certmagic.Config
+	cache := certmagic.NewCache(certmagic.CacheOptions{
+		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) { return cm, nil },
+	})
+	defer cache.Stop()
+	cm = certmagic.New(cache, certmagic.Config{Storage: &certmagic.FileStorage{Path: caddyData}, Logger: zap.NewNop()})
+	cm.Issuers = []certmagic.Issuer{certmagic.NewACMEIssuer(cm, certmagic.ACMEIssuer{
+		CA: e.pebble.DirectoryURL, TrustedRoots: pool, Email: "caddy@example.test", Agreed: true,
+		DisableHTTPChallenge: true, AltTLSALPNPort: solverPort, ListenHost: "127.0.0.1", Logger: zap.NewNop(),
+	})}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := cm.ObtainCertSync(ctx, "caddy-site.test"); err != nil {
+		t.Fatalf("certmagic against Pebble: %v", err)
+	}
+	crt, err := os.ReadFile(filepath.Join(caddyData, "certificates", issuerDir(e), "caddy-site.test", "caddy-site.test.crt"))
+	if err != nil {
+		t.Fatalf("certmagic did not write Caddy's layout: %v", err)
+	}
+	chain, _ := x509.ParseCertificates(pemBlocks(t, crt))
+	wantSerial := chain[0].SerialNumber.Text(16)
+	ordersBefore := e.pebble.Orders("caddy-site.test")
+
+	up := upstream(t, "K")
+	cfgPath := e.config(fmt.Sprintf("[[route]]\nhosts = [\"caddy-site.test\"]\nupstream = %q\n", up.URL))
+	var out, errOut strings.Builder
+	// Caddy users know the certificates/ folder; both spellings work
+	if code := realMain([]string{"import", "caddy", filepath.Join(caddyData, "certificates"), "--config", cfgPath}, &out, &errOut); code != 0 {
+		t.Fatalf("import caddy: exit %d\n%s%s", code, out.String(), errOut.String())
+	}
+	t.Logf("gatehouse import caddy:\n%s", out.String())
+
+	e.pebble.Stop()
+	e.start(cfgPath)
+	waitFor(t, 10*time.Second, "imported Caddy certificate", func() error {
+		got, err := servedSerial(e.httpsAddr(), "caddy-site.test", e.roots)
+		if err != nil {
+			return err
+		}
+		if got != wantSerial {
+			return fmt.Errorf("serves serial %s, want Caddy's %s", got, wantSerial)
+		}
+		return nil
+	})
+	res, err := client(e.httpsAddr(), e.roots, true).Get("https://caddy-site.test/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readAll(t, res); !strings.HasPrefix(body, "upstream=K") {
+		t.Errorf("reached %q", body)
+	}
+	if err := e.pebble.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	if got := e.pebble.Orders("caddy-site.test"); got != ordersBefore {
+		t.Errorf("Pebble got %d orders after the import, want none", got-ordersBefore)
+	}
+	// the ACME data Caddy stored (ARI window) came along
+	infos, _, _ := runCerts(t, "--config", cfgPath, "--json")
+	if !strings.Contains(infos, `"renew_by": "ari"`) {
+		t.Errorf("imported certificate lost its ARI data:\n%s", infos)
+	}
+}
+
+// pemBlocks returns the DER of every PEM block in data, concatenated
+// (what x509.ParseCertificates reads).
+func pemBlocks(t *testing.T, data []byte) []byte {
+	t.Helper()
+	var der []byte
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			return der
+		}
+		der = append(der, b.Bytes...)
+	}
+}
