@@ -463,10 +463,11 @@ func (od *onDemand) askEndpoint(ctx context.Context, ask, name, ip string, timeo
 	return nil
 }
 
-// prune drops expired entries once a map grows large, and everything if
-// it is still too large (a flood of random names).
+// prune drops expired entries once a map reaches maxDecisionCache, and
+// everything if more than half are still live (a flood of random
+// names): a sweep happens at most once per maxDecisionCache/2 inserts.
 func prune[V any](m map[string]V, expired func(V) bool) {
-	if len(m) < maxDecisionCache/2 {
+	if len(m) < maxDecisionCache {
 		return
 	}
 	for k, v := range m {
@@ -474,7 +475,7 @@ func prune[V any](m map[string]V, expired func(V) bool) {
 			delete(m, k)
 		}
 	}
-	if len(m) >= maxDecisionCache {
+	if len(m) > maxDecisionCache/2 {
 		clear(m)
 	}
 }

@@ -110,7 +110,7 @@ deny_cache  = "1m"
 hosts    = ["*.od.test"]
 upstream = %q
 `, ask.URL, up.URL))
-	e.start(cfg)
+	in := e.start(cfg)
 	adm := e.admLn.Addr().String()
 	before := map[string]float64{}
 	for _, s := range []string{
@@ -213,6 +213,34 @@ upstream = %q
 			}
 		}
 	})
+
+	t.Run("after a restart with the CA down, the stored certificate is served", func(t *testing.T) {
+		first, err := servedSerial(e.httpsAddr(), "ok.od.test", e.roots)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := in.shutdown(2 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		e.pebble.Stop()
+		e.bind()
+		e.start(e.config(fmt.Sprintf(`
+[on_demand]
+ask = "%s/check"
+
+[[route]]
+hosts    = ["*.od.test"]
+upstream = %q
+`, ask.URL, up.URL)))
+		got, err := servedSerial(e.httpsAddr(), "ok.od.test", e.roots)
+		if err != nil || got != first {
+			t.Fatalf("after restart: serial %s, err %v; want the stored %s", got, err, first)
+		}
+		if n := e.pebble.OrderAttempts("ok.od.test"); n != 1 {
+			t.Errorf("Pebble got %d orders for ok.od.test, want the first one only", n)
+		}
+	})
+
 }
 
 // The global rate limit and the concurrency cap hold when many new names
