@@ -49,6 +49,12 @@ type Options struct {
 	// OCSPCheckInterval is how often staples are checked for refresh;
 	// default one minute.
 	OCSPCheckInterval time.Duration
+
+	// RenewCheckInterval is how often certmagic scans the cache for
+	// certificates due for renewal and for ARI updates; default
+	// certmagic's 10 minutes. Tests with certificates that live seconds
+	// shorten it.
+	RenewCheckInterval time.Duration
 }
 
 // Manager holds every certificate gatehouse serves.
@@ -61,11 +67,12 @@ type Manager struct {
 	status  *statusBook
 
 	mu       sync.RWMutex
-	acme     map[string]*certmagic.Config // by ACME profile ("" = default)
-	manual   *certmagic.Config            // unmanaged: manual cert/key files
-	byName   map[string]*certmagic.Config // every configured name -> its config
-	manualBy map[string]*manualCert       // cert+key paths -> what was loaded from them
-	issuers  []*certmagic.ACMEIssuer      // for HTTP-01 answers
+	acme     map[string]*certmagic.Config            // by ACME profile ("" = default)
+	short    map[*certmagic.Config]*certmagic.Config // ACME config -> its twin for short-lived certificates
+	manual   *certmagic.Config                       // unmanaged: manual cert/key files
+	byName   map[string]*certmagic.Config            // every configured name -> its config
+	manualBy map[string]*manualCert                  // cert+key paths -> what was loaded from them
+	issuers  []*certmagic.ACMEIssuer                 // for HTTP-01 answers
 	cfg      *routes.Config
 
 	internal   *certmagic.Config // tls = "internal" (internal.go)
@@ -100,6 +107,7 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 		storage:  storage,
 		status:   newStatusBook(),
 		acme:     map[string]*certmagic.Config{},
+		short:    map[*certmagic.Config]*certmagic.Config{},
 		byName:   map[string]*certmagic.Config{},
 		manualBy: map[string]*manualCert{},
 		onDemand: newOnDemand(),
@@ -111,9 +119,11 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 		Logger:           zapLogger(opts.Logger),
 		// Size the cache on purpose: certmagic scans the whole cache for
 		// each certificate added past capacity (see field notes).
-		Capacity: 0,
+		Capacity:           0,
+		RenewCheckInterval: opts.RenewCheckInterval,
 	})
 	m.staples = newStapler(storage, opts.Logger, opts.OCSPCheckInterval, m.onRevoked)
+	m.staples.live = m.cached
 	go m.staples.run(ctx)
 	liveMetrics.add(m) // expiry and staple age metrics (inventory.go)
 	return m, nil
@@ -154,11 +164,18 @@ func (m *Manager) Close() {
 	m.cache.Stop()
 }
 
+// configForCert tells certmagic's maintenance which config manages a
+// cached certificate. A short-lived one (see shortLived) gets its ACME
+// config's twin that renews at half its life instead of certmagic's
+// one third remaining.
 func (m *Manager) configForCert(c certmagic.Certificate) (*certmagic.Config, error) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	for _, name := range c.Names {
 		if cfg, ok := m.byName[name]; ok {
+			if twin := m.short[cfg]; twin != nil && shortLived(c.Leaf) {
+				return twin, nil
+			}
 			return cfg, nil
 		}
 	}
@@ -245,7 +262,33 @@ func (m *Manager) acmeConfig(cfg *routes.Config, profile string) (*certmagic.Con
 	}
 	c.Issuers = issuers
 	m.acme[profile] = c
+
+	// certmagic's renewal window is one ratio per config; certificates
+	// of one profile share a lifetime, but which lifetime a profile
+	// gives is only known once one is issued, so each ACME config has a
+	// twin for short-lived certificates, chosen per certificate in
+	// configForCert. Both share issuers, storage, cache and events.
+	twin := m.newConfig()
+	twin.RenewalWindowRatio = shortRenewalRatio
+	twin.Issuers = issuers
+	twin.OnEvent, twin.ShouldEmitFunc = c.OnEvent, c.ShouldEmitFunc
+	m.short[c] = twin
 	return c, nil
+}
+
+// Renewal of short-lived certificates. certmagic renews when a third of
+// the lifetime remains (ARI may say earlier) and has no rule of its own
+// for short certificates; for Let's Encrypt's 6-day "shortlived" profile
+// that leaves 2 days to get through a CA outage. Below shortLifetime,
+// renew at half-life, as Let's Encrypt's own ARI suggests for them.
+const (
+	shortLifetime     = 10 * 24 * time.Hour
+	shortRenewalRatio = 0.5
+)
+
+// shortLived reports whether leaf is renewed at half-life.
+func shortLived(leaf *x509.Certificate) bool {
+	return leaf != nil && leaf.NotAfter.Sub(leaf.NotBefore) < shortLifetime
 }
 
 func hasChallenge(cfg *routes.Config, name string) bool {
@@ -486,13 +529,33 @@ func (m *Manager) onEvent(ctx context.Context, event string, data map[string]any
 	return nil
 }
 
+// cached reports whether leaf is in the certificate cache, i.e. served.
+func (m *Manager) cached(leaf *x509.Certificate) bool {
+	names := append([]string{leaf.Subject.CommonName}, leaf.DNSNames...)
+	for _, ip := range leaf.IPAddresses {
+		names = append(names, ip.String())
+	}
+	for _, name := range names {
+		if name == "" {
+			continue
+		}
+		for _, c := range m.cache.AllMatchingCertificates(name) {
+			if c.Leaf == leaf {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // onRevoked is the stapler telling that a certificate is revoked.
 // A managed certificate is replaced at once; a manual one cannot be,
 // so it is reported loudly (and its staple is already withheld).
 func (m *Manager) onRevoked(leaf *x509.Certificate, names []string) {
 	m.mu.RLock()
 	var c *certmagic.Config
-	for _, name := range names {
+	name := ""
+	for _, name = range names {
 		if c = m.byName[name]; c != nil {
 			break
 		}
@@ -505,24 +568,37 @@ func (m *Manager) onRevoked(leaf *x509.Certificate, names []string) {
 			"names", names, "serial", leaf.SerialNumber.Text(16))
 		return
 	}
-	name := names[0]
 	m.log.Warn("certificate revoked by its CA; replacing it now", "name", name, "serial", leaf.SerialNumber.Text(16))
-	go func() {
-		old := m.cache.AllMatchingCertificates(name)
-		if err := c.RenewCertSync(m.ctx, name, true); err != nil {
-			m.log.Error("replacing revoked certificate failed; retrying on the next staple check", "name", name, "error", err)
-			return
-		}
-		if _, err := c.CacheManagedCertificate(m.ctx, name); err != nil {
-			m.log.Error("loading replacement certificate", "name", name, "error", err)
-			return
-		}
-		var stale []string
-		for _, oc := range old {
-			if oc.Leaf != nil && oc.Leaf.SerialNumber.Cmp(leaf.SerialNumber) == 0 {
-				stale = append(stale, oc.Hash())
+	go m.replaceRevoked(c, name, leaf)
+}
+
+// replaceRevoked obtains a replacement for a revoked managed certificate
+// and swaps it in, retrying with backoff (30 s doubling to 30 min, and no
+// sooner than the name's recorded backoff allows) until it succeeds, the
+// certificate is no longer served, or it expires.
+func (m *Manager) replaceRevoked(c *certmagic.Config, name string, leaf *x509.Certificate) {
+	for attempt := 0; m.cached(leaf) && time.Now().Before(leaf.NotAfter); attempt++ {
+		err := c.RenewCertSync(m.ctx, name, true)
+		if err == nil {
+			if _, err = c.CacheManagedCertificate(m.ctx, name); err == nil {
+				var stale []string
+				for _, oc := range m.cache.AllMatchingCertificates(name) {
+					if oc.Leaf != nil && oc.Leaf.SerialNumber.Cmp(leaf.SerialNumber) == 0 {
+						stale = append(stale, oc.Hash())
+					}
+				}
+				m.cache.Remove(stale)
+				m.log.Info("revoked certificate replaced", "name", name, "revoked_serial", leaf.SerialNumber.Text(16))
+				return
 			}
 		}
-		m.cache.Remove(stale)
-	}()
+		wait := min(30*time.Second<<min(attempt, 6), 30*time.Minute)
+		m.log.Error("replacing revoked certificate failed; the revoked one is served (without staple) until then",
+			"name", name, "error", err, "retry_in", wait)
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
 }

@@ -29,13 +29,16 @@ import (
 //     arrives or NextUpdate passes;
 //   - responses are persisted in storage, so a restart with the
 //     responder down still staples;
-//   - refreshes happen at half the response's validity, with bounded
-//     backoff on failure.
+//   - refreshes happen at half the response's validity (a Revoked one
+//     too), with bounded backoff on failure;
+//   - certificates no longer served (renewed, replaced, removed) are
+//     forgotten, so their responders are not asked again.
 type stapler struct {
 	storage   certmagic.Storage
 	log       *slog.Logger
 	interval  time.Duration
 	onRevoked func(leaf *x509.Certificate, names []string)
+	live      func(leaf *x509.Certificate) bool // still served? nil: always
 	client    *http.Client
 
 	mu      sync.RWMutex
@@ -222,6 +225,7 @@ func (s *stapler) run(ctx context.Context) {
 }
 
 func (s *stapler) refreshDue(ctx context.Context) {
+	s.prune()
 	now := time.Now()
 	var due []*stapleEntry
 	s.mu.RLock()
@@ -229,8 +233,8 @@ func (s *stapler) refreshDue(ctx context.Context) {
 		if e.issuer == nil || now.Before(e.nextTry) || time.Now().After(e.leaf.NotAfter) {
 			continue
 		}
-		if sp := e.cur.Load(); sp != nil {
-			half := sp.resp.ThisUpdate.Add(sp.resp.NextUpdate.Sub(sp.resp.ThisUpdate) / 2)
+		if r := e.lastResp; r != nil && now.Before(r.NextUpdate) {
+			half := r.ThisUpdate.Add(r.NextUpdate.Sub(r.ThisUpdate) / 2)
 			if now.Before(half) {
 				continue
 			}
@@ -250,6 +254,33 @@ func (s *stapler) refreshDue(ctx context.Context) {
 		}(e)
 	}
 	wg.Wait()
+}
+
+// prune forgets certificates that are no longer served.
+func (s *stapler) prune() {
+	if s.live == nil {
+		return
+	}
+	s.mu.RLock()
+	leaves := make([]*x509.Certificate, 0, len(s.entries))
+	for leaf := range s.entries {
+		leaves = append(leaves, leaf)
+	}
+	s.mu.RUnlock()
+	var dead []*x509.Certificate
+	for _, leaf := range leaves {
+		if !s.live(leaf) {
+			dead = append(dead, leaf)
+		}
+	}
+	if len(dead) == 0 {
+		return
+	}
+	s.mu.Lock()
+	for _, leaf := range dead {
+		delete(s.entries, leaf)
+	}
+	s.mu.Unlock()
 }
 
 // refresh fetches a new response for e; on failure the current staple

@@ -54,6 +54,8 @@ type startOptions struct {
 	// watchEvery is how often the config file (and the cert/key files
 	// it names) are checked for changes: 0 means every 2 s, < 0 never.
 	watchEvery time.Duration
+	// renewInterval is certmagic's renewal/ARI scan; tests shorten it.
+	renewInterval time.Duration
 }
 
 // start brings gatehouse up: listeners first (so certmagic finds the
@@ -78,7 +80,7 @@ func start(cfg *routes.Config, o startOptions) (*instance, error) {
 		return nil, err
 	}
 	httpsAddr, httpAddr := in.proxy.Addrs()
-	opts := tlsconfig.Options{Logger: log, OCSPCheckInterval: o.ocspInterval, Storage: o.storage}
+	opts := tlsconfig.Options{Logger: log, OCSPCheckInterval: o.ocspInterval, Storage: o.storage, RenewCheckInterval: o.renewInterval}
 	opts.ListenHost, opts.TLSPort = hostPort(httpsAddr)
 	if httpAddr != nil {
 		_, opts.HTTPPort = hostPort(httpAddr)

@@ -91,6 +91,15 @@ type PebbleOptions struct {
 	// Log receives Pebble's log output and its HTTP servers' errors.
 	// Default io.Discard.
 	Log io.Writer
+
+	// ARIRetryAfter, if positive, replaces the Retry-After that Pebble sends
+	// with every renewalInfo (ARI) answer (a fixed 6 hours), so a client that
+	// honours it polls again within a test. Rounded up to whole seconds.
+	ARIRetryAfter time.Duration
+
+	// NoARI hides ARI: the directory does not list renewalInfo, as with a
+	// CA that does not implement RFC 9773.
+	NoARI bool
 }
 
 // Pebble is an in-process Pebble ACME CA with its ACME API and its
@@ -270,6 +279,9 @@ func StartPebble(opts PebbleOptions) (p *Pebble, err error) {
 		return p, err
 	}
 	p.acmeH = &orderCounter{p: p, next: p.acmeH}
+	if opts.ARIRetryAfter > 0 || opts.NoARI {
+		p.acmeH = &ariRewriter{next: p.acmeH, retryAfter: opts.ARIRetryAfter, hide: opts.NoARI}
+	}
 
 	p.acmeAddr, p.mgmtAddr = "127.0.0.1:0", "127.0.0.1:0"
 	if err = p.listen(); err != nil {
@@ -740,4 +752,87 @@ func randSerial() *big.Int {
 		panic(err)
 	}
 	return s.Add(s, big.NewInt(1))
+}
+
+// ariRewriter adjusts Pebble's ARI behaviour: the Retry-After of renewalInfo
+// answers, or the directory's renewalInfo entry.
+type ariRewriter struct {
+	next       http.Handler
+	retryAfter time.Duration
+	hide       bool
+}
+
+const renewalInfoPrefix = "/draft-ietf-acme-ari-03/renewalInfo/" // Pebble v2.10's ARI path
+
+func (a *ariRewriter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case a.retryAfter > 0 && strings.HasPrefix(r.URL.Path, renewalInfoPrefix):
+		secs := int(math.Ceil(a.retryAfter.Seconds()))
+		a.next.ServeHTTP(&headerRewriter{ResponseWriter: w, set: func(h http.Header) {
+			if h.Get("Retry-After") != "" {
+				h.Set("Retry-After", strconv.Itoa(secs))
+			}
+		}}, r)
+	case a.hide && r.Method == http.MethodGet && r.URL.Path == wfe.DirectoryPath:
+		rec := &bufferedResponse{header: http.Header{}}
+		a.next.ServeHTTP(rec, r)
+		body := rec.body.Bytes()
+		var dir map[string]any
+		if rec.status == http.StatusOK && json.Unmarshal(body, &dir) == nil {
+			delete(dir, "renewalInfo")
+			if b, err := json.MarshalIndent(dir, "", "  "); err == nil {
+				body = b
+			}
+		}
+		for k, v := range rec.header {
+			w.Header()[k] = v
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.WriteHeader(max(rec.status, http.StatusOK))
+		w.Write(body)
+	default:
+		a.next.ServeHTTP(w, r)
+	}
+}
+
+// headerRewriter calls set on the headers just before they are written.
+type headerRewriter struct {
+	http.ResponseWriter
+	set   func(http.Header)
+	wrote bool
+}
+
+func (h *headerRewriter) WriteHeader(code int) {
+	if !h.wrote {
+		h.wrote = true
+		h.set(h.ResponseWriter.Header())
+	}
+	h.ResponseWriter.WriteHeader(code)
+}
+
+func (h *headerRewriter) Write(b []byte) (int, error) {
+	if !h.wrote {
+		h.WriteHeader(http.StatusOK)
+	}
+	return h.ResponseWriter.Write(b)
+}
+
+// bufferedResponse holds a whole response so it can be edited.
+type bufferedResponse struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (b *bufferedResponse) Header() http.Header { return b.header }
+func (b *bufferedResponse) WriteHeader(code int) {
+	if b.status == 0 {
+		b.status = code
+	}
+}
+func (b *bufferedResponse) Write(p []byte) (int, error) {
+	if b.status == 0 {
+		b.status = http.StatusOK
+	}
+	return b.body.Write(p)
 }

@@ -527,3 +527,36 @@ func TestOrderIdentifiers(t *testing.T) {
 		t.Error("garbage parsed")
 	}
 }
+
+// NoARI hides renewalInfo from the directory; the default lists it.
+func TestPebbleNoARI(t *testing.T) {
+	dns, err := StartDNS(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dns.Close()
+	for _, hide := range []bool{false, true} {
+		p, err := StartPebble(PebbleOptions{DNSAddr: dns.Addr(), NoARI: hide, ARIRetryAfter: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := p.HTTPClient().Get(p.DirectoryURL)
+		if err != nil {
+			p.Close()
+			t.Fatal(err)
+		}
+		var dir map[string]any
+		err = json.NewDecoder(resp.Body).Decode(&dir)
+		resp.Body.Close()
+		p.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := dir["newOrder"]; !ok {
+			t.Errorf("NoARI=%v: directory lost newOrder: %v", hide, dir)
+		}
+		if _, has := dir["renewalInfo"]; has == hide {
+			t.Errorf("NoARI=%v: directory has renewalInfo = %v", hide, has)
+		}
+	}
+}
