@@ -24,9 +24,9 @@ func routeTOML(name, upstreamURL string) string {
 	return fmt.Sprintf("[[route]]\nhosts = [%q]\nupstream = %q\n", name, upstreamURL)
 }
 
-// servedLeaf waits until gatehouse serves a certificate for name that
+// waitLeaf waits until gatehouse serves a certificate for name that
 // verifies against the env's roots, and returns it.
-func servedLeaf(t *testing.T, e *env, name string, limit time.Duration) *x509.Certificate {
+func waitLeaf(t *testing.T, e *env, name string, limit time.Duration) *x509.Certificate {
 	t.Helper()
 	var leaf *x509.Certificate
 	waitFor(t, limit, "certificate for "+name, func() error {
@@ -177,7 +177,7 @@ func TestRenewalShortLivedHalfLife(t *testing.T) {
 	e.acmeExtra = `profile = "short"`
 	up := upstream(t, "A")
 	e.start(e.config(routeTOML("half.test", up.URL)), fastRenew)
-	first := servedLeaf(t, e, "half.test", 60*time.Second)
+	first := waitLeaf(t, e, "half.test", 60*time.Second)
 	if got := first.NotAfter.Sub(first.NotBefore) + time.Second; got != life {
 		t.Fatalf("certificate lifetime %v, want the profile's %v", got, life)
 	}
@@ -207,7 +207,7 @@ func TestRenewalFollowsARIWindow(t *testing.T) {
 	e := newEnv(t, acmetest.PebbleOptions{ARIRetryAfter: time.Second})
 	up := upstream(t, "A")
 	e.start(e.config(routeTOML("ari.test", up.URL)), fastRenew)
-	first := servedLeaf(t, e, "ari.test", 60*time.Second)
+	first := waitLeaf(t, e, "ari.test", 60*time.Second)
 
 	l := startLoad(t, e, "ari.test", 4, 30*time.Second, nil)
 	ws := time.Now().Add(4 * time.Second).Truncate(time.Second)
@@ -236,7 +236,7 @@ func TestRevokedByARIReplaced(t *testing.T) {
 	e := newEnv(t, acmetest.PebbleOptions{ARIRetryAfter: time.Second})
 	up := upstream(t, "A")
 	e.start(e.config(routeTOML("revari.test", up.URL)), fastRenew)
-	first := servedLeaf(t, e, "revari.test", 60*time.Second)
+	first := waitLeaf(t, e, "revari.test", 60*time.Second)
 
 	l := startLoad(t, e, "revari.test", 4, 30*time.Second, nil)
 	time.Sleep(300 * time.Millisecond) // some requests on the old certificate first
@@ -280,7 +280,7 @@ func TestRevokedByOCSPReplaced(t *testing.T) {
 	up := upstream(t, "A")
 	e.start(e.config(routeTOML("revocsp.test", up.URL)), fastRenew,
 		func(o *startOptions) { o.ocspInterval = 200 * time.Millisecond })
-	first := servedLeaf(t, e, "revocsp.test", 60*time.Second)
+	first := waitLeaf(t, e, "revocsp.test", 60*time.Second)
 	waitFor(t, 10*time.Second, "a Good staple", func() error {
 		c, err := dialTLS(e.httpsAddr(), "revocsp.test", e.roots)
 		if err != nil {
