@@ -143,6 +143,17 @@ type Storage struct {
 	CACert    string   `toml:"ca_cert"`
 	Cert      string   `toml:"cert"`
 	Key       string   `toml:"key"`
+	// LockTTL bounds how long a crashed replica's lock outlives it
+	// (etcd lease TTL); 0 means the backend's default (30s).
+	LockTTL Duration `toml:"lock_ttl"`
+
+	// SyncInterval is how often each instance compares the certificates
+	// it serves with the store, to pick up renewals done by another
+	// replica; 0 means 1m.
+	SyncInterval Duration `toml:"sync_interval"`
+	// HealthInterval is how often the store is probed for /readyz and
+	// gatehouse_storage_up; 0 means 10s.
+	HealthInterval Duration `toml:"health_interval"`
 }
 
 // OnDemand configures certificates obtained during the first handshake

@@ -138,7 +138,7 @@ var known = map[string][]string{
 	"":          {"listen", "acme", "storage", "on_demand", "log", "timeouts", "route"},
 	"listen":    {"https", "http", "admin", "proxy_protocol_from"},
 	"acme":      {"email", "directory", "ca_root", "challenges", "profile", "issuer"},
-	"storage":   {"backend", "dir", "endpoints", "prefix", "username", "password", "ca_cert", "cert", "key"},
+	"storage":   {"backend", "dir", "endpoints", "prefix", "username", "password", "ca_cert", "cert", "key", "lock_ttl", "sync_interval", "health_interval"},
 	"on_demand": {"ask", "ask_timeout", "rate", "max_concurrent", "deny_cache"},
 	"log":       {"format", "level", "access"},
 	"timeouts":  {"read_header", "idle", "upstream_dial", "upstream_response_header", "handshake", "shutdown_drain"},

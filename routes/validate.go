@@ -94,13 +94,13 @@ func (c *Config) validate(idx lineIndex) Errors {
 		if c.Storage.Dir == "" {
 			bad("storage.dir", "[storage] dir is empty")
 		}
+		c.Storage.checkFileOnly(bad)
 	case "etcd":
-		if len(c.Storage.Endpoints) == 0 {
-			bad("storage.endpoints", "[storage] backend = \"etcd\" needs endpoints = [\"127.0.0.1:2379\"]")
-		}
+		c.Storage.checkEtcd(bad)
 	default:
 		bad("storage.backend", "backend = %q: want \"file\" or \"etcd\"", c.Storage.Backend)
 	}
+	c.Storage.checkIntervals(bad)
 
 	if c.OnDemand.Ask != "" {
 		if u, err := url.Parse(c.OnDemand.Ask); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {

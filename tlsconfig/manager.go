@@ -15,6 +15,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -28,6 +29,7 @@ import (
 	"github.com/mholt/acmez/v3/acme"
 
 	"github.com/gatehouse-proxy/gatehouse/routes"
+	"github.com/gatehouse-proxy/gatehouse/tlsconfig/etcdstore"
 )
 
 // Options configure a Manager.
@@ -55,6 +57,10 @@ type Options struct {
 	// certmagic's 10 minutes. Tests with certificates that live seconds
 	// shorten it.
 	RenewCheckInterval time.Duration
+
+	// SyncInterval and HealthInterval override [storage] sync_interval
+	// and health_interval (see storesync.go).
+	SyncInterval, HealthInterval time.Duration
 }
 
 // Manager holds every certificate gatehouse serves.
@@ -62,9 +68,14 @@ type Manager struct {
 	log     *slog.Logger
 	opts    Options
 	storage certmagic.Storage
+	owned   bool // storage opened by New: Close closes it
 	cache   *certmagic.Cache
 	staples *stapler
 	status  *statusBook
+	health  storeHealth
+
+	syncMu sync.Mutex
+	synced map[string]string // name -> store fingerprint last compared
 
 	mu       sync.RWMutex
 	acme     map[string]*certmagic.Config            // by ACME profile ("" = default)
@@ -92,6 +103,12 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 	if opts.OCSPCheckInterval == 0 {
 		opts.OCSPCheckInterval = time.Minute
 	}
+	if opts.SyncInterval == 0 {
+		opts.SyncInterval = cfg.Storage.SyncInterval.Or(DefaultSyncInterval)
+	}
+	if opts.HealthInterval == 0 {
+		opts.HealthInterval = cfg.Storage.HealthInterval.Or(DefaultHealthInterval)
+	}
 	storage := opts.Storage
 	if storage == nil {
 		var err error
@@ -105,7 +122,9 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 		log:      opts.Logger,
 		opts:     opts,
 		storage:  storage,
+		owned:    opts.Storage == nil,
 		status:   newStatusBook(),
+		synced:   map[string]string{},
 		acme:     map[string]*certmagic.Config{},
 		short:    map[*certmagic.Config]*certmagic.Config{},
 		byName:   map[string]*certmagic.Config{},
@@ -126,6 +145,11 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 	m.staples.live = m.cached
 	go m.staples.run(ctx)
 	liveMetrics.add(m) // expiry and staple age metrics (inventory.go)
+	// Opening the storage just reached it; probes keep the state current.
+	m.health = storeHealth{backend: storageBackend(cfg.Storage, storage), up: true, since: time.Now()}
+	metricStorageUp.Set(1)
+	go m.runStorageHealth(ctx, opts.HealthInterval)
+	go m.runStoreSync(ctx, opts.SyncInterval)
 	return m, nil
 }
 
@@ -144,24 +168,57 @@ func OpenStorage(s routes.Storage) (certmagic.Storage, error) {
 		_ = os.Remove(probe)
 		return &certmagic.FileStorage{Path: s.Dir}, nil
 	case "etcd":
-		if openEtcd == nil {
-			return nil, fmt.Errorf("storage backend etcd is not built into this binary")
+		eps := make([]string, 0, len(s.Endpoints))
+		for _, ep := range s.Endpoints {
+			n, err := routes.EtcdEndpoint(ep)
+			if err != nil {
+				return nil, fmt.Errorf("[storage] endpoints: %w", err)
+			}
+			eps = append(eps, n)
 		}
-		return openEtcd(s)
+		st, err := etcdstore.New(etcdstore.Config{
+			Endpoints: eps,
+			Prefix:    s.Prefix,
+			Username:  s.Username,
+			Password:  s.Password,
+			CACert:    s.CACert,
+			Cert:      s.Cert,
+			Key:       s.Key,
+			LockTTL:   time.Duration(s.LockTTL),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("storage: %w (is etcd running and reachable from here? check [storage] endpoints, TLS files and credentials)", err)
+		}
+		return st, nil
 	}
 	return nil, fmt.Errorf("unknown storage backend %q", s.Backend)
 }
 
-// openEtcd is set by the etcd backend's registration.
-var openEtcd func(routes.Storage) (certmagic.Storage, error)
+// storageBackend names the store for logs and /readyz (no credentials).
+func storageBackend(s routes.Storage, st certmagic.Storage) string {
+	if fs, ok := st.(*certmagic.FileStorage); ok {
+		return "file:" + fs.Path
+	}
+	if str, ok := st.(fmt.Stringer); ok {
+		return str.String()
+	}
+	return s.Backend
+}
 
 // Storage returns the storage certificates live in.
 func (m *Manager) Storage() certmagic.Storage { return m.storage }
 
-// Close stops background work (renewals, staple refreshes).
+// Close stops background work (renewals, staple refreshes) and closes a
+// storage New opened, which releases the locks it holds at once (peers
+// need not wait for their TTL).
 func (m *Manager) Close() {
 	m.cancel()
 	m.cache.Stop()
+	if c, ok := m.storage.(io.Closer); ok && m.owned {
+		if err := c.Close(); err != nil {
+			m.log.Warn("closing storage", "error", err)
+		}
+	}
 }
 
 // configForCert tells certmagic's maintenance which config manages a
@@ -578,19 +635,11 @@ func (m *Manager) onRevoked(leaf *x509.Certificate, names []string) {
 // certificate is no longer served, or it expires.
 func (m *Manager) replaceRevoked(c *certmagic.Config, name string, leaf *x509.Certificate) {
 	for attempt := 0; m.cached(leaf) && time.Now().Before(leaf.NotAfter); attempt++ {
-		err := c.RenewCertSync(m.ctx, name, true)
+		// Once across replicas: see replaceRevokedOnce (storesync.go).
+		err := m.replaceRevokedOnce(m.ctx, c, name, leaf)
 		if err == nil {
-			if _, err = c.CacheManagedCertificate(m.ctx, name); err == nil {
-				var stale []string
-				for _, oc := range m.cache.AllMatchingCertificates(name) {
-					if oc.Leaf != nil && oc.Leaf.SerialNumber.Cmp(leaf.SerialNumber) == 0 {
-						stale = append(stale, oc.Hash())
-					}
-				}
-				m.cache.Remove(stale)
-				m.log.Info("revoked certificate replaced", "name", name, "revoked_serial", leaf.SerialNumber.Text(16))
-				return
-			}
+			m.log.Info("revoked certificate replaced", "name", name, "revoked_serial", leaf.SerialNumber.Text(16))
+			return
 		}
 		wait := min(30*time.Second<<min(attempt, 6), 30*time.Minute)
 		m.log.Error("replacing revoked certificate failed; the revoked one is served (without staple) until then",

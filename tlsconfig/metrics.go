@@ -18,11 +18,19 @@ var (
 		Name: "gatehouse_ocsp_staple_next_update_seconds",
 		Help: "Unix time of the NextUpdate of the latest OCSP response, by status.",
 	}, []string{"status"})
+	metricStorageUp = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "gatehouse_storage_up",
+		Help: "1 when the last storage probe ([storage] health_interval) reached the store, 0 when not.",
+	})
+	metricStoreReloads = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "gatehouse_storage_certificate_reloads_total",
+		Help: "Certificates loaded from storage because another instance obtained or renewed them.",
+	})
 )
 
 // Collectors returns the metrics this package maintains.
 func Collectors() []prometheus.Collector {
-	return append([]prometheus.Collector{metricObtains, metricRevoked, metricStapleNextUpdate}, certopsCollectors...)
+	return append([]prometheus.Collector{metricObtains, metricRevoked, metricStapleNextUpdate, metricStorageUp, metricStoreReloads}, certopsCollectors...)
 }
 
 func metricObtain(issuer string, renewal bool, err error) {

@@ -164,7 +164,11 @@ func hostPort(a net.Addr) (string, int) {
 func (in *instance) closeListeners() { in.proxy.CloseListeners() }
 
 // ready is /readyz: listeners serve, and each configured name has a
-// certificate or a recorded reason it does not (a failed order).
+// certificate or a recorded reason it does not (a failed order). The
+// storage's state is reported but does not make the instance unready: it
+// serves from memory while the store is down, and failing every replica's
+// readiness at once would turn a store outage into a traffic outage
+// (gatehouse_storage_up is the metric to alert on).
 func (in *instance) ready() (bool, any) {
 	ok := true
 	var waiting []tlsconfig.NameStatus
@@ -176,7 +180,7 @@ func (in *instance) ready() (bool, any) {
 			}
 		}
 	}
-	return ok, map[string]any{"waiting": waiting}
+	return ok, map[string]any{"waiting": waiting, "storage": in.certs.StorageHealth()}
 }
 
 // reload applies a new config: a bad one is refused and the old one
@@ -198,6 +202,9 @@ func (in *instance) reload(path string) error {
 	oldL.ProxyProtocolFrom, newL.ProxyProtocolFrom = nil, nil
 	if !reflect.DeepEqual(newL, oldL) {
 		in.log.Warn("[listen] changes take effect on restart; keeping the current listeners")
+	}
+	if !reflect.DeepEqual(cfg.Storage, in.cfg.Storage) {
+		in.log.Warn("[storage] changes take effect on restart; keeping the current storage")
 	}
 	table := routes.NewTable(cfg)
 	if err := in.proxy.SetTable(table); err != nil {

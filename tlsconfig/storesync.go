@@ -1,0 +1,385 @@
+package tlsconfig
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+)
+
+// Replicas share one store (etcd, usually). certmagic already makes them
+// order each name once (its locks live in the store) and answer each
+// other's challenges (its distributed solvers keep challenge data in the
+// store). Two things it leaves open are done here:
+//
+//   - A renewal done by one replica reaches the others only when their own
+//     copy enters its renewal window. storeSync compares, every
+//     SyncInterval, each managed name's certificate in the store with the
+//     one served, and loads the store's when it is newer: every replica
+//     serves a renewed (or revocation-replaced) certificate at most
+//     SyncInterval (+ one pass over the names) after it was stored.
+//   - An unreachable store must be visible. storeHealth probes it every
+//     HealthInterval; /readyz and gatehouse_storage_up report the result.
+//     Nothing else changes while it is down: certificates keep being served
+//     from memory, certmagic retries its orders with backoff, and nothing
+//     is deleted.
+
+// Defaults for [storage] sync_interval and health_interval.
+const (
+	DefaultSyncInterval   = time.Minute
+	DefaultHealthInterval = 10 * time.Second
+	// healthTimeout bounds one probe (less when the interval is shorter).
+	healthTimeout = 5 * time.Second
+)
+
+// probeKey is a key the health probe stats; it is never written, so the
+// probe is a cheap read that answers "not found" when the store is up.
+const probeKey = "gatehouse-health-probe"
+
+// StorageHealth is the store's state as the last probe saw it.
+type StorageHealth struct {
+	Backend   string    `json:"backend"`
+	Up        bool      `json:"up"`
+	Error     string    `json:"error,omitempty"`
+	Since     time.Time `json:"since"`      // when Up last changed
+	LastCheck time.Time `json:"last_check"` // zero before the first probe
+}
+
+type storeHealth struct {
+	mu      sync.Mutex
+	backend string
+	up      bool
+	err     error
+	since   time.Time
+	checked time.Time
+}
+
+// StorageHealthy reports whether the last probe reached the store, and
+// its error when it did not.
+func (m *Manager) StorageHealthy() (bool, error) {
+	m.health.mu.Lock()
+	defer m.health.mu.Unlock()
+	return m.health.up, m.health.err
+}
+
+// StorageHealth returns the store's state for /readyz.
+func (m *Manager) StorageHealth() StorageHealth {
+	h := &m.health
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := StorageHealth{Backend: h.backend, Up: h.up, Since: h.since, LastCheck: h.checked}
+	if h.err != nil {
+		out.Error = h.err.Error()
+	}
+	return out
+}
+
+// probeStorage reads one key with a bounded timeout and records the result.
+func (m *Manager) probeStorage(ctx context.Context, timeout time.Duration) {
+	key := probeKey
+	if _, ok := m.storage.(*certmagic.FileStorage); ok {
+		// A missing file would also be "not found" when the directory
+		// itself is gone (unmounted volume): stat the directory.
+		key = ""
+	}
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	_, err := m.storage.Stat(pctx, key)
+	cancel()
+	if errors.Is(err, fs.ErrNotExist) && key != "" {
+		err = nil
+	}
+	if ctx.Err() != nil {
+		return // shutting down: not the store's fault
+	}
+	m.setStorageHealth(err)
+}
+
+func (m *Manager) setStorageHealth(err error) {
+	h := &m.health
+	h.mu.Lock()
+	now := time.Now()
+	wasUp, since := h.up, h.since
+	h.checked = now
+	h.err = err
+	if up := err == nil; up != h.up {
+		h.up = up
+		h.since = now
+	}
+	up := h.up
+	h.mu.Unlock()
+
+	metricStorageUp.Set(map[bool]float64{true: 1, false: 0}[up])
+	switch {
+	case wasUp && !up:
+		m.log.Error("storage unreachable: serving the certificates in memory; orders, renewals and new names wait for it (retried with backoff)",
+			"backend", h.backend, "error", err)
+	case !wasUp && up:
+		m.log.Info("storage reachable again", "backend", h.backend, "down_for", now.Sub(since).Round(time.Second))
+	}
+}
+
+// runStorageHealth probes the store every interval until ctx ends.
+func (m *Manager) runStorageHealth(ctx context.Context, interval time.Duration) {
+	timeout := min(healthTimeout, interval)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			m.probeStorage(ctx, timeout)
+		}
+	}
+}
+
+// runStoreSync checks every managed name against the store every
+// interval until ctx ends.
+func (m *Manager) runStoreSync(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if up, _ := m.StorageHealthy(); !up {
+				continue // nothing to compare with; the probe logs the outage
+			}
+			m.syncFromStorage(ctx)
+		}
+	}
+}
+
+// syncFromStorage runs syncName for every ACME-managed name; it stops at
+// the first store error (the next pass retries) so an outage costs one
+// timeout, not one per name.
+func (m *Manager) syncFromStorage(ctx context.Context) {
+	m.mu.RLock()
+	names := make([]string, 0, len(m.byName))
+	configs := make(map[string]*certmagic.Config, len(m.byName))
+	for name, c := range m.byName {
+		if c != m.manual {
+			names = append(names, name)
+			configs[name] = c
+		}
+	}
+	m.mu.RUnlock()
+	sort.Strings(names)
+	for _, name := range names {
+		if ctx.Err() != nil {
+			return
+		}
+		if err := m.syncName(ctx, configs[name], name); err != nil {
+			m.log.Warn("comparing certificates with storage; retrying on the next pass", "name", name, "error", err)
+			return
+		}
+	}
+}
+
+// syncName loads name's certificate from the store when the store holds
+// a newer one than the cache (another replica renewed or replaced it), or
+// when nothing is cached yet (another replica obtained it while this
+// one's own order is backing off). Steady state costs one Stat per issuer:
+// the .crt is read only when its size or modification time changed.
+func (m *Manager) syncName(ctx context.Context, c *certmagic.Config, name string) error {
+	var fp strings.Builder
+	var keys []string
+	for _, key := range certKeys(c, name) {
+		sctx, cancel := context.WithTimeout(ctx, healthTimeout)
+		info, err := m.storage.Stat(sctx, key)
+		cancel()
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&fp, "%s %d %d\n", key, info.Size, info.Modified.UnixNano())
+		keys = append(keys, key)
+	}
+	if len(keys) == 0 {
+		return nil // not obtained yet (or by nobody): certmagic's order handles it
+	}
+	m.syncMu.Lock()
+	same := m.synced[name] == fp.String()
+	m.syncMu.Unlock()
+	if same {
+		return nil
+	}
+	remember := func() {
+		m.syncMu.Lock()
+		m.synced[name] = fp.String()
+		m.syncMu.Unlock()
+	}
+
+	cached := m.cachedManaged(name)
+	if len(cached) == 0 {
+		cert, err := c.CacheManagedCertificate(ctx, name)
+		if err != nil {
+			return fmt.Errorf("loading certificate from storage: %w", err)
+		}
+		m.log.Info("loaded certificate from storage (obtained by another instance)", "name", name, "serial", serialOf(cert))
+		metricStoreReloads.Inc()
+		remember()
+		return nil
+	}
+
+	stored, err := m.storedLeaf(ctx, keys)
+	if err != nil {
+		return err
+	}
+	newest := cached[0]
+	for _, cc := range cached {
+		if bytes.Equal(cc.Leaf.Raw, stored.Raw) {
+			remember() // already served
+			return nil
+		}
+		if cc.Leaf.NotBefore.After(newest.Leaf.NotBefore) {
+			newest = cc
+		}
+	}
+	if !stored.NotBefore.After(newest.Leaf.NotBefore) {
+		// The store holds an older certificate (a restored backup?):
+		// keep serving the newer one; certmagic renews as usual.
+		remember()
+		return nil
+	}
+	cert, err := c.CacheManagedCertificate(ctx, name)
+	if err != nil {
+		// e.g. read between another replica's writes of key and
+		// certificate: the next pass tries again.
+		return fmt.Errorf("loading renewed certificate from storage: %w", err)
+	}
+	var stale []string
+	for _, cc := range cached {
+		if cc.Hash() != cert.Hash() {
+			stale = append(stale, cc.Hash())
+		}
+	}
+	m.cache.Remove(stale)
+	m.log.Info("reloaded certificate renewed by another instance", "name", name,
+		"old_serial", serialOf(newest), "new_serial", serialOf(cert), "not_after", cert.Leaf.NotAfter)
+	metricStoreReloads.Inc()
+	remember()
+	return nil
+}
+
+// storedLeaf returns the newest (by NotBefore) certificate stored under
+// keys, the way certmagic picks among issuers; missing keys are skipped.
+func (m *Manager) storedLeaf(ctx context.Context, keys []string) (*x509.Certificate, error) {
+	var stored *x509.Certificate
+	for _, key := range keys {
+		lctx, cancel := context.WithTimeout(ctx, healthTimeout)
+		data, err := m.storage.Load(lctx, key)
+		cancel()
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading %s: %w", key, err)
+		}
+		leaf, err := firstCert(data)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", key, err)
+		}
+		if stored == nil || leaf.NotBefore.After(stored.NotBefore) {
+			stored = leaf
+		}
+	}
+	if stored == nil {
+		return nil, fmt.Errorf("no certificate in storage: %w", fs.ErrNotExist)
+	}
+	return stored, nil
+}
+
+// certKeys returns the storage keys name's certificate can be under, one
+// per issuer.
+func certKeys(c *certmagic.Config, name string) []string {
+	keys := make([]string, 0, len(c.Issuers))
+	for _, iss := range c.Issuers {
+		keys = append(keys, certmagic.StorageKeys.SiteCert(iss.IssuerKey(), name))
+	}
+	return keys
+}
+
+// replaceRevokedOnce replaces name's revoked certificate once across all
+// replicas sharing the store: each replica's stapler sees the revocation,
+// but under one store-wide lock only the first orders a replacement; the
+// others find it already in the store and load it.
+func (m *Manager) replaceRevokedOnce(ctx context.Context, c *certmagic.Config, name string, revoked *x509.Certificate) error {
+	lock := "gatehouse_replace_revoked_" + name
+	if err := m.storage.Lock(ctx, lock); err != nil {
+		return fmt.Errorf("locking %s: %w", lock, err)
+	}
+	defer func() {
+		if err := m.storage.Unlock(context.WithoutCancel(ctx), lock); err != nil {
+			m.log.Warn("releasing lock", "lock", lock, "error", err)
+		}
+	}()
+	if stored, err := m.storedLeaf(ctx, certKeys(c, name)); err == nil &&
+		stored.SerialNumber.Cmp(revoked.SerialNumber) != 0 && stored.NotBefore.After(revoked.NotBefore) {
+		m.log.Info("revoked certificate already replaced in storage (by another instance); loading the replacement",
+			"name", name, "revoked_serial", revoked.SerialNumber.Text(16), "serial", stored.SerialNumber.Text(16))
+	} else if err := c.RenewCertSync(ctx, name, true); err != nil {
+		return err
+	}
+	if _, err := c.CacheManagedCertificate(ctx, name); err != nil {
+		return fmt.Errorf("loading replacement certificate: %w", err)
+	}
+	var stale []string
+	for _, oc := range m.cache.AllMatchingCertificates(name) {
+		if oc.Leaf != nil && oc.Leaf.SerialNumber.Cmp(revoked.SerialNumber) == 0 {
+			stale = append(stale, oc.Hash())
+		}
+	}
+	m.cache.Remove(stale)
+	return nil
+}
+
+// cachedManaged returns the ACME certificates cached for exactly name
+// (manual certificates are tagged "manual").
+func (m *Manager) cachedManaged(name string) []certmagic.Certificate {
+	var out []certmagic.Certificate
+	for _, c := range m.cache.AllMatchingCertificates(name) {
+		if c.HasTag("manual") || c.Leaf == nil {
+			continue
+		}
+		for _, n := range c.Names {
+			if n == name {
+				out = append(out, c)
+				break
+			}
+		}
+	}
+	return out
+}
+
+func firstCert(bundle []byte) (*x509.Certificate, error) {
+	for {
+		var b *pem.Block
+		b, bundle = pem.Decode(bundle)
+		if b == nil {
+			return nil, errors.New("no PEM certificate in it")
+		}
+		if b.Type == "CERTIFICATE" {
+			return x509.ParseCertificate(b.Bytes)
+		}
+	}
+}
+
+func serialOf(c certmagic.Certificate) string {
+	if c.Leaf == nil {
+		return ""
+	}
+	return c.Leaf.SerialNumber.Text(16)
+}
