@@ -36,6 +36,8 @@ Usage:
                                       every name's certificate, renewal, staple, last error (reads storage only)
   gatehouse import autocert|caddy DIR [--config FILE] [--dry-run]
                                       move certificates in from autocert or Caddy without re-issuing
+  gatehouse storage copy --from STORE --to STORE
+                                      copy certificates between stores (dir:PATH, etcd://HOST:PORT/PREFIX/, config:FILE)
   gatehouse version                   print the version
 `
 
@@ -59,6 +61,8 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return cmdCerts(args[1:], stdout, stderr)
 	case "import":
 		return cmdImport(args[1:], stdout, stderr)
+	case "storage":
+		return cmdStorage(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "gatehouse", versionString())
 		return 0

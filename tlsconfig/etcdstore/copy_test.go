@@ -2,10 +2,12 @@ package etcdstore
 
 import (
 	"bytes"
+	"errors"
 	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -143,5 +145,57 @@ func TestCopyStopsOnError(t *testing.T) {
 	// A source that does not exist is an error, not an empty copy.
 	if _, err := Copy(ctx, &certmagic.FileStorage{Path: filepath.Join(src, "typo")}, etcd); err == nil {
 		t.Error("Copy from a missing directory succeeded")
+	}
+}
+
+// Without Overwrite a key that differs in the destination stops the copy
+// before anything is written; identical keys count as Same; Skip leaves
+// keys out.
+func TestCopyTreeConflicts(t *testing.T) {
+	t.Parallel()
+	url := startEtcd(t, etcdOpts{}).url
+	etcd := newTestStorage(t, url, nil)
+	ctx := testCtx(t, 30*time.Second)
+
+	src := t.TempDir()
+	for k, v := range map[string]string{"a": "same", "b": "new", "c": "fresh", "locks/x.lock": "{}"} {
+		p := filepath.Join(src, filepath.FromSlash(k))
+		os.MkdirAll(filepath.Dir(p), 0o700)
+		if err := os.WriteFile(p, []byte(v), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for k, v := range map[string]string{"a": "same", "b": "newer, in use"} {
+		if err := etcd.Store(ctx, k, []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	skipLocks := func(k string) bool { return k == "locks" || strings.HasPrefix(k, "locks/") }
+	from := &certmagic.FileStorage{Path: src}
+
+	st, err := CopyTree(ctx, from, etcd, CopyOptions{Skip: skipLocks})
+	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), `b`) || st.Copied != 0 {
+		t.Fatalf("CopyTree = %+v, %v; want ErrConflict naming b, nothing copied", st, err)
+	}
+	t.Logf("conflict: %v", err)
+	if v, _ := etcd.Load(ctx, "b"); string(v) != "newer, in use" {
+		t.Errorf("b = %q after a refused copy", v)
+	}
+	if etcd.Exists(ctx, "c") {
+		t.Error("c written although the copy was refused")
+	}
+
+	st, err = CopyTree(ctx, from, etcd, CopyOptions{Skip: skipLocks, Overwrite: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st != (CopyStats{Copied: 2, Same: 1, Skipped: 1}) {
+		t.Errorf("stats = %+v, want 2 copied (b, c), 1 same (a), 1 skipped (the lock file)", st)
+	}
+	if v, _ := etcd.Load(ctx, "b"); string(v) != "new" {
+		t.Errorf("b = %q after the overwriting copy", v)
+	}
+	if etcd.Exists(ctx, "locks/x.lock") {
+		t.Error("skipped lock file was copied")
 	}
 }
