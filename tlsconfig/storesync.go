@@ -168,7 +168,9 @@ func (m *Manager) syncFromStorage(ctx context.Context) {
 	names := make([]string, 0, len(m.byName))
 	configs := make(map[string]*certmagic.Config, len(m.byName))
 	for name, c := range m.byName {
-		if c != m.manual {
+		// Pattern routes' certificates are on-demand: certmagic loads
+		// them from storage per name at the handshake.
+		if c != m.manual && !isPattern(name) {
 			names = append(names, name)
 			configs[name] = c
 		}

@@ -177,7 +177,7 @@ func TestReplicas(t *testing.T) {
 		var took []time.Duration
 		for _, r := range rs {
 			var s string
-			d := waitFor2(t, syncInterval+10*time.Second, r.ip+" serving the renewed "+name, func() error {
+			d := waitFor2(t, syncInterval+3*time.Second, r.ip+" serving the renewed "+name, func() error {
 				var err error
 				s, err = serial(r.https, name, c.roots)
 				if err == nil && s == old {
@@ -333,6 +333,8 @@ func renewElsewhere(t *testing.T, c *cluster, name string) time.Time {
 		// The replicas hold these ports: certmagic finds them taken and
 		// leaves answering to them, as it does inside gatehouse.
 		ListenHost: c.ips[0], AltHTTPPort: c.httpPort, AltTLSALPNPort: c.httpsPort,
+		// The replicas' config by now: challenges = ["tls-alpn-01"].
+		DisableHTTPChallenge: true,
 	})
 	cfg.Issuers = []certmagic.Issuer{iss}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
