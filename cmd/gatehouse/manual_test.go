@@ -29,6 +29,8 @@ type manualEnv struct {
 	dir  string
 	path string // the config file; rewritten in place for reloads
 	logs *logBuffer
+
+	certs map[string][2]string // name -> cert, key files, issued once
 }
 
 func newManualEnv(t *testing.T) *manualEnv {
@@ -41,7 +43,7 @@ func newManualEnv(t *testing.T) *manualEnv {
 	e.bind()
 	e.roots = ca.Pool()
 	dir := t.TempDir()
-	return &manualEnv{env: e, ca: ca, dir: dir, path: filepath.Join(dir, "gatehouse.toml"), logs: &logBuffer{t: t}}
+	return &manualEnv{env: e, ca: ca, dir: dir, path: filepath.Join(dir, "gatehouse.toml"), logs: &logBuffer{t: t}, certs: map[string][2]string{}}
 }
 
 // cert issues a certificate for names and writes it to files named
@@ -63,9 +65,15 @@ func (m *manualEnv) cert(names ...string) (certFile, keyFile string, leaf *x509.
 	return certFile, keyFile, leaf
 }
 
-// route returns a [[route]] for name with a certificate of its own.
+// route returns a [[route]] for name with a certificate of its own
+// (issued at the first call for name, the same files after).
 func (m *manualEnv) route(name, upstream, extra string) string {
-	c, k, _ := m.cert(name)
+	f, ok := m.certs[name]
+	if !ok {
+		f[0], f[1], _ = m.cert(name)
+		m.certs[name] = f
+	}
+	c, k := f[0], f[1]
 	return fmt.Sprintf("\n[[route]]\nhosts = [%q]\nupstream = %q\ncert = %q\nkey = %q\n%s\n", name, upstream, c, k, extra)
 }
 
