@@ -202,6 +202,7 @@ func (c *cluster) launch(ip, cfgPath string) *replica {
 		if c.t.Failed() {
 			c.t.Logf("replica %s log tail:\n%s", ip, r.tail(3000))
 		}
+		// GATEHOUSE_TEST_KEEP_LOGS=DIR keeps every replica's full log.
 		if dir := os.Getenv("GATEHOUSE_TEST_KEEP_LOGS"); dir != "" {
 			b, _ := os.ReadFile(r.logPath)
 			os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%s-%d.log", c.t.Name(), ip, time.Now().UnixNano())), b, 0o600)
