@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"os"
-	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -92,13 +91,6 @@ func newRouteState(e *routes.Entry, tm timeouts, prev *routeState, log *slog.Log
 		}
 	}
 	return rs, nil
-}
-
-// sameAs reports whether rs was built from a route configured exactly like e.
-func (rs *routeState) sameAs(e *routes.Entry) bool {
-	a, b := *rs.entry.Route, *e.Route
-	a.Line, b.Line = 0, 0
-	return reflect.DeepEqual(a, b)
 }
 
 // start begins the route's background work (health checks) once it is

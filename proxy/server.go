@@ -91,6 +91,7 @@ type front struct {
 type snapshot struct {
 	table   *routes.Table
 	routes  []*routeState
+	byKey   map[string]*routeState // routeKey -> state, to find unchanged routes on reload
 	tm      timeouts
 	trusted trustedSources // [listen] proxy_protocol_from
 }
@@ -229,16 +230,19 @@ var refuseTLS = &tls.Config{
 func (s *Server) SetTable(t *routes.Table) error {
 	old := s.state.Load()
 	snap := &snapshot{table: t, tm: timeoutsOf(t.Config()), trusted: parseTrusted(t.Config().Listen.ProxyProtocolFrom)}
+	snap.byKey = make(map[string]*routeState, len(t.Entries()))
 	for _, e := range t.Entries() {
+		key := routeKey(e, snap.tm)
 		var prev *routeState
 		if old != nil {
-			prev = old.find(e)
+			prev = old.byKey[key]
 		}
 		rs, err := newRouteState(e, snap.tm, prev, s.log)
 		if err != nil {
 			return fmt.Errorf("route #%d: %w", e.Index+1, err)
 		}
 		snap.routes = append(snap.routes, rs)
+		snap.byKey[key] = rs
 	}
 	s.state.Store(snap)
 	s.useFront(snap.tm)
@@ -255,15 +259,14 @@ func (s *Server) SetTable(t *routes.Table) error {
 	return nil
 }
 
-// find returns the state of the route in this snapshot equal to e, so
-// an unchanged route keeps its connection pool across a reload.
-func (sn *snapshot) find(e *routes.Entry) *routeState {
-	for _, rs := range sn.routes {
-		if rs.sameAs(e) {
-			return rs
-		}
-	}
-	return nil
+// routeKey identifies a route's configuration (everything but its line
+// in the file) and the timeouts its transport was built with: a route
+// with the same key after a reload keeps its state, connection pool
+// and health. A map of keys keeps a reload of many routes linear.
+func routeKey(e *routes.Entry, tm timeouts) string {
+	r := *e.Route
+	r.Line = 0
+	return fmt.Sprintf("%#v %v", r, tm)
 }
 
 func (sn *snapshot) lookup(name string) *routeState {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"strings"
 	"sync"
@@ -375,5 +376,50 @@ func TestReloadKeepsACMECertificates(t *testing.T) {
 	}
 	if n := e.pebble.Orders("b.test"); n != 1 {
 		t.Errorf("b.test ordered %d times, want once", n)
+	}
+}
+
+// New [timeouts] apply to connections made after the reload, while a
+// kept-alive connection made before keeps being served.
+func TestReloadTimeouts(t *testing.T) {
+	m := newManualEnv(t)
+	web := m.route("web.test", upstream(t, "A").URL, "")
+	m.write("read_header = \"30s\"\n", web)
+	in := m.run()
+	old := client(m.httpsAddr(), m.roots, false)
+	var reused bool
+	get := func(c *http.Client) error {
+		req, _ := http.NewRequest("GET", "https://web.test/", nil)
+		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+			GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused },
+		}))
+		res, err := c.Do(req)
+		if err != nil {
+			return err
+		}
+		readAll(t, res)
+		return nil
+	}
+	if err := get(old); err != nil {
+		t.Fatal(err)
+	}
+	m.write("read_header = \"1s\"\n", web)
+	if err := in.reload(m.path); err != nil {
+		t.Fatal(err)
+	}
+	c, err := dialTLS(m.httpsAddr(), "web.test", m.roots, "http/1.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	began := time.Now()
+	io.WriteString(c, "GET / HTTP/1.1\r\n") // and nothing more
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, _ = io.Copy(io.Discard, c)
+	if took := time.Since(began); took < 800*time.Millisecond || took > 3*time.Second {
+		t.Errorf("a connection after the reload was closed %v into its headers, want the new read_header 1s", took)
+	}
+	if err := get(old); err != nil || !reused {
+		t.Errorf("the connection kept alive across the reload: reused %v, %v", reused, err)
 	}
 }
