@@ -856,6 +856,11 @@ func detailsMux(sseNext chan struct{}) http.Handler {
 		for i := range 3 {
 			fmt.Fprintf(w, "id: %d\ndata: event %d\n\n", i, i)
 			w.(http.Flusher).Flush()
+			if i == 2 {
+				// done: waiting here would let this handler take the
+				// next subtest's signal
+				return
+			}
 			select {
 			case <-sseNext:
 			case <-r.Context().Done():
@@ -1088,8 +1093,10 @@ upstream = %q
 						if want := fmt.Sprintf("id: %d\ndata: event %d\n", i, i); ev != want {
 							t.Errorf("%s %s: event %d = %q, want %q", proto, host, i, ev, want)
 						}
-					case <-time.After(2 * time.Second):
-						t.Fatalf("%s %s: event %d not delivered within 2s: the stream is buffered", proto, host, i)
+					case <-time.After(10 * time.Second):
+						// the upstream sends an event only after the previous
+						// one was read: a buffered stream never gets here
+						t.Fatalf("%s %s: event %d not delivered within 10s: the stream is buffered", proto, host, i)
 					}
 					if i < 2 {
 						sseNext <- struct{}{} // the upstream sends the next event only now
