@@ -347,7 +347,7 @@ func (m *Manager) applyInternal(cfg *routes.Config, e *routes.Entry, toManage ma
 			m.prepareOnDemand(cfg, e)
 			continue
 		}
-		if _, seen := m.byName[h]; seen {
+		if prev, seen := m.byName[h]; seen && prev == c {
 			continue
 		}
 		m.byName[h] = c

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -89,6 +90,9 @@ type Manager struct {
 	internal   *certmagic.Config // tls = "internal" (internal.go)
 	internalCA *internalIssuer
 	onDemand   *onDemand // pattern routes: hosts = ["*"], "*.suffix" (ondemand.go)
+
+	staleMu sync.Mutex // not mu: certmagic's events take it
+	stale   []*staleManual
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -385,6 +389,7 @@ func (m *Manager) Apply(t *routes.Table) error {
 
 	var errs []error
 	var toManage = map[*certmagic.Config][]string{}
+	before := maps.Clone(m.byName)
 	for _, e := range t.Entries() {
 		switch e.Issuer {
 		case "manual":
@@ -398,8 +403,8 @@ func (m *Manager) Apply(t *routes.Table) error {
 				continue
 			}
 			for _, h := range e.Hosts {
-				if _, seen := m.byName[h]; seen || isPattern(h) {
-					continue
+				if prev, seen := m.byName[h]; seen && prev == c || isPattern(h) {
+					continue // managed already: left to its renewal
 				}
 				m.byName[h] = c
 				m.status.set(h, "acme", stateWaiting, nil)
@@ -412,6 +417,7 @@ func (m *Manager) Apply(t *routes.Table) error {
 		}
 	}
 	m.applyPatterns(cfg, t)
+	m.forget(t, before)
 	for c, names := range toManage {
 		sort.Strings(names)
 		// ManageAsync loads each name from storage or orders it, one
@@ -577,6 +583,9 @@ func (m *Manager) onEvent(ctx context.Context, event string, data map[string]any
 	case "cached_managed_cert", "cached_unmanaged_cert":
 		sans, _ := data["sans"].([]string)
 		for _, name := range sans {
+			if event == "cached_managed_cert" {
+				m.replaced(name)
+			}
 			m.status.set(name, "", stateReady, nil)
 			for _, c := range m.cache.AllMatchingCertificates(name) {
 				m.staples.register(c.Certificate, c.Names)

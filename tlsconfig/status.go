@@ -54,6 +54,13 @@ func (b *statusBook) set(name, issuer, state string, err error) {
 	}
 }
 
+// remove forgets a name no route serves any more.
+func (b *statusBook) remove(name string) {
+	b.mu.Lock()
+	delete(b.names, name)
+	b.mu.Unlock()
+}
+
 func (b *statusBook) fail(name string, err error) {
 	b.mu.Lock()
 	st := b.names[name]

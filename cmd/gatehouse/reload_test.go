@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,8 +36,15 @@ func TestReloadUnderLoad(t *testing.T) {
 	m.write("", web(upA.URL)+wsRoute+dbRoute)
 	in := m.run()
 
-	stop := make(chan struct{})
+	stop, wsStop := make(chan struct{}), make(chan struct{})
 	var wg sync.WaitGroup
+	var stopOnce, wsStopOnce sync.Once
+	halt := func() {
+		wsStopOnce.Do(func() { close(wsStop) })
+		stopOnce.Do(func() { close(stop) })
+		wg.Wait()
+	}
+	defer halt() // also when a check below ends the test early
 	loops := []*httpLoop{{name: "HTTP/1.1"}, {name: "HTTP/2", h2: true}}
 	for _, l := range loops {
 		wg.Add(1)
@@ -51,7 +59,6 @@ func TestReloadUnderLoad(t *testing.T) {
 	defer tcpConn.Close()
 	var wsN, tcpN atomic.Int64
 	var wsErr, tcpErr atomic.Value
-	wsStop := make(chan struct{})
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
@@ -138,10 +145,9 @@ func TestReloadUnderLoad(t *testing.T) {
 		}
 		return nil
 	})
-	close(wsStop)
+	wsStopOnce.Do(func() { close(wsStop) })
 	settle()
-	close(stop)
-	wg.Wait()
+	halt()
 
 	cut := 0
 	for _, l := range loops {
@@ -422,4 +428,104 @@ func TestReloadTimeouts(t *testing.T) {
 	if err := get(old); err != nil || !reused {
 		t.Errorf("the connection kept alive across the reload: reused %v, %v", reused, err)
 	}
+}
+
+// A reload that changes where names get their certificates: a manual
+// route switched to ACME keeps its manual certificate until the ACME
+// one is there, an ACME route switched to a manual certificate serves
+// it at once, and a removed name is no longer reported (nor renewed).
+// Handshakes for the switched names never fail meanwhile.
+func TestReloadSwitchesCertificateSource(t *testing.T) {
+	e := newEnv(t, acmetest.PebbleOptions{})
+	ca, err := acmetest.NewTestCA("manual test root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	manual := func(name string) string {
+		certPEM, keyPEM, _, err := ca.Issue([]string{name}, "", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, k := filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
+		os.WriteFile(c, certPEM, 0o600)
+		os.WriteFile(k, keyPEM, 0o600)
+		return fmt.Sprintf("cert = %q\nkey = %q\n", c, k)
+	}
+	up := upstream(t, "A")
+	route := func(name, extra string) string {
+		return fmt.Sprintf("[[route]]\nhosts = [%q]\nupstream = %q\n%s\n", name, up.URL, extra)
+	}
+	in := e.start(e.config(route("a.test", manual("a.test")) + route("b.test", "") + route("c.test", "")))
+	both := e.roots.Clone()
+	both.AddCert(ca.Cert)
+	issuer := func(name string) (string, error) {
+		c, err := dialTLS(e.httpsAddr(), name, both)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].Issuer.CommonName, nil
+	}
+	for _, name := range []string{"b.test", "c.test"} {
+		waitFor(t, 60*time.Second, name+" ACME certificate", func() error { _, err := issuer(name); return err })
+	}
+
+	stop := make(chan struct{})
+	var fails, ok atomic.Int64
+	var wg sync.WaitGroup
+	var stopOnce sync.Once
+	halt := func() { stopOnce.Do(func() { close(stop) }); wg.Wait() }
+	defer halt() // also when a check below fails the test early
+	for _, name := range []string{"a.test", "b.test"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 10000; i++ {
+				select {
+				case <-stop:
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+				if _, err := issuer(name); err != nil {
+					fails.Add(1)
+					t.Errorf("%s handshake during the switch: %v", name, err)
+				} else {
+					ok.Add(1)
+				}
+			}
+		}()
+	}
+
+	if err := in.reload(e.config(route("a.test", "") + route("b.test", manual("b.test")))); err != nil {
+		t.Fatal(err)
+	}
+	if iss, err := issuer("b.test"); err != nil || iss != "manual test root" {
+		t.Errorf("b.test right after switching to a manual certificate: issuer %q, %v", iss, err)
+	}
+	waitFor(t, 60*time.Second, "a.test served its ACME certificate", func() error {
+		iss, err := issuer("a.test")
+		if err != nil {
+			return err
+		}
+		if iss == "manual test root" {
+			return fmt.Errorf("still the manual certificate")
+		}
+		return nil
+	})
+	time.Sleep(200 * time.Millisecond)
+	halt()
+	for range 10 {
+		for name, want := range map[string]bool{"a.test": false, "b.test": true} {
+			if iss, err := issuer(name); err != nil || (iss == "manual test root") != want {
+				t.Fatalf("%s after the switch: issuer %q, %v", name, iss, err)
+			}
+		}
+	}
+	for _, st := range in.certs.Status() {
+		if st.Name == "c.test" {
+			t.Errorf("the removed c.test is still reported: %+v", st)
+		}
+	}
+	t.Logf("handshakes during the switch: %d ok, %d failed", ok.Load(), fails.Load())
 }

@@ -36,6 +36,7 @@ type instance struct {
 
 	mu      sync.Mutex
 	cfg     *routes.Config
+	path    string // the config file the last reload (or start) read; the watcher follows it
 	applied string // fingerprint of the files the last reload (or start) read
 
 	served   chan error
@@ -130,13 +131,13 @@ func start(cfg *routes.Config, o startOptions) (*instance, error) {
 		log.Error("certificate setup", "error", err)
 	}
 	go func() { in.served <- in.proxy.Serve() }()
-	in.applied = configSum(cfg.Path) + certStamps(cfg)
+	in.path, in.applied = cfg.Path, configSum(cfg.Path)+certStamps(cfg)
 	if cfg.Path != "" && o.watchEvery >= 0 {
 		every := o.watchEvery
 		if every == 0 {
 			every = 2 * time.Second
 		}
-		go in.watch(cfg.Path, every)
+		go in.watch(every)
 	}
 	log.Info("gatehouse serving", "https", httpsAddr, "http", httpAddr, "admin", adminAddr(in.adminLn), "routes", len(cfg.Routes))
 	return in, nil
@@ -190,6 +191,7 @@ func (in *instance) reload(path string) error {
 	defer in.mu.Unlock()
 	// read under the lock: a SIGHUP and the watcher reloading together
 	// must not apply an older read of the file last
+	in.path = path
 	sum := configSum(path)
 	cfg, err := loadConfig(path)
 	if err != nil {
@@ -229,12 +231,14 @@ func (in *instance) reload(path string) error {
 // Kubernetes secret volumes, without a dependency. A change is applied
 // once it has held still for a moment, so a file caught half-written
 // is not loaded; a bad config is reported once, not at every poll.
-func (in *instance) watch(path string, every time.Duration) {
+func (in *instance) watch(every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
+	var path string
 	current := func() string {
 		in.mu.Lock()
 		cfg, applied := in.cfg, in.applied
+		path = in.path
 		in.mu.Unlock()
 		fp := configSum(path) + certStamps(cfg)
 		if fp == applied {
