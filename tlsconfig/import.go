@@ -274,14 +274,20 @@ func (im *importer) put(ctx context.Context, res ImportResult, pair tls.Certific
 		res.Result, res.Reason = "failed", err.Error()
 		return res
 	}
-	// the same lock certmagic takes to obtain the name, so a running
-	// gatehouse does not order it while it is being written
-	lock := "issue_cert_" + name
-	if err := im.dst.Lock(ctx, lock); err != nil {
+	// the lock certmagic takes to obtain the name, so a running gatehouse
+	// does not start an order while the files are written. A gatehouse
+	// whose order for the name keeps failing holds it for the whole
+	// retry loop (the usual case when moving in: DNS still points at the
+	// old server); then write without it: before each retry, certmagic
+	// looks in storage and stops when it finds the imported certificate.
+	if locked, err := tryLock(ctx, im.dst, "issue_cert_"+name); err != nil {
 		res.Result, res.Reason = "failed", fmt.Sprintf("locking storage: %v", err)
 		return res
+	} else if locked {
+		defer func() { _ = im.dst.Unlock(context.Background(), "issue_cert_"+name) }()
+	} else {
+		res.Reason = "gatehouse is ordering this name (its order lock is held); imported anyway: reload gatehouse to serve it"
 	}
-	defer func() { _ = im.dst.Unlock(context.Background(), lock) }()
 	// key first: a certificate in storage always has its key
 	for _, kv := range []struct {
 		key string
@@ -309,4 +315,49 @@ func encodePair(pair tls.Certificate) (chainPEM, keyPEM []byte, err error) {
 	}
 	keyPEM, err = certmagic.PEMEncodePrivateKey(pair.PrivateKey)
 	return chainPEM, keyPEM, err
+}
+
+// loadStored serves, on a reload, certificates that appeared in storage
+// for configured names that have none cached: put there by `gatehouse
+// import`, or by another instance sharing the storage. Storage reads
+// only, in the background. Called by Apply with m.mu held.
+func (m *Manager) loadStored() {
+	type job struct {
+		c    *certmagic.Config
+		name string
+	}
+	var jobs []job
+	for name, c := range m.byName {
+		if c == m.manual || isPattern(name) || len(m.cache.AllMatchingCertificates(name)) > 0 {
+			continue
+		}
+		jobs = append(jobs, job{c, name})
+	}
+	if len(jobs) == 0 {
+		return
+	}
+	go func() {
+		for _, j := range jobs {
+			if m.ctx.Err() != nil {
+				return
+			}
+			if _, err := j.c.CacheManagedCertificate(m.ctx, j.name); err == nil {
+				m.log.Info("certificate found in storage on reload; serving it", "name", j.name)
+			}
+		}
+	}()
+}
+
+// tryLock takes a storage lock if it is free within a few seconds.
+func tryLock(ctx context.Context, s certmagic.Storage, name string) (bool, error) {
+	if tl, ok := s.(certmagic.TryLocker); ok {
+		return tl.TryLock(ctx, name)
+	}
+	lctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	err := s.Lock(lctx, name)
+	if err != nil && lctx.Err() != nil && ctx.Err() == nil {
+		return false, nil // held by someone else
+	}
+	return err == nil, err
 }

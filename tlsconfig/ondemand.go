@@ -212,6 +212,12 @@ func onDemandKey(e *routes.Entry) string {
 // applyPatterns registers the on-demand configs of every pattern route
 // in t. Called by Apply with m.mu held.
 func (m *Manager) applyPatterns(cfg *routes.Config, t *routes.Table) {
+	m.onDemand.mu.Lock()
+	reload := m.onDemand.table != nil
+	m.onDemand.mu.Unlock()
+	if reload {
+		m.loadStored()
+	}
 	m.onDemand.configure(cfg, t)
 	for _, e := range t.Entries() {
 		if e.Issuer != "acme" {

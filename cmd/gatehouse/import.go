@@ -18,8 +18,8 @@ const importUsage = `usage: gatehouse import autocert|caddy DIR [--config FILE] 
   caddy DIR     Caddy's data directory (with certificates/ in it), or any certmagic file storage
 
 Copies the certificates and keys into gatehouse's storage ([storage] of the config)
-without contacting any CA; gatehouse serves them when it starts (restart a running
-one) and renews them when they are due. Names gatehouse already has a certificate
+without contacting any CA; gatehouse serves them when it starts or reloads (SIGHUP)
+and renews them when they are due. Names gatehouse already has a certificate
 for are left alone.
 `
 

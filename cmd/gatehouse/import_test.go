@@ -69,10 +69,22 @@ func TestImportAutocert(t *testing.T) {
 	if !strings.Contains(strings.Join(names, " "), "legacy-rsa.test+rsa") {
 		t.Fatalf("autocert stored no +rsa entry: %v", names)
 	}
-	ordersBefore := e.pebble.Orders("go-app.test") + e.pebble.Orders("legacy-rsa.test")
+	// a second app's cache, imported later into a running gatehouse
+	lateDir := filepath.Join(t.TempDir(), "autocert-late")
+	m2 := &autocert.Manager{
+		Prompt: autocert.AcceptTOS, Cache: autocert.DirCache(lateDir), HostPolicy: autocert.HostWhitelist("late.test"),
+		Client: &acme.Client{DirectoryURL: e.pebble.DirectoryURL, HTTPClient: e.pebble.HTTPClient()},
+	}
+	lateHello := *ecdsaHello
+	lateHello.ServerName = "late.test"
+	lateCert, err := m2.GetCertificate(&lateHello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ordersBefore := e.pebble.Orders("go-app.test") + e.pebble.Orders("legacy-rsa.test") + e.pebble.Orders("late.test")
 
 	up := upstream(t, "G")
-	routesTOML := fmt.Sprintf("[[route]]\nhosts = [\"go-app.test\", \"legacy-rsa.test\"]\nupstream = %q\n", up.URL)
+	routesTOML := fmt.Sprintf("[[route]]\nhosts = [\"go-app.test\", \"legacy-rsa.test\", \"late.test\"]\nupstream = %q\n", up.URL)
 	cfgPath := e.config(routesTOML)
 	var out, errOut strings.Builder
 	if code := realMain([]string{"import", "autocert", cacheDir, "--config", cfgPath}, &out, &errOut); code != 0 {
@@ -80,7 +92,7 @@ func TestImportAutocert(t *testing.T) {
 	}
 	t.Logf("gatehouse import autocert:\n%s", out.String())
 	for name := range want {
-		if !strings.Contains(out.String(), name) || strings.Count(out.String(), "imported") != 2 {
+		if !strings.Contains(out.String(), name) || strings.Count(out.String(), " imported ") != 2 {
 			t.Errorf("import output does not report %s imported:\n%s", name, out.String())
 		}
 	}
@@ -96,7 +108,7 @@ func TestImportAutocert(t *testing.T) {
 
 	// gatehouse starts with the CA unreachable and serves the imported certificates
 	e.pebble.Stop()
-	e.start(cfgPath)
+	in := e.start(cfgPath)
 	for name, serial := range want {
 		waitFor(t, 10*time.Second, "imported certificate for "+name, func() error {
 			got, err := servedSerial(e.httpsAddr(), name, e.roots)
@@ -109,12 +121,35 @@ func TestImportAutocert(t *testing.T) {
 			return nil
 		})
 	}
+	// into a running gatehouse: late.test has no certificate (its order
+	// fails, the CA is down); after the import a reload serves it
+	if _, err := servedSerial(e.httpsAddr(), "late.test", e.roots); err == nil {
+		t.Fatal("late.test served before its import")
+	}
+	out.Reset()
+	if code := realMain([]string{"import", "autocert", lateDir, "--config", cfgPath}, &out, &errOut); code != 0 {
+		t.Fatalf("import into a running gatehouse: exit %d\n%s%s", code, out.String(), errOut.String())
+	}
+	if err := in.reload(cfgPath); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "late.test served after import + reload", func() error {
+		got, err := servedSerial(e.httpsAddr(), "late.test", e.roots)
+		if err != nil {
+			return err
+		}
+		if want := lateCert.Leaf.SerialNumber.Text(16); got != want {
+			return fmt.Errorf("serves serial %s, want the imported %s", got, want)
+		}
+		return nil
+	})
+
 	// with the CA back, gatehouse does not re-order what it imported
 	if err := e.pebble.Resume(); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(2 * time.Second)
-	if got := e.pebble.Orders("go-app.test") + e.pebble.Orders("legacy-rsa.test"); got != ordersBefore {
+	if got := e.pebble.Orders("go-app.test") + e.pebble.Orders("legacy-rsa.test") + e.pebble.Orders("late.test"); got != ordersBefore {
 		t.Errorf("Pebble got %d orders after the import, want none", got-ordersBefore)
 	}
 
