@@ -318,34 +318,12 @@ func encodePair(pair tls.Certificate) (chainPEM, keyPEM []byte, err error) {
 }
 
 // loadStored serves, on a reload, certificates that appeared in storage
-// for configured names that have none cached: put there by `gatehouse
-// import`, or by another instance sharing the storage. Storage reads
-// only, in the background. Called by Apply with m.mu held.
+// for configured names: put there by `gatehouse import`, or by another
+// instance sharing the storage. It is the store sync pass (storesync.go)
+// run now instead of at the next sync_interval. Called by Apply with
+// m.mu held, so in the background.
 func (m *Manager) loadStored() {
-	type job struct {
-		c    *certmagic.Config
-		name string
-	}
-	var jobs []job
-	for name, c := range m.byName {
-		if c == m.manual || isPattern(name) || len(m.cache.AllMatchingCertificates(name)) > 0 {
-			continue
-		}
-		jobs = append(jobs, job{c, name})
-	}
-	if len(jobs) == 0 {
-		return
-	}
-	go func() {
-		for _, j := range jobs {
-			if m.ctx.Err() != nil {
-				return
-			}
-			if _, err := j.c.CacheManagedCertificate(m.ctx, j.name); err == nil {
-				m.log.Info("certificate found in storage on reload; serving it", "name", j.name)
-			}
-		}
-	}()
+	go m.syncFromStorage(m.ctx)
 }
 
 // tryLock takes a storage lock if it is free within a few seconds.
