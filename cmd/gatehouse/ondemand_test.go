@@ -236,7 +236,7 @@ upstream = %q
 		if err != nil || got != first {
 			t.Fatalf("after restart: serial %s, err %v; want the stored %s", got, err, first)
 		}
-		if n := e.pebble.OrderAttempts("ok.od.test"); n != 1 {
+		if n := e.pebble.Orders("ok.od.test"); n != 1 {
 			t.Errorf("Pebble got %d orders for ok.od.test, want the first one only", n)
 		}
 	})
@@ -303,7 +303,7 @@ poll:
 	t.Logf("most on-demand orders seen in flight at once: %v", maxInFlight)
 	ok, orders := 0, 0
 	for i, n := range names {
-		orders += e.pebble.OrderAttempts(n)
+		orders += e.pebble.Orders(n) // accepted ones (a badNonce retry is one order)
 		if errs[i] == nil {
 			ok++
 		} else {
