@@ -318,12 +318,35 @@ func encodePair(pair tls.Certificate) (chainPEM, keyPEM []byte, err error) {
 }
 
 // loadStored serves, on a reload, certificates that appeared in storage
-// for configured names: put there by `gatehouse import`, or by another
-// instance sharing the storage. It is the store sync pass (storesync.go)
-// run now instead of at the next sync_interval. Called by Apply with
-// m.mu held, so in the background.
+// for configured names that have none cached: put there by `gatehouse
+// import`, or by another instance sharing the storage. Names already
+// served are not read (a reload must stay cheap with many names); the
+// store sync pass (storesync.go) catches renewals. Called by Apply with
+// m.mu held, so the storage reads run in the background.
 func (m *Manager) loadStored() {
-	go m.syncFromStorage(m.ctx)
+	go func() {
+		type job struct {
+			c    *certmagic.Config
+			name string
+		}
+		var jobs []job
+		m.mu.RLock() // once Apply is done; handshakes are not held up
+		for name, c := range m.byName {
+			if c != m.manual && !isPattern(name) && len(m.cache.AllMatchingCertificates(name)) == 0 {
+				jobs = append(jobs, job{c, name})
+			}
+		}
+		m.mu.RUnlock()
+		for _, j := range jobs {
+			if m.ctx.Err() != nil {
+				return
+			}
+			if err := m.syncName(m.ctx, j.c, j.name); err != nil {
+				m.log.Warn("reload: reading storage for a name without a certificate", "name", j.name, "error", err)
+				return
+			}
+		}
+	}()
 }
 
 // tryLock takes a storage lock if it is free within a few seconds.
