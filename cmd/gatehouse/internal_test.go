@@ -138,3 +138,49 @@ upstream = %q
 		return nil
 	})
 }
+
+// A reload moves a name between the public CA and the internal one, in
+// both directions, without a restart.
+func TestInternalReloadSwitch(t *testing.T) {
+	e := newEnv(t, acmetest.PebbleOptions{})
+	up := upstream(t, "S")
+	acmeRoute := fmt.Sprintf("[[route]]\nhosts = [\"flip.test\"]\nupstream = %q\n", up.URL)
+	in := e.start(e.config(acmeRoute))
+	issuerOf := func() (string, error) {
+		c, err := dialTLS(e.httpsAddr(), "flip.test", nil)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].Issuer.CommonName, nil
+	}
+	until := func(what string, want func(string) bool) {
+		t.Helper()
+		waitFor(t, 60*time.Second, what, func() error {
+			cn, err := issuerOf()
+			if err != nil {
+				return err
+			}
+			if !want(cn) {
+				return fmt.Errorf("issued by %q", cn)
+			}
+			return nil
+		})
+	}
+	isInternal := func(cn string) bool { return strings.HasPrefix(cn, "gatehouse Local Intermediate") }
+	until("ACME certificate", func(cn string) bool { return strings.Contains(cn, "Pebble") })
+
+	internalRoute := strings.Replace(acmeRoute, "upstream", "tls = \"internal\"\nupstream", 1)
+	if err := in.reload(e.config(internalRoute)); err != nil {
+		t.Fatal(err)
+	}
+	until("internal certificate after reload", isInternal)
+
+	if err := in.reload(e.config(acmeRoute)); err != nil {
+		t.Fatal(err)
+	}
+	until("ACME certificate again after reload", func(cn string) bool { return strings.Contains(cn, "Pebble") })
+	if n := e.pebble.Orders("flip.test"); n != 1 {
+		t.Errorf("Pebble got %d orders for flip.test, want 1 (the stored one is served again)", n)
+	}
+}
