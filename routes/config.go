@@ -57,6 +57,23 @@ type ACME struct {
 	Challenges []string `toml:"challenges"` // "http-01", "tls-alpn-01"
 	Profile    string   `toml:"profile"`    // ACME profile, e.g. "shortlived"
 
+	// Before each order gatehouse checks that the name's DNS leads back
+	// to it (an HTTP-01 or TLS-ALPN-01 style request to the name's
+	// addresses), so a misdirected name does not burn the CA's
+	// failed-validation limit. SelfCheck = false turns that off: only
+	// for hosts that cannot reach their own public address (NAT without
+	// hairpin). Default true.
+	SelfCheck *bool `toml:"self_check"`
+	// Resolver is the DNS server ("host:port") for the self-check and
+	// for finding the CA. Default: the system's.
+	Resolver string `toml:"resolver"`
+	// HTTPChallengePort and TLSChallengePort are the ports the CA
+	// validates on, which the self-check dials: 80 and 443 for every
+	// public CA. Change them only for a test CA (Pebble's httpPort and
+	// tlsPort).
+	HTTPChallengePort int `toml:"http_challenge_port"`
+	TLSChallengePort  int `toml:"tls_challenge_port"`
+
 	// Issuer is either a word, issuer = "internal" (sign from a local
 	// root) or "acme" (the default), or a list of CAs to try in order,
 	// [[acme.issuer]], which replaces Directory/Email/CARoot above.
@@ -295,6 +312,9 @@ func (r *Route) AllUpstreams() []string {
 	return nil
 }
 
+// SelfCheckOn reports whether orders wait for the self-check.
+func (a *ACME) SelfCheckOn() bool { return a.SelfCheck == nil || *a.SelfCheck }
+
 // ModeOrDefault returns the route's mode, "http" when unset.
 func (r *Route) ModeOrDefault() string {
 	if r.Mode == "" {
@@ -313,6 +333,12 @@ func (c *Config) ApplyDefaults() {
 	}
 	if c.ACME.Directory == "" {
 		c.ACME.Directory = DefaultDirectory
+	}
+	if c.ACME.HTTPChallengePort == 0 {
+		c.ACME.HTTPChallengePort = 80
+	}
+	if c.ACME.TLSChallengePort == 0 {
+		c.ACME.TLSChallengePort = 443
 	}
 	if len(c.ACME.Challenges) == 0 {
 		c.ACME.Challenges = []string{"http-01", "tls-alpn-01"}

@@ -88,6 +88,18 @@ func (c *Config) validate(idx lineIndex) Errors {
 		}
 	}
 
+	if r := c.ACME.Resolver; r != "" {
+		if host, port, err := net.SplitHostPort(r); err != nil || host == "" || port == "" {
+			bad("acme.resolver", "resolver = %q: want a DNS server as host:port, like \"127.0.0.1:53\"", r)
+		}
+	}
+	if p := c.ACME.HTTPChallengePort; p < 1 || p > 65535 {
+		bad("acme.http_challenge_port", "http_challenge_port = %d: want a port (1-65535)", p)
+	}
+	if p := c.ACME.TLSChallengePort; p < 1 || p > 65535 {
+		bad("acme.tls_challenge_port", "tls_challenge_port = %d: want a port (1-65535)", p)
+	}
+
 	// [storage]
 	switch c.Storage.Backend {
 	case "file":

@@ -171,6 +171,9 @@ func Inventory(ctx context.Context, storage certmagic.Storage, cfg *routes.Confi
 			if ci.Staple == nil && len(ci.SANs) > 0 && e.Issuer == "manual" && manualErr == nil {
 				ci.Staple = readStaple(ctx, storage, manual, now)
 			}
+			if e.Issuer == "acme" && ci.State != "pattern" {
+				fillAttempt(ctx, storage, &ci)
+			}
 			listed[h] = true
 			out = append(out, ci)
 		}
@@ -197,9 +200,25 @@ func Inventory(ctx context.Context, storage certmagic.Storage, cfg *routes.Confi
 			}
 		}
 		fillStored(ctx, storage, &ci, sc, now)
+		if ci.Source != "internal" {
+			fillAttempt(ctx, storage, &ci)
+		}
 		out = append(out, ci)
 	}
 	return out, nil
+}
+
+// fillAttempt adds the stored order record (attempts.go): the last
+// failure and when the next order may go.
+func fillAttempt(ctx context.Context, storage certmagic.Storage, ci *CertInfo) {
+	rec, err := LoadAttempt(ctx, storage, ci.Name)
+	if err != nil || rec == nil || rec.LastError == "" {
+		return
+	}
+	if ci.LastError == "" {
+		ci.LastError = rec.LastError
+	}
+	ci.NextRetry = rec.NextOrder
 }
 
 // better reports whether a should be served over b for a name: certmagic

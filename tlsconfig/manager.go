@@ -94,6 +94,12 @@ type Manager struct {
 	staleMu sync.Mutex // not mu: certmagic's events take it
 	stale   []*staleManual
 
+	attempts  *attempts    // per-name order pacing kept in storage (attempts.go)
+	selfCheck *selfChecker // does a name lead here? (selfcheck.go)
+	checkOn   bool         // [acme] self_check
+
+	writeHealth writeHealth // latest storage write probe (storagecheck.go)
+
 	ctx    context.Context
 	cancel context.CancelFunc
 }
@@ -134,6 +140,7 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 		byName:   map[string]*certmagic.Config{},
 		manualBy: map[string]*manualCert{},
 		onDemand: newOnDemand(),
+		attempts: newAttempts(storage),
 		ctx:      ctx,
 		cancel:   cancel,
 	}
@@ -145,9 +152,15 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 		Capacity:           0,
 		RenewCheckInterval: opts.RenewCheckInterval,
 	})
+	m.setSelfCheck(cfg)
 	m.staples = newStapler(storage, opts.Logger, opts.OCSPCheckInterval, m.onRevoked)
 	m.staples.live = m.cached
 	go m.staples.run(ctx)
+	probeEvery := time.Minute
+	if opts.RenewCheckInterval > 0 {
+		probeEvery = min(probeEvery, opts.RenewCheckInterval)
+	}
+	go m.watchWrites(ctx, probeEvery)
 	liveMetrics.add(m) // expiry and staple age metrics (inventory.go)
 	// Opening the storage just reached it; probes keep the state current.
 	m.health = storeHealth{backend: storageBackend(cfg.Storage, storage), up: true, since: time.Now()}
@@ -278,6 +291,7 @@ func (m *Manager) acmeConfig(cfg *routes.Config, profile string) (*certmagic.Con
 		return c, nil
 	}
 	c := m.newConfig()
+	c.OnEvent = m.onACMEEvent
 	list := cfg.ACME.Issuer.List
 	if len(list) == 0 {
 		list = []routes.Issuer{{Directory: cfg.ACME.Directory, Email: cfg.ACME.Email, CARoot: cfg.ACME.CARoot}}
@@ -305,6 +319,7 @@ func (m *Manager) acmeConfig(cfg *routes.Config, profile string) (*certmagic.Con
 			AltHTTPPort:             m.opts.HTTPPort,
 			AltTLSALPNPort:          m.opts.TLSPort,
 			ListenHost:              m.opts.ListenHost,
+			Resolver:                cfg.ACME.Resolver,
 			Logger:                  zapLogger(m.log),
 		}
 		if is.CARoot != "" {
@@ -383,6 +398,7 @@ func (m *Manager) Apply(t *routes.Table) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.cfg = cfg
+	m.setSelfCheck(cfg)
 	if m.manual == nil {
 		m.manual = m.newConfig()
 	}
@@ -523,7 +539,13 @@ func (m *Manager) GetCertificate(e *routes.Entry, hello *tls.ClientHelloInfo) (*
 	name := serverName(hello)
 	m.mu.RLock()
 	c := m.byName[name]
+	sc := m.selfCheck
 	m.mu.RUnlock()
+	if isChallenge(hello) {
+		if cert := sc.answerTLS(name); cert != nil {
+			return cert, nil // our own pre-order check, not the CA
+		}
+	}
 	var cert *tls.Certificate
 	var err error
 	if c != nil {
@@ -544,8 +566,11 @@ func (m *Manager) HandleHTTPChallenge(w http.ResponseWriter, r *http.Request) bo
 		return false
 	}
 	m.mu.RLock()
-	issuers := m.issuers
+	issuers, sc := m.issuers, m.selfCheck
 	m.mu.RUnlock()
+	if sc.answerHTTP(w, r) {
+		return true
+	}
 	for _, is := range issuers {
 		if is.HandleHTTPChallenge(w, r) {
 			return true

@@ -14,6 +14,10 @@ var (
 		Name: "gatehouse_cert_revoked_total",
 		Help: "Certificates found revoked, by source of the certificate (acme or manual).",
 	}, []string{"source"})
+	metricOrderHeld = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gatehouse_cert_order_held_total",
+		Help: "Orders gatehouse did not place, by reason: self_check (the name does not lead here), backoff (a recent order failed), storage (the attempt could not be recorded).",
+	}, []string{"reason"})
 	metricStapleNextUpdate = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "gatehouse_ocsp_staple_next_update_seconds",
 		Help: "Unix time of the NextUpdate of the latest OCSP response, by status.",
@@ -30,7 +34,7 @@ var (
 
 // Collectors returns the metrics this package maintains.
 func Collectors() []prometheus.Collector {
-	return append([]prometheus.Collector{metricObtains, metricRevoked, metricStapleNextUpdate, metricStorageUp, metricStoreReloads}, certopsCollectors...)
+	return append([]prometheus.Collector{metricObtains, metricRevoked, metricOrderHeld, metricStapleNextUpdate, metricStorageUp, metricStorageWritable, metricStoreReloads}, certopsCollectors...)
 }
 
 func metricObtain(issuer string, renewal bool, err error) {

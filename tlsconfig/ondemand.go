@@ -186,6 +186,7 @@ func (m *Manager) prepareOnDemand(cfg *routes.Config, e *routes.Entry) {
 			return od.decide(ctx, name, clientIPFromContext(ctx))
 		},
 	}
+	next := base.OnEvent // ACME: order pacing and self-check (attempts.go)
 	c.OnEvent = func(ctx context.Context, event string, data map[string]any) error {
 		if event == "cert_obtaining" {
 			if renewal, _ := data["renewal"].(bool); !renewal && !od.rate.take(time.Now()) {
@@ -194,7 +195,7 @@ func (m *Manager) prepareOnDemand(cfg *routes.Config, e *routes.Entry) {
 				return certmagic.ErrNoRetry{Err: errRateLimited}
 			}
 		}
-		return m.onEvent(ctx, event, data)
+		return next(ctx, event, data)
 	}
 	od.configs[key] = c
 }

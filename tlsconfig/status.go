@@ -14,10 +14,13 @@ const (
 
 // NameStatus is what gatehouse knows about one configured name.
 type NameStatus struct {
-	Name      string    `json:"name"`
-	Issuer    string    `json:"issuer"` // acme, manual, internal
-	State     string    `json:"state"`
-	LastError string    `json:"last_error,omitempty"`
+	Name      string `json:"name"`
+	Issuer    string `json:"issuer"` // acme, manual, internal
+	State     string `json:"state"`
+	LastError string `json:"last_error,omitempty"`
+	// NextOrder is the earliest next order after failures (the stored
+	// backoff, attempts.go).
+	NextOrder time.Time `json:"next_order,omitzero"`
 	Since     time.Time `json:"since"`
 }
 
@@ -51,6 +54,16 @@ func (b *statusBook) set(name, issuer, state string, err error) {
 		st.LastError = err.Error()
 	} else if state == stateReady {
 		st.LastError = ""
+		st.NextOrder = time.Time{}
+	}
+}
+
+// setNext records when name's next order may start.
+func (b *statusBook) setNext(name string, t time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if st := b.names[name]; st != nil {
+		st.NextOrder = t
 	}
 }
 

@@ -109,6 +109,11 @@ admin = "127.0.0.1:0"
 email     = "demo@example.test"
 directory = %q   # Pebble, a real ACME server, in-process
 ca_root   = %q   # trust Pebble's own HTTPS
+# before ordering, gatehouse checks each name leads back to it: through
+# the demo's DNS, on the ports Pebble validates on (80/443 for real CAs)
+resolver            = %q
+http_challenge_port = %d
+tls_challenge_port  = %d
 
 [storage]
 dir = %q
@@ -120,7 +125,7 @@ upstream = %q
 [[route]]
 hosts    = ["shop.test"]
 upstream = %q
-`, httpsPort, httpPort, pebble.DirectoryURL, pebble.CACertFile, filepath.Join(dir, "storage"), apps["app.test"], apps["shop.test"])
+`, httpsPort, httpPort, pebble.DirectoryURL, pebble.CACertFile, dns.Addr(), httpPort, httpsPort, filepath.Join(dir, "storage"), apps["app.test"], apps["shop.test"])
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return err
 	}

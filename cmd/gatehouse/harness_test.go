@@ -64,9 +64,10 @@ type env struct {
 	httpsLn, httpLn, admLn net.Listener
 	storage                string
 	roots                  *x509.CertPool
-	acmeExtra              string // extra lines for [acme]
-	listenExtra            string // extra lines for [listen]
-	topExtra               string // extra tables before the routes, e.g. [timeouts]
+	acmeExtra              string        // extra lines for [acme]
+	selfDNS                *acmetest.DNS // DNS of gatehouse's self-check; nil: dns (Pebble's)
+	listenExtra            string        // extra lines for [listen]
+	topExtra               string        // extra tables before the routes, e.g. [timeouts]
 	ca                     *acmetest.TestCA
 }
 
@@ -127,6 +128,19 @@ func newEnv(t testing.TB, popts acmetest.PebbleOptions) *env {
 	return e
 }
 
+// rebind listens again on the same addresses (the CA's VA dials those
+// ports), after shutdown closed the listeners.
+func (e *env) rebind() {
+	e.t.Helper()
+	var err error
+	for _, l := range []*net.Listener{&e.httpsLn, &e.httpLn, &e.admLn} {
+		addr := (*l).Addr().String()
+		if *l, err = net.Listen("tcp", addr); err != nil {
+			e.t.Fatalf("listening again on %s: %v", addr, err)
+		}
+	}
+}
+
 // bind takes fresh listeners (for a restart on new ports, the old ones
 // being closed by shutdown).
 func (e *env) bind() {
@@ -141,6 +155,16 @@ func (e *env) config(routesTOML string) string {
 	dirURL := "https://127.0.0.1:1/dir"
 	if e.pebble != nil {
 		ca, dirURL = e.pebble.CACertFile, e.pebble.DirectoryURL
+	}
+	acme := e.acmeExtra
+	if dns := e.dns; dns != nil {
+		// the pre-order self-check resolves names like Pebble's VA does
+		// and dials the ports the VA dials: gatehouse's test listeners
+		if e.selfDNS != nil {
+			dns = e.selfDNS
+		}
+		acme = fmt.Sprintf("resolver = %q\nhttp_challenge_port = %d\ntls_challenge_port = %d\n%s",
+			dns.Addr(), port(e.httpLn), port(e.httpsLn), acme)
 	}
 	text := fmt.Sprintf(`
 [listen]
@@ -159,7 +183,7 @@ ca_root   = %q
 dir = %q
 
 %s
-%s`, e.httpsLn.Addr(), e.httpLn.Addr(), e.admLn.Addr(), e.listenExtra, dirURL, ca, e.acmeExtra, e.storage, e.topExtra, routesTOML)
+%s`, e.httpsLn.Addr(), e.httpLn.Addr(), e.admLn.Addr(), e.listenExtra, dirURL, ca, acme, e.storage, e.topExtra, routesTOML)
 	p := filepath.Join(dir, "gatehouse.toml")
 	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
 		e.t.Fatal(err)

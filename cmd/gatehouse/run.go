@@ -181,7 +181,13 @@ func (in *instance) ready() (bool, any) {
 			}
 		}
 	}
-	return ok, map[string]any{"waiting": waiting, "storage": in.certs.StorageHealth()}
+	details := map[string]any{"waiting": waiting, "storage": in.certs.StorageHealth()}
+	// still ready (certificates serve from memory), but say so
+	if err, since := in.certs.StorageWriteError(); err != nil {
+		details["storage_write_error"] = err.Error()
+		details["storage_write_failing_since"] = since
+	}
+	return ok, details
 }
 
 // reload applies a new config: a bad one is refused and the old one
