@@ -21,11 +21,18 @@ import (
 // burn the CA's failed-validation limit (Let's Encrypt: 5 per name per
 // hour) within minutes.
 //
-// The record is written before an order is placed (assuming it will
-// fail, so a crash in the middle still counts), reset when a
-// certificate arrives, and read at every attempt: certmagic's retries
-// in this process wait at least as long (same intervals), so only a new
-// process is ever held back by it.
+// The record is written before an order is placed (stage "ordering"),
+// after it fails (the next order waits certmagic's retry interval for
+// that many failures), reset when a certificate arrives, and read at
+// every attempt: certmagic's retries in this process wait at least as
+// long (same intervals), so only a new process is ever held back by it.
+//
+// An order that never finished (the process died; certmagic's lock on
+// the name makes that the only way to find "ordering" at the start of
+// another) may be taken over at once the first time, so a replica whose
+// peer died mid-order finishes it without waiting; from the second
+// unfinished order in a row on, those are paced like failures, so a
+// process that dies in every order does not order at every start.
 
 // Attempt is what gatehouse remembers about a name's last attempts to
 // get a certificate.
@@ -34,15 +41,17 @@ type Attempt struct {
 	// Failures counts consecutive failed orders; self-check failures
 	// (which never reach the CA) are not counted.
 	Failures int `json:"failures"`
+	// Unfinished counts consecutive orders that never finished.
+	Unfinished int `json:"unfinished,omitempty"`
 	// LastOrder is when the last order was started.
 	LastOrder time.Time `json:"last_order,omitzero"`
 	// NextOrder is the earliest time of the next order.
 	NextOrder time.Time `json:"next_order,omitzero"`
 	// Stage says where the last attempt stopped: "self_check" (the name
 	// does not lead to this gatehouse; nothing was ordered), "order"
-	// (the CA refused or validation failed), or "ordering" (an order
-	// was started and its outcome is not known: still running, or the
-	// process died).
+	// (the CA refused or validation failed), "ordering" (an order is
+	// running), or "unfinished" (an order never finished: the process
+	// ordering it stopped).
 	Stage     string    `json:"stage,omitempty"`
 	LastError string    `json:"last_error,omitempty"`
 	At        time.Time `json:"at"` // when this record was written
@@ -206,6 +215,7 @@ func (m *Manager) onACMEEvent(ctx context.Context, event string, data map[string
 			m.log.Warn("order record unreadable; starting a new one", "name", name, "error", lerr)
 		}
 		rec.Failures++
+		rec.Unfinished = 0
 		rec.Stage = "order"
 		if err != nil {
 			rec.LastError = err.Error()
@@ -231,13 +241,26 @@ func (m *Manager) beforeOrder(ctx context.Context, name string) error {
 		return err
 	}
 	now := time.Now()
-	if now.Before(rec.NextOrder) {
-		err := fmt.Errorf("holding the order for %s until %s: %d failed order(s) in a row, the last at %s: %s (delete storage key %s to retry sooner)",
-			name, rec.NextOrder.Format(time.RFC3339), rec.Failures, rec.LastOrder.Format(time.RFC3339), rec.LastError, attemptKey(name))
-		if rec.Stage == "ordering" {
-			err = fmt.Errorf("holding the order for %s until %s: an order started at %s never finished (the process stopped?) (delete storage key %s to retry sooner)",
-				name, rec.NextOrder.Format(time.RFC3339), rec.LastOrder.Format(time.RFC3339), attemptKey(name))
+	if rec.Stage == "ordering" {
+		// its process died mid-order (certmagic's lock on the name
+		// keeps a live one from starting two)
+		rec.Stage, rec.Unfinished = "unfinished", rec.Unfinished+1
+		rec.LastError = fmt.Sprintf("an order started at %s never finished (the process ordering it stopped)", rec.LastOrder.Format(time.RFC3339))
+		if rec.Unfinished > 1 {
+			rec.NextOrder = maxTime(rec.NextOrder, rec.LastOrder.Add(orderBackoff(rec.Unfinished-1)))
 		}
+		if err := m.attempts.put(ctx, rec); err != nil {
+			m.log.Warn("could not record the unfinished order", "name", name, "error", err)
+		}
+		m.log.Warn("taking over an order that never finished", "name", name, "started", rec.LastOrder, "unfinished_in_a_row", rec.Unfinished)
+	}
+	if now.Before(rec.NextOrder) {
+		what := fmt.Sprintf("%d failed order(s) in a row", rec.Failures)
+		if rec.Stage == "unfinished" {
+			what = fmt.Sprintf("%d unfinished order(s) in a row", rec.Unfinished)
+		}
+		err := fmt.Errorf("holding the order for %s until %s: %s, the last at %s: %s (delete storage key %s to retry sooner)",
+			name, rec.NextOrder.Format(time.RFC3339), what, rec.LastOrder.Format(time.RFC3339), rec.LastError, attemptKey(name))
 		m.log.Warn("order held back", "name", name, "until", rec.NextOrder, "reason", err)
 		m.status.fail(name, err)
 		m.status.setNext(name, rec.NextOrder)
@@ -260,7 +283,6 @@ func (m *Manager) beforeOrder(ctx context.Context, name string) error {
 		}
 	}
 	rec.Stage, rec.LastOrder = "ordering", now
-	rec.NextOrder = now.Add(orderBackoff(rec.Failures + 1))
 	if err := m.attempts.put(ctx, rec); err != nil {
 		err = fmt.Errorf("not ordering a certificate for %s: cannot record the order in storage first (storage key %s): %w", name, attemptKey(name), err)
 		m.log.Error("order held back", "name", name, "error", err)
@@ -269,4 +291,11 @@ func (m *Manager) beforeOrder(ctx context.Context, name string) error {
 		return err
 	}
 	return nil
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }

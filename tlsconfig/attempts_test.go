@@ -2,10 +2,15 @@ package tlsconfig
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/certmagic"
+
+	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
 // The wait between failed orders grows and stops growing at 6 hours.
@@ -45,5 +50,54 @@ func TestAttemptRecordsPersist(t *testing.T) {
 	}
 	if rec, err := LoadAttempt(ctx, s, "a.test"); rec != nil || err != nil {
 		t.Errorf("after clear: %+v, %v", rec, err)
+	}
+}
+
+// An order whose process died mid-way may be taken over at once once
+// (a replica finishing its dead peer's order); a second unfinished one
+// in a row holds the next order back like a failure.
+func TestUnfinishedOrdersPaced(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	cfg, err := routes.Parse([]byte(fmt.Sprintf(`
+[acme]
+email      = "ops@example.test"
+directory  = "https://127.0.0.1:1/dir"
+self_check = false
+[storage]
+dir = %q
+[[route]]
+hosts    = ["a.test"]
+upstream = "http://127.0.0.1:1"
+`, dir)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// each Manager is a new process over the same storage; none is
+	// Applied, so none orders by itself
+	process := func() *Manager {
+		m, err := New(cfg, Options{Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(m.Close)
+		m.status.set("a.test", "acme", stateWaiting, nil)
+		return m
+	}
+	if err := process().beforeOrder(ctx, "a.test"); err != nil {
+		t.Fatalf("first order: %v", err)
+	}
+	// that process died mid-order
+	if err := process().beforeOrder(ctx, "a.test"); err != nil {
+		t.Fatalf("taking over an unfinished order: %v", err)
+	}
+	// and so did this one
+	err = process().beforeOrder(ctx, "a.test")
+	if err == nil || !strings.Contains(err.Error(), "2 unfinished order(s) in a row") {
+		t.Fatalf("third start: %v, want the order held after 2 unfinished ones", err)
+	}
+	rec, _ := LoadAttempt(ctx, &certmagic.FileStorage{Path: dir}, "a.test")
+	if rec == nil || rec.Unfinished != 2 || rec.NextOrder.Sub(rec.LastOrder) != time.Minute {
+		t.Errorf("record %+v: want 2 unfinished, next order 1 min after the last", rec)
 	}
 }

@@ -542,7 +542,7 @@ func (m *Manager) GetCertificate(e *routes.Entry, hello *tls.ClientHelloInfo) (*
 	sc := m.selfCheck
 	m.mu.RUnlock()
 	if isChallenge(hello) {
-		if cert := sc.answerTLS(name); cert != nil {
+		if cert := sc.answerTLS(hello.Context(), name); cert != nil {
 			return cert, nil // our own pre-order check, not the CA
 		}
 	}

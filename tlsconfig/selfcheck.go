@@ -12,6 +12,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -41,9 +42,12 @@ import (
 //     the storage (as certmagic's distributed challenge solving does)
 //     answers for the others.
 //   - TLS-ALPN-01 path: a handshake to ADDR:443 with SNI NAME and ALPN
-//     acme-tls/1, like the CA's; while a check for NAME runs, this
-//     process answers it with a throwaway certificate the check compares
-//     byte for byte. (Only this process can answer it.)
+//     acme-tls/1, like the CA's; while a check for NAME runs, a throwaway
+//     certificate for it is kept in memory and in storage, and any
+//     instance sharing the storage answers the handshake with it; the
+//     check compares it byte for byte. (certmagic's lock on NAME means no
+//     real order for NAME runs meanwhile, so no CA handshake is answered
+//     with it.)
 //
 // The check passes when one enabled path reaches a gatehouse on every
 // address that accepts a connection; acmez falls back to the other
@@ -160,11 +164,46 @@ func (sc *selfChecker) answerHTTP(w http.ResponseWriter, r *http.Request) bool {
 }
 
 // answerTLS returns the certificate a running TLS check for name
-// expects, or nil.
-func (sc *selfChecker) answerTLS(name string) *tls.Certificate {
+// expects (this process's, or another instance's through storage), or
+// nil. Called for acme-tls/1 handshakes only.
+func (sc *selfChecker) answerTLS(ctx context.Context, name string) *tls.Certificate {
 	sc.pendMu.Lock()
-	defer sc.pendMu.Unlock()
-	return sc.pending[name]
+	c := sc.pending[name]
+	sc.pendMu.Unlock()
+	if c != nil {
+		return c
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	b, err := sc.storage.Load(ctx, tlsCheckKey(name))
+	if err != nil {
+		return nil
+	}
+	var rec tlsCheckRecord
+	if json.Unmarshal(b, &rec) != nil || time.Now().After(rec.Expires) {
+		return nil
+	}
+	key, err := x509.ParsePKCS8PrivateKey(rec.Key)
+	if err != nil {
+		return nil
+	}
+	leaf, err := x509.ParseCertificate(rec.Cert)
+	if err != nil {
+		return nil
+	}
+	return &tls.Certificate{Certificate: [][]byte{rec.Cert}, PrivateKey: key, Leaf: leaf}
+}
+
+// tlsCheckRecord is a running TLS self-check's certificate, in storage
+// for the other instances.
+type tlsCheckRecord struct {
+	Cert    []byte    `json:"cert"` // DER
+	Key     []byte    `json:"key"`  // PKCS#8 DER of a throwaway key
+	Expires time.Time `json:"expires"`
+}
+
+func tlsCheckKey(name string) string {
+	return "gatehouse/selfcheck/tls/" + strings.NewReplacer("*", "wildcard_", "/", "_", ":", "_").Replace(name) + ".json"
 }
 
 // check reports nil when name leads to this gatehouse, or an error that
@@ -319,10 +358,18 @@ func (sc *selfChecker) checkTLS(ctx context.Context, name string, ip net.IP, por
 	}
 	sc.pending[name] = want
 	sc.pendMu.Unlock()
+	stored := false
+	if keyDER, err := x509.MarshalPKCS8PrivateKey(want.PrivateKey); err == nil {
+		b, _ := json.Marshal(tlsCheckRecord{Cert: want.Leaf.Raw, Key: keyDER, Expires: time.Now().Add(selfCheckTimeout)})
+		stored = sc.storage.Store(ctx, tlsCheckKey(name), b) == nil // else only this process answers
+	}
 	defer func() {
 		sc.pendMu.Lock()
 		delete(sc.pending, name)
 		sc.pendMu.Unlock()
+		if stored {
+			_ = sc.storage.Delete(context.WithoutCancel(ctx), tlsCheckKey(name))
+		}
 	}()
 	addr := net.JoinHostPort(ip.String(), strconv.Itoa(port))
 	d := net.Dialer{Timeout: selfCheckDial}

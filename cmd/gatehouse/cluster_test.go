@@ -138,6 +138,9 @@ format = "json"
 email     = "ops@example.test"
 directory = %[5]q
 ca_root   = %[6]q
+resolver  = %[11]q   # the self-check resolves like Pebble's VA
+http_challenge_port = %[3]d
+tls_challenge_port  = %[2]d
 %[7]s
 
 [storage]
@@ -146,7 +149,7 @@ endpoints = [%[8]q]
 prefix    = "cluster/"
 %[9]s
 %[10]s`, ip, c.httpsPort, c.httpPort, c.adminPort, c.pebble.DirectoryURL, c.pebble.CACertFile,
-		acmeExtra, c.etcd.URL, storageExtra, routes.String())
+		acmeExtra, c.etcd.URL, storageExtra, routes.String(), c.dns.Addr())
 	p := filepath.Join(c.t.TempDir(), "gatehouse-"+ip+".toml")
 	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
 		c.t.Fatal(err)
