@@ -154,8 +154,8 @@ upstream = %[2]q
 			t.Errorf("a.test staple %+v, want the persisted good one", a.Staple)
 		}
 
-		if u := by["unreachable.test"]; u.State != "missing" || u.Serial != "" || u.Route != 1 {
-			t.Errorf("unreachable.test: %+v, want missing", u)
+		if u := by["unreachable.test"]; u.State != "missing" || u.Serial != "" || u.Route != 1 || u.LastError == "" {
+			t.Errorf("unreachable.test: %+v, want missing, with the reason (last error) stored by the order pacing", u)
 		}
 		if m := by["manual.test"]; m.Source != "manual" || m.Serial != manualLeaf.SerialNumber.Text(16) || m.StorageKey != certFile {
 			t.Errorf("manual.test: %+v", m)
