@@ -98,7 +98,8 @@ type Manager struct {
 	selfCheck *selfChecker // does a name lead here? (selfcheck.go)
 	checkOn   bool         // [acme] self_check
 
-	writeHealth writeHealth // latest storage write probe (storagecheck.go)
+	writeHealth writeHealth       // latest storage write probe (storagecheck.go)
+	certStore   certmagic.Storage // what certmagic's configs write through (safestore.go)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -129,20 +130,22 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Manager{
-		log:      opts.Logger,
-		opts:     opts,
-		storage:  storage,
-		owned:    opts.Storage == nil,
-		status:   newStatusBook(),
-		synced:   map[string]string{},
-		acme:     map[string]*certmagic.Config{},
-		short:    map[*certmagic.Config]*certmagic.Config{},
-		byName:   map[string]*certmagic.Config{},
-		manualBy: map[string]*manualCert{},
-		onDemand: newOnDemand(),
-		attempts: newAttempts(storage),
-		ctx:      ctx,
-		cancel:   cancel,
+		log:     opts.Logger,
+		opts:    opts,
+		storage: storage,
+		// certmagic's writes: a failed save restores, never deletes
+		certStore: rollbackSafeStorage(storage, opts.Logger),
+		owned:     opts.Storage == nil,
+		status:    newStatusBook(),
+		synced:    map[string]string{},
+		acme:      map[string]*certmagic.Config{},
+		short:     map[*certmagic.Config]*certmagic.Config{},
+		byName:    map[string]*certmagic.Config{},
+		manualBy:  map[string]*manualCert{},
+		onDemand:  newOnDemand(),
+		attempts:  newAttempts(storage),
+		ctx:       ctx,
+		cancel:    cancel,
 	}
 	m.cache = certmagic.NewCache(certmagic.CacheOptions{
 		GetConfigForCert: m.configForCert,
@@ -265,7 +268,7 @@ func (m *Manager) configForCert(c certmagic.Certificate) (*certmagic.Config, err
 // newConfig returns a certmagic config sharing the manager's cache.
 func (m *Manager) newConfig() *certmagic.Config {
 	return certmagic.New(m.cache, certmagic.Config{
-		Storage: m.storage,
+		Storage: m.certStore,
 		Logger:  zapLogger(m.log),
 		// gatehouse staples OCSP itself (ocsp.go): certmagic's stapler
 		// fetches on the load path (blocking a manual certificate's

@@ -24,6 +24,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -284,7 +285,8 @@ func (sc *selfChecker) viaAll(ips []net.IP, f func(net.IP) (bool, error)) error 
 
 // checkHTTP asks ip for a proof; connected reports whether a TCP
 // connection was made.
-func (sc *selfChecker) checkHTTP(ctx context.Context, name string, ip net.IP, port int) (connected bool, err error) {
+func (sc *selfChecker) checkHTTP(ctx context.Context, name string, ip net.IP, port int) (bool, error) {
+	var dialed atomic.Bool // set by the transport's dialing goroutine
 	key, err := sc.secret(ctx, false)
 	if err != nil {
 		return false, err
@@ -299,7 +301,7 @@ func (sc *selfChecker) checkHTTP(ctx context.Context, name string, ip net.IP, po
 			d := net.Dialer{Timeout: selfCheckDial}
 			c, err := d.DialContext(ctx, network, addr)
 			if err == nil {
-				connected = true
+				dialed.Store(true)
 			}
 			return c, err
 		},
@@ -315,9 +317,10 @@ func (sc *selfChecker) checkHTTP(ctx context.Context, name string, ip net.IP, po
 	req.Header.Set("User-Agent", "gatehouse-selfcheck")
 	res, err := hc.Do(req)
 	if err != nil {
+		connected := dialed.Load()
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() && !connected {
-			return false, fmt.Errorf("http %s: no answer within %s", addr, selfCheckDial)
+			return false, fmt.Errorf("http %s: no connection within %s", addr, selfCheckDial)
 		}
 		return connected, fmt.Errorf("http %s: %v", addr, innermost(err))
 	}
@@ -401,9 +404,13 @@ func throwawayCert(name string) (*tls.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 64))
+	if err != nil {
+		return nil, err
+	}
 	now := time.Now()
 	tmpl := &x509.Certificate{
-		SerialNumber: new(big.Int).SetBytes([]byte(randomHex(8))),
+		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: "gatehouse self-check"},
 		NotBefore:    now.Add(-time.Minute),
 		NotAfter:     now.Add(time.Hour),

@@ -537,3 +537,55 @@ func equalSnapshots(a, b map[string]string) bool {
 	}
 	return true
 }
+
+// A renewal whose save fails half-way (the certificate file cannot be
+// replaced; the key file already was) leaves storage as it was: the old
+// certificate with its own key, so the next start serves it without a
+// new order. (certmagic alone deletes the new key and leaves the old
+// certificate keyless.)
+func TestFailedSaveKeepsCertificateAndKey(t *testing.T) {
+	const life = 30 * time.Second
+	e := newEnv(t, acmetest.PebbleOptions{Profiles: map[string]time.Duration{"p": life}, NoARI: true})
+	logs := &logBuffer{t: t}
+	up := upstream(t, "A")
+	cfg := e.config(routeTOML("save.test", up.URL))
+	in := e.start(cfg, fastRenew, withLogs(t, logs))
+	first := waitLeaf(t, e, "save.test", 30*time.Second)
+	var crt string
+	_ = filepath.WalkDir(e.storage, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && strings.HasSuffix(p, "/save.test.crt") {
+			crt = p
+		}
+		return err
+	})
+	if crt == "" {
+		t.Fatal("no certificate file in storage")
+	}
+	before := snapshotDir(t, filepath.Dir(crt))
+	// the certificate file can no longer be replaced; the key file can
+	if out, err := exec.Command("chattr", "+i", crt).CombinedOutput(); err != nil {
+		t.Skipf("chattr +i (needs CAP_LINUX_IMMUTABLE and ext4/xfs): %v %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("chattr", "-i", crt).Run() })
+
+	logs.waitLog(t, life, "Renew: saving assets") // the renewal was issued; its save failed
+	if after := snapshotDir(t, filepath.Dir(crt)); !equalSnapshots(before, after) {
+		t.Errorf("certificate files changed by the failed save:\nbefore %v\nafter  %v", before, after)
+	}
+	if n := e.pebble.Issued("save.test"); n != 2 {
+		t.Errorf("Pebble issued %d certificates, want 2 (the renewal was issued, only its save failed)", n)
+	}
+	if err := in.shutdown(2 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	_ = exec.Command("chattr", "-i", crt).Run()
+
+	// next start, CA down: what storage holds is served as is
+	e.pebble.Stop()
+	e.rebind()
+	e.start(cfg)
+	got := waitLeaf(t, e, "save.test", 5*time.Second)
+	if got.SerialNumber.Cmp(first.SerialNumber) != 0 {
+		t.Errorf("after restart: serial %x, want the stored %x", got.SerialNumber, first.SerialNumber)
+	}
+}
