@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"io"
 	"net"
 	"slices"
@@ -102,6 +103,15 @@ type replayConn struct {
 	// tracked after net/http let go of them (hijacked).
 	onClose   atomic.Pointer[func()]
 	closeOnce sync.Once
+
+	active     prometheus.Gauge // the open-connections gauge of its mode, once counted
+	activeDone atomic.Bool
+}
+
+// countActive counts c in its mode's open-connections gauge until Close.
+func (c *replayConn) countActive(mode string) {
+	c.active = activeConns[mode]
+	c.active.Inc()
 }
 
 // Close closes the connection, and the upstream connections pinned to
@@ -111,6 +121,9 @@ func (c *replayConn) Close() error {
 		p.close()
 	}
 	err := c.Conn.Close()
+	if c.active != nil && c.activeDone.CompareAndSwap(false, true) {
+		c.active.Dec()
+	}
 	if f := c.onClose.Load(); f != nil {
 		c.closeOnce.Do(*f)
 	}

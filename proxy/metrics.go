@@ -22,10 +22,15 @@ var (
 		Name: "gatehouse_tls_handshake_failures_total",
 		Help: "Failed or refused TLS handshakes by reason (unknown_sni, no_sni, bad_hello, proxy_header, protocol, alpn, timeout, ...).",
 	}, []string{"reason"})
-	metricActiveStreams = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "gatehouse_active_streams",
-		Help: "Open tcp and passthrough streams.",
-	})
+	metricActiveConns = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "gatehouse_active_connections",
+		Help: "Open client connections by mode (http, tcp, passthrough), counted from the routed handshake to close.",
+	}, []string{"mode"})
+	activeConns = map[string]prometheus.Gauge{
+		"http":        metricActiveConns.WithLabelValues("http"),
+		"tcp":         metricActiveConns.WithLabelValues("tcp"),
+		"passthrough": metricActiveConns.WithLabelValues("passthrough"),
+	}
 	metricRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gatehouse_http_requests_total",
 		Help: "HTTP requests by route, status class (1xx..5xx, or canceled by the client) and upstream " +
@@ -43,7 +48,7 @@ var (
 
 // Collectors returns the metrics this package maintains.
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{metricConnsAccepted, metricHandshakes, metricHandshakeFailures, metricActiveStreams,
+	return []prometheus.Collector{metricConnsAccepted, metricHandshakes, metricHandshakeFailures, metricActiveConns,
 		metricRequests, metricDuration, healthCollector{}}
 }
 

@@ -85,8 +85,6 @@ func (s *Server) stream(client, up net.Conn) (toUp, toClient int64) {
 		return 0, 0
 	}
 	defer s.conns.remove(client, up)
-	metricActiveStreams.Inc()
-	defer metricActiveStreams.Dec()
 
 	cp := func(dst, src net.Conn, n *int64) {
 		buf := buffers.Get().(*[]byte)

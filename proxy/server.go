@@ -457,6 +457,7 @@ func (s *Server) handleConn(c net.Conn) {
 	rc := &replayConn{Conn: c, pending: peeked, route: rs, snap: snap, hello: hello}
 	if rs.mode == routes.ModePassthrough {
 		_ = c.SetDeadline(time.Time{})
+		rc.countActive(rs.mode)
 		s.passthrough(rc)
 		return
 	}
@@ -481,6 +482,7 @@ func (s *Server) handleConn(c net.Conn) {
 		tc.Close() // the CA only needed the handshake
 		return
 	}
+	rc.countActive(rs.mode)
 	switch rs.mode {
 	case routes.ModeTCP:
 		s.pipeTCP(tc, rc)
