@@ -454,6 +454,7 @@ func (b *bench) report(scens []*scenario, proxies []*proxy, results, namesRes []
 			{"sweep_ok", "names served (verified handshake)"}, {"sweep_missing", "names not served"}, {"sweep_s", "sweep time (s)"},
 			{"spread_conns_s", "handshakes/s, SNI spread over all names"}, {"one_conns_s", "handshakes/s, one name"},
 			{"spread_vs_one", "spread ÷ one-name rate"}, {"spread_cpu_us", "CPU µs/handshake, spread"}, {"one_cpu_us", "CPU µs/handshake, one name"},
+			{"spread_cpu_pct", "proxy CPU % (spread run)"}, {"one_cpu_pct", "proxy CPU % (one-name run)"},
 			{"log_error_lines", "ERROR lines in gatehouse's log"},
 		}
 		sb.WriteString("| metric |")
