@@ -90,6 +90,7 @@ func main() {
 	if b.work, err = os.MkdirTemp("", "gatehouse-bench-"); err != nil {
 		fatal(err)
 	}
+	workDir = b.work
 	cleanup := func() {
 		stopAll()
 		_ = os.RemoveAll(b.work)
@@ -99,7 +100,8 @@ func main() {
 	go func() {
 		s := <-sigs
 		b.logf("signal %v: stopping", s)
-		cleanup()
+		killAllNow()
+		_ = os.RemoveAll(b.work)
 		os.Exit(130)
 	}()
 	code := b.main(*only, *proxiesFlag, names, *namesLayout == "routes")
@@ -107,9 +109,15 @@ func main() {
 	os.Exit(code)
 }
 
+// workDir is removed on every exit path.
+var workDir string
+
 func fatal(err error) {
 	fmt.Fprintln(os.Stderr, "bench:", err)
 	stopAll()
+	if workDir != "" {
+		_ = os.RemoveAll(workDir)
+	}
 	os.Exit(1)
 }
 

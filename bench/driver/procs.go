@@ -32,7 +32,8 @@ func initClkTck() {
 // started is every process the driver started, killed on exit.
 var started struct {
 	sync.Mutex
-	procs []*exec.Cmd
+	procs    []*exec.Cmd
+	stopping bool // a signal arrived: nothing new may start
 }
 
 // spawn starts a command pinned to cpu (taskset execs it, so the
@@ -52,10 +53,48 @@ func spawn(cpu string, env []string, logPath string, name string, args ...string
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
+	track(cmd)
+	return cmd, nil
+}
+
+func track(cmd *exec.Cmd) {
 	started.Lock()
 	started.procs = append(started.procs, cmd)
+	if started.stopping {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
 	started.Unlock()
-	return cmd, nil
+}
+
+// killAllNow is the signal path: no new process starts after it, and
+// every process group the driver started gets SIGTERM, then SIGKILL.
+// It does not wait on the commands (their owners do).
+func killAllNow() {
+	started.Lock()
+	started.stopping = true
+	procs := append([]*exec.Cmd(nil), started.procs...)
+	started.Unlock()
+	for _, c := range procs {
+		_ = syscall.Kill(-c.Process.Pid, syscall.SIGTERM)
+	}
+	time.Sleep(2 * time.Second)
+	started.Lock()
+	procs = append([]*exec.Cmd(nil), started.procs...)
+	started.Unlock()
+	for _, c := range procs {
+		_ = syscall.Kill(-c.Process.Pid, syscall.SIGKILL)
+	}
+}
+
+func untrack(cmd *exec.Cmd) {
+	started.Lock()
+	for i, c := range started.procs {
+		if c == cmd {
+			started.procs = append(started.procs[:i], started.procs[i+1:]...)
+			break
+		}
+	}
+	started.Unlock()
 }
 
 // stop ends one process the driver started (and its process group:
@@ -74,14 +113,7 @@ func stop(cmd *exec.Cmd) {
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 		<-done
 	}
-	started.Lock()
-	for i, c := range started.procs {
-		if c == cmd {
-			started.procs = append(started.procs[:i], started.procs[i+1:]...)
-			break
-		}
-	}
-	started.Unlock()
+	untrack(cmd)
 }
 
 // stopAll ends every process still running that the driver started.
@@ -110,7 +142,13 @@ func runLoad(limit time.Duration, nice bool, name string, args ...string) ([]byt
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	// registered so that a signal to the driver stops it too
+	track(cmd)
+	err := cmd.Wait()
+	untrack(cmd)
 	if err != nil {
 		return out.Bytes(), fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, lastLines(errb.String(), 5))
 	}

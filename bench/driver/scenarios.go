@@ -177,7 +177,8 @@ func (b *bench) idle(p *proxy) (map[string]float64, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	defer func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); _ = cmd.Wait() }()
+	track(cmd)
+	defer func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); _ = cmd.Wait(); untrack(cmd) }()
 	line, err := readFirstLine(stderr, 3*time.Minute)
 	if err != nil {
 		return nil, fmt.Errorf("idle client: %v", err)
