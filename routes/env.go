@@ -35,7 +35,8 @@ func (c *Config) applyEnv() {
 // `caddy reverse-proxy`: gatehouse run --from NAME --to URL [...].
 type QuickOptions struct {
 	From, To    []string // pairs: From[i] is served from To[i]
-	HTTPS, HTTP string   // listen addresses; default :443 and :80
+	HTTPS, HTTP string   // listen addresses ("" for HTTP disables it)
+	Admin       string   // admin listen address; "" disables
 	Email       string
 }
 
@@ -48,11 +49,8 @@ func Quick(o QuickOptions) (*Config, error) {
 	}
 	c := &Config{}
 	c.Listen.HTTPS = o.HTTPS
-	c.Listen.HTTP = o.HTTP
-	if c.Listen.HTTP == "" {
-		c.Listen.HTTP = ":80"
-	}
-	c.Listen.Admin = "127.0.0.1:2019"
+	c.Listen.HTTP = o.HTTP   // "" disables
+	c.Listen.Admin = o.Admin // "" disables
 	c.ACME.Email = o.Email
 	c.Storage.Dir = defaultStorageDir()
 	byUpstream := map[string]int{}

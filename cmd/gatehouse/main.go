@@ -28,7 +28,7 @@ const usage = `gatehouse: a TLS reverse proxy that routes by SNI and gets its ow
 
 Usage:
   gatehouse run [--config FILE]       serve (FILE: $GATEHOUSE_CONFIG, then ./gatehouse.toml)
-  gatehouse run --from NAME --to URL [--from NAME --to URL ...] [--https :443] [--http :80] [--email E]
+  gatehouse run --from NAME --to URL [--from NAME --to URL ...] [--https :443] [--http :80] [--admin 127.0.0.1:2019] [--email E]
                                       quick start without a file
   gatehouse validate [--config FILE]  check a config; every error with its line; exit 1 on errors
   gatehouse healthcheck [--url URL]   exit 0 when the admin /healthz answers (for container HEALTHCHECK)
@@ -140,7 +140,8 @@ func cmdRun(args []string, stderr io.Writer) int {
 	fs.Var(&from, "from", "quick start: a host name to serve (repeatable, paired with --to)")
 	fs.Var(&to, "to", "quick start: the upstream for the preceding --from, e.g. http://127.0.0.1:8080")
 	httpsAddr := fs.String("https", ":443", "quick start: https listen address")
-	httpAddr := fs.String("http", ":80", "quick start: http listen address")
+	httpAddr := fs.String("http", ":80", "quick start: http listen address (\"\" disables)")
+	adminAddr := fs.String("admin", "127.0.0.1:2019", "quick start: admin listen address (\"\" disables)")
 	email := fs.String("email", os.Getenv(routes.EnvACMEEmail), "quick start: ACME account email")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -149,7 +150,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	var err error
 	path := ""
 	if len(from) > 0 || len(to) > 0 {
-		cfg, err = routes.Quick(routes.QuickOptions{From: from, To: to, HTTPS: *httpsAddr, HTTP: *httpAddr, Email: *email})
+		cfg, err = routes.Quick(routes.QuickOptions{From: from, To: to, HTTPS: *httpsAddr, HTTP: *httpAddr, Admin: *adminAddr, Email: *email})
 	} else {
 		path = configPath(*cfgFlag)
 		cfg, err = loadConfig(path)

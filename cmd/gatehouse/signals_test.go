@@ -34,8 +34,14 @@ type process struct {
 
 func startProcess(t *testing.T, cfgPath string) *process {
 	t.Helper()
+	return startProcessArgs(t, nil, "run", "--config", cfgPath)
+}
+
+// startProcessArgs runs gatehouse with args (and extra environment).
+func startProcessArgs(t *testing.T, env []string, args ...string) *process {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestGatehouseProcess$")
-	cmd.Env = append(os.Environ(), "GATEHOUSE_TEST_PROCESS=run\n--config\n"+cfgPath)
+	cmd.Env = append(append(os.Environ(), env...), "GATEHOUSE_TEST_PROCESS="+strings.Join(args, "\n"))
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
