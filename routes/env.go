@@ -51,6 +51,9 @@ func Quick(o QuickOptions) (*Config, error) {
 	c.Listen.HTTPS = o.HTTPS
 	c.Listen.HTTP = o.HTTP   // "" disables
 	c.Listen.Admin = o.Admin // "" disables
+	if c.Listen.HTTP == "" {
+		c.ACME.Challenges = []string{"tls-alpn-01"}
+	}
 	c.ACME.Email = o.Email
 	c.Storage.Dir = defaultStorageDir()
 	byUpstream := map[string]int{}
