@@ -219,11 +219,11 @@ func (s *Server) tcpTLS(alpn []string) *tls.Config {
 	return c.(*tls.Config)
 }
 
-// refuseTLS answers a ClientHello gatehouse has no route for: no
-// certificate and no error makes crypto/tls send unrecognized_name.
-var refuseTLS = &tls.Config{
-	GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return nil, nil },
-}
+// alertUnrecognizedName is a TLS record holding a fatal
+// unrecognized_name alert (RFC 8446 6.2), with the record version
+// crypto/tls itself uses before a version is negotiated. No ServerHello
+// has been sent, so the alert goes in plaintext.
+var alertUnrecognizedName = []byte{21, 3, 1, 0, 2, 2, 112}
 
 // SetTable installs a new route table. Connections already open keep
 // the route they were accepted with.
@@ -451,7 +451,7 @@ func (s *Server) handleConn(c net.Conn) {
 		}
 		metricHandshakeFail(reason)
 		s.log.Debug("refusing handshake: no route for SNI", "sni", hello.ServerName, "remote", c.RemoteAddr())
-		s.refuse(c, peeked)
+		s.refuse(c)
 		return
 	}
 	rc := &replayConn{Conn: c, pending: peeked, route: rs, snap: snap, hello: hello}
@@ -503,13 +503,15 @@ func looksLikeHTTP(b []byte) bool {
 	return false
 }
 
-// refuse runs a handshake that fails with unrecognized_name, within
-// the deadline already set on c.
-func (s *Server) refuse(c net.Conn, peeked []byte) {
-	rc := &replayConn{Conn: c, pending: peeked}
-	tc := tls.Server(rc, refuseTLS)
-	_ = tc.Handshake()
-	tc.Close()
+// refuse answers a ClientHello gatehouse has no route for with an
+// unrecognized_name alert and closes, within the deadline already set
+// on c. It writes the alert itself rather than running crypto/tls's
+// handshake to the same end: that handshake computes the key exchange
+// before it asks for a certificate, which made a flood of unknown names
+// cost 3× a refusal by nginx (bench/README.md, hostile scenario).
+func (s *Server) refuse(c net.Conn) {
+	_, _ = c.Write(alertUnrecognizedName)
+	c.Close()
 }
 
 // Shutdown stops accepting, lets in-flight requests and open streams
