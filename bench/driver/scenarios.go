@@ -387,11 +387,21 @@ func (b *bench) namesRun(n int, perRoute bool) (map[string]float64, error) {
 		b.logf("names %d: %d names not served: %s", n, sw.Errors, sw.FirstError)
 	}
 	rssSweep := rssKiB(p.pid())
-	spread, err := b.handshakes(p, "x25519", "-names", work+"/names.txt")
+	profiled := func(name string, run func() (map[string]float64, error)) (map[string]float64, error) {
+		if !b.profile {
+			return run()
+		}
+		done := b.fetchProfile(fmt.Sprintf("names-%d-%s", n, name), b.dur-time.Second, false)
+		defer func() { <-done }()
+		return run()
+	}
+	spread, err := profiled("spread", func() (map[string]float64, error) {
+		return b.handshakes(p, "x25519", "-names", work+"/names.txt")
+	})
 	if err != nil {
 		return nil, err
 	}
-	one, err := b.handshakes(p, "x25519", "-sni", names[0])
+	one, err := profiled("one", func() (map[string]float64, error) { return b.handshakes(p, "x25519", "-sni", names[0]) })
 	if err != nil {
 		return nil, err
 	}
