@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"sync"
 	"syscall"
@@ -439,14 +440,76 @@ func (m *Manager) Apply(t *routes.Table) error {
 	m.forget(t, before)
 	for c, names := range toManage {
 		sort.Strings(names)
-		// ManageAsync loads each name from storage or orders it, one
-		// goroutine per name: a slow CA or OCSP responder never holds
-		// up the others, and never the listeners.
-		if err := c.ManageAsync(m.ctx, names); err != nil {
-			errs = append(errs, err)
-		}
+		go m.manage(c, names)
 	}
 	return errors.Join(errs...)
+}
+
+// manage puts names under certificate management. Each name is first
+// loaded from storage by a small pool of workers (no network: the
+// common case at a restart); only names without a certificate, or with
+// one due for renewal, go to certmagic's ManageAsync, which orders or
+// renews in a background job per name, so a slow CA never holds up the
+// others or the listeners.
+//
+// Handing every name to ManageAsync at once starts a goroutine per
+// name: at 100,000 names they all queued on the cache and storage
+// locks, and the garbage collector spent a third of the startup
+// shrinking their stacks (bench/README.md, many names).
+func (m *Manager) manage(c *certmagic.Config, names []string) {
+	workers := min(len(names), max(4, 4*runtime.GOMAXPROCS(0)))
+	next := make(chan string)
+	var wg sync.WaitGroup
+	var ordered []string
+	var mu sync.Mutex
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for name := range next {
+				if m.cacheFromStorage(c, name) {
+					continue
+				}
+				mu.Lock()
+				ordered = append(ordered, name)
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, name := range names {
+		select {
+		case next <- name:
+		case <-m.ctx.Done():
+		}
+	}
+	close(next)
+	wg.Wait()
+	if len(ordered) == 0 {
+		return
+	}
+	sort.Strings(ordered)
+	if err := c.ManageAsync(m.ctx, ordered); err != nil {
+		m.log.Error("starting certificate management", "names", len(ordered), "error", err)
+	}
+}
+
+// cacheFromStorage caches name's certificate from storage if it has one that
+// is not yet due for renewal, and reports whether it did.
+func (m *Manager) cacheFromStorage(c *certmagic.Config, name string) bool {
+	if m.ctx.Err() != nil {
+		return true
+	}
+	cert, err := c.CacheManagedCertificate(m.ctx, name)
+	if err != nil {
+		return false // none in storage (or unreadable): certmagic orders it
+	}
+	if cert.NeedsRenewal(c) {
+		// let certmagic's job load it again and renew it: its renewal
+		// path also swaps the renewed certificate into the cache
+		m.cache.Remove([]string{cert.Hash()})
+		return false
+	}
+	return true
 }
 
 func isPattern(h string) bool { return h == "*" || len(h) > 1 && h[0] == '*' }
