@@ -95,3 +95,28 @@ func (m *Manager) Status() []NameStatus {
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
+
+// Readiness summarizes the names for /readyz without copying them all:
+// how many are configured, how many have no certificate yet, how many
+// of those have no recorded reason (a first order still in flight), and
+// up to limit of the waiting ones, sorted by name. It is polled often
+// (every few seconds by Kubernetes), so it stays cheap at 100,000 names.
+func (m *Manager) Readiness(limit int) (total, waiting, inFlight int, sample []NameStatus) {
+	m.status.mu.Lock()
+	defer m.status.mu.Unlock()
+	total = len(m.status.names)
+	for _, st := range m.status.names {
+		if st.State == stateReady {
+			continue
+		}
+		waiting++
+		if st.LastError == "" {
+			inFlight++
+		}
+		if len(sample) < limit {
+			sample = append(sample, *st)
+		}
+	}
+	sort.Slice(sample, func(i, j int) bool { return sample[i].Name < sample[j].Name })
+	return total, waiting, inFlight, sample
+}

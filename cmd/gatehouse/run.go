@@ -171,17 +171,10 @@ func (in *instance) closeListeners() { in.proxy.CloseListeners() }
 // readiness at once would turn a store outage into a traffic outage
 // (gatehouse_storage_up is the metric to alert on).
 func (in *instance) ready() (bool, any) {
-	ok := true
-	var waiting []tlsconfig.NameStatus
-	for _, st := range in.certs.Status() {
-		if st.State != "ready" {
-			waiting = append(waiting, st)
-			if st.LastError == "" {
-				ok = false // first order still in flight
-			}
-		}
-	}
-	details := map[string]any{"waiting": waiting, "storage": in.certs.StorageHealth()}
+	total, nWaiting, inFlight, waiting := in.certs.Readiness(50)
+	ok := inFlight == 0 // a first order still in flight has no reason to show yet
+	details := map[string]any{"names": total, "waiting_count": nWaiting, "waiting": waiting,
+		"storage": in.certs.StorageHealth()}
 	// still ready (certificates serve from memory), but say so
 	if err, since := in.certs.StorageWriteError(); err != nil {
 		details["storage_write_error"] = err.Error()
