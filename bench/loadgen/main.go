@@ -119,12 +119,25 @@ func clientConfig(name string, roots *x509.CertPool) *tls.Config {
 
 var dialer = &net.Dialer{Timeout: 5 * time.Second}
 
+// noTimeWait makes Close reset the connection (SO_LINGER 0) once the
+// client has what it came for: thousands of short connections a second
+// would otherwise leave tens of thousands of TIME_WAIT sockets on
+// loopback, and new connections start colliding with them (SYNs
+// answered late, runs stalling) — a property of the client, not of the
+// proxy under test.
+func noTimeWait(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+}
+
 // oneConn does a full handshake and one request with Connection: close.
 func oneConn(name string, roots *x509.CertPool, curveOut *tls.CurveID) (resumed bool, err error) {
 	raw, err := dialer.Dial("tcp", *addr)
 	if err != nil {
 		return false, err
 	}
+	noTimeWait(raw)
 	defer raw.Close()
 	_ = raw.SetDeadline(time.Now().Add(10 * time.Second))
 	c := tls.Client(raw, clientConfig(name, roots))
@@ -310,6 +323,7 @@ func runHostile() (any, error) {
 					time.Sleep(time.Millisecond)
 					continue
 				}
+				noTimeWait(c)
 				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 				_, _ = c.Write(hellos[i%len(hellos)])
 				n, _ := io.ReadAtLeast(c, buf, 1)
