@@ -42,6 +42,15 @@ go build -trimpath -o "$bin/loadgen" ./bench/loadgen
 go build -trimpath -o "$bin/upstream" ./bench/upstream
 go build -trimpath -o "$bin/driver" ./bench/driver
 
+# One bench at a time per machine: two runs pinned to the same CPUs spoil
+# each other's numbers (seen: stalled handshakes, SYN retransmits). Wait
+# for a running one (bounded), then hold the lock until the driver exits.
+exec 9>/tmp/gatehouse-bench.lock
+if ! flock -n 9; then
+  echo "bench: another bench run holds /tmp/gatehouse-bench.lock; waiting (at most 1 h)"
+  flock -w 3600 9 || { echo "bench: still busy after 1 h; giving up"; exit 1; }
+fi
+
 # 5,000 idle connections on each side: the fd limit as high as allowed (20,000 here)
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
