@@ -54,6 +54,29 @@ func listen(t testing.TB) net.Listener {
 
 func port(l net.Listener) int { return l.Addr().(*net.TCPAddr).Port }
 
+// serveTCP runs a raw TCP test server on loopback: handle gets each
+// connection (closed after it returns) with a deadline of limit. It
+// returns the listener's address; the listener closes with the test.
+func serveTCP(t testing.TB, limit time.Duration, handle func(net.Conn)) string {
+	t.Helper()
+	ln := listen(t)
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(limit))
+				handle(c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
 // env is a test world: a DNS server answering 127.0.0.1, an in-process
 // Pebble whose validation really dials gatehouse's listeners, and the
 // listeners themselves, bound before Pebble starts.

@@ -150,26 +150,13 @@ func (l *logBuffer) waitLog(t testing.TB, limit time.Duration, subs ...string) {
 // the client's end-of-stream got through and the way back stayed open.
 func tcpUpstream(t testing.TB) string {
 	t.Helper()
-	ln := listen(t)
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(time.Minute))
-				n, err := io.Copy(c, c)
-				if err != nil {
-					return
-				}
-				fmt.Fprintf(c, "summary: %d bytes\n", n)
-			}()
+	return serveTCP(t, time.Minute, func(c net.Conn) {
+		n, err := io.Copy(c, c)
+		if err != nil {
+			return
 		}
-	}()
-	return ln.Addr().String()
+		fmt.Fprintf(c, "summary: %d bytes\n", n)
+	})
 }
 
 // lineConn exchanges newline-terminated messages over a connection.

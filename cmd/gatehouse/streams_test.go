@@ -116,28 +116,16 @@ type bannerServer struct {
 }
 
 func bannerUpstream(t testing.TB) *bannerServer {
-	ln := listen(t)
-	t.Cleanup(func() { ln.Close() })
-	b := &bannerServer{addr: ln.Addr().String(), got: make(chan string, 4)}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-				io.WriteString(c, "banner\n")
-				c.(*net.TCPConn).CloseWrite()
-				data, err := io.ReadAll(c)
-				if err != nil {
-					data = []byte("error: " + err.Error())
-				}
-				b.got <- string(data)
-			}()
+	b := &bannerServer{got: make(chan string, 4)}
+	b.addr = serveTCP(t, 30*time.Second, func(c net.Conn) {
+		io.WriteString(c, "banner\n")
+		c.(*net.TCPConn).CloseWrite()
+		data, err := io.ReadAll(c)
+		if err != nil {
+			data = []byte("error: " + err.Error())
 		}
-	}()
+		b.got <- string(data)
+	})
 	return b
 }
 

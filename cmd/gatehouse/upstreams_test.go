@@ -512,25 +512,12 @@ func deadAddr(t *testing.T) string {
 
 // tcpEcho is a raw TCP upstream that echoes each line prefixed with name.
 func tcpEcho(t *testing.T, name string) string {
-	ln := listen(t)
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-				sc := bufio.NewScanner(c)
-				for sc.Scan() {
-					fmt.Fprintf(c, "%s: %s\n", name, sc.Text())
-				}
-			}()
+	return serveTCP(t, 10*time.Second, func(c net.Conn) {
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			fmt.Fprintf(c, "%s: %s\n", name, sc.Text())
 		}
-	}()
-	return ln.Addr().String()
+	})
 }
 
 // One upstream killed under a bounded load: active checks take it out
