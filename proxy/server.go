@@ -231,6 +231,7 @@ func (s *Server) SetTable(t *routes.Table) error {
 	old := s.state.Load()
 	snap := &snapshot{table: t, tm: timeoutsOf(t.Config()), trusted: parseTrusted(t.Config().Listen.ProxyProtocolFrom)}
 	snap.byKey = make(map[string]*routeState, len(t.Entries()))
+	var fresh []*routeState // states built for this table (not kept from the old one)
 	for _, e := range t.Entries() {
 		key := routeKey(e, snap.tm)
 		var prev *routeState
@@ -239,7 +240,14 @@ func (s *Server) SetTable(t *routes.Table) error {
 		}
 		rs, err := newRouteState(e, snap.tm, prev, s.log)
 		if err != nil {
+			// the table is refused: give back what the new states hold
+			for _, built := range fresh {
+				built.discard()
+			}
 			return fmt.Errorf("route #%d: %w", e.Index+1, err)
+		}
+		if rs != prev {
+			fresh = append(fresh, rs)
 		}
 		snap.routes = append(snap.routes, rs)
 		snap.byKey[key] = rs
