@@ -41,18 +41,7 @@ func runCerts(t *testing.T, args ...string) (string, string, int) {
 // window, its staple; the same with gatehouse running or stopped. The
 // admin listener exports expiry and staple age per name.
 func TestCertsCommand(t *testing.T) {
-	responder, err := acmetest.StartOCSPResponder(nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer responder.Close()
-	e := newEnv(t, acmetest.PebbleOptions{OCSPResponderURL: responder.URL()})
-	inter, key, err := e.pebble.IntermediateAndKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	responder.SetIssuer(inter, key)
-	responder.SetStatusFunc(e.pebble.OCSPStatus)
+	e, _, inter := newOCSPEnv(t)
 	e.dns.SetA("unreachable.test", "127.0.0.9") // validation cannot reach gatehouse: no certificate
 
 	ca, err := acmetest.NewTestCA("certs test CA")

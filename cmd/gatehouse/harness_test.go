@@ -164,6 +164,27 @@ func (e *env) rebind() {
 	}
 }
 
+// newOCSPEnv is newEnv with Pebble naming an OCSP responder in the
+// certificates it issues; the responder signs with Pebble's intermediate
+// and answers from Pebble's own revocation state. It returns the
+// intermediate, to check responses against.
+func newOCSPEnv(t testing.TB) (*env, *acmetest.OCSPResponder, *x509.Certificate) {
+	t.Helper()
+	responder, err := acmetest.StartOCSPResponder(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(responder.Close)
+	e := newEnv(t, acmetest.PebbleOptions{OCSPResponderURL: responder.URL()})
+	inter, key, err := e.pebble.IntermediateAndKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	responder.SetIssuer(inter, key)
+	responder.SetStatusFunc(e.pebble.OCSPStatus)
+	return e, responder, inter
+}
+
 // bind takes fresh listeners (for a restart on new ports, the old ones
 // being closed by shutdown).
 func (e *env) bind() {

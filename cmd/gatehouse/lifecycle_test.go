@@ -262,18 +262,7 @@ func TestRevokedByARIReplaced(t *testing.T) {
 // A Revoked OCSP answer replaces a managed certificate at once, and the
 // Revoked staple is never served meanwhile.
 func TestRevokedByOCSPReplaced(t *testing.T) {
-	responder, err := acmetest.StartOCSPResponder(nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer responder.Close()
-	e := newEnv(t, acmetest.PebbleOptions{OCSPResponderURL: responder.URL()})
-	inter, key, err := e.pebble.IntermediateAndKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	responder.SetIssuer(inter, key)
-	responder.SetStatusFunc(e.pebble.OCSPStatus)
+	e, responder, inter := newOCSPEnv(t)
 	// responses valid 4 s: gatehouse refreshes at half that, so the
 	// Revoked answer is seen within 2 s (with real responders: days)
 	responder.SetValidity(-time.Second, 4*time.Second)

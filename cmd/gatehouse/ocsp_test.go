@@ -105,18 +105,7 @@ func TestOCSPStapling(t *testing.T) {
 
 // An ACME-issued certificate whose CA names a responder gets stapled too.
 func TestOCSPStaplingACME(t *testing.T) {
-	responder, err := acmetest.StartOCSPResponder(nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer responder.Close()
-	e := newEnv(t, acmetest.PebbleOptions{OCSPResponderURL: responder.URL()})
-	inter, key, err := e.pebble.IntermediateAndKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	responder.SetIssuer(inter, key)
-	responder.SetStatusFunc(e.pebble.OCSPStatus)
+	e, _, inter := newOCSPEnv(t)
 	up := upstream(t, "A")
 	e.start(e.config(fmt.Sprintf("[[route]]\nhosts = [\"stapled.test\"]\nupstream = %q\n", up.URL)),
 		func(o *startOptions) { o.ocspInterval = 200 * time.Millisecond })
