@@ -332,7 +332,9 @@ func (m *Manager) loadStored() {
 		var jobs []job
 		m.mu.RLock() // once Apply is done; handshakes are not held up
 		for name, c := range m.byName {
-			if c != m.manual && !isPattern(name) && len(m.cache.AllMatchingCertificates(name)) == 0 {
+			// names in the lazy index are loaded from storage on first
+			// handshake anyway (lazy.go)
+			if c != m.manual && !isPattern(name) && !m.stored.pending(name) && len(m.cache.AllMatchingCertificates(name)) == 0 {
 				jobs = append(jobs, job{c, name})
 			}
 		}

@@ -532,6 +532,14 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 				}
 			}
 		}
+		// names not loaded yet: the expiry the background walk read
+		m.stored.mu.RLock()
+		for n, e := range m.stored.names {
+			if t := time.Unix(e.notAfter, 0); e.notAfter != 0 && t.After(expiry[n]) {
+				expiry[n] = t
+			}
+		}
+		m.stored.mu.RUnlock()
 		s := m.staples
 		s.mu.RLock()
 		for _, e := range s.entries {

@@ -63,6 +63,11 @@ type Options struct {
 	// SyncInterval and HealthInterval override [storage] sync_interval
 	// and health_interval (see storesync.go).
 	SyncInterval, HealthInterval time.Duration
+
+	// StoredCheckRate is how many stored certificates a second the
+	// background walk reads to find those due for renewal (lazy.go);
+	// default DefaultStoredCheckRate.
+	StoredCheckRate int
 }
 
 // Manager holds every certificate gatehouse serves.
@@ -98,6 +103,9 @@ type Manager struct {
 	attempts  *attempts    // per-name order pacing kept in storage (attempts.go)
 	selfCheck *selfChecker // does a name lead here? (selfcheck.go)
 	checkOn   bool         // [acme] self_check
+
+	stored    *storedIndex  // certificates in storage not loaded yet (lazy.go)
+	renewKick chan struct{} // run certmagic's renewal scan soon (lazy.go)
 
 	writeHealth writeHealth       // latest storage write probe (storagecheck.go)
 	certStore   certmagic.Storage // what certmagic's configs write through (safestore.go)
@@ -145,6 +153,8 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 		manualBy:  map[string]*manualCert{},
 		onDemand:  newOnDemand(),
 		attempts:  newAttempts(storage),
+		stored:    newStoredIndex(),
+		renewKick: make(chan struct{}, 1),
 		ctx:       ctx,
 		cancel:    cancel,
 	}
@@ -171,6 +181,7 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 	metricStorageUp.Set(1)
 	go m.runStorageHealth(ctx, opts.HealthInterval)
 	go m.runStoreSync(ctx, opts.SyncInterval)
+	go m.runRenewKicks(ctx)
 	return m, nil
 }
 
@@ -445,18 +456,24 @@ func (m *Manager) Apply(t *routes.Table) error {
 	return errors.Join(errs...)
 }
 
-// manage puts names under certificate management. Each name is first
-// loaded from storage by a small pool of workers (no network: the
-// common case at a restart); only names without a certificate, or with
-// one due for renewal, go to certmagic's ManageAsync, which orders or
-// renews in a background job per name, so a slow CA never holds up the
-// others or the listeners.
+// manage puts names under certificate management. Names whose
+// certificate storage holds go into the lazy index (lazy.go): loaded on
+// first handshake, checked for renewal by a background walk. The others
+// (or all, when the store cannot be listed) are first loaded from
+// storage by a small pool of workers (no network); only names without a
+// certificate, or with one due for renewal, go to certmagic's
+// ManageAsync, which orders or renews in a background job per name, so
+// a slow CA never holds up the others or the listeners.
 //
 // Handing every name to ManageAsync at once starts a goroutine per
 // name: at 100,000 names they all queued on the cache and storage
 // locks, and the garbage collector spent a third of the startup
 // shrinking their stacks (bench/README.md, many names).
 func (m *Manager) manage(c *certmagic.Config, names []string) {
+	names = m.indexStored(c, names)
+	if len(names) == 0 {
+		return
+	}
 	workers := min(len(names), max(4, 4*runtime.GOMAXPROCS(0)))
 	next := make(chan string)
 	var wg sync.WaitGroup
@@ -615,6 +632,11 @@ func (m *Manager) GetCertificate(e *routes.Entry, hello *tls.ClientHelloInfo) (*
 	var cert *tls.Certificate
 	var err error
 	if c != nil {
+		if m.stored.pending(name) {
+			// first handshake for a name whose certificate is in
+			// storage: load it (a failure is logged, and ordered)
+			_ = m.loadFromIndex(hello.Context(), c, name)
+		}
 		cert, err = c.GetCertificate(hello)
 	} else {
 		cert, err = m.patternCertificate(e, name, hello)
@@ -677,8 +699,24 @@ func (m *Manager) onEvent(ctx context.Context, event string, data map[string]any
 			if event == "cached_managed_cert" {
 				m.replaced(name)
 			}
-			m.status.set(name, "", stateReady, nil)
-			for _, c := range m.cache.AllMatchingCertificates(name) {
+			cached := m.cache.AllMatchingCertificates(name)
+			state, reason := stateReady, error(nil)
+			if event == "cached_managed_cert" {
+				// an expired certificate is served until its renewal
+				// succeeds, but the name is not called ready
+				var newest time.Time
+				for _, c := range cached {
+					if c.Leaf != nil && c.Leaf.NotAfter.After(newest) {
+						newest = c.Leaf.NotAfter
+					}
+				}
+				if !newest.IsZero() && time.Now().After(newest) {
+					state = stateExpired
+					reason = fmt.Errorf("the certificate held expired at %s; it is served until its renewal succeeds", newest.UTC().Format(time.RFC3339))
+				}
+			}
+			m.status.set(name, "", state, reason)
+			for _, c := range cached {
 				m.staples.register(c.Certificate, c.Names)
 			}
 		}

@@ -34,11 +34,13 @@ func (m *Manager) forget(t *routes.Table, before map[string]*certmagic.Config) {
 		case !still:
 			delete(m.byName, name)
 			m.status.remove(name)
+			m.stored.drop(name)
 			if prev != m.manual {
 				unmanage = append(unmanage, certmagic.SubjectIssuer{Subject: name})
 				m.log.Info("name no longer routed: its certificate stays in storage but is no longer renewed", "name", name)
 			}
 		case prev != m.manual && m.kind(prev) != m.kind(now):
+			m.stored.drop(name)
 			unmanage = append(unmanage, certmagic.SubjectIssuer{Subject: name})
 			m.log.Info("certificate source changed on reload", "name", name, "from", m.kind(prev), "to", m.kind(now))
 		}

@@ -9,7 +9,17 @@ import (
 // Certificate states a name can be in, for /readyz and the operator view.
 const (
 	stateWaiting = "waiting" // no certificate yet; an order is pending or backing off
-	stateReady   = "ready"   // a certificate is being served
+	stateReady   = "ready"   // a certificate is being served, or one in storage was checked and is usable
+	// stateStored: storage holds a certificate for the name, not read yet
+	// (lazy loading, lazy.go): it is loaded on the name's first handshake
+	// or checked by the background walk, whichever comes first. Until
+	// then gatehouse does not know whether it has expired; /readyz counts
+	// these names apart (stored_unchecked) instead of calling them ready.
+	stateStored = "stored"
+	// stateExpired: the only certificate held for the name has expired;
+	// it is still served (better than none for clients with a skewed
+	// clock) while its renewal runs, and /readyz lists the name as waiting.
+	stateExpired = "expired"
 )
 
 // NameStatus is what gatehouse knows about one configured name.
@@ -25,34 +35,84 @@ type NameStatus struct {
 }
 
 // statusBook records each name's certificate state as events arrive.
+// It keeps the names without a usable certificate (waiting, expired) in
+// a set of their own and counts them, so /readyz, polled every few
+// seconds, costs O(sample) and not O(names) at 100,000 names.
 type statusBook struct {
-	mu    sync.Mutex
-	names map[string]*NameStatus
+	mu       sync.Mutex
+	names    map[string]*NameStatus
+	waiting  map[string]*NameStatus // State waiting or expired
+	inFlight int                    // of waiting: no LastError yet
+	stored   int                    // State stored
 }
 
-func newStatusBook() *statusBook { return &statusBook{names: map[string]*NameStatus{}} }
+func newStatusBook() *statusBook {
+	return &statusBook{names: map[string]*NameStatus{}, waiting: map[string]*NameStatus{}}
+}
+
+func isWaiting(state string) bool { return state == stateWaiting || state == stateExpired }
+
+// unaccount and account keep the counters in step; called with b.mu held
+// around every change of a NameStatus.
+func (b *statusBook) unaccount(st *NameStatus) {
+	if isWaiting(st.State) {
+		delete(b.waiting, st.Name)
+		if st.LastError == "" {
+			b.inFlight--
+		}
+	}
+	if st.State == stateStored {
+		b.stored--
+	}
+}
+
+func (b *statusBook) account(st *NameStatus) {
+	if isWaiting(st.State) {
+		b.waiting[st.Name] = st
+		if st.LastError == "" {
+			b.inFlight++
+		}
+	}
+	if st.State == stateStored {
+		b.stored++
+	}
+}
 
 func (b *statusBook) set(name, issuer, state string, err error) {
+	b.put(name, issuer, state, err, false)
+}
+
+// reset sets name's state even from ready: for a name found to have no
+// usable certificate after all (a stored one that fails to load).
+func (b *statusBook) reset(name, state string, err error) {
+	b.put(name, "", state, err, true)
+}
+
+func (b *statusBook) put(name, issuer, state string, err error, force bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	st := b.names[name]
 	if st == nil {
 		st = &NameStatus{Name: name}
 		b.names[name] = st
+	} else {
+		b.unaccount(st)
 	}
+	defer b.account(st)
 	if issuer != "" {
 		st.Issuer = issuer
+	}
+	// a name that has a certificate stays ready while renewals fail
+	if st.State == stateReady && state == stateWaiting && !force {
+		state = stateReady
 	}
 	if st.State != state {
 		st.Since = time.Now()
 	}
-	// a name that has a certificate stays ready while renewals fail
-	if !(st.State == stateReady && state == stateWaiting) {
-		st.State = state
-	}
+	st.State = state
 	if err != nil {
 		st.LastError = err.Error()
-	} else if state == stateReady {
+	} else if state == stateReady || state == stateStored {
 		st.LastError = ""
 		st.NextOrder = time.Time{}
 	}
@@ -70,18 +130,35 @@ func (b *statusBook) setNext(name string, t time.Time) {
 // remove forgets a name no route serves any more.
 func (b *statusBook) remove(name string) {
 	b.mu.Lock()
-	delete(b.names, name)
+	if st := b.names[name]; st != nil {
+		b.unaccount(st)
+		delete(b.names, name)
+	}
 	b.mu.Unlock()
 }
 
 func (b *statusBook) fail(name string, err error) {
 	b.mu.Lock()
 	st := b.names[name]
+	state := ""
+	if st != nil {
+		state = st.State
+	}
 	b.mu.Unlock()
 	if st == nil {
 		return
 	}
-	b.set(name, "", st.State, err)
+	b.set(name, "", state, err)
+}
+
+// state returns name's current state ("" when unknown).
+func (b *statusBook) state(name string) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if st := b.names[name]; st != nil {
+		return st.State
+	}
+	return ""
 }
 
 // Status returns every configured name's state, sorted by name.
@@ -97,26 +174,32 @@ func (m *Manager) Status() []NameStatus {
 }
 
 // Readiness summarizes the names for /readyz without copying them all:
-// how many are configured, how many have no certificate yet, how many
-// of those have no recorded reason (a first order still in flight), and
-// up to limit of the waiting ones, sorted by name. It is polled often
-// (every few seconds by Kubernetes), so it stays cheap at 100,000 names.
+// how many are configured, how many have no usable certificate (none
+// yet, or an expired one), how many of those have no recorded reason (a
+// first order still in flight), and up to limit of the waiting ones,
+// sorted by name. It is polled often (every few seconds by Kubernetes),
+// so it costs O(limit), not O(names).
 func (m *Manager) Readiness(limit int) (total, waiting, inFlight int, sample []NameStatus) {
-	m.status.mu.Lock()
-	defer m.status.mu.Unlock()
-	total = len(m.status.names)
-	for _, st := range m.status.names {
-		if st.State == stateReady {
-			continue
+	b := m.status
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, st := range b.waiting {
+		if len(sample) >= limit {
+			break
 		}
-		waiting++
-		if st.LastError == "" {
-			inFlight++
-		}
-		if len(sample) < limit {
-			sample = append(sample, *st)
-		}
+		sample = append(sample, *st)
 	}
 	sort.Slice(sample, func(i, j int) bool { return sample[i].Name < sample[j].Name })
-	return total, waiting, inFlight, sample
+	return len(b.names), len(b.waiting), b.inFlight, sample
+}
+
+// StoredUnchecked is how many names have a certificate in storage that
+// gatehouse has neither loaded nor checked yet (lazy.go): they are
+// served from storage on their first handshake, but whether the stored
+// certificate is still valid is not known until the background walk or
+// that handshake reads it. /readyz reports the count.
+func (m *Manager) StoredUnchecked() int {
+	m.status.mu.Lock()
+	defer m.status.mu.Unlock()
+	return m.status.stored
 }

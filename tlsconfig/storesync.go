@@ -169,8 +169,10 @@ func (m *Manager) syncFromStorage(ctx context.Context) {
 	configs := make(map[string]*certmagic.Config, len(m.byName))
 	for name, c := range m.byName {
 		// Pattern routes' certificates are on-demand: certmagic loads
-		// them from storage per name at the handshake.
-		if c != m.manual && !isPattern(name) {
+		// them from storage per name at the handshake. Names in the
+		// lazy index (lazy.go) are read from the store when loaded,
+		// so they get the newest then.
+		if c != m.manual && !isPattern(name) && !m.stored.pending(name) {
 			names = append(names, name)
 			configs[name] = c
 		}

@@ -174,7 +174,10 @@ func (in *instance) ready() (bool, any) {
 	total, nWaiting, inFlight, waiting := in.certs.Readiness(50)
 	ok := inFlight == 0 // a first order still in flight has no reason to show yet
 	details := map[string]any{"names": total, "waiting_count": nWaiting, "waiting": waiting,
-		"storage": in.certs.StorageHealth()}
+		"storage": in.certs.StorageHealth(),
+		// certificates in storage not read yet: served on first
+		// handshake, checked by a background walk (tlsconfig/lazy.go)
+		"stored_unchecked": in.certs.StoredUnchecked()}
 	// still ready (certificates serve from memory), but say so
 	if err, since := in.certs.StorageWriteError(); err != nil {
 		details["storage_write_error"] = err.Error()
