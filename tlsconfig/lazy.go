@@ -444,7 +444,7 @@ func (m *Manager) readStoredLeaf(ctx context.Context, c *certmagic.Config, name 
 	for _, iss := range c.Issuers {
 		ik := iss.IssuerKey()
 		lctx, cancel := context.WithTimeout(ctx, healthTimeout)
-		data, err := m.storage.Load(lctx, certmagic.StorageKeys.SiteCert(ik, name))
+		data, err := m.storage.Load(lctx, siteKey(ik, name, ".crt"))
 		cancel()
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
@@ -465,7 +465,7 @@ func (m *Manager) readStoredLeaf(ctx context.Context, c *certmagic.Config, name 
 	}
 	var ari acme.RenewalInfo
 	lctx, cancel := context.WithTimeout(ctx, healthTimeout)
-	meta, err := m.storage.Load(lctx, certmagic.StorageKeys.SiteMeta(bestIssuer, name))
+	meta, err := m.storage.Load(lctx, siteKey(bestIssuer, name, ".json"))
 	cancel()
 	if err == nil {
 		var res certmagic.CertificateResource

@@ -349,3 +349,23 @@ func plantWith(t *testing.T, st certmagic.Storage, issuerKey, name string, ca *a
 	}
 	return leaf
 }
+
+// siteKey builds the keys certmagic's StorageKeys builds.
+func TestSiteKeyMatchesCertmagic(t *testing.T) {
+	for _, issuer := range []string{"127.0.0.1:1-dir", "acme-v02.api.letsencrypt.org-directory", "internal"} {
+		for _, name := range []string{"a.test", "N0001.Many.Test", "xn--bcher-kva.example", "*.wild.test", "a..b.test", "10.0.0.1", "::1", "under_score.test", "a b+c"} {
+			if got, want := siteKey(issuer, name, ".crt"), certmagic.StorageKeys.SiteCert(issuer, name); got != want {
+				t.Errorf("siteKey(%q, %q, .crt) = %q, want %q", issuer, name, got, want)
+			}
+			if got, want := siteKey(issuer, name, ".key"), certmagic.StorageKeys.SitePrivateKey(issuer, name); got != want {
+				t.Errorf("siteKey(%q, %q, .key) = %q, want %q", issuer, name, got, want)
+			}
+			if got, want := siteKey(issuer, name, ".json"), certmagic.StorageKeys.SiteMeta(issuer, name); got != want {
+				t.Errorf("siteKey(%q, %q, .json) = %q, want %q", issuer, name, got, want)
+			}
+			if got, want := safeKey(name), certmagic.StorageKeys.Safe(name); got != want {
+				t.Errorf("safeKey(%q) = %q, want %q", name, got, want)
+			}
+		}
+	}
+}

@@ -82,7 +82,7 @@ type Manager struct {
 	health  storeHealth
 
 	syncMu sync.Mutex
-	synced map[string]string // name -> store fingerprint last compared
+	synced map[string]uint64 // name -> hash of the store fingerprint last compared
 
 	mu       sync.RWMutex
 	acme     map[string]*certmagic.Config            // by ACME profile ("" = default)
@@ -146,7 +146,7 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 		certStore: rollbackSafeStorage(storage, opts.Logger),
 		owned:     opts.Storage == nil,
 		status:    newStatusBook(),
-		synced:    map[string]string{},
+		synced:    map[string]uint64{},
 		acme:      map[string]*certmagic.Config{},
 		short:     map[*certmagic.Config]*certmagic.Config{},
 		byName:    map[string]*certmagic.Config{},
@@ -624,7 +624,8 @@ func (m *Manager) GetCertificate(e *routes.Entry, hello *tls.ClientHelloInfo) (*
 	c := m.byName[name]
 	sc := m.selfCheck
 	m.mu.RUnlock()
-	if isChallenge(hello) {
+	challenge := isChallenge(hello)
+	if challenge {
 		if cert := sc.answerTLS(hello.Context(), name); cert != nil {
 			return cert, nil // our own pre-order check, not the CA
 		}
@@ -632,7 +633,7 @@ func (m *Manager) GetCertificate(e *routes.Entry, hello *tls.ClientHelloInfo) (*
 	var cert *tls.Certificate
 	var err error
 	if c != nil {
-		if m.stored.pending(name) {
+		if !challenge && m.stored.pending(name) {
 			// first handshake for a name whose certificate is in
 			// storage: load it (a failure is logged, and ordered)
 			_ = m.loadFromIndex(hello.Context(), c, name)
