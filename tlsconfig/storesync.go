@@ -9,8 +9,8 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io/fs"
-	"strconv"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
