@@ -37,6 +37,7 @@ type routeState struct {
 	dial      time.Duration
 	dialer    *net.Dialer
 	ppVersion byte // PROXY protocol version sent to upstreams; 0: none
+	fast      bool // HTTP/1.1 requests take the fast path (h1.go): every upstream is http://
 
 	metrics routeMetrics
 	health  healthChecks
@@ -77,6 +78,11 @@ func newRouteState(e *routes.Entry, tm timeouts, prev *routeState, log *slog.Log
 	rs.bal.leastConn = e.Route.Balance == "least_conn"
 	rs.bal.passive = len(rs.bal.ups) > 1
 	rs.metrics = newRouteMetrics(rs.name, rs.bal.ups)
+	if rs.fast = fastH1(e); rs.fast {
+		for _, up := range rs.bal.ups {
+			up.pool = acquireUpPool(up.Host)
+		}
+	}
 	if rs.mode == routes.ModeHTTP {
 		rs.tkey = transportKeyOf(e, tm)
 		tr, err := acquireTransport(rs.tkey)
@@ -111,19 +117,26 @@ func (rs *routeState) retire() {
 	rs.retireOnce.Do(func() {
 		rs.stopHealth()
 		untrackRoute(rs)
-		if rs.transport != nil {
-			releaseTransport(rs.tkey)
-		}
+		rs.release()
 	})
 }
 
 // discard releases a state that was built but never installed.
 func (rs *routeState) discard() {
-	rs.retireOnce.Do(func() {
-		if rs.transport != nil {
-			releaseTransport(rs.tkey)
+	rs.retireOnce.Do(rs.release)
+}
+
+// release gives back the route's shares of upstream connection pools.
+func (rs *routeState) release() {
+	if rs.transport != nil {
+		releaseTransport(rs.tkey)
+	}
+	for _, up := range rs.bal.ups {
+		if up.pool != nil {
+			releaseUpPool(up.pool)
+			up.pool = nil
 		}
-	})
+	}
 }
 
 // transportKey is what an upstream transport is built from. Routes with

@@ -76,6 +76,9 @@ type Server struct {
 	// reverse proxy hijacks it). A drain waits for them; its deadline
 	// closes them.
 	conns connSet
+
+	// h1 holds the connections served by the HTTP/1.1 fast path (h1.go).
+	h1 h1Set
 }
 
 // front is one net/http server for http-mode connections, with the
@@ -495,6 +498,10 @@ func (s *Server) handleConn(c net.Conn) {
 	case routes.ModeTCP:
 		s.pipeTCP(tc, rc)
 	default:
+		if rs.fast && tc.ConnectionState().NegotiatedProtocol != "h2" {
+			s.serveH1(tc, rc)
+			return
+		}
 		if f := s.front.Load(); f == nil || !f.ln.push(tc) {
 			tc.Close()
 		}
@@ -561,6 +568,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		wg.Add(1)
 		go drain("http", plain)
 	}
+	s.h1.shutdown() // idle fast-path connections close now, busy ones after their request
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := s.h1.wait(ctx); err != nil {
+			emu.Lock()
+			errs = append(errs, errors.New("https: drain deadline passed; closed requests still in flight"))
+			emu.Unlock()
+		}
+	}()
 	if err := s.conns.wait(ctx); err != nil {
 		n := s.conns.closeAll()
 		emu.Lock()

@@ -1,0 +1,1027 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gatehouse-proxy/gatehouse/routes"
+)
+
+// The HTTP/1.1 fast path: a serve loop of gatehouse's own for TLS
+// connections that negotiated HTTP/1.1 (or no ALPN) on an http route
+// whose upstreams are all plain http://. Everything else (HTTP/2,
+// https:// and h2c:// upstreams) stays on net/http (http.go).
+//
+// Why: net/http + httputil.ReverseProxy + http.Transport spent 2.45×
+// nginx's CPU per keep-alive request (bench/README.md): ~80 allocations,
+// two goroutines and channel hand-offs per upstream connection, header
+// maps cloned per request, 4.9 reads per request; and an idle
+// keep-alive connection kept 8 KB of bufio buffers. Here one goroutine
+// per client connection reads a request into a pooled buffer, parses it
+// strictly into a reused struct, writes it upstream in one write on a
+// pooled connection (upstream1.go), and relays the response, in one
+// client write when it is small. Between requests the connection holds
+// no buffer: it waits in a 1-byte read.
+
+// fastH1 reports whether a route's requests may take the fast path.
+func fastH1(e *routes.Entry) bool {
+	if e.Mode() != routes.ModeHTTP || len(e.Upstreams) == 0 {
+		return false
+	}
+	for _, u := range e.Upstreams {
+		if u.Scheme != "http" {
+			return false
+		}
+	}
+	return true
+}
+
+// h1conn states, for graceful shutdown: an idle connection (waiting
+// for a request's first byte) is closed at once, an active one when its
+// request is done.
+const (
+	h1Active int32 = iota
+	h1Idle
+	h1Closed
+)
+
+// h1conn is one client connection on the fast path.
+type h1conn struct {
+	s     *Server
+	tc    *tls.Conn
+	rc    *replayConn
+	state atomic.Int32
+
+	br   bufReader // pooled while a request is read; nil buffer when idle
+	tiny [1]byte   // the idle wait reads into this, not into a buffer
+	req  reqHead
+	fwd  fwdInfo
+	outp *[]byte // pooled output buffer (upstream head, client response)
+
+	remote    string
+	tlsName   string
+	hostBuf   []byte      // canonical Host of the last checked request
+	hostRS    *routeState // the route hostBuf was accepted for
+	lastSnap  *snapshot   // routeFor cache after a reload
+	lastRS    *routeState
+	lastClose bool
+	pinned    *upConn // proxy_protocol routes: this client's own upstream connection
+	upgraded  bool    // handed over to a WebSocket pipe
+}
+
+// serveH1 serves tc on the fast path until it closes.
+func (s *Server) serveH1(tc *tls.Conn, rc *replayConn) {
+	c := &h1conn{s: s, tc: tc, rc: rc, remote: rc.RemoteAddr().String()}
+	c.br.src = tc
+	if !s.h1.add(c) {
+		tc.Close()
+		return
+	}
+	defer func() {
+		s.h1.remove(c)
+		c.br.release()
+		if c.pinned != nil {
+			c.pinned.close()
+		}
+		if !c.upgraded {
+			tc.Close()
+		}
+	}()
+	for c.serveOne() {
+	}
+}
+
+func (c *h1conn) out() []byte {
+	if c.outp == nil {
+		c.outp = getBuf(&smallBufs)
+	}
+	return (*c.outp)[:0]
+}
+
+// keepOut returns the output buffer (possibly grown) to its pool.
+func (c *h1conn) putOut(ob []byte) {
+	if c.outp == nil {
+		return
+	}
+	if cap(ob) <= maxKept && cap(ob) >= smallBuf {
+		*c.outp = ob[:0]
+	}
+	putBuf(&smallBufs, c.outp)
+	c.outp = nil
+}
+
+// serveOne reads and serves one request; false ends the connection.
+func (c *h1conn) serveOne() bool {
+	snap := c.s.state.Load()
+	if c.br.buffered() == 0 {
+		c.br.release()
+		c.state.Store(h1Idle)
+		if c.s.closed.Load() {
+			return false
+		}
+		_ = c.tc.SetReadDeadline(time.Now().Add(snap.tm.idle))
+		n, _ := c.tc.Read(c.tiny[:])
+		if !c.state.CompareAndSwap(h1Idle, h1Active) || n == 0 {
+			return false
+		}
+		c.br.take(&smallBufs)
+		c.br.buf[0] = c.tiny[0]
+		c.br.w = 1
+	}
+	_ = c.tc.SetReadDeadline(time.Now().Add(snap.tm.readHeader))
+	scan := 0
+	var end int
+	for {
+		var err error
+		end, scan, err = headEnd(c.br.buf[c.br.r:c.br.w], scan)
+		if err != nil {
+			c.refuse(snap, err)
+			return false
+		}
+		if end > 0 {
+			break
+		}
+		if c.br.buffered() > maxHeaderBytes {
+			c.refuse(snap, errHeadTooLarge)
+			return false
+		}
+		if err := c.br.fill(); err != nil {
+			if err != errBufFull {
+				return false // closed, reset, or read_header ran out: net/http closes too
+			}
+			if len(c.br.buf) >= largeBuf {
+				c.refuse(snap, errHeadTooLarge)
+				return false
+			}
+			c.br.grow(&largeBufs)
+		}
+	}
+	began := time.Now()
+	if err := c.req.parse(c.br.buf[c.br.r : c.br.r+end]); err != nil {
+		c.refuse(snap, err)
+		return false
+	}
+	c.br.r += end
+	return c.serveRequest(snap, began)
+}
+
+// refuse answers a request gatehouse will not forward, and the
+// connection closes.
+func (c *h1conn) refuse(snap *snapshot, err error) {
+	status, msg := 400, err.Error()
+	var pe *parseError
+	if errors.As(err, &pe) {
+		status = pe.status
+	}
+	c.s.log.Debug("refusing HTTP/1.1 request", "sni", c.rc.hello.ServerName, "remote", c.remote, "status", status, "error", msg)
+	ob := c.out()
+	ob = appendSimple(ob, status, strconv.Itoa(status)+" "+statusText(status)+": "+msg+"\n", true, "")
+	_, _ = c.tc.Write(ob)
+	c.putOut(ob)
+}
+
+func statusText(code int) string {
+	switch code {
+	case 400:
+		return "Bad Request"
+	case 405:
+		return "Method Not Allowed"
+	case 417:
+		return "Expectation Failed"
+	case 421:
+		return "Misdirected Request"
+	case 431:
+		return "Request Header Fields Too Large"
+	case 501:
+		return "Not Implemented"
+	case 502:
+		return "Bad Gateway"
+	case 504:
+		return "Gateway Timeout"
+	case 505:
+		return "HTTP Version Not Supported"
+	}
+	return "Error"
+}
+
+// appendSimple appends a complete plain-text response of gatehouse's own.
+func appendSimple(ob []byte, status int, body string, close bool, hsts string) []byte {
+	ob = append(ob, "HTTP/1.1 "...)
+	ob = strconv.AppendInt(ob, int64(status), 10)
+	ob = append(ob, ' ')
+	ob = append(ob, statusText(status)...)
+	ob = append(ob, "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n"...)
+	if hsts != "" {
+		ob = append(ob, "Strict-Transport-Security: "...)
+		ob = append(ob, hsts...)
+		ob = append(ob, "\r\n"...)
+	}
+	if close {
+		ob = append(ob, "Connection: close\r\n"...)
+	}
+	ob = append(ob, "Content-Length: "...)
+	ob = strconv.AppendInt(ob, int64(len(body)), 10)
+	ob = append(ob, "\r\n\r\n"...)
+	return append(ob, body...)
+}
+
+// routeFor is http.go's routeFor for the fast path: after a reload the
+// next request follows the new config; when the name lost its http
+// route, or its route no longer qualifies for the fast path (an
+// https:// upstream now), this request is served by the old route and
+// the connection closes, so the client's next one gets the new route.
+func (c *h1conn) routeFor(snap *snapshot) (*routeState, bool) {
+	if snap == c.rc.snap {
+		return c.rc.route, false
+	}
+	if snap == c.lastSnap {
+		return c.lastRS, c.lastClose
+	}
+	rs, closeAfter := c.rc.route, true
+	if cur := snap.lookup(c.rc.hello.ServerName); cur != nil && cur.mode == routes.ModeHTTP && cur.fast {
+		rs, closeAfter = cur, false
+	}
+	c.lastSnap, c.lastRS, c.lastClose = snap, rs, closeAfter
+	return rs, closeAfter
+}
+
+// hostOK is http.go's 421 check: the request's Host must be a name of
+// the connection's route. The last accepted host is remembered, so a
+// keep-alive connection pays the check once.
+func (c *h1conn) hostOK(rs *routeState) bool {
+	h := c.req.host
+	// routes.CanonicalHost without allocating: port and final dot off, lower case
+	if i := lastColon(h); i >= 0 && h[len(h)-1] != ']' {
+		h = h[:i]
+	}
+	if len(h) > 0 && h[len(h)-1] == '.' {
+		h = h[:len(h)-1]
+	}
+	if c.hostRS == rs && lowerEq(h, c.hostBuf) {
+		return true
+	}
+	canon := make([]byte, len(h))
+	for i, ch := range h {
+		if ch >= 'A' && ch <= 'Z' {
+			ch += 'a' - 'A'
+		}
+		canon[i] = ch
+	}
+	host := string(canon)
+	if host != c.rc.hello.ServerName && !rs.serves(host) {
+		return false
+	}
+	c.hostBuf, c.hostRS = canon, rs
+	return true
+}
+
+func lastColon(b []byte) int {
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] == ':' {
+			return i
+		}
+	}
+	return -1
+}
+
+// lowerEq reports whether h lower-cased equals want (non-empty).
+func lowerEq(h, want []byte) bool {
+	if len(h) != len(want) || len(want) == 0 {
+		return false
+	}
+	for i := range h {
+		ch := h[i]
+		if ch >= 'A' && ch <= 'Z' {
+			ch += 'a' - 'A'
+		}
+		if ch != want[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// reqLog is what the access log needs from a request, taken before the
+// body is read (the parsed head aliases the read buffer).
+type reqLog struct {
+	method, host, path, proto string
+}
+
+func (c *h1conn) logInfo() reqLog {
+	t := c.req.target
+	for i, ch := range t {
+		if ch == '?' {
+			t = t[:i]
+			break
+		}
+	}
+	path, err := url.PathUnescape(string(t))
+	if err != nil {
+		path = string(t)
+	}
+	proto := "HTTP/1.1"
+	if c.req.minor == 0 {
+		proto = "HTTP/1.0"
+	}
+	return reqLog{method: string(c.req.method), host: string(c.req.host), path: path, proto: proto}
+}
+
+// exchange is the state of one request through the fast path.
+type exchange struct {
+	rs         *routeState
+	up         *upstream
+	uc         *upConn
+	head       bool // HEAD request
+	closeAfter bool // the client connection closes after this response
+	status     int  // sent to the client (0: none)
+	bytes      int64
+	bodyLeft   bool // the client's body was not read to its end
+	sent100    bool
+}
+
+// serveRequest serves the request parsed into c.req.
+func (c *h1conn) serveRequest(snap *snapshot, began time.Time) bool {
+	rs, closeAfter := c.routeFor(snap)
+	x := exchange{rs: rs, head: string(c.req.method) == "HEAD",
+		closeAfter: closeAfter || c.req.close || c.s.closed.Load(),
+		bodyLeft:   c.req.contentLength > 0 || c.req.chunked}
+	var lg reqLog
+	if c.s.access != nil {
+		lg = c.logInfo()
+	}
+	ob := c.out()
+	switch {
+	case !c.hostOK(rs):
+		rs.metrics.none[classOf(421)].Inc()
+		x.status = 421
+		body := "421 Misdirected Request: this connection was opened for " + c.rc.hello.ServerName + "\n"
+		x.closeAfter = x.closeAfter || x.bodyLeft
+		ob = appendSimple(ob, 421, body, x.closeAfter, "")
+		x.bytes = int64(len(body))
+		if _, err := c.tc.Write(ob); err != nil {
+			x.closeAfter = true
+		}
+	default:
+		ob = c.proxy(snap, &x, ob)
+	}
+	c.putOut(ob)
+	rs.metrics.observe(began)
+	if c.s.access != nil {
+		c.logAccess(rs, &x, lg, began)
+	}
+	if x.bodyLeft {
+		x.closeAfter = true
+	}
+	return !x.closeAfter && !c.upgraded
+}
+
+func (c *h1conn) logAccess(rs *routeState, x *exchange, lg reqLog, began time.Time) {
+	if c.tlsName == "" {
+		c.tlsName = tls.VersionName(c.tc.ConnectionState().Version)
+	}
+	up := ""
+	if x.up != nil {
+		up = x.up.Raw
+	}
+	status := x.status
+	if status == 0 {
+		status = 499
+	}
+	c.s.access.LogAttrs(context.Background(), slog.LevelInfo, "access",
+		slog.String("route", rs.name),
+		slog.String("sni", c.rc.hello.ServerName),
+		slog.String("client", c.remote),
+		slog.String("method", lg.method),
+		slog.String("host", lg.host),
+		slog.String("path", lg.path),
+		slog.String("proto", lg.proto),
+		slog.String("tls", c.tlsName),
+		slog.Int("status", status),
+		slog.Int64("bytes", x.bytes),
+		slog.String("upstream", up),
+		slog.Duration("duration", time.Since(began)),
+	)
+}
+
+// idempotent methods may be retried on a fresh connection when a
+// pooled one turned out closed before any response byte came back.
+func idempotent(m []byte) bool {
+	switch string(m) {
+	case "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE":
+		return true
+	}
+	return false
+}
+
+// errClientBody marks a failure reading the client's request body.
+type clientBodyError struct{ err error }
+
+func (e *clientBodyError) Error() string {
+	return "reading the client's request body: " + e.err.Error()
+}
+func (e *clientBodyError) Unwrap() error { return e.err }
+
+// getConn returns a connection to up for this client: its pinned one
+// for a proxy_protocol route, else a pooled or new one.
+func (c *h1conn) getConn(rs *routeState, up *upstream, fresh bool) (*upConn, error) {
+	if rs.ppVersion == 0 {
+		if fresh {
+			return dialUp(rs, up, up.pool)
+		}
+		return up.pool.get(rs, up)
+	}
+	if p := c.pinned; p != nil {
+		if p.up == up && !fresh {
+			p.reused = true
+			return p, nil
+		}
+		p.close()
+		c.pinned = nil
+	}
+	uc, err := dialUp(rs, up, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := sendPROXY(uc.nc, rs.ppVersion, c.rc.RemoteAddr(), c.rc.LocalAddr(), rs.dial); err != nil {
+		uc.close()
+		return nil, &dialError{err}
+	}
+	c.pinned = uc
+	return uc, nil
+}
+
+// release ends the exchange's use of its upstream connection.
+func (c *h1conn) release(x *exchange, reusable bool) {
+	uc := x.uc
+	if uc == nil {
+		return
+	}
+	x.uc = nil
+	if uc.pool == nil && (!reusable || uc.br.buffered() != 0) {
+		c.pinned = nil
+	}
+	uc.done(reusable)
+	x.up.active.Add(-1)
+}
+
+// proxy forwards c.req to an upstream of x.rs and relays the answer.
+// ob is the (empty) output buffer; it is returned for the pool.
+func (c *h1conn) proxy(snap *snapshot, x *exchange, ob []byte) []byte {
+	rs := x.rs
+	req := &c.req
+	c.fwd.set(c.remote, req.host)
+
+	// the body goes in the head's write when it is all here already
+	bodyLen := int64(0)
+	inline := false
+	switch {
+	case req.chunked:
+		bodyLen = -1
+	case req.contentLength > 0:
+		bodyLen = req.contentLength
+		inline = int64(c.br.buffered()) >= bodyLen && bodyLen <= smallBuf
+	}
+	ob = appendUpstreamHead(ob, req, &c.fwd, bodyLen)
+	if inline {
+		ob = append(ob, c.br.buf[c.br.r:c.br.r+int(bodyLen)]...)
+		c.br.r += int(bodyLen)
+		x.bodyLeft = false
+	}
+	headLen := len(ob)
+	stream := x.bodyLeft                           // a body to stream after the head
+	retryable := !stream && idempotent(req.method) // on a stale pooled connection
+	waitContinue := stream && req.expect100
+
+	var skip tried
+	var lastErr error
+	retried := false
+	var resp *respHead
+	for {
+		up := rs.bal.pick(skip)
+		if up == nil {
+			if lastErr == nil {
+				lastErr = errNoUpstream
+			}
+			return c.fail(x, ob[:0], lastErr)
+		}
+		x.up = up
+		up.active.Add(1)
+		uc, err := c.getConn(rs, up, retried)
+		if err != nil {
+			up.active.Add(-1)
+			if up.failed(rs.bal.passive) {
+				rs.log.Warn("upstream out of rotation after consecutive failures", "upstream", up.Raw,
+					"failures", passiveFails, "cooldown", passiveCooldown, "error", err)
+			}
+			lastErr = &upstreamError{up: up, err: err}
+			skip.add(rs.bal.index(up))
+			rs.log.Debug("upstream unreachable; trying another", "upstream", up.Raw, "error", err)
+			continue
+		}
+		x.uc = uc
+		err = uc.write(ob[:headLen])
+		if err == nil && waitContinue {
+			resp, err = c.awaitContinue(snap, x)
+		}
+		if err == nil && resp == nil && stream {
+			ob, err = c.sendBody(x, ob[:0])
+		}
+		if err == nil && resp == nil {
+			resp, err = uc.readHead(time.Now().Add(snap.tm.respHeader))
+		}
+		if err == nil {
+			break
+		}
+		var cbe *clientBodyError
+		if errors.As(err, &cbe) {
+			c.release(x, false)
+			return c.clientBodyFailed(x, ob[:0], cbe)
+		}
+		if uc.reused && uc.gotNothing() && retryable && !retried {
+			// a pooled connection the upstream had closed: once more on a new one
+			c.release(x, false)
+			retried = true
+			rs.log.Debug("pooled upstream connection was closed; retrying on a new one", "upstream", up.Raw, "error", err)
+			continue
+		}
+		c.release(x, false)
+		if up.failed(rs.bal.passive) {
+			rs.log.Warn("upstream out of rotation after consecutive failures", "upstream", up.Raw,
+				"failures", passiveFails, "cooldown", passiveCooldown, "error", err)
+		}
+		return c.fail(x, ob[:0], &upstreamError{up: up, err: err})
+	}
+	return c.relay(snap, x, resp, ob[:0])
+}
+
+// awaitContinue handles a client's Expect: 100-continue whose body has
+// not been sent: the upstream has a second to answer 100 Continue (then
+// the client is told to send) or a final status (then the body is
+// never read, and the connection closes after). With no answer in
+// time gatehouse sends 100 itself, as net/http's Transport did. It
+// returns a final response head, or nil once the body may be sent.
+func (c *h1conn) awaitContinue(snap *snapshot, x *exchange) (*respHead, error) {
+	limit := time.Now().Add(snap.tm.respHeader)
+	wait := time.Now().Add(time.Second)
+	if limit.Before(wait) {
+		wait = limit
+	}
+	resp, err := x.uc.readHead(wait)
+	switch {
+	case err != nil && errors.Is(err, os.ErrDeadlineExceeded) && time.Now().Before(limit):
+		// no answer yet: let the client send
+	case err != nil:
+		return nil, err
+	case resp.status == 100:
+	default:
+		return resp, nil // a final answer without the body: relay decides
+	}
+	if c.req.minor == 1 {
+		x.sent100 = true
+		if _, err := c.tc.Write([]byte("HTTP/1.1 100 Continue\r\n\r\n")); err != nil {
+			return nil, &clientBodyError{err}
+		}
+	}
+	return nil, nil
+}
+
+// sendBody streams the client's request body to the upstream, framed
+// as the upstream head declared (Content-Length as is; chunked decoded
+// strictly and re-encoded, so a malformed chunk never reaches the
+// upstream as the start of another request).
+func (c *h1conn) sendBody(x *exchange, ob []byte) ([]byte, error) {
+	var f bodyFramer
+	if c.req.chunked {
+		f.init(bodyChunked, 0)
+	} else {
+		f.init(bodyLength, c.req.contentLength)
+	}
+	uc := x.uc
+	flush := func() error {
+		if len(ob) == 0 {
+			return nil
+		}
+		_, err := uc.nc.Write(ob)
+		ob = ob[:0]
+		return err
+	}
+	cleared := false
+	for {
+		data, err := f.next(&c.br)
+		if err != nil {
+			return ob, &clientBodyError{err}
+		}
+		if len(data) > 0 {
+			if c.req.chunked {
+				ob = appendChunk(ob, data)
+			} else {
+				ob = append(ob, data...)
+			}
+			if len(ob) >= upBuf {
+				if err := flush(); err != nil {
+					return ob, err
+				}
+			}
+			continue
+		}
+		if f.done {
+			x.bodyLeft = false
+			if c.req.chunked {
+				ob = append(ob, "0\r\n\r\n"...)
+			}
+			return ob, flush()
+		}
+		if err := flush(); err != nil {
+			return ob, err
+		}
+		if !cleared {
+			// a body may take longer than read_header to arrive (net/http has no body timeout either)
+			_ = c.tc.SetReadDeadline(time.Time{})
+			cleared = true
+		}
+		if err := c.br.fill(); err != nil {
+			if err == errBufFull {
+				err = errBadChunk
+			}
+			return ob, &clientBodyError{err}
+		}
+	}
+}
+
+// clientBodyFailed ends a request whose body could not be read: a
+// malformed chunk gets 400, a client that went away nothing.
+func (c *h1conn) clientBodyFailed(x *exchange, ob []byte, cbe *clientBodyError) []byte {
+	x.closeAfter = true
+	if errors.Is(cbe.err, errBadChunk) {
+		x.rs.metrics.none[classOf(400)].Inc()
+		x.status = 400
+		body := "400 Bad Request: " + errBadChunk.Error() + "\n"
+		ob = appendSimple(ob, 400, body, true, "")
+		_, _ = c.tc.Write(ob)
+		return ob
+	}
+	reqs := &x.rs.metrics.none
+	if x.up != nil {
+		reqs = &x.up.reqs
+	}
+	reqs[classCanceled].Inc()
+	x.rs.log.Debug("client canceled request", "path", string(c.req.target), "client", c.remote, "error", cbe.err)
+	return ob
+}
+
+// fail answers a failed upstream exchange as proxyError does: 502, or
+// 504 on a timeout, with a short body; the details go to the log.
+func (c *h1conn) fail(x *exchange, ob []byte, err error) []byte {
+	rs := x.rs
+	var up *upstream
+	var ue *upstreamError
+	if errors.As(err, &ue) {
+		up = ue.up
+	}
+	x.up = up
+	reqs, addr := &rs.metrics.none, ""
+	if up != nil {
+		reqs, addr = &up.reqs, up.Raw
+	}
+	status, body := 502, "502 Bad Gateway: the upstream server is unavailable\n"
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		status, body = 504, "504 Gateway Timeout: the upstream server did not answer in time\n"
+	}
+	reqs[classOf(status)].Inc()
+	if errors.Is(err, errNoUpstream) {
+		rs.log.Debug("no healthy upstream", "method", string(c.req.method), "path", string(c.req.target), "client", c.remote)
+	} else {
+		rs.log.Warn("upstream request failed", "upstream", addr, "method", string(c.req.method), "path", string(c.req.target),
+			"client", c.remote, "status", status, "error", err)
+	}
+	x.status = status
+	x.bytes = int64(len(body))
+	ob = appendSimple(ob, status, body, x.closeAfter || x.bodyLeft, rs.hsts)
+	if _, err := c.tc.Write(ob); err != nil {
+		x.closeAfter = true
+	}
+	return ob
+}
+
+// relay sends the upstream's response to the client: informational
+// heads, then the final head with hop-by-hop fields removed and the
+// framing the client can read, then the body as it arrives. A response
+// that came whole with its head goes out in one write.
+func (c *h1conn) relay(snap *snapshot, x *exchange, resp *respHead, ob []byte) []byte {
+	uc, up := x.uc, x.up
+	// 1xx before the final answer (101 is final here)
+	for resp.status < 200 && resp.status != 101 {
+		if c.req.minor == 1 && !(resp.status == 100 && x.sent100) {
+			ob = c.appendRespHead(ob, x, resp, bodyNone, false)
+			if _, err := c.tc.Write(ob); err != nil {
+				c.release(x, false)
+				x.closeAfter = true
+				return ob
+			}
+			ob = ob[:0]
+			x.sent100 = x.sent100 || resp.status == 100
+		}
+		var err error
+		if resp, err = uc.readHead(time.Now().Add(snap.tm.respHeader)); err != nil {
+			c.release(x, false)
+			return c.fail(x, ob, &upstreamError{up: up, err: err})
+		}
+	}
+	up.succeeded()
+	up.reqs[classOf(resp.status)].Inc()
+	x.status = resp.status
+	if resp.status == 101 {
+		if !c.req.upgrade {
+			c.release(x, false)
+			return c.fail(x, ob, &upstreamError{up: up, err: errors.New("101 Switching Protocols to a request without Upgrade")})
+		}
+		return c.upgrade(x, resp, ob)
+	}
+	if x.bodyLeft {
+		// a final answer before the body was sent (Expect: 100-continue):
+		// the upstream did not read it, so neither connection can be reused
+		x.closeAfter = true
+		resp.close = true
+	}
+
+	kind, n := resp.bodyKind(x.head)
+	uc.body.init(kind, n)
+	chunked := false
+	if kind == bodyChunked || kind == bodyClose {
+		if c.req.minor == 1 {
+			chunked = true
+		} else {
+			x.closeAfter = true // HTTP/1.0: the end of the body is the close
+		}
+	}
+	ob = c.appendRespHead(ob, x, resp, kind, chunked)
+
+	for {
+		data, err := uc.body.next(&uc.br)
+		if err != nil {
+			x.rs.log.Warn("upstream sent a malformed body; response truncated", "upstream", up.Raw, "error", err)
+			return c.abort(x, ob)
+		}
+		if len(data) > 0 {
+			x.bytes += int64(len(data))
+			switch {
+			case chunked:
+				ob = appendChunk(ob, data)
+			case len(ob) == 0:
+				// nothing assembled: send from the upstream buffer itself
+				if _, err := c.tc.Write(data); err != nil {
+					return c.abort(x, ob)
+				}
+				continue
+			default:
+				ob = append(ob, data...)
+			}
+			if len(ob) >= upBuf {
+				if _, err := c.tc.Write(ob); err != nil {
+					return c.abort(x, ob)
+				}
+				ob = ob[:0]
+			}
+			continue
+		}
+		if uc.body.done {
+			if chunked {
+				ob = appendLastChunk(ob, uc.body.trailers)
+			}
+			break
+		}
+		// more is coming: send what is here first (streams must not wait)
+		if len(ob) > 0 {
+			if _, err := c.tc.Write(ob); err != nil {
+				return c.abort(x, ob)
+			}
+			ob = ob[:0]
+		}
+		uc.noDeadline()
+		if err := uc.br.fill(); err != nil {
+			if kind == bodyClose && err == io.EOF {
+				uc.body.done = true
+				resp.close = true
+				continue
+			}
+			if err == errBufFull {
+				err = errBadChunk
+			}
+			x.rs.log.Warn("upstream read error during body copy; response truncated", "upstream", up.Raw, "error", err)
+			return c.abort(x, ob)
+		}
+	}
+	if len(ob) > 0 {
+		if _, err := c.tc.Write(ob); err != nil {
+			return c.abort(x, ob)
+		}
+	}
+	c.release(x, !resp.close && kind != bodyClose)
+	return ob
+}
+
+// abort ends an exchange broken mid-response: both connections close,
+// so the client sees a truncated response, never a wrong one.
+func (c *h1conn) abort(x *exchange, ob []byte) []byte {
+	c.release(x, false)
+	x.closeAfter = true
+	return ob[:0]
+}
+
+// appendRespHead appends the client's response head for resp.
+func (c *h1conn) appendRespHead(ob []byte, x *exchange, resp *respHead, kind int, chunked bool) []byte {
+	ob = append(ob, "HTTP/1.1 "...)
+	ob = append(ob, resp.statusLine...)
+	ob = append(ob, "\r\n"...)
+	hsts := x.rs.hsts
+	upgrade := resp.status == 101
+	for _, f := range resp.fields {
+		if isRespHop(f.name, resp.conn, chunked) && !(upgrade && eqFold(f.name, "upgrade")) {
+			continue
+		}
+		if hsts != "" && eqFold(f.name, "strict-transport-security") {
+			continue
+		}
+		ob = append(ob, f.name...)
+		ob = append(ob, ": "...)
+		ob = append(ob, f.value...)
+		ob = append(ob, "\r\n"...)
+	}
+	if resp.status < 200 {
+		if upgrade {
+			ob = append(ob, "Connection: Upgrade\r\n"...)
+		}
+		return append(ob, "\r\n"...)
+	}
+	if hsts != "" {
+		ob = append(ob, "Strict-Transport-Security: "...)
+		ob = append(ob, hsts...)
+		ob = append(ob, "\r\n"...)
+	}
+	switch {
+	case kind == bodyLength || kind == bodyNone && resp.contentLength >= 0 && resp.status != 204:
+		ob = append(ob, "Content-Length: "...)
+		ob = strconv.AppendInt(ob, resp.contentLength, 10)
+		ob = append(ob, "\r\n"...)
+	case chunked:
+		ob = append(ob, "Transfer-Encoding: chunked\r\n"...)
+	}
+	switch {
+	case x.closeAfter:
+		ob = append(ob, "Connection: close\r\n"...)
+	case c.req.minor == 0:
+		ob = append(ob, "Connection: keep-alive\r\n"...)
+	}
+	return append(ob, "\r\n"...)
+}
+
+// upgrade relays a 101 Switching Protocols and then pipes bytes both
+// ways (WebSocket). The connection leaves the fast path's tracking for
+// the stream set, as net/http's hijacked connections do (connState),
+// so a drain waits for it and its deadline closes it.
+func (c *h1conn) upgrade(x *exchange, resp *respHead, ob []byte) []byte {
+	uc := x.uc
+	ob = c.appendRespHead(ob, x, resp, bodyNone, false)
+	ob = append(ob, uc.br.buf[uc.br.r:uc.br.w]...) // the upstream's first bytes of the new protocol
+	if _, err := c.tc.Write(ob); err != nil {
+		return c.abort(x, ob)
+	}
+	if n := c.br.buffered(); n > 0 {
+		if _, err := uc.nc.Write(c.br.buf[c.br.r:c.br.w]); err != nil {
+			return c.abort(x, ob)
+		}
+	}
+	c.br.release()
+	uc.br.release()
+	uc.noDeadline()
+	_ = c.tc.SetReadDeadline(time.Time{})
+	// the upstream connection is the stream's now
+	x.uc = nil
+	if uc.pool == nil {
+		c.pinned = nil
+	}
+	c.upgraded = true
+	x.closeAfter = true
+	c.s.h1.remove(c)
+	done := func() { c.s.conns.remove(c.tc) }
+	c.rc.onClose.Store(&done)
+	if !c.s.conns.add(c.tc) {
+		c.tc.Close()
+		uc.close()
+		x.up.active.Add(-1)
+		return ob[:0]
+	}
+	c.putOut(ob)
+	cp := func(dst, src net.Conn) {
+		buf := buffers.Get().(*[]byte)
+		_, _ = io.CopyBuffer(dst, src, *buf)
+		buffers.Put(buf)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		cp(uc.nc, c.tc)
+		c.tc.Close()
+		uc.nc.Close()
+	}()
+	cp(c.tc, uc.nc)
+	c.tc.Close()
+	uc.nc.Close()
+	wg.Wait()
+	x.up.active.Add(-1)
+	return nil
+}
+
+// h1Set tracks fast-path connections for graceful shutdown.
+type h1Set struct {
+	mu      sync.Mutex
+	m       map[*h1conn]struct{}
+	closed  bool
+	changed chan struct{}
+}
+
+func (s *h1Set) add(c *h1conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	if s.m == nil {
+		s.m = map[*h1conn]struct{}{}
+	}
+	s.m[c] = struct{}{}
+	return true
+}
+
+func (s *h1Set) remove(c *h1conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.m[c]; !ok {
+		return
+	}
+	delete(s.m, c)
+	if s.changed != nil {
+		close(s.changed)
+		s.changed = nil
+	}
+}
+
+// shutdown refuses new connections and closes the idle ones; active
+// ones close after their request (serveOne checks Server.closed).
+func (s *h1Set) shutdown() {
+	s.mu.Lock()
+	s.closed = true
+	var idle []*h1conn
+	for c := range s.m {
+		if c.state.CompareAndSwap(h1Idle, h1Closed) {
+			idle = append(idle, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range idle {
+		c.tc.Close()
+	}
+}
+
+// wait returns when no connection is left, or with ctx's error; then
+// the ones still open are closed.
+func (s *h1Set) wait(ctx context.Context) error {
+	for {
+		s.mu.Lock()
+		if len(s.m) == 0 {
+			s.mu.Unlock()
+			return nil
+		}
+		if s.changed == nil {
+			s.changed = make(chan struct{})
+		}
+		ch := s.changed
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			s.mu.Lock()
+			open := make([]*h1conn, 0, len(s.m))
+			for c := range s.m {
+				open = append(open, c)
+			}
+			s.mu.Unlock()
+			for _, c := range open {
+				c.tc.Close()
+			}
+			return ctx.Err()
+		}
+	}
+}
