@@ -88,7 +88,6 @@ func (s *Server) serveH1(tc *tls.Conn, rc *replayConn) {
 		return
 	}
 	defer func() {
-		s.h1.remove(c)
 		c.br.release()
 		if c.pinned != nil {
 			c.pinned.close()
@@ -96,6 +95,7 @@ func (s *Server) serveH1(tc *tls.Conn, rc *replayConn) {
 		if !c.upgraded {
 			tc.Close()
 		}
+		s.h1.remove(c) // last: a drain waiting for it finds it all closed
 	}()
 	for c.serveOne() {
 	}

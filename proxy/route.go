@@ -133,8 +133,9 @@ func (rs *routeState) release() {
 	}
 	for _, up := range rs.bal.ups {
 		if up.pool != nil {
+			// up.pool stays set: requests still in flight on this route
+			// use it; a released pool closes connections given back to it
 			releaseUpPool(up.pool)
-			up.pool = nil
 		}
 	}
 }

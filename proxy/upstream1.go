@@ -468,27 +468,49 @@ func (f *fwdInfo) set(remote string, host []byte) {
 func isReqHop(name []byte, conn [][]byte) bool {
 	switch len(name) {
 	case 2:
-		return eqFold(name, "te")
+		if eqFold(name, "te") {
+			return true
+		}
 	case 4:
-		return eqFold(name, "host")
+		if eqFold(name, "host") {
+			return true
+		}
 	case 7:
-		return eqFold(name, "upgrade") || eqFold(name, "trailer")
+		if eqFold(name, "upgrade") || eqFold(name, "trailer") {
+			return true
+		}
 	case 9:
-		return eqFold(name, "forwarded")
+		if eqFold(name, "forwarded") {
+			return true
+		}
 	case 10:
-		return eqFold(name, "connection") || eqFold(name, "keep-alive")
+		if eqFold(name, "connection") || eqFold(name, "keep-alive") {
+			return true
+		}
 	case 14:
-		return eqFold(name, "content-length")
+		if eqFold(name, "content-length") {
+			return true
+		}
 	case 15:
-		return eqFold(name, "x-forwarded-for")
+		if eqFold(name, "x-forwarded-for") {
+			return true
+		}
 	case 16:
-		return eqFold(name, "x-forwarded-host") || eqFold(name, "proxy-connection")
+		if eqFold(name, "x-forwarded-host") || eqFold(name, "proxy-connection") {
+			return true
+		}
 	case 17:
-		return eqFold(name, "transfer-encoding") || eqFold(name, "x-forwarded-proto")
+		if eqFold(name, "transfer-encoding") || eqFold(name, "x-forwarded-proto") {
+			return true
+		}
 	case 18:
-		return eqFold(name, "proxy-authenticate")
+		if eqFold(name, "proxy-authenticate") {
+			return true
+		}
 	case 19:
-		return eqFold(name, "proxy-authorization")
+		if eqFold(name, "proxy-authorization") {
+			return true
+		}
 	}
 	return namedIn(name, conn)
 }
@@ -509,21 +531,37 @@ func namedIn(name []byte, conn [][]byte) bool {
 func isRespHop(name []byte, conn [][]byte, keepTrailer bool) bool {
 	switch len(name) {
 	case 2:
-		return eqFold(name, "te")
+		if eqFold(name, "te") {
+			return true
+		}
 	case 7:
-		return eqFold(name, "upgrade") || !keepTrailer && eqFold(name, "trailer")
+		if eqFold(name, "upgrade") || !keepTrailer && eqFold(name, "trailer") {
+			return true
+		}
 	case 10:
-		return eqFold(name, "connection") || eqFold(name, "keep-alive")
+		if eqFold(name, "connection") || eqFold(name, "keep-alive") {
+			return true
+		}
 	case 14:
-		return eqFold(name, "content-length")
+		if eqFold(name, "content-length") {
+			return true
+		}
 	case 16:
-		return eqFold(name, "proxy-connection")
+		if eqFold(name, "proxy-connection") {
+			return true
+		}
 	case 17:
-		return eqFold(name, "transfer-encoding")
+		if eqFold(name, "transfer-encoding") {
+			return true
+		}
 	case 18:
-		return eqFold(name, "proxy-authenticate")
+		if eqFold(name, "proxy-authenticate") {
+			return true
+		}
 	case 19:
-		return eqFold(name, "proxy-authorization")
+		if eqFold(name, "proxy-authorization") {
+			return true
+		}
 	}
 	return namedIn(name, conn)
 }
