@@ -232,6 +232,9 @@ func (f *bodyFramer) next(b *bufReader) ([]byte, error) {
 					return nil, nil
 				}
 				f.trailers = avail[:end-2]
+				if !validFieldLines(f.trailers) {
+					return nil, errBadChunk
+				}
 				b.r += end
 				f.done = true
 			}
@@ -274,4 +277,19 @@ func appendLastChunk(dst, trailers []byte) []byte {
 	dst = append(dst, "0\r\n"...)
 	dst = append(dst, trailers...)
 	return append(dst, '\r', '\n')
+}
+
+// validFieldLines checks field lines (each ending in CRLF, as headEnd
+// found them): a token name, a colon, a valid value.
+func validFieldLines(b []byte) bool {
+	for len(b) > 0 {
+		nl := bytes.IndexByte(b, '\n')
+		line := b[:nl-1]
+		b = b[nl+1:]
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 || !isTokenBytes(line[:colon]) || !validValue(line[colon+1:]) {
+			return false
+		}
+	}
+	return true
 }

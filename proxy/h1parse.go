@@ -127,13 +127,46 @@ func validValue(b []byte) bool {
 	return true
 }
 
-// validTarget: a request-target has no CTL, space or non-ASCII byte.
+// validTarget: a request-target has no CTL, space or non-ASCII byte,
+// and every % starts a percent-encoded byte (net/http refused the rest).
 func validTarget(b []byte) bool {
 	if len(b) == 0 {
 		return false
 	}
-	for _, c := range b {
+	for i, c := range b {
 		if c <= 0x20 || c >= 0x7f {
+			return false
+		}
+		if c == '%' && (i+2 >= len(b) || !isHex(b[i+1]) || !isHex(b[i+2])) {
+			return false
+		}
+	}
+	return true
+}
+
+func isHex(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
+}
+
+// hostChar: the bytes of a uri-host[:port] (RFC 3986 reg-name,
+// IP-literal, port); no userinfo, no fragment.
+var hostChar = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+		t[c-'a'+'A'] = true
+	}
+	for _, c := range "-._~!$&'()*+,;=:[]" {
+		t[c] = true
+	}
+	return
+}()
+
+func validHost(b []byte) bool {
+	for _, c := range b {
+		if !hostChar[c] {
 			return false
 		}
 	}
@@ -330,6 +363,8 @@ func (h *reqHead) parse(b []byte) error {
 		return bad("more than one Host field")
 	case hosts == 0 && h.minor == 1:
 		return bad("HTTP/1.1 request without Host")
+	case hosts == 1 && !validHost(h.host):
+		return bad("invalid Host")
 	}
 	if h.upgrade {
 		h.upgrade = false
@@ -372,7 +407,7 @@ func (h *reqHead) normalizeTarget() error {
 	if i >= 0 {
 		auth, path = rest[:i], rest[i:]
 	}
-	if len(auth) == 0 || bytes.IndexByte(auth, '@') >= 0 {
+	if len(auth) == 0 || !validHost(auth) {
 		return bad("malformed request target authority")
 	}
 	h.host = auth
@@ -406,7 +441,9 @@ func parseChunkLine(line []byte) (int64, error) {
 		}
 		line = line[:i]
 	}
-	line = trimOWS(line)
+	for len(line) > 0 && (line[len(line)-1] == ' ' || line[len(line)-1] == '\t') {
+		line = line[:len(line)-1] // BWS before an extension; none before the size
+	}
 	if len(line) == 0 || len(line) > 15 {
 		return 0, errBadChunk
 	}
