@@ -13,15 +13,26 @@ import (
 
 // gatehouse's own HTTP/1.1 client for plain http:// upstreams, used in
 // place of net/http's Transport on the HTTP/1.1 fast path (h1.go) and
-// meant for any engine that proxies to an http:// upstream:
+// meant for any engine that proxies to an http:// upstream (an HTTP/2
+// front fills a reqHead from its pseudo-headers and fields). One
+// exchange, as h1.go's proxy and relay do it:
 //
-//	up := rs.bal.pick(skip)                  // balancing, health
-//	uc, err := up.pool.get(rs, pinnedTo)     // pooled, or dialed (dialError)
-//	err = uc.write(head)                     // appendUpstreamHead built it: one write
-//	resp, err := uc.readHead(deadline)       // parsed into uc's reused respHead
-//	data, err := uc.body.next(&uc.br) ...    // stream the body without copying
-//	uc.done(reusable)                        // back to the idle pool, or closed
+//	up := rs.bal.pick(skip)                    // balancing and health (balance.go)
+//	up.active.Add(1)                           // least_conn weight, until done
+//	uc, err := up.pool.get(rs, up)             // pooled, or dialed (*dialError: try another)
+//	fwd.set(clientAddr, req.host)              // X-Forwarded-*/Forwarded, cached per client
+//	head := appendUpstreamHead(buf, req, &fwd, bodyLen) // hop-by-hop removed, one buffer
+//	err = uc.write(head)                       // one write (with a small body appended)
+//	resp, err := uc.readHead(deadline)         // parsed into uc.resp, fields alias uc.br
+//	uc.body.init(resp.bodyKind(isHEAD))        // framing of what follows
+//	data, err := uc.body.next(&uc.br)          // body bytes available now, no copy;
+//	                                           // (nil, nil) and !uc.body.done: uc.noDeadline(); uc.br.fill()
+//	uc.done(reusable)                          // back to the pool (no unread bytes), or closed
+//	up.active.Add(-1)
 //
+// A readHead error with uc.reused && uc.gotNothing() is a pooled
+// connection the upstream had closed: an idempotent request without a
+// streamed body may be retried once on a new one (dialUp).
 // The Transport cost two goroutines per upstream connection (its read
 // and write loops), a channel hand-off each way per request and ~80
 // allocations (35% of HTTP/1.1 CPU in the bench's profile); here the
@@ -392,11 +403,11 @@ func (h *respHead) parse(b []byte) error {
 	}
 	if h.te {
 		// RFC 9112 6.3: Transfer-Encoding overrides Content-Length, and
-		// such a message may be an attempt at smuggling: no reuse
-		h.contentLength = -1
-		if !h.chunked {
+		// a message with both may be an attempt at smuggling: no reuse
+		if !h.chunked || h.contentLength >= 0 {
 			h.close = true
 		}
+		h.contentLength = -1
 	}
 	return nil
 }
