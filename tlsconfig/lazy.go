@@ -59,6 +59,9 @@ const (
 	storedLoadTimeout = 30 * time.Second
 	// storedListTimeout bounds the listing of one issuer's certificates.
 	storedListTimeout = 2 * time.Minute
+	// smallIndex: up to this many names are looked up one by one
+	// instead of listing every stored certificate.
+	smallIndex = 64
 )
 
 // storedIndex is the names whose certificate is in storage and not yet
@@ -117,7 +120,31 @@ func (m *Manager) StoredLoads() int64 { return m.stored.loads.Load() }
 func (m *Manager) indexStored(c *certmagic.Config, names []string) []string {
 	start := time.Now()
 	have := map[string]struct{}{}
+	if len(names) <= smallIndex {
+		// a few names (a small config, or names added by a reload):
+		// one Stat each costs less than listing every stored name
+		for _, n := range names {
+			for _, iss := range c.Issuers {
+				ctx, cancel := context.WithTimeout(m.ctx, healthTimeout)
+				_, err := m.storage.Stat(ctx, siteKey(iss.IssuerKey(), n, ".crt"))
+				cancel()
+				if err == nil {
+					have[safeKey(n)] = struct{}{}
+					break
+				}
+				if !errors.Is(err, fs.ErrNotExist) {
+					if m.ctx.Err() == nil {
+						m.log.Warn("checking storage for certificates failed; reading each name's certificate from storage instead", "error", err)
+					}
+					return names
+				}
+			}
+		}
+	}
 	for _, iss := range c.Issuers {
+		if len(names) <= smallIndex {
+			break
+		}
 		dir := certmagic.StorageKeys.CertsPrefix(iss.IssuerKey())
 		ctx, cancel := context.WithTimeout(m.ctx, storedListTimeout)
 		sites, err := m.listSites(ctx, dir)
@@ -162,7 +189,7 @@ func (m *Manager) indexStored(c *certmagic.Config, names []string) []string {
 // certificate). On the file store it reads the directory once, without
 // the stat per entry FileStorage.List does.
 func (m *Manager) listSites(ctx context.Context, dir string) ([]string, error) {
-	if fst, ok := m.storage.(*certmagic.FileStorage); ok {
+	if fst, ok := m.storage.(interface{ Filename(key string) string }); ok { // FileStorage
 		entries, err := os.ReadDir(fst.Filename(dir))
 		if err != nil {
 			return nil, err

@@ -34,6 +34,15 @@ type countingStorage struct {
 	release chan struct{} // closed to let them go
 }
 
+// countingFiles is a countingStorage over a file store that lists like
+// one (listSites reads the directory).
+type countingFiles struct {
+	*countingStorage
+	fs *certmagic.FileStorage
+}
+
+func (s countingFiles) Filename(key string) string { return s.fs.Filename(key) }
+
 func (s *countingStorage) Load(ctx context.Context, key string) ([]byte, error) {
 	if strings.HasSuffix(key, ".key") && strings.HasPrefix(key, "certificates/") {
 		s.keyLoads.Add(1)
@@ -128,7 +137,7 @@ func TestStoredCertificatesLoadedOnFirstHandshake(t *testing.T) {
 
 	st := &countingStorage{Storage: fst, release: make(chan struct{})}
 	st.holdFor = names[0]
-	m, err := New(cfg, Options{Logger: quietLogger(t), Storage: st, StoredCheckRate: 5000})
+	m, err := New(cfg, Options{Logger: quietLogger(t), Storage: countingFiles{st, fst}, StoredCheckRate: 5000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,6 +254,11 @@ func TestStoredCertificatesLoadedOnFirstHandshake(t *testing.T) {
 func TestStoredCertificatesEtcd(t *testing.T) {
 	etcd := etcdtest.Start(t, etcdtest.Options{})
 	names := []string{"a.test", "b.test", "c.test", "broken.test", "none.test"}
+	var more []string // enough names for the index to list the store
+	for i := range smallIndex + 1 {
+		more = append(more, fmt.Sprintf("f%03d.test", i))
+	}
+	names = append(names, more...)
 	cfg := manyNamesConfig(t, fmt.Sprintf("[storage]\nbackend = \"etcd\"\nendpoints = [%q]\nprefix = \"lazy/\"\n", etcd.URL), names)
 	st, err := OpenStorage(cfg.Storage)
 	if err != nil {
@@ -260,6 +274,9 @@ func TestStoredCertificatesEtcd(t *testing.T) {
 		plantWith(t, st, issuerKey, n, ca, 24*time.Hour)
 	}
 	plantWith(t, st, issuerKey, "broken.test", ca, 24*time.Hour)
+	for _, n := range more {
+		plantWith(t, st, issuerKey, n, ca, 24*time.Hour)
+	}
 	// the key of another certificate: the pair does not match
 	_, otherKey, _, _ := ca.Issue([]string{"other.test"}, "", time.Hour)
 	if err := st.Store(context.Background(), certmagic.StorageKeys.SitePrivateKey(issuerKey, "broken.test"), otherKey); err != nil {

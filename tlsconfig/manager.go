@@ -635,8 +635,19 @@ func (m *Manager) GetCertificate(e *routes.Entry, hello *tls.ClientHelloInfo) (*
 	if c != nil {
 		if !challenge && m.stored.pending(name) {
 			// first handshake for a name whose certificate is in
-			// storage: load it (a failure is logged, and ordered)
-			_ = m.loadFromIndex(hello.Context(), c, name)
+			// storage: load it (a failure is logged, and ordered),
+			// waiting at most the handshake timeout
+			m.mu.RLock()
+			limit := 10 * time.Second
+			if m.cfg != nil {
+				limit = m.cfg.Timeouts.Handshake.Or(limit)
+			}
+			m.mu.RUnlock()
+			ctx, cancel := context.WithTimeout(hello.Context(), limit)
+			if err := m.loadFromIndex(ctx, c, name); err != nil && ctx.Err() != nil {
+				m.log.Warn("handshake gave up waiting for its certificate from storage (the load goes on for the next one)", "name", name, "error", err)
+			}
+			cancel()
 		}
 		cert, err = c.GetCertificate(hello)
 	} else {
