@@ -419,7 +419,10 @@ func (m *Manager) checkStored(ctx context.Context, name string) error {
 	if interval <= 0 {
 		interval = certmagic.DefaultRenewCheckInterval
 	}
-	ratio := certmagic.DefaultRenewalWindowRatio
+	ratio := c.RenewalWindowRatio
+	if ratio == 0 {
+		ratio = certmagic.DefaultRenewalWindowRatio
+	}
 	if shortLived(leaf) && hasShort {
 		ratio = shortRenewalRatio
 	}
