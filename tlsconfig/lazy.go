@@ -2,6 +2,7 @@ package tlsconfig
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -68,12 +69,13 @@ const (
 // loaded into the cache. An entry is 16 bytes beside its map slot; a
 // name leaves the index when it is loaded or handed to certmagic.
 type storedIndex struct {
-	mu      sync.RWMutex
-	names   map[string]storedEntry
-	loading map[string]*loadCall // loads in flight, one per name
-	loads   atomic.Int64         // certificates loaded through the index
-	kick    chan struct{}        // new names to check
-	started bool                 // walk running
+	mu       sync.RWMutex
+	names    map[string]storedEntry
+	loading  map[string]*loadCall // loads in flight, one per name
+	loads    atomic.Int64         // certificates loaded through the index
+	released atomic.Int64         // idle certificates put back (releaseIdle)
+	kick     chan struct{}        // new names to check
+	started  bool                 // walk running
 }
 
 type storedEntry struct {
@@ -224,6 +226,24 @@ func safeKey(name string) string {
 		}
 	}
 	return name
+}
+
+// awaitStored loads name's certificate from storage for a handshake (the
+// name's first, or its first since the certificate was released from
+// memory), waiting at most the handshake timeout. A failed load is
+// logged and the name ordered (loadOne).
+func (m *Manager) awaitStored(hello *tls.ClientHelloInfo, c *certmagic.Config, name string) {
+	m.mu.RLock()
+	limit := 10 * time.Second
+	if m.cfg != nil {
+		limit = m.cfg.Timeouts.Handshake.Or(limit)
+	}
+	m.mu.RUnlock()
+	ctx, cancel := context.WithTimeout(hello.Context(), limit)
+	defer cancel()
+	if err := m.loadFromIndex(ctx, c, name); err != nil && ctx.Err() != nil {
+		m.log.Warn("handshake gave up waiting for its certificate from storage (the load goes on for the next one)", "name", name, "error", err)
+	}
 }
 
 // loadFromIndex loads name's stored certificate into the cache, once however
@@ -532,3 +552,113 @@ func earliest(a, b time.Time) time.Time {
 	}
 	return a
 }
+
+// Releasing idle certificates. A loaded certificate costs about 7 KiB
+// of heap (the parsed leaf, the chain's DER, the key, certmagic's cache
+// entries): 700 MiB at 100,000 names, most of which may see no traffic
+// for hours. A managed certificate no handshake used for ReleaseIdle is
+// dropped from the cache and its name put back into the index: its next
+// handshake loads it again (~200 µs once), and the background walk
+// watches its renewal as for a name never loaded. Not released: manual
+// certificates, certificates naming an OCSP responder (the stapler
+// watches them), several names on one certificate, one due for renewal,
+// or a name with more than one certificate cached (a swap in progress).
+
+// DefaultReleaseIdle is Options.ReleaseIdle's default.
+const DefaultReleaseIdle = time.Hour
+
+// markUsed records that a handshake was served name's certificate. The
+// clock is read in whole seconds and stored only when it changed, so a
+// busy name costs a map read and no write.
+func (m *Manager) markUsed(name string) {
+	if m.releaseIdle() <= 0 {
+		return
+	}
+	now := time.Now().Unix()
+	if v, ok := m.used.Load(name); ok {
+		if u := v.(*atomic.Int64); u.Load() != now {
+			u.Store(now)
+		}
+		return
+	}
+	u := new(atomic.Int64)
+	u.Store(now)
+	m.used.LoadOrStore(name, u)
+}
+
+func (m *Manager) releaseIdle() time.Duration {
+	if m.opts.ReleaseIdle == 0 {
+		return DefaultReleaseIdle
+	}
+	return m.opts.ReleaseIdle
+}
+
+// runRelease releases certificates idle for ReleaseIdle, checking every
+// half of it (at most every 10 minutes).
+func (m *Manager) runRelease(ctx context.Context) {
+	idle := m.releaseIdle()
+	if idle <= 0 {
+		return
+	}
+	t := time.NewTicker(min(idle/2, 10*time.Minute))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cutoff := time.Now().Add(-idle).Unix()
+		var idleNames []string
+		m.used.Range(func(k, v any) bool {
+			if v.(*atomic.Int64).Load() < cutoff {
+				idleNames = append(idleNames, k.(string))
+			}
+			return true
+		})
+		released := 0
+		for _, name := range idleNames {
+			if m.release(name) {
+				released++
+			}
+		}
+		if released > 0 {
+			m.log.Debug("idle certificates released from memory; they load again on their next handshake", "names", released)
+			m.startWalk()
+		}
+	}
+}
+
+// release drops name's certificate from the cache into the index, if it
+// may (see above), and reports whether it did.
+func (m *Manager) release(name string) bool {
+	m.used.Delete(name)
+	m.mu.RLock()
+	c := m.byName[name]
+	m.mu.RUnlock()
+	if c == nil || c == m.manual || isPattern(name) || m.stored.pending(name) {
+		return false
+	}
+	certs := m.cachedManaged(name)
+	if len(certs) != 1 {
+		return false
+	}
+	cert := certs[0]
+	if len(cert.Names) != 1 || len(cert.Leaf.OCSPServer) > 0 || cert.Expired() {
+		return false
+	}
+	if cfg, err := m.configForCert(cert); err != nil || cert.NeedsRenewal(cfg) {
+		return false
+	}
+	// into the index first: a handshake between the two steps finds
+	// either the cached certificate or the name pending
+	m.stored.mu.Lock()
+	m.stored.names[name] = storedEntry{notAfter: cert.Leaf.NotAfter.Unix()} // checkAt 0: the walk reads it again
+	m.stored.mu.Unlock()
+	m.cache.Remove([]string{cert.Hash()})
+	m.stored.released.Add(1)
+	return true
+}
+
+// StoredReleased is how many idle certificates were released from memory.
+func (m *Manager) StoredReleased() int64 { return m.stored.released.Load() }

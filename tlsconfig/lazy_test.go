@@ -386,3 +386,76 @@ func TestSiteKeyMatchesCertmagic(t *testing.T) {
 		}
 	}
 }
+
+// A certificate no handshake used for ReleaseIdle leaves memory and
+// comes back from storage on its next handshake, still its own.
+func TestIdleCertificatesReleased(t *testing.T) {
+	const n = 20
+	dir := t.TempDir()
+	ca, err := acmetest.NewTestCA("release test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("r%02d.release.test", i)
+	}
+	cfg := manyNamesConfig(t, fmt.Sprintf("[storage]\ndir = %q\n", dir), names)
+	fst := &certmagic.FileStorage{Path: dir}
+	issuerKey := (&certmagic.ACMEIssuer{CA: cfg.ACME.Directory}).IssuerKey()
+	serials := map[string]string{}
+	for _, name := range names {
+		serials[name] = plantWith(t, fst, issuerKey, name, ca, 24*time.Hour).SerialNumber.Text(16)
+	}
+	m, err := New(cfg, Options{Logger: testLogger(t), Storage: fst, ReleaseIdle: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	table := routes.NewTable(cfg)
+	if err := m.Apply(table); err != nil {
+		t.Fatal(err)
+	}
+	serveAll := func(round string) {
+		t.Helper()
+		for _, name := range names {
+			leaf, err := handshake(m, table, name, ca.Pool(), nil)
+			if err != nil {
+				t.Fatalf("%s: %v", round, err)
+			}
+			if leaf.SerialNumber.Text(16) != serials[name] {
+				t.Fatalf("%s: %s served serial %s, want %s", round, name, leaf.SerialNumber.Text(16), serials[name])
+			}
+		}
+	}
+	waitFor(t, 10*time.Second, "names indexed", func() error {
+		if !m.stored.pending(names[0]) {
+			return fmt.Errorf("not indexed yet")
+		}
+		return nil
+	})
+	serveAll("first handshakes")
+	if l := m.StoredLoads(); l != n {
+		t.Fatalf("%d loads after the first handshakes, want %d", l, n)
+	}
+	waitFor(t, 20*time.Second, "idle certificates released", func() error {
+		for _, name := range names {
+			if len(m.cachedManaged(name)) != 0 || !m.stored.pending(name) {
+				return fmt.Errorf("%s still cached", name)
+			}
+		}
+		return nil
+	})
+	if r := m.StoredReleased(); r != n {
+		t.Errorf("%d certificates released, want %d", r, n)
+	}
+	for _, s := range m.Status() {
+		if s.State != stateReady {
+			t.Errorf("released %s is %q, want ready", s.Name, s.State)
+		}
+	}
+	serveAll("after release")
+	if l := m.StoredLoads(); l != 2*n {
+		t.Errorf("%d loads after handshakes to released names, want %d", l, 2*n)
+	}
+}

@@ -68,6 +68,12 @@ type Options struct {
 	// background walk reads to find those due for renewal (lazy.go);
 	// default DefaultStoredCheckRate.
 	StoredCheckRate int
+
+	// ReleaseIdle: a managed certificate no handshake used for this
+	// long is dropped from memory and loaded again from storage on its
+	// next handshake (lazy.go). Default DefaultReleaseIdle; negative:
+	// never.
+	ReleaseIdle time.Duration
 }
 
 // Manager holds every certificate gatehouse serves.
@@ -105,6 +111,7 @@ type Manager struct {
 	checkOn   bool         // [acme] self_check
 
 	stored    *storedIndex  // certificates in storage not loaded yet (lazy.go)
+	used      sync.Map      // name -> *atomic.Int64, last handshake (Unix s) (lazy.go)
 	renewKick chan struct{} // run certmagic's renewal scan soon (lazy.go)
 
 	writeHealth writeHealth       // latest storage write probe (storagecheck.go)
@@ -182,6 +189,7 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 	go m.runStorageHealth(ctx, opts.HealthInterval)
 	go m.runStoreSync(ctx, opts.SyncInterval)
 	go m.runRenewKicks(ctx)
+	go m.runRelease(ctx)
 	return m, nil
 }
 
@@ -634,22 +642,18 @@ func (m *Manager) GetCertificate(e *routes.Entry, hello *tls.ClientHelloInfo) (*
 	var err error
 	if c != nil {
 		if !challenge && m.stored.pending(name) {
-			// first handshake for a name whose certificate is in
-			// storage: load it (a failure is logged, and ordered),
-			// waiting at most the handshake timeout
-			m.mu.RLock()
-			limit := 10 * time.Second
-			if m.cfg != nil {
-				limit = m.cfg.Timeouts.Handshake.Or(limit)
-			}
-			m.mu.RUnlock()
-			ctx, cancel := context.WithTimeout(hello.Context(), limit)
-			if err := m.loadFromIndex(ctx, c, name); err != nil && ctx.Err() != nil {
-				m.log.Warn("handshake gave up waiting for its certificate from storage (the load goes on for the next one)", "name", name, "error", err)
-			}
-			cancel()
+			m.awaitStored(hello, c, name)
 		}
 		cert, err = c.GetCertificate(hello)
+		if !challenge && (err != nil || cert == nil || cert.Leaf == nil) && m.stored.pending(name) {
+			// released from memory between the check and the cache
+			// lookup (releaseIdle, lazy.go): load it again
+			m.awaitStored(hello, c, name)
+			cert, err = c.GetCertificate(hello)
+		}
+		if err == nil && c != m.manual {
+			m.markUsed(name)
+		}
 	} else {
 		cert, err = m.patternCertificate(e, name, hello)
 	}
