@@ -79,6 +79,9 @@ type Server struct {
 
 	// h1 holds the connections served by the HTTP/1.1 fast path (h1.go).
 	h1 h1Set
+	// h2conns holds the connections gatehouse's own HTTP/2 server
+	// serves (h2.go): a drain sends each a GOAWAY and waits for them.
+	h2conns h2Set
 }
 
 // front is one net/http server for http-mode connections, with the
@@ -498,8 +501,13 @@ func (s *Server) handleConn(c net.Conn) {
 	case routes.ModeTCP:
 		s.pipeTCP(tc, rc)
 	default:
-		if rs.fast && tc.ConnectionState().NegotiatedProtocol != "h2" {
+		h2 := tc.ConnectionState().NegotiatedProtocol == "h2"
+		if rs.fast && !h2 {
 			s.serveH1(tc, rc)
+			return
+		}
+		if h2 && h2Eligible(rs) {
+			s.serveH2(tc, rc)
 			return
 		}
 		if f := s.front.Load(); f == nil || !f.ln.push(tc) {
@@ -575,6 +583,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if err := s.h1.wait(ctx); err != nil {
 			emu.Lock()
 			errs = append(errs, errors.New("https: drain deadline passed; closed requests still in flight"))
+			emu.Unlock()
+		}
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if n := s.h2conns.shutdown(ctx); n > 0 {
+			emu.Lock()
+			errs = append(errs, fmt.Errorf("https: drain deadline passed; closed %d HTTP/2 connections with streams in flight", n))
 			emu.Unlock()
 		}
 	}()

@@ -1,0 +1,687 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"runtime"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/gatehouse-proxy/gatehouse/routes"
+)
+
+// gatehouse's own HTTP/2 server for http-mode connections whose route
+// forwards to plain http:// upstreams. net/http's HTTP/2 server spent
+// most of gatehouse's HTTP/2 CPU (bench/README.md) on a write syscall
+// per frame (it flushes HEADERS and DATA separately) and on goroutine
+// hand-offs per frame; this one reads frames in one loop per connection,
+// runs one goroutine per stream, and queues every frame in a
+// per-connection buffer that a writer goroutine flushes in one TLS
+// record when nothing more is ready. Framing and HPACK are
+// golang.org/x/net/http2's. Routes with https:// or h2c:// upstreams
+// (gRPC) stay on net/http's server, which forwards trailers and
+// streams both ways as those need.
+
+// What the server advertises and how much it lets a client hold.
+const (
+	h2MaxStreams   = 250       // SETTINGS_MAX_CONCURRENT_STREAMS: streams whose handler runs
+	h2StreamWindow = 256 << 10 // SETTINGS_INITIAL_WINDOW_SIZE: request body bytes buffered per stream
+	h2ConnWindow   = 1 << 20   // request body bytes buffered per connection, all streams
+	h2MaxPending   = 64 << 10  // frames queued for the client before writers wait for the socket
+	// h2ResetBudget bounds work a client can make gatehouse start and
+	// then cancel (CVE-2023-44487, rapid reset): each stream the client
+	// resets before its response ended, or that gatehouse refused or
+	// reset for a protocol error, costs one; each completed response
+	// earns one back. At zero the connection is closed with
+	// ENHANCE_YOUR_CALM.
+	h2ResetBudget = 1000
+	// h2CloseWait is how long a connection that sent its last GOAWAY
+	// waits for the client to close first, so the GOAWAY is not lost to
+	// a TCP reset of unread data.
+	h2CloseWait = time.Second
+)
+
+var h2Preface = []byte(http2.ClientPreface)
+
+// h2Eligible reports whether a connection routed to rs can be served by
+// gatehouse's own HTTP/2 server: an http route whose upstreams are all
+// plain http:// (not https://, not h2c://).
+func h2Eligible(rs *routeState) bool {
+	if rs.mode != routes.ModeHTTP || len(rs.bal.ups) == 0 {
+		return false
+	}
+	for _, u := range rs.bal.ups {
+		if u.URL == nil || u.URL.Scheme != "http" {
+			return false
+		}
+	}
+	return true
+}
+
+// h2Conn is one client connection. The read loop (serve) owns frame
+// reading; everything else shared — streams, flow-control windows, the
+// outgoing buffer, the HPACK encoder — is guarded by mu.
+type h2Conn struct {
+	s    *Server
+	tc   *tls.Conn
+	rc   *replayConn
+	tm   timeouts
+	tls  *tls.ConnectionState
+	ctx  context.Context // carries rc for connFrom (proxy_protocol pinning)
+	addr string          // client address, as net/http's RemoteAddr
+
+	fr *http2.Framer // reads; serve only
+
+	mu      sync.Mutex
+	out     []byte        // frames queued for the client
+	wfr     *http2.Framer // writes into out
+	enc     *hpack.Encoder
+	hbuf    bytes.Buffer // HPACK output for one header block
+	streams map[uint32]*h2Stream
+	maxID   uint32 // highest stream id the client opened
+	running int    // stream goroutines not yet finished (including reset ones)
+	budget  int    // see h2ResetBudget
+
+	sendWin      int64  // connection window for DATA to the client
+	peerInitWin  int64  // client's SETTINGS_INITIAL_WINDOW_SIZE
+	peerMaxFrame uint32 // client's SETTINGS_MAX_FRAME_SIZE
+	recvWin      int64  // connection window the client may still send into
+	recvCredit   int64  // bytes consumed since the last connection WINDOW_UPDATE
+
+	blocked   []*h2Stream // streams waiting for sendWin or queue room
+	goAway    bool        // GOAWAY sent: no new streams above goAwayID
+	goAwayID  uint32
+	finishing bool // last GOAWAY queued and no stream left: close after the flush
+	closed    bool
+	flushing  bool // the writer holds a buffer it is writing
+
+	kick      chan struct{} // wakes the writer
+	done      chan struct{} // closed with the connection
+	wdone     chan struct{} // closed when the writer has stopped
+	idleTimer *time.Timer
+}
+
+// serveH2 serves one TLS connection that negotiated "h2" until it closes.
+func (s *Server) serveH2(tc *tls.Conn, rc *replayConn) {
+	snap := rc.snap
+	st := tc.ConnectionState()
+	c := &h2Conn{
+		s: s, tc: tc, rc: rc, tm: snap.tm, tls: &st,
+		ctx:          context.WithValue(context.Background(), connKey{}, rc),
+		addr:         rc.RemoteAddr().String(),
+		streams:      make(map[uint32]*h2Stream),
+		budget:       h2ResetBudget,
+		sendWin:      65535,
+		peerInitWin:  65535,
+		peerMaxFrame: 16384,
+		recvWin:      h2ConnWindow,
+		kick:         make(chan struct{}, 1),
+		done:         make(chan struct{}),
+		wdone:        make(chan struct{}),
+	}
+	if cur := s.state.Load(); cur != nil {
+		c.tm = cur.tm // the live config's timeouts
+	}
+	c.fr = http2.NewFramer(nil, tc)
+	c.fr.SetReuseFrames()
+	c.fr.MaxHeaderListSize = maxHeaderBytes
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.wfr = http2.NewFramer(outWriter{c}, nil)
+	c.enc = hpack.NewEncoder(&c.hbuf)
+	if !s.h2conns.add(c) {
+		tc.Close() // shutting down
+		return
+	}
+	defer s.h2conns.remove(c)
+	go c.writeLoop()
+	c.serve()
+}
+
+// outWriter appends the write framer's frames to the queue; mu is held.
+type outWriter struct{ c *h2Conn }
+
+func (w outWriter) Write(p []byte) (int, error) {
+	w.c.out = append(w.c.out, p...)
+	return len(p), nil
+}
+
+// errors of a connection or a stream, as the peer or gatehouse ended them
+var (
+	errH2Closed      = errors.New("http2: connection closed")
+	errH2StreamReset = errors.New("http2: stream reset by the client")
+	errH2StreamDone  = errors.New("http2: stream closed")
+)
+
+// serve is the read loop: preface, then one frame at a time.
+func (c *h2Conn) serve() {
+	defer c.end()
+	_ = c.tc.SetReadDeadline(time.Now().Add(c.tm.readHeader))
+	var pre [len(http2.ClientPreface)]byte
+	if _, err := io.ReadFull(c.tc, pre[:]); err != nil || !bytes.Equal(pre[:], h2Preface) {
+		return
+	}
+	c.mu.Lock()
+	_ = c.wfr.WriteSettings(
+		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: h2MaxStreams},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: h2StreamWindow},
+		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderBytes},
+	)
+	_ = c.wfr.WriteWindowUpdate(0, h2ConnWindow-65535)
+	c.wake()
+	c.mu.Unlock()
+
+	first := true
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			if !c.readError(err) {
+				return
+			}
+			continue
+		}
+		if first {
+			if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
+				c.fail(http2.ErrCodeProtocol)
+				return
+			}
+			first = false
+			_ = c.tc.SetReadDeadline(time.Time{})
+			c.mu.Lock()
+			c.idleLocked()
+			c.mu.Unlock()
+		}
+		if err := c.frame(f); err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				c.resetStream(se.StreamID, se.Code, true)
+				continue
+			}
+			var ce http2.ConnectionError
+			if errors.As(err, &ce) {
+				c.fail(http2.ErrCode(ce))
+			}
+			return
+		}
+	}
+}
+
+// readError handles a ReadFrame error; false ends the connection.
+func (c *h2Conn) readError(err error) bool {
+	var se http2.StreamError
+	var ce http2.ConnectionError
+	switch {
+	case errors.As(err, &se):
+		c.mu.Lock()
+		if se.StreamID > c.maxID && se.StreamID%2 == 1 {
+			c.maxID = se.StreamID // a stream opened with bad headers is gone for good
+		}
+		c.mu.Unlock()
+		c.resetStream(se.StreamID, se.Code, true)
+		return true
+	case errors.As(err, &ce):
+		c.fail(http2.ErrCode(ce))
+	case errors.Is(err, http2.ErrFrameTooLarge):
+		c.fail(http2.ErrCodeFrameSize)
+	}
+	return false
+}
+
+// frame handles one frame from the client.
+func (c *h2Conn) frame(f http2.Frame) error {
+	switch f := f.(type) {
+	case *http2.MetaHeadersFrame:
+		return c.onHeaders(f)
+	case *http2.DataFrame:
+		return c.onData(f)
+	case *http2.SettingsFrame:
+		return c.onSettings(f)
+	case *http2.PingFrame:
+		if f.IsAck() {
+			return nil
+		}
+		c.mu.Lock()
+		err := c.waitRoomLocked(nil)
+		if err == nil {
+			_ = c.wfr.WritePing(true, f.Data)
+			c.wake()
+		}
+		c.mu.Unlock()
+		return err
+	case *http2.WindowUpdateFrame:
+		return c.onWindowUpdate(f)
+	case *http2.RSTStreamFrame:
+		return c.onReset(f)
+	case *http2.PriorityFrame:
+		if f.StreamDep == f.StreamID {
+			return http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeProtocol}
+		}
+		return nil // priorities are ignored (RFC 9113 §5.3.2 deprecates them)
+	case *http2.GoAwayFrame:
+		c.mu.Lock()
+		c.goAwayLocked(http2.ErrCodeNo) // the client opens no more streams; finish these
+		c.mu.Unlock()
+		return nil
+	case *http2.PushPromiseFrame:
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	return nil // unknown frame types are ignored (RFC 9113 §4.1)
+}
+
+func (c *h2Conn) onSettings(f *http2.SettingsFrame) error {
+	if f.IsAck() {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	err := f.ForeachSetting(func(s http2.Setting) error {
+		if err := s.Valid(); err != nil {
+			return err
+		}
+		switch s.ID {
+		case http2.SettingInitialWindowSize:
+			delta := int64(s.Val) - c.peerInitWin
+			c.peerInitWin = int64(s.Val)
+			for _, st := range c.streams {
+				st.sendWin += delta
+				if st.sendWin > 1<<31-1 {
+					return http2.ConnectionError(http2.ErrCodeFlowControl)
+				}
+				st.cond.Broadcast()
+			}
+		case http2.SettingMaxFrameSize:
+			c.peerMaxFrame = s.Val
+		case http2.SettingHeaderTableSize:
+			c.enc.SetMaxDynamicTableSizeLimit(s.Val)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if err := c.waitRoomLocked(nil); err != nil {
+		return err
+	}
+	_ = c.wfr.WriteSettingsAck()
+	c.wake()
+	return nil
+}
+
+func (c *h2Conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	inc := int64(f.Increment)
+	if f.StreamID == 0 {
+		if c.sendWin+inc > 1<<31-1 {
+			return http2.ConnectionError(http2.ErrCodeFlowControl)
+		}
+		c.sendWin += inc
+		c.unblockLocked()
+		return nil
+	}
+	st := c.streams[f.StreamID]
+	if st == nil {
+		if f.StreamID > c.maxID {
+			return http2.ConnectionError(http2.ErrCodeProtocol) // idle stream
+		}
+		return nil // closed: frames in flight are ignored
+	}
+	if st.sendWin+inc > 1<<31-1 {
+		return http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeFlowControl}
+	}
+	st.sendWin += inc
+	st.cond.Broadcast()
+	return nil
+}
+
+func (c *h2Conn) onReset(f *http2.RSTStreamFrame) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.streams[f.StreamID]
+	if st == nil {
+		if f.StreamID > c.maxID {
+			return http2.ConnectionError(http2.ErrCodeProtocol) // idle stream
+		}
+		return nil
+	}
+	// the response had not ended: work started and thrown away
+	if !c.spendLocked() {
+		return http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
+	}
+	st.endLocked(errH2StreamReset)
+	return nil
+}
+
+// spendLocked takes one from the reset budget; false when it is spent.
+func (c *h2Conn) spendLocked() bool {
+	c.budget--
+	return c.budget > 0
+}
+
+// resetStream sends RST_STREAM and ends the stream if it is open.
+// abuse counts it against the reset budget (a stream gatehouse refused
+// or found malformed).
+func (c *h2Conn) resetStream(id uint32, code http2.ErrCode, abuse bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if abuse && !c.spendLocked() {
+		c.goAwayCodeLocked(http2.ErrCodeEnhanceYourCalm)
+		c.finishLocked()
+		return
+	}
+	if st := c.streams[id]; st != nil {
+		st.endLocked(errH2StreamDone)
+	}
+	c.writeResetLocked(id, code)
+}
+
+// writeResetLocked queues RST_STREAM. It does not wait for queue room:
+// a reset frees the client's resources, and their number is bounded by
+// the reset budget and stream count.
+func (c *h2Conn) writeResetLocked(id uint32, code http2.ErrCode) {
+	if c.closed || id == 0 {
+		return
+	}
+	_ = c.wfr.WriteRSTStream(id, code)
+	c.wake()
+}
+
+// fail ends the connection for a connection error: GOAWAY with the
+// code, then close once it is written.
+func (c *h2Conn) fail(code http2.ErrCode) {
+	c.mu.Lock()
+	c.goAwayCodeLocked(code)
+	c.finishLocked()
+	c.mu.Unlock()
+}
+
+// goAwayLocked starts a graceful close: no new streams, the open ones
+// finish, then the connection closes.
+func (c *h2Conn) goAwayLocked(code http2.ErrCode) {
+	if c.goAway {
+		return
+	}
+	c.goAwayCodeLocked(code)
+	if len(c.streams) == 0 {
+		c.finishLocked()
+	}
+}
+
+func (c *h2Conn) goAwayCodeLocked(code http2.ErrCode) {
+	if c.closed {
+		return
+	}
+	if c.goAway && code == http2.ErrCodeNo {
+		return
+	}
+	c.goAway, c.goAwayID = true, c.maxID
+	_ = c.wfr.WriteGoAway(c.maxID, code, nil)
+	c.wake()
+}
+
+// finishLocked makes the writer close the connection's writing side
+// after its next flush; the read loop then waits h2CloseWait for the
+// client to close.
+func (c *h2Conn) finishLocked() {
+	if c.finishing || c.closed {
+		return
+	}
+	c.finishing = true
+	for _, st := range c.streams {
+		st.endLocked(errH2Closed)
+	}
+	c.unblockLocked()
+	c.wake()
+}
+
+// idleLocked arms the idle timer when no stream is open.
+func (c *h2Conn) idleLocked() {
+	if len(c.streams) != 0 || c.closed {
+		return
+	}
+	if c.goAway {
+		c.finishLocked()
+		return
+	}
+	if c.idleTimer == nil {
+		c.idleTimer = time.AfterFunc(c.tm.idle, c.onIdle)
+	} else {
+		c.idleTimer.Reset(c.tm.idle)
+	}
+}
+
+func (c *h2Conn) onIdle() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.streams) == 0 {
+		c.goAwayLocked(http2.ErrCodeNo)
+	}
+}
+
+// drain is Server.Shutdown's graceful GOAWAY.
+func (c *h2Conn) drain() {
+	c.mu.Lock()
+	c.goAwayLocked(http2.ErrCodeNo)
+	c.mu.Unlock()
+}
+
+// wake tells the writer there is something to flush; mu is held.
+func (c *h2Conn) wake() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// waitRoomLocked waits until the queue has room (the client reads what
+// it is sent), so neither a slow reader nor a flood of PINGs grows it
+// without bound. st, if set, is woken on a reset too.
+func (c *h2Conn) waitRoomLocked(st *h2Stream) error {
+	for len(c.out) >= h2MaxPending {
+		if c.closed || c.finishing {
+			return errH2Closed
+		}
+		if st != nil && st.err != nil {
+			return st.err
+		}
+		if st == nil {
+			// the read loop: wait on the connection's own waiter
+			st = c.readWaiter()
+			c.blocked = append(c.blocked, st)
+			st.cond.Wait()
+			st = nil
+			continue
+		}
+		c.blocked = append(c.blocked, st)
+		st.cond.Wait()
+	}
+	if c.closed || c.finishing {
+		return errH2Closed
+	}
+	return nil
+}
+
+// readWaiter is a stream-shaped waiter for the read loop's waits.
+func (c *h2Conn) readWaiter() *h2Stream {
+	w := &h2Stream{c: c}
+	w.cond.L = &c.mu
+	return w
+}
+
+// unblockLocked wakes the streams waiting for the connection window or
+// queue room.
+func (c *h2Conn) unblockLocked() {
+	for i, st := range c.blocked {
+		st.cond.Broadcast()
+		c.blocked[i] = nil
+	}
+	c.blocked = c.blocked[:0]
+}
+
+// writeLoop flushes the queue: each wake-up writes everything queued so
+// far in one Write (one TLS record up to 16 KiB, one syscall).
+func (c *h2Conn) writeLoop() {
+	defer close(c.wdone)
+	var spare []byte
+	for {
+		select {
+		case <-c.kick:
+		case <-c.done:
+			return
+		}
+		// Let the streams that are ready queue their frames first: their
+		// responses then share this write.
+		runtime.Gosched()
+		for {
+			c.mu.Lock()
+			if c.closed {
+				c.mu.Unlock()
+				return
+			}
+			if len(c.out) == 0 {
+				finish := c.finishing
+				c.flushing = false
+				c.mu.Unlock()
+				if finish {
+					// the last frames are out: wait for the client to close
+					_ = c.tc.SetReadDeadline(time.Now().Add(h2CloseWait))
+					return
+				}
+				break
+			}
+			buf := c.out
+			c.out = spare[:0]
+			c.flushing = true
+			c.unblockLocked()
+			c.mu.Unlock()
+			_ = c.tc.SetWriteDeadline(time.Now().Add(c.tm.idle))
+			_, err := c.tc.Write(buf)
+			if cap(buf) > 4*h2MaxPending {
+				buf = nil // a burst's buffer is not kept
+			}
+			spare = buf
+			if err != nil {
+				c.close()
+				return
+			}
+		}
+	}
+}
+
+// end closes the connection when the read loop is over: what is
+// queued (a GOAWAY) is written first, for at most h2CloseWait.
+func (c *h2Conn) end() {
+	c.mu.Lock()
+	c.finishLocked()
+	c.mu.Unlock()
+	t := time.NewTimer(h2CloseWait)
+	select {
+	case <-c.wdone:
+	case <-t.C:
+	}
+	t.Stop()
+	c.close()
+}
+
+// close ends the connection and every stream on it.
+func (c *h2Conn) close() {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed = true
+	for _, st := range c.streams {
+		st.endLocked(errH2Closed)
+	}
+	c.unblockLocked()
+	if c.idleTimer != nil {
+		c.idleTimer.Stop()
+	}
+	close(c.done)
+	c.mu.Unlock()
+	c.tc.Close()
+}
+
+// h2Set tracks the connections served by gatehouse's HTTP/2 server, so
+// Shutdown can send each a GOAWAY, wait for its streams, and at the
+// deadline close it.
+type h2Set struct {
+	mu      sync.Mutex
+	m       map[*h2Conn]struct{}
+	closed  bool
+	changed chan struct{}
+}
+
+func (s *h2Set) add(c *h2Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	if s.m == nil {
+		s.m = map[*h2Conn]struct{}{}
+	}
+	s.m[c] = struct{}{}
+	return true
+}
+
+func (s *h2Set) remove(c *h2Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.m, c)
+	if s.changed != nil {
+		close(s.changed)
+		s.changed = nil
+	}
+}
+
+// shutdown refuses new connections, sends every open one a GOAWAY and
+// waits until they closed or ctx ends; then it closes what is left and
+// reports how many.
+func (s *h2Set) shutdown(ctx context.Context) (cut int) {
+	s.mu.Lock()
+	s.closed = true
+	all := make([]*h2Conn, 0, len(s.m))
+	for c := range s.m {
+		all = append(all, c)
+	}
+	s.mu.Unlock()
+	for _, c := range all {
+		c.drain()
+	}
+	for {
+		s.mu.Lock()
+		if len(s.m) == 0 {
+			s.mu.Unlock()
+			return 0
+		}
+		if s.changed == nil {
+			s.changed = make(chan struct{})
+		}
+		ch := s.changed
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			s.mu.Lock()
+			left := make([]*h2Conn, 0, len(s.m))
+			for c := range s.m {
+				left = append(left, c)
+			}
+			s.mu.Unlock()
+			for _, c := range left {
+				c.close()
+			}
+			return len(left)
+		}
+	}
+}
+
+var _ net.Conn = (*tls.Conn)(nil)
