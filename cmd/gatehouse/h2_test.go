@@ -544,7 +544,9 @@ func TestHTTP2ProtocolErrors(t *testing.T) {
 		if st := r.status(1); st != "200" {
 			t.Fatal(st)
 		}
-		_ = r.next(func(f http2.Frame) bool { return f.Header().StreamID == 1 && f.Header().Flags.Has(http2.FlagDataEndStream) })
+		_ = r.next(func(f http2.Frame) bool {
+			return f.Header().StreamID == 1 && f.Header().Flags.Has(http2.FlagDataEndStream)
+		})
 		r.headers(1, r.block(true, "/again"), true)
 		if code, _ := r.goAway(); code != http2.ErrCodeProtocol {
 			t.Errorf("GOAWAY %v, want PROTOCOL_ERROR", code)
