@@ -450,28 +450,30 @@ func (st *h2Stream) upstreamRequest(r *http.Request, rs *routeState, in h2Reques
 // flow-control windows, its trailers.
 func (st *h2Stream) copyResponse(rs *routeState, r *http.Request, res *http.Response) {
 	defer res.Body.Close()
+	trailers := len(res.Trailer) > 0
+	// A body known to be empty ends the stream on HEADERS. Otherwise the
+	// HEADERS are queued before the body is read, so a response whose
+	// body comes later (a stream, a long poll) gets its headers at once;
+	// a body already at hand is queued before the writer runs, and both
+	// go out in one write.
+	empty := res.ContentLength == 0 && !trailers
+	st.wroteHeader, st.status = true, res.StatusCode
+	if err := st.sendHeaders(res.StatusCode, st.hdr, res.Header, res.Trailer, empty); err != nil || empty {
+		return
+	}
 	bp := h2Buffers.Get().(*[]byte)
 	defer h2Buffers.Put(bp)
 	buf := *bp
-	n, rerr := readSome(res.Body, buf)
-	trailers := len(res.Trailer) > 0
-	eof := rerr == io.EOF && !trailers
-	st.wroteHeader, st.status = true, res.StatusCode
-	if err := st.sendHeaders(res.StatusCode, st.hdr, res.Header, res.Trailer, eof && n == 0); err != nil {
-		return
-	}
-	for {
+	var rerr error
+	for rerr == nil {
+		var n int
+		n, rerr = readSome(res.Body, buf)
 		if n > 0 {
-			if err := st.sendData(buf[:n], eof); err != nil {
+			if err := st.sendData(buf[:n], rerr == io.EOF && !trailers); err != nil {
 				return
 			}
 			st.bytes += int64(n)
 		}
-		if rerr != nil {
-			break
-		}
-		n, rerr = readSome(res.Body, buf)
-		eof = rerr == io.EOF && !trailers
 	}
 	if rerr != io.EOF {
 		if r.Context().Err() == nil {
