@@ -351,7 +351,7 @@ func (c *h2Conn) onReset(f *http2.RSTStreamFrame) error {
 		return nil
 	}
 	// the response had not ended: work started and thrown away
-	if !c.spendLocked() {
+	if !st.ended && !c.spendLocked() {
 		return http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
 	}
 	st.endLocked(errH2StreamReset)
@@ -562,8 +562,8 @@ func (c *h2Conn) writeLoop() {
 			c.mu.Unlock()
 			_ = c.tc.SetWriteDeadline(time.Now().Add(c.tm.idle))
 			_, err := c.tc.Write(buf)
-			if cap(buf) > 4*h2MaxPending {
-				buf = nil // a burst's buffer is not kept
+			if cap(buf) > 32<<10 {
+				buf = nil // a burst's buffer is not kept by an idle connection
 			}
 			spare = buf
 			if err != nil {
