@@ -131,6 +131,7 @@ func (s *Server) serveH2(tc *tls.Conn, rc *replayConn) {
 	}
 	c.fr = http2.NewFramer(nil, tc)
 	c.fr.SetReuseFrames()
+	c.fr.SetMaxReadFrameSize(16384) // SETTINGS_MAX_FRAME_SIZE is left at its default
 	c.fr.MaxHeaderListSize = maxHeaderBytes
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.wfr = http2.NewFramer(outWriter{c}, nil)

@@ -139,8 +139,11 @@ func (c *h2Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 			// a closed stream's id used again (RFC 9113 §5.1.1)
 			return http2.ConnectionError(http2.ErrCodeProtocol)
 		}
-		if st.remoteDone {
+		if st.remoteDone || st.err == errH2StreamReset {
 			return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
+		}
+		if st.err != nil {
+			return nil // gatehouse reset it: frames in flight are ignored
 		}
 		// trailers: they end the body, carry no pseudo-fields; their
 		// fields are not forwarded
@@ -155,6 +158,9 @@ func (c *h2Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		return nil
 	}
 	c.maxID = id
+	if f.HasPriority() && f.Priority.StreamDep == id {
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
+	}
 	if c.goAway {
 		c.writeResetLocked(id, http2.ErrCodeRefusedStream)
 		return nil
@@ -202,10 +208,11 @@ func (c *h2Conn) onData(f *http2.DataFrame) error {
 		switch {
 		case st == nil && id > c.maxID:
 			return http2.ConnectionError(http2.ErrCodeProtocol) // idle stream
-		case st != nil && st.err == nil:
-			return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
+		case st != nil && st.err != nil && st.err != errH2StreamReset:
+			return nil // gatehouse reset it: frames in flight are ignored
 		}
-		return nil // closed or reset: frames in flight are ignored
+		// half-closed or closed, or reset by the client (RFC 9113 §5.1)
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
 	}
 	if n > st.recvWin {
 		c.creditLocked(nil, n)
