@@ -118,13 +118,14 @@ func startH2Upstream(t *testing.T) *h2Upstream {
 	return u
 }
 
-func startH2World(t *testing.T) *h2World {
+func startH2World(t *testing.T, topExtra ...string) *h2World {
 	e := newCAEnv(t)
+	e.topExtra = strings.Join(topExtra, "\n")
 	up := startH2Upstream(t)
-	cert := e.certFor("h2.test", "other.test")
+	cert := e.certFor("h2.test", "other.test", "127.0.0.1")
 	cfg := e.config(fmt.Sprintf(`
 [[route]]
-hosts    = ["h2.test"]
+hosts    = ["h2.test", "127.0.0.1"]
 upstream = %q
 hsts     = "max-age=60"
 %s
@@ -693,4 +694,46 @@ func TestHTTP2GoAwayOnDrain(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Error("shutdown did not return")
 	}
+}
+
+// An idle connection (no open stream for [timeouts] idle) gets a
+// GOAWAY and is closed.
+func TestHTTP2IdleTimeout(t *testing.T) {
+	w := startH2World(t, "[timeouts]\nidle = \"1s\"")
+	r := dialRawH2(t, w)
+	r.headers(1, r.block(true, "/"), true)
+	if st := r.status(1); st != "200" {
+		t.Fatal(st)
+	}
+	began := time.Now()
+	code, last := r.goAway()
+	if code != http2.ErrCodeNo || last != 1 {
+		t.Errorf("GOAWAY %v last %d, want NO_ERROR 1", code, last)
+	}
+	if took := time.Since(began); took < 500*time.Millisecond || took > 5*time.Second {
+		t.Errorf("idle connection closed after %v, want about 1s", took)
+	}
+}
+
+// h2spec (github.com/summerwind/h2spec), the HTTP/2 conformance suite,
+// when installed: every test must pass.
+func TestHTTP2Conformance(t *testing.T) {
+	bin, err := exec.LookPath("h2spec")
+	if err != nil {
+		t.Skip("h2spec not installed (go install github.com/summerwind/h2spec/cmd/h2spec@latest)")
+	}
+	w := startH2World(t)
+	_, port, _ := net.SplitHostPort(w.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	// no SNI from an IP address: the route that lists 127.0.0.1 serves it
+	out, err := exec.CommandContext(ctx, bin, "-t", "-k", "-h", "127.0.0.1", "-p", port, "-o", "3").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), " 0 failed") {
+		t.Errorf("h2spec: %v\n%s", err, lastLines(string(out), 60))
+	}
+}
+
+func lastLines(s string, n int) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(l[max(0, len(l)-n):], "\n")
 }
