@@ -38,6 +38,8 @@ type h2Stream struct {
 	declared   int64 // request content-length; -1 when not sent
 	received   int64
 	ended      bool  // END_STREAM sent
+	expect     bool  // the client waits for 100 Continue before its body
+	headed     bool  // response HEADERS (or a 100) queued
 	err        error // why the stream ended, once it has
 	cancel     context.CancelFunc
 
@@ -66,6 +68,7 @@ type h2Request struct {
 	method, scheme, authority, path string
 	declared                        int64
 	endStream                       bool // the HEADERS frame ended the stream: no body
+	expect                          bool // expect: 100-continue
 	fields                          []hpack.HeaderField
 }
 
@@ -107,6 +110,8 @@ func checkRequest(fields []hpack.HeaderField) (h2Request, bool) {
 			r.declared = n
 		case "host":
 			host = f.Value
+		case "expect":
+			r.expect = strings.EqualFold(f.Value, "100-continue")
 		}
 	}
 	if r.method == "" {
@@ -181,7 +186,7 @@ func (c *h2Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		return nil
 	}
 	st := &h2Stream{c: c, id: id, sendWin: c.peerInitWin, recvWin: h2StreamWindow,
-		declared: req.declared, remoteDone: f.StreamEnded()}
+		declared: req.declared, remoteDone: f.StreamEnded(), expect: req.expect && !f.StreamEnded()}
 	st.cond.L = &c.mu
 	st.ctx, st.cancel = context.WithCancel(c.ctx)
 	c.streams[id] = st
@@ -281,6 +286,15 @@ func (b h2Body) Read(p []byte) (int, error) {
 			return 0, errH2BodyGone
 		case st.remoteDone:
 			return 0, io.EOF
+		}
+		if st.expect && !st.headed {
+			// the upstream wants the body (it answered 100 Continue to
+			// the transport): tell the client to send it
+			st.headed = true
+			c.hbuf.Reset()
+			c.enc.WriteField(hpack.HeaderField{Name: ":status", Value: "100"})
+			c.writeBlockLocked(st.id, false)
+			c.wake()
 		}
 		st.cond.Wait()
 	}
@@ -581,6 +595,7 @@ func (st *h2Stream) sendHeaders(status int, own, up, trailer http.Header, end bo
 		c.enc.WriteField(hpack.HeaderField{Name: "trailer", Value: strings.Join(keys, ", ")})
 	}
 	c.writeBlockLocked(st.id, end)
+	st.headed = true
 	if end {
 		st.ended = true
 	}

@@ -147,7 +147,8 @@ func (w *h2World) h2Client() *http.Client {
 			var d net.Dialer
 			return d.DialContext(ctx, "tcp", w.addr)
 		},
-		MaxConnsPerHost: 1,
+		MaxConnsPerHost:       1,
+		ExpectContinueTimeout: 10 * time.Second,
 		HTTP2: &http.HTTP2Config{
 			MaxReceiveBufferPerStream:     64 << 10,
 			MaxReceiveBufferPerConnection: 128 << 10,
@@ -293,6 +294,21 @@ func TestHTTP2OwnServer(t *testing.T) {
 		}
 		if body := readAll(t, res); res.StatusCode != 200 || !reused || !strings.Contains(body, "path=/after") {
 			t.Errorf("after the reset: %d %q reused=%v", res.StatusCode, body, reused)
+		}
+	})
+
+	t.Run("Expect: 100-continue answered once the upstream wants the body", func(t *testing.T) {
+		var got100 atomic.Bool
+		trace := &httptrace.ClientTrace{Got100Continue: func() { got100.Store(true) }}
+		req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace),
+			"POST", "https://h2.test/expect", strings.NewReader("0123456789"))
+		req.Header.Set("Expect", "100-continue")
+		res, err := cl.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if body := readAll(t, res); !got100.Load() || !strings.Contains(body, "body=10") {
+			t.Errorf("100 Continue seen: %v; upstream: %q", got100.Load(), body)
 		}
 	})
 
