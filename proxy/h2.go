@@ -9,6 +9,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -76,6 +77,8 @@ type h2Conn struct {
 	tls  *tls.ConnectionState
 	ctx  context.Context // carries rc for connFrom (proxy_protocol pinning)
 	addr string          // client address, as net/http's RemoteAddr
+	xff  []string        // X-Forwarded-For: the client's IP, shared by the connection's requests
+	fwd  atomic.Pointer[fwdFields]
 
 	fr *http2.Framer // reads; serve only
 
@@ -102,6 +105,7 @@ type h2Conn struct {
 	closed    bool
 	flushing  bool // the writer holds a buffer it is writing
 
+	handlers  sync.WaitGroup // stream goroutines: the connection is done when they are
 	kick      chan struct{} // wakes the writer
 	done      chan struct{} // closed with the connection
 	wdone     chan struct{} // closed when the writer has stopped
@@ -126,6 +130,9 @@ func (s *Server) serveH2(tc *tls.Conn, rc *replayConn) {
 		done:         make(chan struct{}),
 		wdone:        make(chan struct{}),
 	}
+	if ip, _, err := net.SplitHostPort(c.addr); err == nil {
+		c.xff = []string{ip}
+	}
 	if cur := s.state.Load(); cur != nil {
 		c.tm = cur.tm // the live config's timeouts
 	}
@@ -143,6 +150,11 @@ func (s *Server) serveH2(tc *tls.Conn, rc *replayConn) {
 	defer s.h2conns.remove(c)
 	go c.writeLoop()
 	c.serve()
+	// the streams were ended with the connection; their goroutines
+	// return at once (canceled upstream requests), after their
+	// access-log lines: a drain that saw this connection go has seen
+	// its requests logged
+	c.handlers.Wait()
 }
 
 // outWriter appends the write framer's frames to the queue; mu is held.
@@ -685,4 +697,12 @@ func (s *h2Set) shutdown(ctx context.Context) (cut int) {
 	}
 }
 
-var _ net.Conn = (*tls.Conn)(nil)
+// fwdFields are the forwarding fields for one Host on a connection:
+// a client sends the same Host on every request, so they are built
+// once. The upstream transport only reads them.
+type fwdFields struct {
+	host     string
+	xfh, fwd []string
+}
+
+var xfpHTTPS = []string{"https"}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -141,8 +140,12 @@ func (c *h2Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	if id <= c.maxID {
 		st := c.streams[id]
 		if st == nil {
-			// a closed stream's id used again (RFC 9113 §5.1.1)
-			return http2.ConnectionError(http2.ErrCodeProtocol)
+			// a closed stream's id used again (RFC 9113 §5.1, §5.1.1)
+			return http2.ConnectionError(http2.ErrCodeStreamClosed)
+		}
+		if st.remoteDone && st.ended {
+			// closed both ways; its goroutine is only finishing up
+			return http2.ConnectionError(http2.ErrCodeStreamClosed)
 		}
 		if st.remoteDone || st.err == errH2StreamReset {
 			return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
@@ -193,6 +196,7 @@ func (c *h2Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	if c.idleTimer != nil && len(c.streams) == 1 {
 		c.idleTimer.Stop()
 	}
+	c.handlers.Add(1)
 	go st.run(req, f.Truncated)
 	return nil
 }
@@ -323,6 +327,7 @@ func (b h2Body) Close() error {
 
 // run proxies the stream's request and ends the stream.
 func (st *h2Stream) run(req h2Request, truncated bool) {
+	defer st.c.handlers.Done()
 	defer st.c.streamDone(st)
 	if truncated {
 		st.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -450,12 +455,18 @@ func (st *h2Stream) upstreamRequest(r *http.Request, rs *routeState, in h2Reques
 	if _, ok := h["User-Agent"]; !ok {
 		h["User-Agent"] = []string{""} // no Go default user agent upstream
 	}
-	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		h["X-Forwarded-For"] = []string{ip}
+	c := st.c
+	if c.xff != nil {
+		h["X-Forwarded-For"] = c.xff
 	}
-	h["X-Forwarded-Host"] = []string{r.Host}
-	h["X-Forwarded-Proto"] = []string{"https"}
-	h["Forwarded"] = []string{forwardedValue(r)}
+	ff := c.fwd.Load()
+	if ff == nil || ff.host != r.Host {
+		ff = &fwdFields{host: r.Host, xfh: []string{r.Host}, fwd: []string{forwardedValue(r)}}
+		c.fwd.Store(ff)
+	}
+	h["X-Forwarded-Host"] = ff.xfh
+	h["X-Forwarded-Proto"] = xfpHTTPS
+	h["Forwarded"] = ff.fwd
 	r.URL.Scheme = rs.scheme
 	r.URL.Host = rs.bal.ups[0].target.Host
 	if in.endStream || in.declared == 0 {

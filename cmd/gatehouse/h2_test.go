@@ -565,8 +565,8 @@ func TestHTTP2ProtocolErrors(t *testing.T) {
 			return f.Header().StreamID == 1 && f.Header().Flags.Has(http2.FlagDataEndStream)
 		})
 		r.headers(1, r.block(true, "/again"), true)
-		if code, _ := r.goAway(); code != http2.ErrCodeProtocol {
-			t.Errorf("GOAWAY %v, want PROTOCOL_ERROR", code)
+		if code, _ := r.goAway(); code != http2.ErrCodeStreamClosed {
+			t.Errorf("GOAWAY %v, want STREAM_CLOSED (RFC 9113 §5.1: HEADERS on a closed stream)", code)
 		}
 	})
 
