@@ -106,9 +106,9 @@ type h2Conn struct {
 	flushing  bool // the writer holds a buffer it is writing
 
 	handlers  sync.WaitGroup // stream goroutines: the connection is done when they are
-	kick      chan struct{} // wakes the writer
-	done      chan struct{} // closed with the connection
-	wdone     chan struct{} // closed when the writer has stopped
+	kick      chan struct{}  // wakes the writer
+	done      chan struct{}  // closed with the connection
+	wdone     chan struct{}  // closed when the writer has stopped
 	idleTimer *time.Timer
 }
 
