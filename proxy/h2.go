@@ -70,15 +70,16 @@ func h2Eligible(rs *routeState) bool {
 // reading; everything else shared — streams, flow-control windows, the
 // outgoing buffer, the HPACK encoder — is guarded by mu.
 type h2Conn struct {
-	s    *Server
-	tc   *tls.Conn
-	rc   *replayConn
-	tm   timeouts
-	tls  *tls.ConnectionState
-	ctx  context.Context // carries rc for connFrom (proxy_protocol pinning)
-	addr string          // client address, as net/http's RemoteAddr
-	xff  []string        // X-Forwarded-For: the client's IP, shared by the connection's requests
-	fwd  atomic.Pointer[fwdFields]
+	s     *Server
+	tc    *tls.Conn
+	rc    *replayConn
+	tm    timeouts
+	tls   *tls.ConnectionState
+	ctx   context.Context           // carries rc for connFrom (proxy_protocol pinning)
+	addr  string                    // client address, as net/http's RemoteAddr
+	xff   []string                  // X-Forwarded-For: the client's IP, shared by the connection's requests
+	fwd   atomic.Pointer[fwdFields] // the Transport path's
+	fwdUp atomic.Pointer[fwdInfo]   // the own client's (h2up.go)
 
 	fr *http2.Framer // reads; serve only
 
@@ -86,7 +87,8 @@ type h2Conn struct {
 	out     []byte        // frames queued for the client
 	wfr     *http2.Framer // writes into out
 	enc     *hpack.Encoder
-	hbuf    bytes.Buffer // HPACK output for one header block
+	hbuf    bytes.Buffer      // HPACK output for one header block
+	strs    map[string]string // interned response field strings (h2up.go)
 	streams map[uint32]*h2Stream
 	maxID   uint32 // highest stream id the client opened
 	running int    // stream goroutines not yet finished (including reset ones)

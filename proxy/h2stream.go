@@ -41,6 +41,8 @@ type h2Stream struct {
 	headed     bool  // response HEADERS (or a 100) queued
 	err        error // why the stream ended, once it has
 	cancel     context.CancelFunc
+	uc         *upConn // the upstream connection of the exchange in progress (h2up.go)
+	ucBroken   bool    // the stream ended while uc was attached: uc's deadline is past
 
 	hdr         http.Header // response header for the ResponseWriter methods
 	wroteHeader bool
@@ -58,6 +60,7 @@ func (st *h2Stream) endLocked(err error) {
 	if st.cancel != nil {
 		st.cancel()
 	}
+	st.breakUpLocked()
 	st.cond.Broadcast()
 }
 
@@ -377,6 +380,39 @@ func (st *h2Stream) serve(in h2Request) {
 		_, _ = st.Write([]byte("405 Method Not Allowed: CONNECT is not proxied\n"))
 		return
 	}
+	if !isToken(in.method) || !validTarget(bstr(in.path)) || in.authority == "" || !validHost(bstr(in.authority)) {
+		// what reaches an HTTP/1.1 upstream must parse there as it did here
+		st.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		st.WriteHeader(http.StatusBadRequest)
+		_, _ = st.Write([]byte("400 Bad Request: malformed :method, :path or :authority\n"))
+		return
+	}
+	rs := s.routeForStream(rc)
+	began := time.Now()
+	defer rs.metrics.observe(began)
+	if host := routes.CanonicalHost(in.authority); host != rc.hello.ServerName && !rs.serves(host) {
+		rs.metrics.none[classOf(http.StatusMisdirectedRequest)].Inc()
+		st.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		st.WriteHeader(http.StatusMisdirectedRequest)
+		_, _ = st.Write([]byte("421 Misdirected Request: this connection was opened for " + rc.hello.ServerName + "\n"))
+		return
+	}
+	if rs.hsts != "" {
+		st.Header().Set("Strict-Transport-Security", rs.hsts)
+	}
+	if h2Native(rs) {
+		up, err := st.forward(rs, in)
+		if err != nil {
+			st.failNative(rs, in, up, err)
+		}
+		if s.access != nil {
+			st.end() // the duration logged includes the last frame queued
+			st.logNative(rs, in, up, began)
+		}
+		return
+	}
+	// https:// upstreams after a reload, or PROXY protocol to the
+	// upstreams: net/http's Transport through the route's RoundTrip
 	u, err := url.ParseRequestURI(in.path)
 	if err != nil {
 		st.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -388,19 +424,6 @@ func (st *h2Stream) serve(in h2Request) {
 		Method: in.method, URL: u, Proto: "HTTP/2.0", ProtoMajor: 2,
 		Header: make(http.Header, len(in.fields)+4), Host: in.authority,
 		RemoteAddr: c.addr, RequestURI: in.path, TLS: c.tls,
-	}
-	rs := s.routeFor(st, r, rc)
-	began := time.Now()
-	defer rs.metrics.observe(began)
-	if host := routes.CanonicalHost(r.Host); host != rc.hello.ServerName && !rs.serves(host) {
-		rs.metrics.none[classOf(http.StatusMisdirectedRequest)].Inc()
-		st.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		st.WriteHeader(http.StatusMisdirectedRequest)
-		_, _ = st.Write([]byte("421 Misdirected Request: this connection was opened for " + rc.hello.ServerName + "\n"))
-		return
-	}
-	if rs.hsts != "" {
-		st.Header().Set("Strict-Transport-Security", rs.hsts)
 	}
 	st.upstreamRequest(r, rs, in)
 	ctx := st.ctx
@@ -423,6 +446,20 @@ func (st *h2Stream) serve(in h2Request) {
 		*a = accessRecord{}
 		accessPool.Put(a)
 	}
+}
+
+// routeForStream is routeFor (http.go) for a stream: after a reload
+// the next stream follows the new config; a name without an http route
+// any more is still served by the connection's route.
+func (s *Server) routeForStream(rc *replayConn) *routeState {
+	snap := s.state.Load()
+	if snap == rc.snap {
+		return rc.route
+	}
+	if cur := snap.lookup(rc.hello.ServerName); cur != nil && cur.mode == routes.ModeHTTP {
+		return cur
+	}
+	return rc.route
 }
 
 // upstreamRequest fills r as the upstream gets it, as route.go's

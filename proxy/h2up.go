@@ -1,0 +1,519 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"time"
+	"unsafe"
+
+	"golang.org/x/net/http2/hpack"
+)
+
+// An HTTP/2 stream's exchange with a plain http:// upstream through
+// gatehouse's own HTTP/1.1 client (upstream1.go), as the HTTP/1.1 fast
+// path (h1.go) does it: the stream's goroutine writes the request head
+// (and a small body) in one write and reads the response itself, with
+// no Transport read/write loop goroutines and no http.Request. Routes
+// with PROXY protocol to their upstreams keep the Transport path (their
+// connections are pinned per client connection).
+
+// h2Native reports whether requests routed to rs use the own client.
+func h2Native(rs *routeState) bool { return rs.fast && rs.ppVersion == 0 }
+
+// bstr views s as bytes without a copy; the bytes are only read.
+func bstr(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
+
+// fwdFor returns the connection's forwarding fields for host: built
+// once per connection and Host, then shared read-only by its streams.
+func (c *h2Conn) fwdFor(host string) *fwdInfo {
+	if f := c.fwdUp.Load(); f != nil && string(f.host) == host {
+		return f
+	}
+	f := new(fwdInfo)
+	f.set(c.addr, []byte(host))
+	c.fwdUp.Store(f)
+	return f
+}
+
+// upHead is the request as appendUpstreamHead writes it: the stream's
+// fields, less what HTTP/1.1 gets otherwise (cookies joined into one
+// field, Expect answered by gatehouse itself).
+func (st *h2Stream) upHead(in h2Request) reqHead {
+	req := reqHead{method: bstr(in.method), target: bstr(in.path), host: bstr(in.authority), contentLength: -1}
+	req.fields = make([]hfield, 0, len(in.fields))
+	var cookies []string
+	for _, f := range in.fields {
+		if f.IsPseudo() {
+			continue
+		}
+		switch f.Name {
+		case "host", "expect":
+			continue
+		case "cookie":
+			cookies = append(cookies, f.Value)
+			continue
+		}
+		req.fields = append(req.fields, hfield{name: bstr(f.Name), value: bstr(f.Value)})
+	}
+	switch len(cookies) {
+	case 0:
+	case 1:
+		req.fields = append(req.fields, hfield{name: []byte("cookie"), value: bstr(cookies[0])})
+	default:
+		var b []byte
+		for i, v := range cookies {
+			if i > 0 {
+				b = append(b, "; "...)
+			}
+			b = append(b, v...)
+		}
+		req.fields = append(req.fields, hfield{name: []byte("cookie"), value: b})
+	}
+	if in.endStream || in.declared == 0 {
+		switch in.method {
+		case "POST", "PUT", "PATCH":
+			req.contentLength = 0 // as the Transport sent them: Content-Length: 0
+		}
+	}
+	return req
+}
+
+// attach makes uc the stream's upstream connection: a reset of the
+// stream then breaks off its reads and writes at once. false: the
+// stream has ended already.
+func (st *h2Stream) attach(uc *upConn) bool {
+	st.c.mu.Lock()
+	defer st.c.mu.Unlock()
+	if st.err != nil {
+		return false
+	}
+	st.uc = uc
+	return true
+}
+
+// detach ends attach; it reports whether a reset poisoned the
+// connection meanwhile (its deadline is in the past: not reusable).
+func (st *h2Stream) detach() bool {
+	st.c.mu.Lock()
+	defer st.c.mu.Unlock()
+	st.uc = nil
+	return st.ucBroken
+}
+
+// breakUpLocked interrupts the stream's upstream exchange (in endLocked).
+func (st *h2Stream) breakUpLocked() {
+	if st.uc != nil && !st.ucBroken {
+		st.ucBroken = true
+		_ = st.uc.nc.SetDeadline(time.Unix(1, 0))
+	}
+}
+
+// forward proxies the stream's request to an upstream of rs and relays
+// the answer; an error means nothing (or not all) was answered yet: the
+// caller answers it as proxyError does.
+func (st *h2Stream) forward(rs *routeState, in h2Request) (*upstream, error) {
+	c := st.c
+	req := st.upHead(in)
+	fwd := c.fwdFor(in.authority)
+	bodyLen, stream := int64(0), false
+	if !in.endStream && in.declared != 0 {
+		bodyLen, stream = in.declared, true
+	}
+	bp := getBuf(&smallBufs)
+	defer putBuf(&smallBufs, bp)
+	ob := appendUpstreamHead((*bp)[:0], &req, fwd, bodyLen)
+	if stream && bodyLen > 0 && bodyLen <= smallBuf {
+		// the whole body is here already (a small form, an API call): one write
+		c.mu.Lock()
+		if st.remoteDone && int64(len(st.body)-st.bodyOff) == bodyLen {
+			ob = append(ob, st.body[st.bodyOff:]...)
+			c.creditLocked(nil, bodyLen)
+			st.body, st.bodyOff, st.bodyClosed = st.body[:0], 0, true
+			stream = false
+		}
+		c.mu.Unlock()
+	}
+	*bp = ob[:0]
+	retryable := !stream && idempotent(req.method)
+
+	var skip tried
+	var lastErr error
+	retried := false
+	for {
+		up := rs.bal.pick(skip)
+		if up == nil {
+			if lastErr == nil {
+				lastErr = errNoUpstream
+			}
+			return nil, lastErr
+		}
+		up.active.Add(1)
+		var uc *upConn
+		var err error
+		if retried {
+			uc, err = dialUp(rs, up, up.pool)
+		} else {
+			uc, err = up.pool.get(rs, up)
+		}
+		if err != nil {
+			up.active.Add(-1)
+			if up.failed(rs.bal.passive) {
+				rs.log.Warn("upstream out of rotation after consecutive failures", "upstream", up.Raw,
+					"failures", passiveFails, "cooldown", passiveCooldown, "error", err)
+			}
+			lastErr = &upstreamError{up: up, err: err}
+			skip.add(rs.bal.index(up))
+			rs.log.Debug("upstream unreachable; trying another", "upstream", up.Raw, "error", err)
+			continue
+		}
+		if !st.attach(uc) {
+			uc.done(false)
+			up.active.Add(-1)
+			return up, context.Canceled
+		}
+		err = uc.write(ob)
+		if err == nil && stream {
+			err = st.sendBodyUp(uc, bodyLen)
+		}
+		var resp *respHead
+		if err == nil {
+			resp, err = uc.readHead(time.Now().Add(c.tm.respHeader))
+		}
+		for err == nil && resp.status < 200 {
+			if resp.status == 101 {
+				err = errors.New("101 Switching Protocols to a request without Upgrade")
+				break
+			}
+			resp, err = uc.readHead(time.Now().Add(c.tm.respHeader)) // 1xx: not passed on
+		}
+		if err == nil {
+			st.relay(rs, up, uc, resp, in.method == "HEAD")
+			return up, nil
+		}
+		broken := st.detach()
+		uc.done(false)
+		up.active.Add(-1)
+		var cbe *clientBodyError
+		if broken || errors.As(err, &cbe) {
+			return up, context.Canceled // the client went away or reset the stream
+		}
+		if uc.reused && uc.gotNothing() && retryable && !retried {
+			// a pooled connection the upstream had closed: once more on a new one
+			retried = true
+			rs.log.Debug("pooled upstream connection was closed; retrying on a new one", "upstream", up.Raw, "error", err)
+			continue
+		}
+		if up.failed(rs.bal.passive) {
+			rs.log.Warn("upstream out of rotation after consecutive failures", "upstream", up.Raw,
+				"failures", passiveFails, "cooldown", passiveCooldown, "error", err)
+		}
+		return up, &upstreamError{up: up, err: err}
+	}
+}
+
+// sendBodyUp streams the request body to the upstream as the head
+// declared it: as is for a Content-Length, else chunked.
+func (st *h2Stream) sendBodyUp(uc *upConn, bodyLen int64) error {
+	bp := h2Buffers.Get().(*[]byte)
+	defer h2Buffers.Put(bp)
+	buf := *bp
+	body := h2Body{st}
+	defer body.Close()
+	for {
+		n, err := body.Read(buf[chunkHdr : len(buf)-2])
+		if n > 0 {
+			out := buf[chunkHdr : chunkHdr+n]
+			if bodyLen < 0 {
+				// the chunk-size line goes right before the data
+				var hex [chunkHdr]byte
+				h := appendHex(hex[:0], uint64(n))
+				h = append(h, '\r', '\n')
+				start := chunkHdr - len(h)
+				copy(buf[start:], h)
+				out = append(buf[start:chunkHdr+n], '\r', '\n')
+			}
+			if werr := uc.write(out); werr != nil {
+				return werr
+			}
+		}
+		if err == io.EOF {
+			if bodyLen < 0 {
+				return uc.write([]byte("0\r\n\r\n"))
+			}
+			return nil
+		}
+		if err != nil {
+			return &clientBodyError{err}
+		}
+	}
+}
+
+// relay sends the upstream's response to the client and ends the
+// exchange's use of uc.
+func (st *h2Stream) relay(rs *routeState, up *upstream, uc *upConn, resp *respHead, head bool) {
+	up.succeeded()
+	up.reqs[classOf(resp.status)].Inc()
+	kind, n := resp.bodyKind(head)
+	uc.body.init(kind, n)
+	st.wroteHeader, st.status = true, resp.status
+	reusable := false
+	defer func() {
+		broken := st.detach()
+		uc.done(reusable && !broken)
+		up.active.Add(-1)
+	}()
+	if err := st.sendRespHead(rs, resp, kind, uc.body.done); err != nil || uc.body.done {
+		reusable = err == nil && !resp.close
+		return
+	}
+	for {
+		data, err := uc.body.next(&uc.br)
+		if err != nil {
+			rs.log.Warn("upstream sent a malformed body; response truncated", "upstream", up.Raw, "error", err)
+			return // streamDone resets the stream
+		}
+		if len(data) > 0 {
+			last := uc.body.done && len(uc.body.trailers) == 0
+			if err := st.sendData(data, last); err != nil {
+				return
+			}
+			st.bytes += int64(len(data))
+			continue
+		}
+		if uc.body.done {
+			break
+		}
+		uc.noDeadline()
+		if err := uc.br.fill(); err != nil {
+			if kind == bodyClose && err == io.EOF {
+				uc.body.done = true
+				resp.close = true
+				continue
+			}
+			if !st.canceled() {
+				rs.log.Warn("upstream read error during body copy; response truncated", "upstream", up.Raw, "error", err)
+			}
+			return
+		}
+	}
+	if t := uc.body.trailers; len(t) > 0 {
+		_ = st.sendRawTrailers(t)
+	} else if !st.ended {
+		_ = st.sendData(nil, true)
+	}
+	reusable = !resp.close && kind != bodyClose
+}
+
+// canceled reports whether the stream has ended (a client reset).
+func (st *h2Stream) canceled() bool {
+	st.c.mu.Lock()
+	defer st.c.mu.Unlock()
+	return st.err != nil
+}
+
+// sendRespHead queues the response HEADERS for an upstream head:
+// hop-by-hop and framing fields dropped, Content-Length as the body
+// will have it, HSTS (the route's replaces the upstream's), a Date.
+func (st *h2Stream) sendRespHead(rs *routeState, resp *respHead, kind int, end bool) error {
+	c := st.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.waitRoomLocked(st); err != nil {
+		return err
+	}
+	if st.err != nil {
+		return st.err
+	}
+	c.hbuf.Reset()
+	enc := c.enc
+	enc.WriteField(hpack.HeaderField{Name: ":status", Value: statusString(resp.status)})
+	hsts := rs.hsts
+	date := false
+	for _, f := range resp.fields {
+		if isRespHop(f.name, resp.conn, false) || hsts != "" && eqFold(f.name, "strict-transport-security") {
+			continue
+		}
+		name := c.lowerName(f.name)
+		if name == "date" {
+			date = true
+		}
+		enc.WriteField(hpack.HeaderField{Name: name, Value: c.intern(f.value)})
+	}
+	if kind == bodyLength || kind == bodyNone && resp.contentLength >= 0 && resp.status != 204 && resp.status != 304 {
+		var num [20]byte
+		enc.WriteField(hpack.HeaderField{Name: "content-length", Value: c.intern(strconv.AppendInt(num[:0], resp.contentLength, 10))})
+	}
+	if hsts != "" {
+		enc.WriteField(hpack.HeaderField{Name: "strict-transport-security", Value: hsts})
+	}
+	if !date {
+		enc.WriteField(hpack.HeaderField{Name: "date", Value: httpDate()})
+	}
+	c.writeBlockLocked(st.id, end)
+	st.headed = true
+	if end {
+		st.ended = true
+	}
+	c.wake()
+	return nil
+}
+
+// sendRawTrailers ends the stream with a chunked body's trailer section
+// (field lines as received).
+func (st *h2Stream) sendRawTrailers(t []byte) error {
+	c := st.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.waitRoomLocked(st); err != nil {
+		return err
+	}
+	if st.err != nil {
+		return st.err
+	}
+	c.hbuf.Reset()
+	for len(t) > 0 {
+		line := t
+		if i := bytes.IndexByte(t, '\n'); i >= 0 {
+			line, t = t[:i], t[i+1:]
+		} else {
+			t = nil
+		}
+		line = bytes.TrimRight(line, "\r")
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 {
+			continue
+		}
+		name := bytes.TrimSpace(line[:colon])
+		if isRespHop(name, nil, false) {
+			continue
+		}
+		c.enc.WriteField(hpack.HeaderField{Name: c.lowerName(name), Value: string(bytes.TrimSpace(line[colon+1:]))})
+	}
+	c.writeBlockLocked(st.id, true)
+	st.ended = true
+	c.wake()
+	return nil
+}
+
+// lowerName is a response field name in lower case, as a string shared
+// across responses; mu is held.
+func (c *h2Conn) lowerName(b []byte) string {
+	if k, ok := h2LowerBytes[string(b)]; ok {
+		return k
+	}
+	var tmp [64]byte
+	l := tmp[:0]
+	if len(b) > len(tmp) {
+		l = make([]byte, 0, len(b))
+	}
+	for _, ch := range b {
+		if 'A' <= ch && ch <= 'Z' {
+			ch += 'a' - 'A'
+		}
+		l = append(l, ch)
+	}
+	return c.intern(l)
+}
+
+// intern returns b as a string, the same one for the same bytes while
+// the connection's table has room: response fields repeat (a server
+// name, a content type, a length), and HPACK keeps the strings it
+// indexes, so each must be a string of its own. mu is held.
+func (c *h2Conn) intern(b []byte) string {
+	if s, ok := c.strs[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	if len(b) <= 128 {
+		if c.strs == nil || len(c.strs) >= 256 {
+			c.strs = make(map[string]string, 64)
+		}
+		c.strs[s] = s
+	}
+	return s
+}
+
+// h2LowerBytes maps field names in their usual spellings (canonical,
+// and already lower case) to lower case.
+var h2LowerBytes = map[string]string{}
+
+func init() {
+	for k, l := range h2Lower {
+		h2LowerBytes[k] = l
+		h2LowerBytes[l] = l
+	}
+}
+
+// failNative answers a failed exchange as proxyError does: nothing when
+// the client went away, else 502 (504 on a timeout) with a short body;
+// the details go to the log.
+func (st *h2Stream) failNative(rs *routeState, in h2Request, up *upstream, err error) {
+	reqs, addr := &rs.metrics.none, ""
+	if up != nil {
+		reqs, addr = &up.reqs, up.Raw
+	}
+	if errors.Is(err, context.Canceled) || st.canceled() {
+		reqs[classCanceled].Inc()
+		rs.log.Debug("client canceled request", "upstream", addr, "path", in.path, "client", st.c.addr)
+		return
+	}
+	status, body := 502, "502 Bad Gateway: the upstream server is unavailable\n"
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		status, body = 504, "504 Gateway Timeout: the upstream server did not answer in time\n"
+	}
+	reqs[classOf(status)].Inc()
+	if errors.Is(err, errNoUpstream) {
+		rs.log.Debug("no healthy upstream", "method", in.method, "path", in.path, "client", st.c.addr)
+	} else {
+		rs.log.Warn("upstream request failed", "upstream", addr, "method", in.method, "path", in.path,
+			"client", st.c.addr, "status", status, "error", err)
+	}
+	h := st.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	st.WriteHeader(status)
+	_, _ = st.Write([]byte(body))
+}
+
+// logNative writes the access-log line of a stream served by forward,
+// with the fields logAccess writes for net/http's requests.
+func (st *h2Stream) logNative(rs *routeState, in h2Request, up *upstream, began time.Time) {
+	c := st.c
+	path := in.path
+	if i := bytes.IndexByte(bstr(path), '?'); i >= 0 {
+		path = path[:i]
+	}
+	if p, err := url.PathUnescape(path); err == nil {
+		path = p
+	}
+	upAddr := ""
+	if up != nil {
+		upAddr = up.Raw
+	}
+	status := st.status
+	if status == 0 {
+		status = 499 // the client went away before any answer
+	}
+	c.s.access.LogAttrs(context.Background(), slog.LevelInfo, "access",
+		slog.String("route", rs.name),
+		slog.String("sni", c.rc.hello.ServerName),
+		slog.String("client", c.addr),
+		slog.String("method", in.method),
+		slog.String("host", in.authority),
+		slog.String("path", path),
+		slog.String("proto", "HTTP/2.0"),
+		slog.String("tls", tls.VersionName(c.tls.Version)),
+		slog.Int("status", status),
+		slog.Int64("bytes", st.bytes),
+		slog.String("upstream", upAddr),
+		slog.Duration("duration", time.Since(began)),
+	)
+}
