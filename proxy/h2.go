@@ -33,9 +33,17 @@ import (
 // What the server advertises and how much it lets a client hold.
 const (
 	h2MaxStreams   = 250       // SETTINGS_MAX_CONCURRENT_STREAMS: streams whose handler runs
-	h2StreamWindow = 256 << 10 // SETTINGS_INITIAL_WINDOW_SIZE: request body bytes buffered per stream
-	h2ConnWindow   = 1 << 20   // request body bytes buffered per connection, all streams
+	// SETTINGS_INITIAL_WINDOW_SIZE, and the connection's window: request
+	// body bytes buffered per stream and, in all, per connection (as
+	// net/http's server has them); a stream may take a frame of
+	// h2MaxReadFrame whole.
+	h2StreamWindow = 1 << 20
+	h2ConnWindow   = 1 << 20
 	h2MaxPending   = 64 << 10  // frames queued for the client before writers wait for the socket
+	// h2MaxReadFrame is SETTINGS_MAX_FRAME_SIZE, as net/http's server
+	// sets it (clients that send a header block in one large frame keep
+	// working); DATA frames are bounded by the stream windows anyway.
+	h2MaxReadFrame = 1 << 20
 	// h2ResetBudget bounds work a client can make gatehouse start and
 	// then cancel (CVE-2023-44487, rapid reset): each stream the client
 	// resets before its response ended, or that gatehouse refused or
@@ -140,7 +148,7 @@ func (s *Server) serveH2(tc *tls.Conn, rc *replayConn) {
 	}
 	c.fr = http2.NewFramer(nil, tc)
 	c.fr.SetReuseFrames()
-	c.fr.SetMaxReadFrameSize(16384) // SETTINGS_MAX_FRAME_SIZE is left at its default
+	c.fr.SetMaxReadFrameSize(h2MaxReadFrame)
 	c.fr.MaxHeaderListSize = maxHeaderBytes
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.wfr = http2.NewFramer(outWriter{c}, nil)
@@ -187,6 +195,7 @@ func (c *h2Conn) serve() {
 		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: h2MaxStreams},
 		http2.Setting{ID: http2.SettingInitialWindowSize, Val: h2StreamWindow},
 		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderBytes},
+		http2.Setting{ID: http2.SettingMaxFrameSize, Val: h2MaxReadFrame},
 	)
 	_ = c.wfr.WriteWindowUpdate(0, h2ConnWindow-65535)
 	c.wake()

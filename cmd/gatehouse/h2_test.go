@@ -509,7 +509,7 @@ func TestHTTP2ProtocolErrors(t *testing.T) {
 			t.Fatal(err)
 		}
 		if got[http2.SettingMaxConcurrentStreams] != 250 || got[http2.SettingMaxHeaderListSize] != 64<<10 ||
-			got[http2.SettingInitialWindowSize] != 256<<10 {
+			got[http2.SettingInitialWindowSize] != 1<<20 || got[http2.SettingMaxFrameSize] != 1<<20 {
 			t.Errorf("SETTINGS %v", got)
 		}
 	})
@@ -744,9 +744,24 @@ func TestHTTP2Conformance(t *testing.T) {
 	defer cancel()
 	// no SNI from an IP address: the route that lists 127.0.0.1 serves it
 	out, err := exec.CommandContext(ctx, bin, "-t", "-k", "-h", "127.0.0.1", "-p", port, "-o", "3").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), " 0 failed") {
-		t.Errorf("h2spec: %v\n%s", err, lastLines(string(out), 60))
+	// gatehouse advertises SETTINGS_MAX_FRAME_SIZE 1 MiB, as net/http's
+	// server did (clients sending a large header block in one frame keep
+	// working); h2spec's 4.2/3 sends a HEADERS frame of 16 KiB + 1 all
+	// the same, assuming the default size.
+	known := map[string]bool{"Sends a large size HEADERS frame that exceeds the SETTINGS_MAX_FRAME_SIZE": true}
+	failures := 0
+	for _, l := range strings.Split(string(out), "\n") {
+		if _, name, ok := strings.Cut(l, "× "); ok {
+			failures++
+			if _, name, _ = strings.Cut(name, ": "); !known[strings.TrimSpace(name)] {
+				t.Errorf("h2spec failure: %s", strings.TrimSpace(l))
+			}
+		}
 	}
+	if !strings.Contains(string(out), "145 tests") {
+		t.Errorf("h2spec did not run: %v\n%s", err, lastLines(string(out), 20))
+	}
+	t.Logf("h2spec: %s (%d failure lines, the known one listed twice)", lastLines(string(out), 1), failures)
 }
 
 func lastLines(s string, n int) string {
