@@ -32,14 +32,14 @@ import (
 
 // What the server advertises and how much it lets a client hold.
 const (
-	h2MaxStreams   = 250       // SETTINGS_MAX_CONCURRENT_STREAMS: streams whose handler runs
+	h2MaxStreams = 250 // SETTINGS_MAX_CONCURRENT_STREAMS: streams whose handler runs
 	// SETTINGS_INITIAL_WINDOW_SIZE, and the connection's window: request
 	// body bytes buffered per stream and, in all, per connection (as
 	// net/http's server has them); a stream may take a frame of
 	// h2MaxReadFrame whole.
 	h2StreamWindow = 1 << 20
 	h2ConnWindow   = 1 << 20
-	h2MaxPending   = 64 << 10  // frames queued for the client before writers wait for the socket
+	h2MaxPending   = 64 << 10 // frames queued for the client before writers wait for the socket
 	// h2MaxReadFrame is SETTINGS_MAX_FRAME_SIZE, as net/http's server
 	// sets it (clients that send a header block in one large frame keep
 	// working); DATA frames are bounded by the stream windows anyway.
