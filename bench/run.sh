@@ -32,16 +32,6 @@ if [ ${#need[@]} -gt 0 ] || ! command -v caddy >/dev/null 2>&1; then
   command -v caddy >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq caddy >/dev/null 2>&1 || echo "bench: caddy not available; skipped"
 fi
 
-cache="$root/bench/.cache"
-bin="$cache/bin"
-mkdir -p "$bin"
-echo "bench: building gatehouse, gatehouse-pprof, loadgen, upstream, driver"
-go build -trimpath -o "$bin/gatehouse" ./cmd/gatehouse
-go build -trimpath -tags gatehouse_pprof -o "$bin/gatehouse-pprof" ./cmd/gatehouse
-go build -trimpath -o "$bin/loadgen" ./bench/loadgen
-go build -trimpath -o "$bin/upstream" ./bench/upstream
-go build -trimpath -o "$bin/driver" ./bench/driver
-
 # One bench at a time per machine: two runs pinned to the same CPUs spoil
 # each other's numbers (seen: stalled handshakes, SYN retransmits). Wait
 # for a running one (bounded), then hold the lock until the driver exits.
@@ -50,6 +40,19 @@ if ! flock -n 9; then
   echo "bench: another bench run holds /tmp/gatehouse-bench.lock; waiting (at most 1 h)"
   flock -w 3600 9 || { echo "bench: still busy after 1 h; giving up"; exit 1; }
 fi
+
+cache="$root/bench/.cache"
+# binaries are per checkout (bench/.bin), not in the cache: the cache may be
+# shared between checkouts, and a build from another checkout must not
+# replace a binary a running bench is about to start
+bin="$root/bench/.bin"
+mkdir -p "$cache" "$bin"
+echo "bench: building gatehouse, gatehouse-pprof, loadgen, upstream, driver"
+go build -trimpath -o "$bin/gatehouse" ./cmd/gatehouse
+go build -trimpath -tags gatehouse_pprof -o "$bin/gatehouse-pprof" ./cmd/gatehouse
+go build -trimpath -o "$bin/loadgen" ./bench/loadgen
+go build -trimpath -o "$bin/upstream" ./bench/upstream
+go build -trimpath -o "$bin/driver" ./bench/driver
 
 # 5,000 idle connections on each side: the fd limit as high as allowed (20,000 here)
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
