@@ -75,8 +75,9 @@ type h1conn struct {
 	lastSnap  *snapshot   // routeFor cache after a reload
 	lastRS    *routeState
 	lastClose bool
-	pinned    *upConn // proxy_protocol routes: this client's own upstream connection
-	upgraded  bool    // handed over to a WebSocket pipe
+	pinned    *upConn   // proxy_protocol routes: this client's own upstream connection
+	idleEnd   time.Time // while idle: when the idle timeout closes the connection
+	upgraded  bool      // handed over to a WebSocket pipe
 }
 
 // serveH1 serves tc on the fast path until it closes.
@@ -87,19 +88,70 @@ func (s *Server) serveH1(tc *tls.Conn, rc *replayConn) {
 		tc.Close()
 		return
 	}
-	defer func() {
-		c.br.release()
-		if c.pinned != nil {
-			c.pinned.close()
+	c.loop()
+}
+
+// loop serves requests until the connection ends, or hands the
+// connection to a new goroutine once it has been idle for
+// idleHandoff.
+func (c *h1conn) loop() {
+	for {
+		switch c.serveOne() {
+		case h1Next:
+		case h1Handoff:
+			go c.loop()
+			return
+		default:
+			c.br.release()
+			if c.pinned != nil {
+				c.pinned.close()
+			}
+			if !c.upgraded {
+				c.tc.Close()
+			}
+			c.s.h1.remove(c) // last: a drain waiting for it finds it all closed
+			return
 		}
-		if !c.upgraded {
-			tc.Close()
-		}
-		s.h1.remove(c) // last: a drain waiting for it finds it all closed
-	}()
-	for c.serveOne() {
 	}
 }
+
+// waitReadable blocks until the client's socket has bytes (or its
+// read deadline passes), without reading them.
+func (c *h1conn) waitReadable() error {
+	tcp, ok := c.rc.Conn.(*net.TCPConn)
+	if !ok {
+		return nil // PROXY-protocol connections may buffer: read through them
+	}
+	raw, err := tcp.SyscallConn()
+	if err != nil {
+		return err
+	}
+	first := true
+	return raw.Read(func(uintptr) bool {
+		if first {
+			first = false
+			return false // wait for readability, then be called again
+		}
+		return true
+	})
+}
+
+// What serveOne tells loop.
+const (
+	h1Next    = iota // serve the next request
+	h1Done           // the connection is over
+	h1Handoff        // idle: continue on a fresh goroutine
+)
+
+// idleHandoff is how long a connection waits for its next request on
+// the goroutine that served the last one. Serving a request (and the
+// handshake before the first) grows a goroutine's stack to 8 KiB, and
+// the runtime does not shrink a stack in use, so an idle keep-alive
+// connection would keep it for as long as it stays open: after this
+// long it continues on a new goroutine, whose stack is 2 KiB while it
+// waits (the old one's goes back to the runtime). A busy connection
+// never waits this long and pays nothing.
+const idleHandoff = time.Second
 
 func (c *h1conn) out() []byte {
 	if c.outp == nil {
@@ -120,19 +172,42 @@ func (c *h1conn) putOut(ob []byte) {
 	c.outp = nil
 }
 
-// serveOne reads and serves one request; false ends the connection.
-func (c *h1conn) serveOne() bool {
+// serveOne reads and serves one request (h1Next), or ends the
+// connection (h1Done), or hands it over while idle (h1Handoff).
+func (c *h1conn) serveOne() int {
 	snap := c.s.state.Load()
 	if c.br.buffered() == 0 {
 		c.br.release()
 		c.state.Store(h1Idle)
 		if c.s.closed.Load() {
-			return false
+			return h1Done
 		}
-		_ = c.tc.SetReadDeadline(time.Now().Add(snap.tm.idle))
-		n, _ := c.tc.Read(c.tiny[:])
+		now := time.Now()
+		wait := c.idleEnd
+		if wait.IsZero() {
+			// the first wait since a request: a handoff after idleHandoff
+			c.idleEnd = now.Add(snap.tm.idle)
+			wait = c.idleEnd
+			if snap.tm.idle > 2*idleHandoff {
+				wait = now.Add(idleHandoff)
+			}
+		}
+		_ = c.tc.SetReadDeadline(wait)
+		if !wait.Before(c.idleEnd) {
+			// handed off: wait on the socket itself, a shallow stack
+			// (the TLS read's call chain would double it); crypto/tls
+			// holds no whole record now, or the last read had returned it
+			if err := c.waitReadable(); err != nil {
+				return h1Done
+			}
+		}
+		n, err := c.tc.Read(c.tiny[:])
+		if n == 0 && wait.Before(c.idleEnd) && errors.Is(err, os.ErrDeadlineExceeded) && c.state.Load() == h1Idle {
+			return h1Handoff // c.idleEnd stays: the next wait runs to it
+		}
+		c.idleEnd = time.Time{}
 		if !c.state.CompareAndSwap(h1Idle, h1Active) || n == 0 {
-			return false
+			return h1Done
 		}
 		c.br.take(&smallBufs)
 		c.br.buf[0] = c.tiny[0]
@@ -146,22 +221,22 @@ func (c *h1conn) serveOne() bool {
 		end, scan, err = headEnd(c.br.buf[c.br.r:c.br.w], scan)
 		if err != nil {
 			c.refuse(snap, err)
-			return false
+			return h1Done
 		}
 		if end > 0 {
 			break
 		}
 		if c.br.buffered() > maxHeaderBytes {
 			c.refuse(snap, errHeadTooLarge)
-			return false
+			return h1Done
 		}
 		if err := c.br.fill(); err != nil {
 			if err != errBufFull {
-				return false // closed, reset, or read_header ran out: net/http closes too
+				return h1Done // closed, reset, or read_header ran out: net/http closes too
 			}
 			if len(c.br.buf) >= largeBuf {
 				c.refuse(snap, errHeadTooLarge)
-				return false
+				return h1Done
 			}
 			c.br.grow(&largeBufs)
 		}
@@ -169,10 +244,13 @@ func (c *h1conn) serveOne() bool {
 	began := time.Now()
 	if err := c.req.parse(c.br.buf[c.br.r : c.br.r+end]); err != nil {
 		c.refuse(snap, err)
-		return false
+		return h1Done
 	}
 	c.br.r += end
-	return c.serveRequest(snap, began)
+	if !c.serveRequest(snap, began) {
+		return h1Done
+	}
+	return h1Next
 }
 
 // refuse answers a request gatehouse will not forward, and the

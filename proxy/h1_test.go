@@ -44,6 +44,12 @@ type h1World struct {
 // startH1World serves web.test (and any extra routes) forwarding to upstream.
 func startH1World(t *testing.T, upstream string, extra ...routes.Route) *h1World {
 	t.Helper()
+	return startH1WorldIdle(t, 0, upstream, extra...)
+}
+
+// startH1WorldIdle is startH1World with [timeouts] idle set (0: default).
+func startH1WorldIdle(t *testing.T, idle time.Duration, upstream string, extra ...routes.Route) *h1World {
+	t.Helper()
 	ca, err := acmetest.NewTestCA("h1 test root")
 	if err != nil {
 		t.Fatal(err)
@@ -60,6 +66,9 @@ func startH1World(t *testing.T, upstream string, extra ...routes.Route) *h1World
 	roots.AddCert(ca.Cert)
 	cfg := &routes.Config{Routes: append([]routes.Route{{Hosts: []string{"web.test"}, Upstream: upstream}}, extra...)}
 	cfg.Timeouts.ReadHeader = routes.Duration(2 * time.Second)
+	if idle > 0 {
+		cfg.Timeouts.Idle = routes.Duration(idle)
+	}
 	cfg.ApplyDefaults()
 	s := New(Options{Certs: fixedCerts{&kp}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err := s.Listen("127.0.0.1:0", ""); err != nil {
@@ -506,5 +515,29 @@ func TestH1StaleUpstreamConnection(t *testing.T) {
 			t.Errorf("request %d: %d %q", i, res.StatusCode, body)
 		}
 		time.Sleep(50 * time.Millisecond) // the upstream has closed the pooled connection by now
+	}
+}
+
+// An idle keep-alive connection moves to a fresh goroutine after
+// idleHandoff (its stack shrinks): it still serves its next request
+// then, and is still closed at the idle timeout, not before.
+func TestH1IdleHandoffAndTimeout(t *testing.T) {
+	const idle = 2500 * time.Millisecond
+	w := startH1WorldIdle(t, idle, echoUpstream(t).URL)
+	c, br := w.dial()
+	if res, _ := roundTrip(t, c, br, "GET /a HTTP/1.1\r\nHost: web.test\r\n\r\n", false); res.StatusCode != 200 {
+		t.Fatalf("status %d", res.StatusCode)
+	}
+	time.Sleep(idleHandoff + 300*time.Millisecond) // handed off by now
+	res, body := roundTrip(t, c, br, "GET /b HTTP/1.1\r\nHost: web.test\r\n\r\n", false)
+	if res.StatusCode != 200 || !strings.Contains(body, "GET /b ") {
+		t.Fatalf("request after an idle handoff: %d %q", res.StatusCode, body)
+	}
+	began := time.Now()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err := br.ReadByte()
+	took := time.Since(began)
+	if err == nil || took < idle-300*time.Millisecond || took > idle+2*time.Second {
+		t.Errorf("idle connection closed after %v (%v), want about the idle timeout %v", took, err, idle)
 	}
 }
