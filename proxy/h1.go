@@ -99,6 +99,8 @@ func (c *h1conn) loop() {
 		switch c.serveOne() {
 		case h1Next:
 		case h1Handoff:
+			// what a request grew goes too; the next one regrows it
+			c.req.fields, c.req.conn = nil, nil
 			go c.loop()
 			return
 		default:
