@@ -43,11 +43,13 @@ import (
 //     metrics, without keeping the certificate.
 // Later passes only re-read names whose recorded time has come.
 //
-// What /readyz says: a name indexed but not checked yet is "stored"
-// (counted in stored_unchecked, not called ready: its certificate may
-// have expired); one the walk checked is "ready"; one whose only
-// certificate has expired is "expired" (waiting, with the reason) until
-// its renewal succeeds. `gatehouse certs` reads storage itself and
+// What /readyz says: a name indexed but not checked yet is in state
+// "stored", not "ready" (its certificate may have expired): /readyz
+// answers 200 with such names, since they are served from storage, and
+// counts them in stored_unchecked, which falls to 0 once the walk has
+// been through. A name the walk checked is "ready"; one whose only
+// certificate has expired is "expired" (counted as waiting, with the
+// reason) until its renewal succeeds. `gatehouse certs` reads storage itself and
 // reports every certificate's state (ok, renewal_due, expired) whether
 // it was loaded or not.
 
