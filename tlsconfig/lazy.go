@@ -241,7 +241,11 @@ func (m *Manager) awaitStored(hello *tls.ClientHelloInfo, c *certmagic.Config, n
 		limit = m.cfg.Timeouts.Handshake.Or(limit)
 	}
 	m.mu.RUnlock()
-	ctx, cancel := context.WithTimeout(hello.Context(), limit)
+	parent := hello.Context()
+	if parent == nil { // a ClientHelloInfo not made by crypto/tls
+		parent = context.Background()
+	}
+	ctx, cancel := context.WithTimeout(parent, limit)
 	defer cancel()
 	if err := m.loadFromIndex(ctx, c, name); err != nil && ctx.Err() != nil {
 		m.log.Warn("handshake gave up waiting for its certificate from storage (the load goes on for the next one)", "name", name, "error", err)

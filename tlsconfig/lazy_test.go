@@ -64,7 +64,7 @@ func (s *countingStorage) Load(ctx context.Context, key string) ([]byte, error) 
 
 // manyNamesConfig is one ACME route for names, on store dir, with a CA
 // that does not answer (nothing here may need it).
-func manyNamesConfig(t *testing.T, storage string, names []string) *routes.Config {
+func manyNamesConfig(t testing.TB, storage string, names []string) *routes.Config {
 	t.Helper()
 	q := make([]string, len(names))
 	for i, n := range names {
@@ -346,7 +346,7 @@ func quietLogger(t testing.TB) *slog.Logger {
 
 // plantWith stores a certificate resource for name, valid for validity
 // from now, as certmagic does.
-func plantWith(t *testing.T, st certmagic.Storage, issuerKey, name string, ca *acmetest.TestCA, validity time.Duration) *x509.Certificate {
+func plantWith(t testing.TB, st certmagic.Storage, issuerKey, name string, ca *acmetest.TestCA, validity time.Duration) *x509.Certificate {
 	t.Helper()
 	certPEM, keyPEM, leaf, err := ca.Issue([]string{name}, "", validity)
 	if err != nil {

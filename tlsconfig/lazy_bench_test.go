@@ -1,0 +1,80 @@
+package tlsconfig
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+
+	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/routes"
+)
+
+// BenchmarkGetCertificateManyNames looks certificates up the way the
+// proxy does, with 10,000 names loaded: the same name every time, and a
+// different name each time (SNI spread over all names).
+func BenchmarkGetCertificateManyNames(b *testing.B) {
+	const n = 10000
+	dir := b.TempDir()
+	ca, err := acmetest.NewTestCA("bench CA")
+	if err != nil {
+		b.Fatal(err)
+	}
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("b%05d.many.test", i)
+	}
+	cfg := manyNamesConfig(b, fmt.Sprintf("[storage]\ndir = %q\n", dir), names)
+	fst := &certmagic.FileStorage{Path: dir}
+	issuerKey := (&certmagic.ACMEIssuer{CA: cfg.ACME.Directory}).IssuerKey()
+	for _, name := range names {
+		plantWith(b, fst, issuerKey, name, ca, 24*time.Hour)
+	}
+	m, err := New(cfg, Options{Logger: quietLogger(b), Storage: fst, ReleaseIdle: -1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	table := routes.NewTable(cfg)
+	if err := m.Apply(table); err != nil {
+		b.Fatal(err)
+	}
+	e := table.Lookup(names[0])
+	waitFor(b, time.Minute, "names indexed", func() error {
+		if !m.stored.pending(names[n-1]) {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+	conn, peer := net.Pipe()
+	defer conn.Close()
+	defer peer.Close()
+	hellos := make([]*tls.ClientHelloInfo, n)
+	for i, name := range names {
+		hellos[i] = &tls.ClientHelloInfo{ServerName: name, Conn: conn}
+		if _, err := m.GetCertificate(e, hellos[i]); err != nil { // first handshake: loads it
+			b.Fatalf("%s: %v", name, err)
+		}
+	}
+	b.Run("one", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := m.GetCertificate(e, hellos[0]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("spread", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			if _, err := m.GetCertificate(e, hellos[i%n]); err != nil {
+				b.Fatal(err)
+			}
+			i += 7919 // a prime: every name, not in storage order
+		}
+	})
+}
