@@ -281,12 +281,21 @@ func (m *Manager) loadFromIndex(ctx context.Context, c *certmagic.Config, name s
 func (m *Manager) loadOne(c *certmagic.Config, name string, call *loadCall) {
 	ctx, cancel := context.WithTimeout(m.ctx, storedLoadTimeout)
 	defer cancel()
+	// the store's fingerprint before reading: the sync pass
+	// (storesync.go) then need not read the files again to find that
+	// the cached certificate is the stored one
+	sum, keys, fpErr := m.storeFingerprint(ctx, c, name)
 	cert, err := c.CacheManagedCertificate(ctx, name)
 	x := m.stored
 	x.mu.Lock()
 	delete(x.names, name)
 	delete(x.loading, name)
 	x.mu.Unlock()
+	if err == nil && fpErr == nil && len(keys) > 0 {
+		m.syncMu.Lock()
+		m.synced[name] = sum
+		m.syncMu.Unlock()
+	}
 	call.err = err
 	close(call.done)
 	if err != nil {

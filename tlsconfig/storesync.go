@@ -214,29 +214,13 @@ func (m *Manager) syncFromStorage(ctx context.Context, spread time.Duration) {
 // one's own order is backing off). Steady state costs one Stat per issuer:
 // the .crt is read only when its size or modification time changed.
 func (m *Manager) syncName(ctx context.Context, c *certmagic.Config, name string) error {
-	fp := fnv.New64a()
-	var buf []byte
-	var keys []string
-	for _, key := range certKeys(c, name) {
-		sctx, cancel := context.WithTimeout(ctx, healthTimeout)
-		info, err := m.storage.Stat(sctx, key)
-		cancel()
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		buf = append(buf[:0], key...)
-		buf = strconv.AppendInt(append(buf, ' '), info.Size, 10)
-		buf = strconv.AppendInt(append(buf, ' '), info.Modified.UnixNano(), 10)
-		fp.Write(append(buf, '\n'))
-		keys = append(keys, key)
+	sum, keys, err := m.storeFingerprint(ctx, c, name)
+	if err != nil {
+		return err
 	}
 	if len(keys) == 0 {
 		return nil // not obtained yet (or by nobody): certmagic's order handles it
 	}
-	sum := fp.Sum64()
 	m.syncMu.Lock()
 	same := m.synced[name] == sum
 	m.syncMu.Unlock()
@@ -299,6 +283,31 @@ func (m *Manager) syncName(ctx context.Context, c *certmagic.Config, name string
 	metricStoreReloads.Inc()
 	remember()
 	return nil
+}
+
+// storeFingerprint hashes the size and modification time of name's
+// certificate files (one Stat per issuer), and returns the keys found.
+func (m *Manager) storeFingerprint(ctx context.Context, c *certmagic.Config, name string) (uint64, []string, error) {
+	fp := fnv.New64a()
+	var buf []byte
+	var keys []string
+	for _, key := range certKeys(c, name) {
+		sctx, cancel := context.WithTimeout(ctx, healthTimeout)
+		info, err := m.storage.Stat(sctx, key)
+		cancel()
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return 0, nil, err
+		}
+		buf = append(buf[:0], key...)
+		buf = strconv.AppendInt(append(buf, ' '), info.Size, 10)
+		buf = strconv.AppendInt(append(buf, ' '), info.Modified.UnixNano(), 10)
+		fp.Write(append(buf, '\n'))
+		keys = append(keys, key)
+	}
+	return fp.Sum64(), keys, nil
 }
 
 // storedLeaf returns the newest (by NotBefore) certificate stored under
