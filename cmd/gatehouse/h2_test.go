@@ -768,3 +768,52 @@ func lastLines(s string, n int) string {
 	l := strings.Split(strings.TrimSpace(s), "\n")
 	return strings.Join(l[max(0, len(l)-n):], "\n")
 }
+
+// The same drain seen by Go's HTTP/2 client: the request in flight
+// when the drain starts gets its whole answer, and the drain ends
+// without cutting anything.
+func TestHTTP2DrainGoClient(t *testing.T) {
+	w := startH2World(t)
+	cl := w.h2Client()
+	defer cl.CloseIdleConnections()
+	type result struct {
+		body string
+		err  error
+	}
+	got := make(chan result, 1)
+	go func() {
+		res, err := cl.Get("https://h2.test/hold")
+		if err != nil {
+			got <- result{err: err}
+			return
+		}
+		b, err := io.ReadAll(res.Body)
+		res.Body.Close()
+		got <- result{string(b), err}
+	}()
+	select {
+	case <-w.up.holding:
+	case <-time.After(10 * time.Second):
+		t.Fatal("request did not reach the upstream")
+	}
+	done := make(chan error, 1)
+	go func() { done <- w.in.shutdown(10 * time.Second) }()
+	time.Sleep(200 * time.Millisecond) // the GOAWAY is out; the stream is still open
+	close(w.up.release)
+	select {
+	case r := <-got:
+		if r.err != nil || r.body != "held and released" {
+			t.Errorf("in-flight request across the drain: %q, %v", r.body, r.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("in-flight request did not finish")
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("drain: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("drain did not end after the last stream")
+	}
+}
