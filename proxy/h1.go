@@ -138,6 +138,49 @@ func (c *h1conn) waitReadable() error {
 	})
 }
 
+// watchEvery is how often a request waiting on its upstream (for the
+// response head, or for more of a streamed body) checks that its
+// client is still connected: a long poll or an event stream whose
+// client left is given up within about this long, as net/http's
+// request context did, instead of holding the upstream connection
+// until the upstream next writes.
+const watchEvery = time.Second
+
+var errClientLeft = errors.New("client closed the connection while waiting for the upstream")
+
+// readHead reads the upstream's response head until limit, checking
+// the client every watchEvery.
+func (c *h1conn) readHead(uc *upConn, limit time.Time) (*respHead, error) {
+	for {
+		d := time.Now().Add(watchEvery)
+		if limit.Before(d) {
+			d = limit
+		}
+		resp, err := uc.readHead(d)
+		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || !time.Now().Before(limit) {
+			return resp, err
+		}
+		if c.clientGone() {
+			return nil, errClientLeft
+		}
+	}
+}
+
+// clientGone reports whether the client has closed or broken the
+// connection. It reads what the client sent meanwhile into the
+// request's buffer, behind the bytes not yet consumed (a pipelined
+// request stays there for later), waiting at most a millisecond: a
+// socket-level peek cannot tell TLS 1.3's close_notify from data.
+func (c *h1conn) clientGone() bool {
+	if c.br.pb == nil || c.br.w == len(c.br.buf) {
+		return false // nothing to read into: assume it is there
+	}
+	_ = c.tc.SetReadDeadline(time.Now().Add(time.Millisecond))
+	n, err := c.tc.Read(c.br.buf[c.br.w:])
+	c.br.w += n
+	return n == 0 && err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
+}
+
 // What serveOne tells loop.
 const (
 	h1Next    = iota // serve the next request
@@ -617,10 +660,13 @@ func (c *h1conn) proxy(snap *snapshot, x *exchange, ob []byte) []byte {
 			ob, err = c.sendBody(x, ob[:0])
 		}
 		if err == nil && resp == nil {
-			resp, err = uc.readHead(time.Now().Add(snap.tm.respHeader))
+			resp, err = c.readHead(uc, time.Now().Add(snap.tm.respHeader))
 		}
 		if err == nil {
 			break
+		}
+		if err == errClientLeft {
+			err = &clientBodyError{err} // counted as canceled, no answer
 		}
 		var cbe *clientBodyError
 		if errors.As(err, &cbe) {
@@ -813,7 +859,7 @@ func (c *h1conn) relay(snap *snapshot, x *exchange, resp *respHead, ob []byte) [
 			x.sent100 = x.sent100 || resp.status == 100
 		}
 		var err error
-		if resp, err = uc.readHead(time.Now().Add(snap.tm.respHeader)); err != nil {
+		if resp, err = c.readHead(uc, time.Now().Add(snap.tm.respHeader)); err != nil {
 			c.release(x, false)
 			return c.fail(x, ob, &upstreamError{up: up, err: err})
 		}
@@ -888,8 +934,21 @@ func (c *h1conn) relay(snap *snapshot, x *exchange, resp *respHead, ob []byte) [
 			}
 			ob = ob[:0]
 		}
-		uc.noDeadline()
+		// a stream may pause for long: check every watchEvery that the
+		// client is still there (net/http's handler context did that)
+		if !uc.deadline {
+			_ = uc.nc.SetReadDeadline(time.Now().Add(watchEvery))
+			uc.deadline = true
+		}
 		if err := uc.br.fill(); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if c.clientGone() {
+					x.rs.log.Debug("client went away during a streamed response", "upstream", up.Raw, "client", c.remote)
+					return c.abort(x, ob)
+				}
+				uc.deadline = false // re-armed above
+				continue
+			}
 			if kind == bodyClose && err == io.EOF {
 				uc.body.done = true
 				resp.close = true

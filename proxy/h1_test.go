@@ -6,12 +6,14 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -539,5 +541,51 @@ func TestH1IdleHandoffAndTimeout(t *testing.T) {
 	took := time.Since(began)
 	if err == nil || took < idle-300*time.Millisecond || took > idle+2*time.Second {
 		t.Errorf("idle connection closed after %v (%v), want about the idle timeout %v", took, err, idle)
+	}
+}
+
+// A client that leaves while its request waits on the upstream (a long
+// poll before the response head, or a paused event stream) releases
+// the upstream connection within about watchEvery, not when the
+// upstream next writes.
+func TestH1ClientGoneReleasesUpstream(t *testing.T) {
+	closed := make(chan string, 4)
+	up := startRawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		if req.URL.Path == "/stream" {
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n6\r\ndata:1\r\n")
+		}
+		_ = c.SetReadDeadline(time.Now().Add(8 * time.Second))
+		if _, err := br.ReadByte(); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			closed <- req.URL.Path
+		}
+	})
+	w := startH1World(t, up.url())
+	for _, path := range []string{"/poll", "/stream"} {
+		c, br := w.dial()
+		io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: web.test\r\n\r\n")
+		if path == "/stream" {
+			if line, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
+				t.Fatalf("stream head: %q %v", line, err)
+			}
+		} else {
+			time.Sleep(100 * time.Millisecond) // the request is with the upstream
+		}
+		began := time.Now()
+		c.Close()
+		select {
+		case got := <-closed:
+			if got != path {
+				t.Errorf("upstream connection of %s closed, want %s", got, path)
+			}
+			if took := time.Since(began); took > watchEvery+2*time.Second {
+				t.Errorf("%s: upstream connection closed %v after the client left", path, took)
+			}
+		case <-time.After(watchEvery + 4*time.Second):
+			t.Errorf("%s: the upstream connection stayed open after the client left", path)
+		}
 	}
 }
