@@ -311,6 +311,34 @@ func (c *h1conn) refuse(snap *snapshot, err error) {
 	ob = appendSimple(ob, status, strconv.Itoa(status)+" "+statusText(status)+": "+msg+"\n", true, "")
 	_, _ = c.tc.Write(ob)
 	c.putOut(ob)
+	c.linger()
+}
+
+// Bounds of linger.
+const (
+	lingerTime  = 500 * time.Millisecond
+	lingerBytes = 256 << 10
+)
+
+// linger ends the sending side and reads (and drops) what the client
+// is still sending, for a short while, before the connection is
+// closed: closing with unread bytes makes the kernel send a reset,
+// which can destroy the answer before the client reads it (a client
+// still writing a 100 KiB header block would see "connection reset"
+// instead of its 431). net/http waits the same 500 ms.
+func (c *h1conn) linger() {
+	_ = c.tc.CloseWrite()
+	if c.br.pb == nil {
+		return
+	}
+	_ = c.tc.SetReadDeadline(time.Now().Add(lingerTime))
+	for n := 0; n < lingerBytes; {
+		m, err := c.tc.Read(c.br.buf)
+		n += m
+		if err != nil {
+			return
+		}
+	}
 }
 
 func statusText(code int) string {
