@@ -287,6 +287,9 @@ func (m *Manager) loadOne(c *certmagic.Config, name string, call *loadCall) {
 	sum, keys, fpErr := m.storeFingerprint(ctx, c, name)
 	cert, err := c.CacheManagedCertificate(ctx, name)
 	x := m.stored
+	if err == nil {
+		x.loads.Add(1) // before the waiters go on: they may read it
+	}
 	x.mu.Lock()
 	delete(x.names, name)
 	delete(x.loading, name)
@@ -310,7 +313,6 @@ func (m *Manager) loadOne(c *certmagic.Config, name string, call *loadCall) {
 		}
 		return
 	}
-	x.loads.Add(1)
 	if cfg, err := m.configForCert(cert); err == nil && (cert.Expired() || cert.NeedsRenewal(cfg)) {
 		// served as it is until certmagic's renewal replaces it
 		m.log.Info("stored certificate is due for renewal; renewing it", "name", name,
