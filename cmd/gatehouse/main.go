@@ -166,6 +166,9 @@ func cmdRun(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "gatehouse:", err)
 		return 1
 	}
+	trimCtx, stopTrim := context.WithCancel(context.Background())
+	defer stopTrim()
+	go newMemTrimmer().run(trimCtx)
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
