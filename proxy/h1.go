@@ -1112,83 +1112,26 @@ func (c *h1conn) upgrade(x *exchange, resp *respHead, ob []byte) []byte {
 }
 
 // h1Set tracks fast-path connections for graceful shutdown.
-type h1Set struct {
-	mu      sync.Mutex
-	m       map[*h1conn]struct{}
-	closed  bool
-	changed chan struct{}
-}
-
-func (s *h1Set) add(c *h1conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	if s.m == nil {
-		s.m = map[*h1conn]struct{}{}
-	}
-	s.m[c] = struct{}{}
-	return true
-}
-
-func (s *h1Set) remove(c *h1conn) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.m[c]; !ok {
-		return
-	}
-	delete(s.m, c)
-	if s.changed != nil {
-		close(s.changed)
-		s.changed = nil
-	}
-}
+type h1Set struct{ tracked[*h1conn] }
 
 // shutdown refuses new connections and closes the idle ones; active
 // ones close after their request (serveOne checks Server.closed).
 func (s *h1Set) shutdown() {
-	s.mu.Lock()
-	s.closed = true
-	var idle []*h1conn
-	for c := range s.m {
+	for _, c := range s.members(true) {
 		if c.state.CompareAndSwap(h1Idle, h1Closed) {
-			idle = append(idle, c)
+			c.tc.Close()
 		}
-	}
-	s.mu.Unlock()
-	for _, c := range idle {
-		c.tc.Close()
 	}
 }
 
 // wait returns when no connection is left, or with ctx's error; then
 // the ones still open are closed.
 func (s *h1Set) wait(ctx context.Context) error {
-	for {
-		s.mu.Lock()
-		if len(s.m) == 0 {
-			s.mu.Unlock()
-			return nil
-		}
-		if s.changed == nil {
-			s.changed = make(chan struct{})
-		}
-		ch := s.changed
-		s.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			s.mu.Lock()
-			open := make([]*h1conn, 0, len(s.m))
-			for c := range s.m {
-				open = append(open, c)
-			}
-			s.mu.Unlock()
-			for _, c := range open {
-				c.tc.Close()
-			}
-			return ctx.Err()
+	err := s.tracked.wait(ctx)
+	if err != nil {
+		for _, c := range s.members(false) {
+			c.tc.Close()
 		}
 	}
+	return err
 }

@@ -636,76 +636,23 @@ func (c *h2Conn) close() {
 // h2Set tracks the connections served by gatehouse's HTTP/2 server, so
 // Shutdown can send each a GOAWAY, wait for its streams, and at the
 // deadline close it.
-type h2Set struct {
-	mu      sync.Mutex
-	m       map[*h2Conn]struct{}
-	closed  bool
-	changed chan struct{}
-}
-
-func (s *h2Set) add(c *h2Conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	if s.m == nil {
-		s.m = map[*h2Conn]struct{}{}
-	}
-	s.m[c] = struct{}{}
-	return true
-}
-
-func (s *h2Set) remove(c *h2Conn) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.m, c)
-	if s.changed != nil {
-		close(s.changed)
-		s.changed = nil
-	}
-}
+type h2Set struct{ tracked[*h2Conn] }
 
 // shutdown refuses new connections, sends every open one a GOAWAY and
 // waits until they closed or ctx ends; then it closes what is left and
 // reports how many.
 func (s *h2Set) shutdown(ctx context.Context) (cut int) {
-	s.mu.Lock()
-	s.closed = true
-	all := make([]*h2Conn, 0, len(s.m))
-	for c := range s.m {
-		all = append(all, c)
-	}
-	s.mu.Unlock()
-	for _, c := range all {
+	for _, c := range s.members(true) {
 		c.drain()
 	}
-	for {
-		s.mu.Lock()
-		if len(s.m) == 0 {
-			s.mu.Unlock()
-			return 0
-		}
-		if s.changed == nil {
-			s.changed = make(chan struct{})
-		}
-		ch := s.changed
-		s.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			s.mu.Lock()
-			left := make([]*h2Conn, 0, len(s.m))
-			for c := range s.m {
-				left = append(left, c)
-			}
-			s.mu.Unlock()
-			for _, c := range left {
-				c.close()
-			}
-			return len(left)
-		}
+	if s.wait(ctx) == nil {
+		return 0
 	}
+	left := s.members(false)
+	for _, c := range left {
+		c.close()
+	}
+	return len(left)
 }
 
 // fwdFields are the forwarding fields for one Host on a connection:

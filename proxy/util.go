@@ -69,27 +69,27 @@ func connFrom(ctx context.Context) *replayConn {
 	return rc
 }
 
-// connSet tracks the connections of open streams, so a drain can wait
-// for them and, at its deadline, close them. Once closed, it refuses
-// new connections: a stream starting after the drain is over would
-// be left running.
-type connSet struct {
+// tracked is a set of open connections that a drain waits for and, at
+// its deadline, closes. Once closed it refuses new members: a connection
+// starting after the drain is over would be left running. The stream,
+// HTTP/1.1 and HTTP/2 sets are all one of these.
+type tracked[T comparable] struct {
 	mu      sync.Mutex
-	m       map[net.Conn]struct{}
+	m       map[T]struct{}
 	closed  bool
-	changed chan struct{} // closed (and replaced) when a connection is removed
+	changed chan struct{} // closed (and replaced) when a member is removed
 }
 
 // add tracks cs; false means the set is closed and the caller must
 // close them.
-func (s *connSet) add(cs ...net.Conn) bool {
+func (s *tracked[T]) add(cs ...T) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return false
 	}
 	if s.m == nil {
-		s.m = map[net.Conn]struct{}{}
+		s.m = map[T]struct{}{}
 	}
 	for _, c := range cs {
 		s.m[c] = struct{}{}
@@ -97,7 +97,7 @@ func (s *connSet) add(cs ...net.Conn) bool {
 	return true
 }
 
-func (s *connSet) remove(cs ...net.Conn) {
+func (s *tracked[T]) remove(cs ...T) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, c := range cs {
@@ -109,8 +109,8 @@ func (s *connSet) remove(cs ...net.Conn) {
 	}
 }
 
-// wait returns once no connection is tracked, or with ctx's error.
-func (s *connSet) wait(ctx context.Context) error {
+// wait returns once the set is empty, or with ctx's error.
+func (s *tracked[T]) wait(ctx context.Context) error {
 	for {
 		s.mu.Lock()
 		if len(s.m) == 0 {
@@ -130,17 +130,30 @@ func (s *connSet) wait(ctx context.Context) error {
 	}
 }
 
+// members returns the members at this moment; with refuse, the set
+// refuses new ones from then on. Callers close connections outside the
+// lock: a connection's Close calls back into remove.
+func (s *tracked[T]) members(refuse bool) []T {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if refuse {
+		s.closed = true
+	}
+	all := make([]T, 0, len(s.m))
+	for c := range s.m {
+		all = append(all, c)
+	}
+	return all
+}
+
+// connSet tracks the connections of open streams: tcp and passthrough
+// pipes, and WebSockets.
+type connSet struct{ tracked[net.Conn] }
+
 // closeAll closes every tracked connection and refuses new ones; it
 // returns how many it closed.
 func (s *connSet) closeAll() int {
-	s.mu.Lock()
-	s.closed = true
-	open := make([]net.Conn, 0, len(s.m))
-	for c := range s.m {
-		open = append(open, c)
-	}
-	s.mu.Unlock()
-	// closing outside the lock: a hijacked connection's Close calls back into remove
+	open := s.members(true)
 	for _, c := range open {
 		c.Close()
 	}
