@@ -140,6 +140,15 @@ func (b *balancer) pick(skip tried) *upstream {
 	return best
 }
 
+// upstreamFailed records a failed dial or exchange with up, and logs
+// the moment passive health takes it out of rotation.
+func (rs *routeState) upstreamFailed(up *upstream, err error) {
+	if up.failed(rs.bal.passive) {
+		rs.log.Warn("upstream out of rotation after consecutive failures", "upstream", up.Raw,
+			"failures", passiveFails, "cooldown", passiveCooldown, "error", err)
+	}
+}
+
 // upstreamError is a failed exchange with a known upstream.
 type upstreamError struct {
 	up  *upstream
@@ -200,10 +209,7 @@ func (rs *routeState) RoundTrip(req *http.Request) (*http.Response, error) {
 		if req.Context().Err() != nil {
 			return nil, err // the client went away: not the upstream's fault
 		}
-		if up.failed(rs.bal.passive) {
-			rs.log.Warn("upstream out of rotation after consecutive failures", "upstream", up.Raw,
-				"failures", passiveFails, "cooldown", passiveCooldown, "error", err)
-		}
+		rs.upstreamFailed(up, err)
 		last = &upstreamError{up: up, err: err}
 		var de *dialError
 		if !errors.As(err, &de) || body != nil && body.started {

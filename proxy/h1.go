@@ -670,10 +670,7 @@ func (c *h1conn) proxy(snap *snapshot, x *exchange, ob []byte) []byte {
 		uc, err := c.getConn(rs, up, retried)
 		if err != nil {
 			up.active.Add(-1)
-			if up.failed(rs.bal.passive) {
-				rs.log.Warn("upstream out of rotation after consecutive failures", "upstream", up.Raw,
-					"failures", passiveFails, "cooldown", passiveCooldown, "error", err)
-			}
+			rs.upstreamFailed(up, err)
 			lastErr = &upstreamError{up: up, err: err}
 			skip.add(rs.bal.index(up))
 			rs.log.Debug("upstream unreachable; trying another", "upstream", up.Raw, "error", err)
@@ -709,10 +706,7 @@ func (c *h1conn) proxy(snap *snapshot, x *exchange, ob []byte) []byte {
 			continue
 		}
 		c.release(x, false)
-		if up.failed(rs.bal.passive) {
-			rs.log.Warn("upstream out of rotation after consecutive failures", "upstream", up.Raw,
-				"failures", passiveFails, "cooldown", passiveCooldown, "error", err)
-		}
+		rs.upstreamFailed(up, err)
 		return c.fail(x, ob[:0], &upstreamError{up: up, err: err})
 	}
 	return c.relay(snap, x, resp, ob[:0])

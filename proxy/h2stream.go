@@ -655,10 +655,11 @@ func (st *h2Stream) end() {
 	}
 }
 
-// sendHeaders queues a response's HEADERS (and CONTINUATIONs): own
-// (gatehouse's: HSTS, its answers' fields) then up (the upstream's),
-// without hop-by-hop fields, with a Date when neither has one.
-func (st *h2Stream) sendHeaders(status int, own, up, trailer http.Header, end bool) error {
+// queueBlock queues one header block on st (HEADERS, then
+// CONTINUATIONs as needed) once the connection's write buffer has room:
+// fill encodes the fields with c's HPACK encoder, with c.mu held; end
+// ends the stream with the block.
+func (st *h2Stream) queueBlock(end bool, fill func(c *h2Conn)) error {
 	c := st.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -669,19 +670,7 @@ func (st *h2Stream) sendHeaders(status int, own, up, trailer http.Header, end bo
 		return st.err
 	}
 	c.hbuf.Reset()
-	c.enc.WriteField(hpack.HeaderField{Name: ":status", Value: statusString(status)})
-	date := encodeFields(c.enc, own)
-	date = encodeFields(c.enc, up) || date
-	if !date {
-		c.enc.WriteField(hpack.HeaderField{Name: "date", Value: httpDate()})
-	}
-	if len(trailer) > 0 {
-		keys := make([]string, 0, len(trailer))
-		for k := range trailer {
-			keys = append(keys, k)
-		}
-		c.enc.WriteField(hpack.HeaderField{Name: "trailer", Value: strings.Join(keys, ", ")})
-	}
+	fill(c)
 	c.writeBlockLocked(st.id, end)
 	st.headed = true
 	if end {
@@ -691,23 +680,32 @@ func (st *h2Stream) sendHeaders(status int, own, up, trailer http.Header, end bo
 	return nil
 }
 
+// sendHeaders queues a response's HEADERS (and CONTINUATIONs): own
+// (gatehouse's: HSTS, its answers' fields) then up (the upstream's),
+// without hop-by-hop fields, with a Date when neither has one.
+func (st *h2Stream) sendHeaders(status int, own, up, trailer http.Header, end bool) error {
+	return st.queueBlock(end, func(c *h2Conn) {
+		c.enc.WriteField(hpack.HeaderField{Name: ":status", Value: statusString(status)})
+		date := encodeFields(c.enc, own)
+		date = encodeFields(c.enc, up) || date
+		if !date {
+			c.enc.WriteField(hpack.HeaderField{Name: "date", Value: httpDate()})
+		}
+		if len(trailer) > 0 {
+			keys := make([]string, 0, len(trailer))
+			for k := range trailer {
+				keys = append(keys, k)
+			}
+			c.enc.WriteField(hpack.HeaderField{Name: "trailer", Value: strings.Join(keys, ", ")})
+		}
+	})
+}
+
 // sendTrailers ends the stream with the upstream's trailers.
 func (st *h2Stream) sendTrailers(t http.Header) error {
-	c := st.c
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if err := c.waitRoomLocked(st); err != nil {
-		return err
-	}
-	if st.err != nil {
-		return st.err
-	}
-	c.hbuf.Reset()
-	encodeFields(c.enc, t)
-	c.writeBlockLocked(st.id, true)
-	st.ended = true
-	c.wake()
-	return nil
+	return st.queueBlock(true, func(c *h2Conn) {
+		encodeFields(c.enc, t)
+	})
 }
 
 // writeBlockLocked queues the header block in c.hbuf as HEADERS and

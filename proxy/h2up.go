@@ -164,10 +164,7 @@ func (st *h2Stream) forward(rs *routeState, in h2Request) (*upstream, error) {
 		}
 		if err != nil {
 			up.active.Add(-1)
-			if up.failed(rs.bal.passive) {
-				rs.log.Warn("upstream out of rotation after consecutive failures", "upstream", up.Raw,
-					"failures", passiveFails, "cooldown", passiveCooldown, "error", err)
-			}
+			rs.upstreamFailed(up, err)
 			lastErr = &upstreamError{up: up, err: err}
 			skip.add(rs.bal.index(up))
 			rs.log.Debug("upstream unreachable; trying another", "upstream", up.Raw, "error", err)
@@ -210,10 +207,7 @@ func (st *h2Stream) forward(rs *routeState, in h2Request) (*upstream, error) {
 			rs.log.Debug("pooled upstream connection was closed; retrying on a new one", "upstream", up.Raw, "error", err)
 			continue
 		}
-		if up.failed(rs.bal.passive) {
-			rs.log.Warn("upstream out of rotation after consecutive failures", "upstream", up.Raw,
-				"failures", passiveFails, "cooldown", passiveCooldown, "error", err)
-		}
+		rs.upstreamFailed(up, err)
 		return up, &upstreamError{up: up, err: err}
 	}
 }
@@ -322,84 +316,57 @@ func (st *h2Stream) canceled() bool {
 // hop-by-hop and framing fields dropped, Content-Length as the body
 // will have it, HSTS (the route's replaces the upstream's), a Date.
 func (st *h2Stream) sendRespHead(rs *routeState, resp *respHead, kind int, end bool) error {
-	c := st.c
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if err := c.waitRoomLocked(st); err != nil {
-		return err
-	}
-	if st.err != nil {
-		return st.err
-	}
-	c.hbuf.Reset()
-	enc := c.enc
-	enc.WriteField(hpack.HeaderField{Name: ":status", Value: statusString(resp.status)})
-	hsts := rs.hsts
-	date := false
-	for _, f := range resp.fields {
-		if isRespHop(f.name, resp.conn, false) || hsts != "" && eqFold(f.name, "strict-transport-security") {
-			continue
+	return st.queueBlock(end, func(c *h2Conn) {
+		enc := c.enc
+		enc.WriteField(hpack.HeaderField{Name: ":status", Value: statusString(resp.status)})
+		hsts := rs.hsts
+		date := false
+		for _, f := range resp.fields {
+			if isRespHop(f.name, resp.conn, false) || hsts != "" && eqFold(f.name, "strict-transport-security") {
+				continue
+			}
+			name := c.lowerName(f.name)
+			if name == "date" {
+				date = true
+			}
+			enc.WriteField(hpack.HeaderField{Name: name, Value: c.intern(f.value)})
 		}
-		name := c.lowerName(f.name)
-		if name == "date" {
-			date = true
+		if kind == bodyLength || kind == bodyNone && resp.contentLength >= 0 && resp.status != 204 && resp.status != 304 {
+			var num [20]byte
+			enc.WriteField(hpack.HeaderField{Name: "content-length", Value: c.intern(strconv.AppendInt(num[:0], resp.contentLength, 10))})
 		}
-		enc.WriteField(hpack.HeaderField{Name: name, Value: c.intern(f.value)})
-	}
-	if kind == bodyLength || kind == bodyNone && resp.contentLength >= 0 && resp.status != 204 && resp.status != 304 {
-		var num [20]byte
-		enc.WriteField(hpack.HeaderField{Name: "content-length", Value: c.intern(strconv.AppendInt(num[:0], resp.contentLength, 10))})
-	}
-	if hsts != "" {
-		enc.WriteField(hpack.HeaderField{Name: "strict-transport-security", Value: hsts})
-	}
-	if !date {
-		enc.WriteField(hpack.HeaderField{Name: "date", Value: httpDate()})
-	}
-	c.writeBlockLocked(st.id, end)
-	st.headed = true
-	if end {
-		st.ended = true
-	}
-	c.wake()
-	return nil
+		if hsts != "" {
+			enc.WriteField(hpack.HeaderField{Name: "strict-transport-security", Value: hsts})
+		}
+		if !date {
+			enc.WriteField(hpack.HeaderField{Name: "date", Value: httpDate()})
+		}
+	})
 }
 
 // sendRawTrailers ends the stream with a chunked body's trailer section
 // (field lines as received).
 func (st *h2Stream) sendRawTrailers(t []byte) error {
-	c := st.c
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if err := c.waitRoomLocked(st); err != nil {
-		return err
-	}
-	if st.err != nil {
-		return st.err
-	}
-	c.hbuf.Reset()
-	for len(t) > 0 {
-		line := t
-		if i := bytes.IndexByte(t, '\n'); i >= 0 {
-			line, t = t[:i], t[i+1:]
-		} else {
-			t = nil
+	return st.queueBlock(true, func(c *h2Conn) {
+		for len(t) > 0 {
+			line := t
+			if i := bytes.IndexByte(t, '\n'); i >= 0 {
+				line, t = t[:i], t[i+1:]
+			} else {
+				t = nil
+			}
+			line = bytes.TrimRight(line, "\r")
+			colon := bytes.IndexByte(line, ':')
+			if colon <= 0 {
+				continue
+			}
+			name := bytes.TrimSpace(line[:colon])
+			if isRespHop(name, nil, false) {
+				continue
+			}
+			c.enc.WriteField(hpack.HeaderField{Name: c.lowerName(name), Value: string(bytes.TrimSpace(line[colon+1:]))})
 		}
-		line = bytes.TrimRight(line, "\r")
-		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 {
-			continue
-		}
-		name := bytes.TrimSpace(line[:colon])
-		if isRespHop(name, nil, false) {
-			continue
-		}
-		c.enc.WriteField(hpack.HeaderField{Name: c.lowerName(name), Value: string(bytes.TrimSpace(line[colon+1:]))})
-	}
-	c.writeBlockLocked(st.id, true)
-	st.ended = true
-	c.wake()
-	return nil
+	})
 }
 
 // lowerName is a response field name in lower case, as a string shared

@@ -64,10 +64,7 @@ func (rs *routeState) dialStream(client net.Conn) (net.Conn, *upstream, error) {
 			u.active.Add(1)
 			return c, u, nil
 		}
-		if u.failed(rs.bal.passive) {
-			rs.log.Warn("upstream out of rotation after consecutive failures", "upstream", u.Raw,
-				"failures", passiveFails, "cooldown", passiveCooldown, "error", err)
-		}
+		rs.upstreamFailed(u, err)
 		lastErr = fmt.Errorf("%s: %w", u.Raw, err)
 		skip.add(rs.bal.index(u))
 	}
