@@ -118,22 +118,7 @@ func handshake(m *Manager, table *routes.Table, name string, roots *x509.CertPoo
 // certificate; a burst of first handshakes to one name loads it once.
 func TestStoredCertificatesLoadedOnFirstHandshake(t *testing.T) {
 	const n = 2000
-	dir := t.TempDir()
-	ca, err := acmetest.NewTestCA("lazy test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	names := make([]string, n)
-	for i := range names {
-		names[i] = fmt.Sprintf("n%04d.many.test", i)
-	}
-	cfg := manyNamesConfig(t, fmt.Sprintf("[storage]\ndir = %q\n", dir), names)
-	fst := &certmagic.FileStorage{Path: dir}
-	issuerKey := (&certmagic.ACMEIssuer{CA: cfg.ACME.Directory}).IssuerKey()
-	serials := map[string]string{}
-	for _, name := range names {
-		serials[name] = plantWith(t, fst, issuerKey, name, ca, 24*time.Hour).SerialNumber.Text(16)
-	}
+	cfg, fst, names, serials, ca := plantedNames(t, n, "n%04d.many.test")
 
 	st := &countingStorage{Storage: fst, release: make(chan struct{})}
 	st.holdFor = names[0]
@@ -344,6 +329,32 @@ func quietLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
+// plantedNames makes a storage directory with n names (by format, from
+// their index) each holding a 1-day certificate from a fresh test CA, as
+// certmagic stores them, and a config managing those names; serials maps
+// each name to its certificate's serial (hex); ca is the issuing CA.
+func plantedNames(t *testing.T, n int, format string) (cfg *routes.Config, fst *certmagic.FileStorage, names []string, serials map[string]string, ca *acmetest.TestCA) {
+	t.Helper()
+	dir := t.TempDir()
+	var err error
+	ca, err = acmetest.NewTestCA("lazy test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names = make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf(format, i)
+	}
+	cfg = manyNamesConfig(t, fmt.Sprintf("[storage]\ndir = %q\n", dir), names)
+	fst = &certmagic.FileStorage{Path: dir}
+	issuerKey := (&certmagic.ACMEIssuer{CA: cfg.ACME.Directory}).IssuerKey()
+	serials = map[string]string{}
+	for _, name := range names {
+		serials[name] = plantWith(t, fst, issuerKey, name, ca, 24*time.Hour).SerialNumber.Text(16)
+	}
+	return cfg, fst, names, serials, ca
+}
+
 // plantWith stores a certificate resource for name, valid for validity
 // from now, as certmagic does.
 func plantWith(t testing.TB, st certmagic.Storage, issuerKey, name string, ca *acmetest.TestCA, validity time.Duration) *x509.Certificate {
@@ -391,22 +402,7 @@ func TestSiteKeyMatchesCertmagic(t *testing.T) {
 // comes back from storage on its next handshake, still its own.
 func TestIdleCertificatesReleased(t *testing.T) {
 	const n = 20
-	dir := t.TempDir()
-	ca, err := acmetest.NewTestCA("release test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	names := make([]string, n)
-	for i := range names {
-		names[i] = fmt.Sprintf("r%02d.release.test", i)
-	}
-	cfg := manyNamesConfig(t, fmt.Sprintf("[storage]\ndir = %q\n", dir), names)
-	fst := &certmagic.FileStorage{Path: dir}
-	issuerKey := (&certmagic.ACMEIssuer{CA: cfg.ACME.Directory}).IssuerKey()
-	serials := map[string]string{}
-	for _, name := range names {
-		serials[name] = plantWith(t, fst, issuerKey, name, ca, 24*time.Hour).SerialNumber.Text(16)
-	}
+	cfg, fst, names, serials, ca := plantedNames(t, n, "r%02d.release.test")
 	m, err := New(cfg, Options{Logger: testLogger(t), Storage: fst, ReleaseIdle: time.Second})
 	if err != nil {
 		t.Fatal(err)

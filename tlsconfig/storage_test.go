@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
@@ -178,27 +177,11 @@ func TestStorageHealth(t *testing.T) {
 	}
 }
 
-// plant stores a certificate resource for name the way certmagic does,
-// as another replica's order or renewal would.
+// plant stores a 90-day certificate resource for name the way
+// certmagic does, as another replica's order or renewal would.
 func plant(t *testing.T, st certmagic.Storage, issuerKey, name string, ca *acmetest.TestCA) *x509.Certificate {
 	t.Helper()
-	certPEM, keyPEM, leaf, err := ca.Issue([]string{name}, "", 90*24*time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	meta, _ := json.Marshal(map[string]any{"sans": []string{name}})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for key, v := range map[string][]byte{
-		certmagic.StorageKeys.SitePrivateKey(issuerKey, name): keyPEM,
-		certmagic.StorageKeys.SiteCert(issuerKey, name):       certPEM,
-		certmagic.StorageKeys.SiteMeta(issuerKey, name):       meta,
-	} {
-		if err := st.Store(ctx, key, v); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return leaf
+	return plantWith(t, st, issuerKey, name, ca, 90*24*time.Hour)
 }
 
 // servedSerial handshakes through m.GetCertificate as the proxy does.
