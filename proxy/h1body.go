@@ -140,6 +140,15 @@ func (f *bodyFramer) init(kind int, n int64) {
 	}
 }
 
+// take consumes as much of avail (the unread bytes of b) as the body
+// or chunk still has to come, and returns it.
+func (f *bodyFramer) take(b *bufReader, avail []byte) []byte {
+	n := min(int64(len(avail)), f.remain)
+	f.remain -= n
+	b.r += int(n)
+	return avail[:n]
+}
+
 // next returns body bytes available in b without reading. (nil, nil)
 // with !f.done means more input is needed: call b.fill. At the end of
 // a close-delimited body the caller sees io.EOF from fill and calls
@@ -152,16 +161,9 @@ func (f *bodyFramer) next(b *bufReader) ([]byte, error) {
 			if len(avail) == 0 {
 				return nil, nil
 			}
-			n := int64(len(avail))
-			if n > f.remain {
-				n = f.remain
-			}
-			f.remain -= n
-			b.r += int(n)
-			if f.remain == 0 {
-				f.done = true
-			}
-			return avail[:n], nil
+			p := f.take(b, avail)
+			f.done = f.remain == 0
+			return p, nil
 		case bodyClose:
 			if len(avail) == 0 {
 				return nil, nil
@@ -195,16 +197,11 @@ func (f *bodyFramer) next(b *bufReader) ([]byte, error) {
 				if len(avail) == 0 {
 					return nil, nil
 				}
-				n := int64(len(avail))
-				if n > f.remain {
-					n = f.remain
-				}
-				f.remain -= n
-				b.r += int(n)
+				p := f.take(b, avail)
 				if f.remain == 0 {
 					f.phase = chunkCRLF
 				}
-				return avail[:n], nil
+				return p, nil
 			case chunkCRLF:
 				if len(avail) < 2 {
 					return nil, nil

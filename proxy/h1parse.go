@@ -439,10 +439,14 @@ func parseChunkLine(line []byte) (int64, error) {
 		if !validValue(line[i:]) {
 			return 0, errBadChunk
 		}
+		// No whitespace before ';': RFC 9112 allows it, but net/http
+		// refuses it, and an upstream must never read a body's framing
+		// differently from gatehouse (found by FuzzChunked).
 		line = line[:i]
-	}
-	for len(line) > 0 && (line[len(line)-1] == ' ' || line[len(line)-1] == '\t') {
-		line = line[:len(line)-1] // BWS before an extension; none before the size
+	} else {
+		for len(line) > 0 && (line[len(line)-1] == ' ' || line[len(line)-1] == '\t') {
+			line = line[:len(line)-1] // trailing whitespace, as net/http trims it
+		}
 	}
 	if len(line) == 0 || len(line) > 15 {
 		return 0, errBadChunk

@@ -431,10 +431,7 @@ func (st *h2Stream) serve(in h2Request) {
 	began := time.Now()
 	defer rs.metrics.observe(began)
 	if host := routes.CanonicalHost(in.authority); host != rc.hello.ServerName && !rs.serves(host) {
-		rs.metrics.none[classOf(http.StatusMisdirectedRequest)].Inc()
-		st.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		st.WriteHeader(http.StatusMisdirectedRequest)
-		_, _ = st.Write([]byte("421 Misdirected Request: this connection was opened for " + rc.hello.ServerName + "\n"))
+		rs.misdirected(st, rc.hello.ServerName)
 		return
 	}
 	if rs.hsts != "" {

@@ -24,10 +24,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	// covers; a request for a name this connection's route does not
 	// serve must be retried by the client on its own connection.
 	if host := routes.CanonicalHost(r.Host); host != rc.hello.ServerName && !rs.serves(host) {
-		rs.metrics.none[classOf(http.StatusMisdirectedRequest)].Inc()
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.WriteHeader(http.StatusMisdirectedRequest)
-		_, _ = w.Write([]byte("421 Misdirected Request: this connection was opened for " + rc.hello.ServerName + "\n"))
+		rs.misdirected(w, rc.hello.ServerName)
 		return
 	}
 	if rs.hsts != "" {
@@ -65,6 +62,15 @@ func (s *Server) routeFor(w http.ResponseWriter, r *http.Request, rc *replayConn
 		w.Header().Set("Connection", "close")
 	}
 	return rc.route
+}
+
+// misdirected answers 421 to a request for a name this connection's
+// route does not serve (sni is the name the connection was opened for).
+func (rs *routeState) misdirected(w http.ResponseWriter, sni string) {
+	rs.metrics.none[classOf(http.StatusMisdirectedRequest)].Inc()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusMisdirectedRequest)
+	_, _ = w.Write([]byte("421 Misdirected Request: this connection was opened for " + sni + "\n"))
 }
 
 // serves reports whether host belongs to this route (exactly or by the
