@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/caddyserver/certmagic"
 )
@@ -55,7 +56,9 @@ func Quick(o QuickOptions) (*Config, error) {
 		c.ACME.Challenges = []string{"tls-alpn-01"}
 	}
 	c.ACME.Email = o.Email
-	c.Storage.Dir = defaultStorageDir()
+	if os.Getenv(EnvStorageDir) == "" { // applyEnv sets it; create nothing elsewhere
+		c.Storage.Dir = defaultStorageDir()
+	}
 	byUpstream := map[string]int{}
 	for i, from := range o.From {
 		to := o.To[i]
@@ -85,6 +88,20 @@ func Quick(o QuickOptions) (*Config, error) {
 		return nil, fmt.Errorf("quick start: %w", err)
 	}
 	return cfg, nil
+}
+
+// QuickStorageDir is where a quick start keeps its certificates, for
+// readers (gatehouse certs): /var/lib/gatehouse when it exists and this
+// user may write there, else ~/.local/share/gatehouse. It creates nothing.
+func QuickStorageDir() string {
+	const system = "/var/lib/gatehouse"
+	if st, err := os.Stat(system); err == nil && st.IsDir() && syscall.Access(system, 2 /* W_OK */) == nil {
+		return system
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "share", "gatehouse")
+	}
+	return filepath.Join(os.TempDir(), "gatehouse")
 }
 
 // defaultStorageDir is /var/lib/gatehouse when it can be used, else a

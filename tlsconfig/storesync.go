@@ -51,8 +51,8 @@ type StorageHealth struct {
 	Backend   string    `json:"backend"`
 	Up        bool      `json:"up"`
 	Error     string    `json:"error,omitempty"`
-	Since     time.Time `json:"since"`      // when Up last changed
-	LastCheck time.Time `json:"last_check"` // zero before the first probe
+	Since     time.Time `json:"since"`               // when Up last changed
+	LastCheck time.Time `json:"last_check,omitzero"` // zero (left out) before the first probe
 }
 
 type storeHealth struct {

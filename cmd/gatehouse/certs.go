@@ -3,13 +3,17 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/gatehouse-proxy/gatehouse/routes"
 	"github.com/gatehouse-proxy/gatehouse/tlsconfig"
 )
 
@@ -18,14 +22,14 @@ import (
 // none runs.
 func cmdCerts(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("certs", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	cfgFlag := fs.String("config", "", "config file")
+	storageDir := fs.String("storage", "", "read this storage directory; no config file needed (a quick start's)")
 	asJSON := fs.Bool("json", false, "print JSON (an array, one object per name) for scripts")
 	root := fs.Bool("root", false, "print the internal CA's root certificate (PEM) and exit")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
 	}
-	cfg, err := loadConfig(configPath(*cfgFlag))
+	cfg, err := certsConfig(*cfgFlag, *storageDir)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
@@ -64,7 +68,35 @@ func cmdCerts(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	printCerts(stdout, infos, time.Now())
+	if len(infos) == 0 && cfg.Storage.Backend == "file" {
+		fmt.Fprintf(stderr, "no certificates in %s\n", cfg.Storage.Dir)
+	}
 	return 0
+}
+
+// certsConfig is the config `gatehouse certs` reads storage through:
+// --storage DIR alone; else the config file; else, when no file was named
+// and ./gatehouse.toml does not exist, the quick start's storage.
+func certsConfig(cfgFlag, storageDir string) (*routes.Config, error) {
+	if storageDir != "" && cfgFlag != "" {
+		return nil, fmt.Errorf("gatehouse certs: pass --config or --storage, not both")
+	}
+	path := configPath(cfgFlag)
+	if storageDir == "" && cfgFlag == "" && os.Getenv("GATEHOUSE_CONFIG") == "" {
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			storageDir = routes.QuickStorageDir()
+			if env := os.Getenv(routes.EnvStorageDir); env != "" {
+				storageDir = env
+			}
+		}
+	}
+	if storageDir == "" {
+		return loadConfig(path)
+	}
+	cfg := &routes.Config{}
+	cfg.Storage.Dir = storageDir
+	cfg.ApplyDefaults()
+	return cfg, nil
 }
 
 // printCerts writes the table for humans: one line per name, times in

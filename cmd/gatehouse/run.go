@@ -139,13 +139,17 @@ func start(cfg *routes.Config, o startOptions) (*instance, error) {
 		}
 		go in.watch(every)
 	}
-	log.Info("gatehouse serving", "https", httpsAddr, "http", httpAddr, "admin", adminAddr(in.adminLn), "routes", len(cfg.Routes))
+	httpShown := "disabled"
+	if httpAddr != nil {
+		httpShown = httpAddr.String()
+	}
+	log.Info("gatehouse serving", "https", httpsAddr, "http", httpShown, "admin", adminAddr(in.adminLn), "routes", len(cfg.Routes))
 	return in, nil
 }
 
 func adminAddr(l net.Listener) string {
 	if l == nil {
-		return ""
+		return "disabled"
 	}
 	return l.Addr().String()
 }
