@@ -418,6 +418,15 @@ func init() {
 	}
 }
 
+// failedUpstream is the upstream an upstreamError names, or nil.
+func failedUpstream(err error) *upstream {
+	var ue *upstreamError
+	if errors.As(err, &ue) {
+		return ue.up
+	}
+	return nil
+}
+
 // failNative answers a failed exchange as proxyError does: nothing when
 // the client went away, else 502 (504 on a timeout) with a short body;
 // the details go to the log.
