@@ -140,7 +140,7 @@ func (c *Config) validate(idx lineIndex) Errors {
 
 	// [[route]]
 	if len(c.Routes) == 0 {
-		errs = append(errs, &Error{Msg: "no [[route]] defined: add at least one with hosts and upstream"})
+		errs = append(errs, &Error{Msg: "no [[route]] defined: add at least one with hosts and upstream", missing: "route"})
 	}
 	owner := map[string]int{} // host -> route index
 	for i := range c.Routes {
