@@ -95,7 +95,7 @@ func TestWrongTypesSayWhatToWrite(t *testing.T) {
 // What the messages say to write is accepted: hosts = ["a.example"] and
 // handshake = "10s" load.
 func TestWrongTypesFixesLoad(t *testing.T) {
-	p := writeFile(t, "g.toml", "[timeouts]\nhandshake = \"10s\"\nidle = \"30s\"\n[[route]]\nhosts = [\"a.example\", \"b.example\"]\nupstream = \"http://127.0.0.1:1\"\ntls = \"internal\"\n")
+	p := writeFile(t, "g.toml", "[timeouts]\nhandshake = \"10s\"\nidle = \"30s\"\nshutdown_drain = 0\n[[route]]\nhosts = [\"a.example\", \"b.example\"]\nupstream = \"http://127.0.0.1:1\"\ntls = \"internal\"\n")
 	cfg, err := Load(p)
 	if err != nil {
 		t.Fatal(err)

@@ -212,6 +212,9 @@ func checkDuration(v any, name string, bad func(any, string, ...any)) {
 		}
 		bad(nil, "%s = %q is not a duration: write it like %s = \"30s\" or \"1m30s\" (units: ms, s, m, h)", name, x, name)
 	case int64:
+		if x == 0 {
+			return // "0" is a duration, and 0 always decoded as one
+		}
 		bad(fmt.Sprintf("%ds", x), "%s = %d is not a duration: write %s = \"%ds\" (units: ms, s, m, h)", name, x, name, x)
 	case float64:
 		bad(fmt.Sprintf("%vs", x), "%s = %v is not a duration: write %s = \"%vs\" (units: ms, s, m, h)", name, x, name, x)
