@@ -45,7 +45,11 @@ func TestMain(m *testing.M) {
 			{"build", "-trimpath", "-o", bins.demoTrim, "."},
 			{"build", "-o", bins.gatehouse, "../gatehouse"},
 		} {
-			if out, err := exec.Command("go", b...).CombinedOutput(); err != nil {
+			build := exec.Command("go", b...)
+			// exactly the flags above: a -trimpath in the caller's GOFLAGS
+			// would make the plain demo the trimmed one
+			build.Env = append(os.Environ(), "GOFLAGS=-buildvcs=false")
+			if out, err := build.CombinedOutput(); err != nil {
 				fmt.Fprintf(os.Stderr, "go %v: %v\n%s", b, err, out)
 				return 1
 			}
