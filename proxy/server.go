@@ -198,12 +198,29 @@ func protocols(h1, h2 bool) *http.Protocols {
 	return p
 }
 
+// tls12Suites are the TLS 1.2 cipher suites gatehouse serves: forward
+// secret (ECDHE) and AEAD only, Mozilla's "intermediate" list less the
+// DHE suites Go does not implement. No CBC suite (Lucky13-style padding
+// oracles, and Go's own docs call them insecure-ish), no static RSA key
+// exchange. TLS 1.3's suites are all AEAD and not configurable in Go.
+var tls12Suites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+}
+
 // baseTLS builds a server TLS config: certificates come from the route
-// the connection was peeked into, carried on the replayConn.
+// the connection was peeked into, carried on the replayConn. Every
+// terminated connection (http and tcp routes, ACME TLS-ALPN-01) gets
+// TLS 1.2 at least, with AEAD suites only (tls12Suites).
 func (s *Server) baseTLS(alpn []string) *tls.Config {
 	return &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		NextProtos: alpn,
+		MinVersion:   tls.VersionTLS12,
+		CipherSuites: tls12Suites,
+		NextProtos:   alpn,
 		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 			rc, ok := hello.Conn.(*replayConn)
 			if !ok || rc.route == nil {
