@@ -58,6 +58,9 @@ func (s *Server) logAccess(rs *routeState, rc *replayConn, r *http.Request, a *a
 	if a.upstream != nil {
 		e.upstream = a.upstream.Raw
 	}
+	if !validHost(bstr(e.host)) {
+		e.host = "" // refused: not written as sent (the own engines do the same)
+	}
 	if r.TLS != nil {
 		e.tls = tls.VersionName(r.TLS.Version)
 	}
