@@ -505,7 +505,10 @@ func TestH2MalformedFields(t *testing.T) {
 			{"value with leading space", get(name, "/m", [2]string{"x-a", " 1"}), nil, nil},
 			{"value with trailing tab", get(name, "/m", [2]string{"x-a", "1\t"}), nil, nil},
 			{"authority with trailing space", get(name+" ", "/m"), nil, nil},
-			{"trailer value with leading space", post(name), []byte("hello"), [][2]string{{"x-t", " 1"}}},
+			// (its head was well-formed: the request has begun upstream,
+			// and is canceled; path /t, not /m)
+			{"trailer value with leading space", [][2]string{{":method", "POST"}, {":scheme", "https"}, {":authority", name}, {":path", "/t"}},
+				[]byte("hello"), [][2]string{{"x-t", " 1"}}},
 		}
 		for _, tc := range cases {
 			t.Run(name+"/"+tc.what, func(t *testing.T) {
@@ -531,8 +534,10 @@ func TestH2MalformedFields(t *testing.T) {
 			})
 		}
 	}
-	if l := w.log.String(); strings.Contains(l, "path=/m ") && strings.Contains(l, "status=200") {
-		t.Errorf("a malformed request was forwarded:\n%s", l)
+	for _, line := range strings.Split(w.log.String(), "\n") {
+		if strings.Contains(line, "path=/m ") && strings.Contains(line, "upstream=http") {
+			t.Errorf("a malformed request was forwarded:\n%s", line)
+		}
 	}
 }
 
