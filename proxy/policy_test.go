@@ -194,23 +194,23 @@ func startPolicyWorld(t *testing.T) *policyWorld {
 }
 
 // dialH1 opens an HTTP/1.1 TLS connection for name.
-func (w *policyWorld) dialH1(name string) (*tls.Conn, *bufio.Reader) {
-	w.t.Helper()
+func (w *policyWorld) dialH1(t *testing.T, name string) (*tls.Conn, *bufio.Reader) {
+	t.Helper()
 	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 3 * time.Second}, "tcp", w.addr,
 		&tls.Config{ServerName: name, RootCAs: w.roots, NextProtos: []string{"http/1.1"}})
 	if err != nil {
-		w.t.Fatal(err)
+		t.Fatal(err)
 	}
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	w.t.Cleanup(func() { c.Close() })
+	t.Cleanup(func() { c.Close() })
 	return c, bufio.NewReader(c)
 }
 
 // h1 sends one raw request on a new connection and reads the answer.
-func (w *policyWorld) h1(name, raw string) (int, string) {
-	w.t.Helper()
-	c, br := w.dialH1(name)
-	res, body := roundTrip(w.t, c, br, raw, false)
+func (w *policyWorld) h1(t *testing.T, name, raw string) (int, string) {
+	t.Helper()
+	c, br := w.dialH1(t, name)
+	res, body := roundTrip(t, c, br, raw, false)
 	return res.StatusCode, body
 }
 
@@ -223,6 +223,9 @@ type h2Raw struct {
 	hbuf bytes.Buffer
 	enc  *hpack.Encoder
 	next uint32
+	// frame is the largest frame written (16 KiB, the default, unless
+	// the server's SETTINGS allowed more and a test sets it)
+	frame int
 }
 
 // h2Result is how a stream ended: a response, or a reset.
@@ -233,27 +236,27 @@ type h2Result struct {
 	code   http2.ErrCode
 }
 
-func (w *policyWorld) dialH2(name string) *h2Raw {
-	w.t.Helper()
+func (w *policyWorld) dialH2(t *testing.T, name string) *h2Raw {
+	t.Helper()
 	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 3 * time.Second}, "tcp", w.addr,
 		&tls.Config{ServerName: name, RootCAs: w.roots, NextProtos: []string{"h2"}})
 	if err != nil {
-		w.t.Fatal(err)
+		t.Fatal(err)
 	}
 	if p := c.ConnectionState().NegotiatedProtocol; p != "h2" {
-		w.t.Fatalf("negotiated %q, want h2", p)
+		t.Fatalf("negotiated %q, want h2", p)
 	}
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	w.t.Cleanup(func() { c.Close() })
-	h := &h2Raw{t: w.t, c: c, fr: http2.NewFramer(c, c), next: 1}
+	t.Cleanup(func() { c.Close() })
+	h := &h2Raw{t: t, c: c, fr: http2.NewFramer(c, c), next: 1}
 	h.fr.ReadMetaHeaders = hpack.NewDecoder(65536, nil)
 	h.fr.MaxHeaderListSize = 1 << 20
 	h.enc = hpack.NewEncoder(&h.hbuf)
 	if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
-		w.t.Fatal(err)
+		t.Fatal(err)
 	}
 	if err := h.fr.WriteSettings(); err != nil {
-		w.t.Fatal(err)
+		t.Fatal(err)
 	}
 	return h
 }
@@ -332,7 +335,10 @@ func (h *h2Raw) writeBlock(id uint32, fields [][2]string, end bool) {
 		_ = h.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 	}
 	block := h.hbuf.Bytes()
-	const max = 16384
+	max := 16384
+	if h.frame > 0 {
+		max = h.frame
+	}
 	first := block[:min(len(block), max)]
 	block = block[len(first):]
 	if err := h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: first, EndStream: end, EndHeaders: len(block) == 0}); err != nil {
@@ -379,22 +385,22 @@ func TestPolicyHostPort(t *testing.T) {
 		for _, bad := range []string{name + ":,evil.example", name + ":443,evil.example", name + ",evil.example",
 			name + ":", name + ":https", name + ":+443", name + ":99999"} {
 			t.Run(name+"/h1/"+bad, func(t *testing.T) {
-				status, body := w.h1(name, "GET /x HTTP/1.1\r\nHost: "+bad+"\r\n\r\n")
+				status, body := w.h1(t, name, "GET /x HTTP/1.1\r\nHost: "+bad+"\r\n\r\n")
 				if status != 400 {
 					t.Errorf("status %d, want 400; body %q", status, body)
 				}
-				status, body = w.h1(name, "GET http://"+bad+"/x HTTP/1.1\r\nHost: "+name+"\r\n\r\n")
+				status, body = w.h1(t, name, "GET http://"+bad+"/x HTTP/1.1\r\nHost: "+name+"\r\n\r\n")
 				if status != 400 {
 					t.Errorf("absolute-form: status %d, want 400; body %q", status, body)
 				}
 			})
 			t.Run(name+"/h2/"+bad, func(t *testing.T) {
-				res := w.dialH2(name).request(get(bad, "/x"), nil, nil)
+				res := w.dialH2(t, name).request(get(bad, "/x"), nil, nil)
 				if res.status != 400 && !(res.reset && res.code == http2.ErrCodeProtocol) {
 					t.Errorf("got %+v, want 400", res)
 				}
 				// and as a Host field without :authority
-				res = w.dialH2(name).request([][2]string{{":method", "GET"}, {":scheme", "https"}, {":path", "/x"}, {"host", bad}}, nil, nil)
+				res = w.dialH2(t, name).request([][2]string{{":method", "GET"}, {":scheme", "https"}, {":path", "/x"}, {"host", bad}}, nil, nil)
 				if res.status != 400 && !(res.reset && res.code == http2.ErrCodeProtocol) {
 					t.Errorf("host field: got %+v, want 400", res)
 				}
@@ -403,7 +409,7 @@ func TestPolicyHostPort(t *testing.T) {
 		good := name + ":443"
 		want := []string{"host=" + good + "\n", "X-Forwarded-Host: " + good + "\n", `host="` + good + `"`}
 		t.Run(name+"/h1/valid", func(t *testing.T) {
-			status, body := w.h1(name, "GET /x HTTP/1.1\r\nHost: "+good+"\r\n\r\n")
+			status, body := w.h1(t, name, "GET /x HTTP/1.1\r\nHost: "+good+"\r\n\r\n")
 			for _, s := range want {
 				if status != 200 || !strings.Contains(body, s) {
 					t.Errorf("status %d, upstream saw:\n%s\nwant %q in it", status, body, s)
@@ -411,7 +417,7 @@ func TestPolicyHostPort(t *testing.T) {
 			}
 		})
 		t.Run(name+"/h2/valid", func(t *testing.T) {
-			res := w.dialH2(name).request(get(good, "/x"), nil, nil)
+			res := w.dialH2(t, name).request(get(good, "/x"), nil, nil)
 			for _, s := range want {
 				if res.status != 200 || !strings.Contains(res.body, s) {
 					t.Errorf("%+v: want %q in the body", res, s)
@@ -466,7 +472,7 @@ func TestPolicyUnderscoreFields(t *testing.T) {
 				raw.WriteString(f[0] + ": " + f[1] + "\r\n")
 			}
 			raw.WriteString("\r\n")
-			status, body := w.h1(name, raw.String())
+			status, body := w.h1(t, name, raw.String())
 			check(t, status, body)
 		})
 		t.Run(name+"/h2", func(t *testing.T) {
@@ -477,7 +483,7 @@ func TestPolicyUnderscoreFields(t *testing.T) {
 				}
 				extra = append(extra, [2]string{strings.ToLower(f[0]), f[1]})
 			}
-			res := w.dialH2(name).request(get(name, "/f", extra...), nil, nil)
+			res := w.dialH2(t, name).request(get(name, "/f", extra...), nil, nil)
 			check(t, res.status, res.body)
 		})
 	}
@@ -512,7 +518,7 @@ func TestH2MalformedFields(t *testing.T) {
 		}
 		for _, tc := range cases {
 			t.Run(name+"/"+tc.what, func(t *testing.T) {
-				h := w.dialH2(name)
+				h := w.dialH2(t, name)
 				res := h.request(tc.fields, tc.body, tc.trailers)
 				switch {
 				case name == "tls.test" && tc.trailers != nil:
@@ -554,7 +560,7 @@ func TestLogNoBodyBytes(t *testing.T) {
 	for _, name := range policyNames {
 		for _, path := range []string{"/stop" + tail, "/close" + tail, "/slow" + tail, "/leave" + tail} {
 			t.Run(name+"/h1"+path[:6], func(t *testing.T) {
-				c, br := w.dialH1(name)
+				c, br := w.dialH1(t, name)
 				head := fmt.Sprintf("POST %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n", path, name, len(secretBody))
 				if strings.HasPrefix(path, "/leave") {
 					_, _ = io.WriteString(c, head)
@@ -662,30 +668,38 @@ func (r *leaveReader) Read(p []byte) (int, error) {
 func TestAccessLogOwnAnswers(t *testing.T) {
 	w := startPolicyWorld(t)
 	big := strings.Repeat("b", 100<<10)
+	// 70 KiB in fields of 5 KiB (HPACK bounds a string to the list
+	// size), sent in one frame (x/net's framer ends the connection at a
+	// CONTINUATION once the list is over its limit)
+	var bigFields [][2]string
+	for i := range 14 {
+		bigFields = append(bigFields, [2]string{fmt.Sprintf("x-big-%d", i), big[:5<<10]})
+	}
 	for _, name := range policyNames {
 		mark := func(p string) string { return "/own-" + strings.TrimSuffix(name, ".test") + "-" + p }
 		t.Run(name+"/h1", func(t *testing.T) {
-			if s, _ := w.h1(name, "GET "+mark("h1-421")+" HTTP/1.1\r\nHost: other.test\r\n\r\n"); s != 421 {
+			if s, _ := w.h1(t, name, "GET "+mark("h1-421")+" HTTP/1.1\r\nHost: other.test\r\n\r\n"); s != 421 {
 				t.Errorf("421 case: %d", s)
 			}
-			if s, _ := w.h1(name, "GET "+mark("h1-400")+" HTTP/1.1\r\nHost: "+name+":x\r\n\r\n"); s != 400 {
+			if s, _ := w.h1(t, name, "GET "+mark("h1-400")+" HTTP/1.1\r\nHost: "+name+":x\r\n\r\n"); s != 400 {
 				t.Errorf("400 case: %d", s)
 			}
-			c, br := w.dialH1(name)
+			c, br := w.dialH1(t, name)
 			go func() { _, _ = io.WriteString(c, "GET "+mark("h1-431")+" HTTP/1.1\r\nHost: "+name+"\r\nX-Big: "+big+"\r\n\r\n") }()
 			if res, _ := readResp(t, br, false); res.StatusCode != 431 {
 				t.Errorf("431 case: %d", res.StatusCode)
 			}
 		})
 		t.Run(name+"/h2", func(t *testing.T) {
-			h := w.dialH2(name)
+			h := w.dialH2(t, name)
 			if res := h.request(get("other.test", mark("h2-421")), nil, nil); res.status != 421 {
 				t.Errorf("421 case: %+v", res)
 			}
 			if res := h.request(get(name+":x", mark("h2-400")), nil, nil); res.status != 400 {
 				t.Errorf("400 case: %+v", res)
 			}
-			if res := h.request(get(name, mark("h2-431"), [2]string{"x-big", big}), nil, nil); res.status != 431 {
+			h.frame = 1 << 20 // the server's SETTINGS_MAX_FRAME_SIZE (both servers)
+			if res := h.request(get(name, mark("h2-431"), bigFields...), nil, nil); res.status != 431 {
 				t.Errorf("431 case: %+v", res)
 			}
 		})
