@@ -120,6 +120,11 @@ func (s *Server) servePlain(w http.ResponseWriter, r *http.Request) {
 	if s.certs != nil && s.certs.HandleHTTPChallenge(w, r) {
 		return
 	}
+	if !validHost(bstr(r.Host)) {
+		// a redirect is built from it: only a checked Host (policy.go)
+		badRequest(w, r, "invalid Host")
+		return
+	}
 	host := routes.CanonicalHost(r.Host)
 	snap := s.state.Load()
 	if snap == nil || host == "" || snap.lookup(host) == nil {

@@ -685,7 +685,9 @@ func TestAccessLogOwnAnswers(t *testing.T) {
 				t.Errorf("400 case: %d", s)
 			}
 			c, br := w.dialH1(t, name)
-			go func() { _, _ = io.WriteString(c, "GET "+mark("h1-431")+" HTTP/1.1\r\nHost: "+name+"\r\nX-Big: "+big+"\r\n\r\n") }()
+			go func() {
+				_, _ = io.WriteString(c, "GET "+mark("h1-431")+" HTTP/1.1\r\nHost: "+name+"\r\nX-Big: "+big+"\r\n\r\n")
+			}()
 			if res, _ := readResp(t, br, false); res.StatusCode != 431 {
 				t.Errorf("431 case: %d", res.StatusCode)
 			}
@@ -728,6 +730,49 @@ func TestAccessLogOwnAnswers(t *testing.T) {
 			if n == 0 {
 				t.Errorf("%s %s: no access-log line with status %s", name, path, c.status)
 			}
+		}
+	}
+}
+
+// The plain-HTTP listener builds its 308 from the Host: a forged one
+// is refused, not redirected to.
+func TestPlainRedirectHost(t *testing.T) {
+	cfg := &routes.Config{Routes: []routes.Route{{Hosts: []string{"*"}, Upstream: "http://127.0.0.1:1"}}}
+	cfg.ApplyDefaults()
+	s := New(Options{Certs: fixedCerts{}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err := s.Listen("127.0.0.1:0", "127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetTable(routes.NewTable(cfg)); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = s.Serve(); close(done) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = s.Shutdown(ctx)
+		<-done
+	})
+	_, plain := s.Addrs()
+	for host, want := range map[string]string{
+		"app.test":               "https://app.test:",
+		"app.test,evil.example":  "",
+		"app.test:,evil.example": "",
+		"evil.example;app.test":  "",
+	} {
+		c, err := net.DialTimeout("tcp", plain.String(), 3*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		res, _ := roundTrip(t, c, bufio.NewReader(c), "GET /p HTTP/1.1\r\nHost: "+host+"\r\n\r\n", false)
+		c.Close()
+		switch {
+		case want == "" && res.StatusCode != 400:
+			t.Errorf("Host %q: %d Location %q, want 400", host, res.StatusCode, res.Header.Get("Location"))
+		case want != "" && (res.StatusCode != 308 || !strings.HasPrefix(res.Header.Get("Location"), want)):
+			t.Errorf("Host %q: %d Location %q, want 308 to %s", host, res.StatusCode, res.Header.Get("Location"), want)
 		}
 	}
 }
