@@ -443,7 +443,7 @@ func (st *h2Stream) serve(in h2Request) {
 		return
 	}
 	defer rs.metrics.observe(began)
-	if host := routes.CanonicalHost(in.authority); host != rc.hello.ServerName && !rs.serves(host) {
+	if misdirectedHost(rs, in.authority, rc.hello.ServerName) {
 		rs.misdirected(st, rc.hello.ServerName)
 		st.logOwn(rs, in, began)
 		return

@@ -44,7 +44,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	// A browser reuses one connection for every name the certificate
 	// covers; a request for a name this connection's route does not
 	// serve must be retried by the client on its own connection.
-	if host := routes.CanonicalHost(r.Host); host != rc.hello.ServerName && !rs.serves(host) {
+	if misdirectedHost(rs, r.Host, rc.hello.ServerName) {
 		rs.misdirected(w, rc.hello.ServerName)
 		return
 	}

@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
 // Request policy: what a request means, decided once for every engine
@@ -88,6 +90,17 @@ func validHost(b []byte) bool {
 		n = n*10 + int(c-'0')
 	}
 	return n <= 65535
+}
+
+// misdirectedHost is the 421 rule: a request whose Host (checked by
+// validHost) names neither the connection's SNI nor a name of its route
+// must be retried by the client on a connection of its own (browsers
+// reuse one connection for every name a certificate covers). The own
+// HTTP/1.1 loop applies it through hostOK, which remembers the last
+// accepted Host of a keep-alive connection.
+func misdirectedHost(rs *routeState, host, sni string) bool {
+	h := routes.CanonicalHost(host)
+	return h != sni && !rs.serves(h)
 }
 
 // regNameChar: RFC 3986 unreserved characters.
