@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -55,8 +56,13 @@ func (s *syncBuf) String() string {
 	return s.b.String()
 }
 
-// policyNames are the routes of a policyWorld, one per engine family.
-var policyNames = []string{"web.test", "pp.test", "tls.test"}
+// policyNames are the routes of a policyWorld, one per engine family:
+// web.test http://, pp.test http:// with PROXY protocol, tls.test
+// https://, h2c.test h2c:// (the last two on net/http's server).
+var policyNames = []string{"web.test", "pp.test", "tls.test", "h2c.test"}
+
+// onNetHTTP: the route's requests are served by net/http's server.
+func onNetHTTP(name string) bool { return name == "tls.test" || name == "h2c.test" }
 
 type policyWorld struct {
 	t     *testing.T
@@ -81,9 +87,10 @@ func policyHandler(w http.ResponseWriter, r *http.Request) {
 			_, _ = io.CopyN(io.Discard, r.Body, 1024)
 		}
 		c, _, err := http.NewResponseController(w).Hijack()
-		if err == nil {
-			c.Close()
+		if err != nil {
+			panic(http.ErrAbortHandler) // HTTP/2 (h2c): the stream is reset
 		}
+		c.Close()
 		return
 	case strings.HasPrefix(r.URL.Path, "/slow"):
 		_, _ = io.Copy(io.Discard, r.Body)
@@ -143,6 +150,12 @@ func startPolicyWorld(t *testing.T) *policyWorld {
 	t.Cleanup(pp.Close)
 	secure := httptest.NewTLSServer(http.HandlerFunc(policyHandler))
 	t.Cleanup(secure.Close)
+	h2c := httptest.NewUnstartedServer(http.HandlerFunc(policyHandler))
+	h2c.Config.Protocols = new(http.Protocols)
+	h2c.Config.Protocols.SetUnencryptedHTTP2(true)
+	h2c.Config.ErrorLog = log.New(io.Discard, "", 0) // the aborted handlers
+	h2c.Start()
+	t.Cleanup(h2c.Close)
 	caFile := filepath.Join(t.TempDir(), "upstream-ca.pem")
 	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: secure.Certificate().Raw}), 0o600); err != nil {
 		t.Fatal(err)
@@ -166,6 +179,7 @@ func startPolicyWorld(t *testing.T) *policyWorld {
 		{Hosts: []string{"web.test"}, Upstream: plain.URL},
 		{Hosts: []string{"pp.test"}, Upstream: "http://" + pp.Listener.Addr().String(), ProxyProtocol: "v1"},
 		{Hosts: []string{"tls.test"}, Upstream: secure.URL, UpstreamCA: caFile},
+		{Hosts: []string{"h2c.test"}, Upstream: "h2c://" + h2c.Listener.Addr().String()},
 		{Hosts: []string{"other.test"}, Upstream: "http://127.0.0.1:1"},
 	}}
 	cfg.Timeouts.ReadHeader = routes.Duration(2 * time.Second)
@@ -521,11 +535,11 @@ func TestH2MalformedFields(t *testing.T) {
 				h := w.dialH2(t, name)
 				res := h.request(tc.fields, tc.body, tc.trailers)
 				switch {
-				case name == "tls.test" && tc.trailers != nil:
+				case onNetHTTP(name) && tc.trailers != nil:
 					// net/http's server reads trailers after the handler
 					// has started: the request went out; not refused
 					return
-				case name == "tls.test":
+				case onNetHTTP(name):
 					if res.status != 400 && !(res.reset && res.code == http2.ErrCodeProtocol) {
 						t.Errorf("got %+v, want 400 or RST_STREAM PROTOCOL_ERROR", res)
 					}
@@ -714,7 +728,7 @@ func TestAccessLogOwnAnswers(t *testing.T) {
 	for _, name := range policyNames {
 		short := strings.TrimSuffix(name, ".test")
 		for _, c := range []struct{ p, status string }{{"h1-421", "421"}, {"h2-421", "421"}, {"h1-400", "400"}, {"h2-400", "400"}, {"h1-431", "431"}, {"h2-431", "431"}} {
-			if name == "tls.test" && c.status == "431" {
+			if onNetHTTP(name) && c.status == "431" {
 				// net/http's server answers 431 itself, before any
 				// handler runs: no line (until the one pipeline)
 				continue
