@@ -469,6 +469,7 @@ func (st *h2Stream) serve(in h2Request) {
 		st.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		st.WriteHeader(http.StatusBadRequest)
 		_, _ = st.Write([]byte("400 Bad Request: malformed :path\n"))
+		st.logOwn(rs, in, began)
 		return
 	}
 	r := &http.Request{
