@@ -198,6 +198,20 @@ func protocols(h1, h2 bool) *http.Protocols {
 	return p
 }
 
+// echSource is implemented by a Certs that holds Encrypted Client
+// Hello keys (tlsconfig.Manager).
+type echSource interface {
+	ECHKeys() []tls.EncryptedClientHelloKey
+}
+
+// echKeyFunc returns the ECH key source, or nil when the Certs has none.
+func (s *Server) echKeyFunc() func() []tls.EncryptedClientHelloKey {
+	if e, ok := s.certs.(echSource); ok {
+		return e.ECHKeys
+	}
+	return nil
+}
+
 // baseTLS builds a server TLS config: certificates come from the route
 // the connection was peeked into, carried on the replayConn.
 func (s *Server) baseTLS(alpn []string) *tls.Config {
@@ -210,6 +224,16 @@ func (s *Server) baseTLS(alpn []string) *tls.Config {
 				return nil, nil // → unrecognized_name
 			}
 			return s.certs.GetCertificate(rc.route.entry, hello)
+		},
+		// The real handshake decrypts an Encrypted Client Hello with the
+		// keys the peek used; a hello it cannot decrypt (stale keys, or
+		// a client's GREASE) is answered under the outer name, with the
+		// current config as a retry config (RFC 9849 §6.1.6).
+		GetEncryptedClientHelloKeys: func(*tls.ClientHelloInfo) ([]tls.EncryptedClientHelloKey, error) {
+			if f := s.echKeyFunc(); f != nil {
+				return f(), nil
+			}
+			return nil, nil
 		},
 	}
 }
@@ -438,7 +462,7 @@ func (s *Server) handleConn(c net.Conn) {
 	metricConnsAccepted.Inc()
 	c = acceptPROXY(c, snap.trusted, snap.tm.handshake)
 	_ = c.SetDeadline(time.Now().Add(snap.tm.handshake))
-	hello, peeked, err := peekHello(c)
+	hello, peeked, err := peekHello(c, s.echKeyFunc())
 	if err != nil {
 		if msg := proxyProblem(err, peeked); msg != "" {
 			metricHandshakeFail("proxy_header")
@@ -457,6 +481,12 @@ func (s *Server) handleConn(c net.Conn) {
 	rs := snap.lookup(hello.ServerName)
 	if rs == nil && hello.ServerName == "" {
 		rs = snap.lookupIP(c.LocalAddr())
+	}
+	if rs != nil && rs.mode == routes.ModePassthrough && hello.ECHOffered && hello.Outer != hello.ServerName {
+		// A passthrough upstream gets the client's bytes as they are,
+		// encrypted to gatehouse's ECH key: it could not read the inner
+		// hello. Such routes are routed by the outer (public) name.
+		rs = snap.lookup(hello.Outer)
 	}
 	if rs == nil {
 		reason := "unknown_sni"
@@ -491,7 +521,11 @@ func (s *Server) handleConn(c net.Conn) {
 		return
 	}
 	_ = c.SetDeadline(time.Time{})
-	metricHandshakeOK(tc.ConnectionState().Version)
+	st := tc.ConnectionState()
+	metricHandshakeOK(st.Version)
+	if hello.ECHOffered {
+		metricECH(st.ECHAccepted)
+	}
 	if cfg == s.tlsChallenge {
 		tc.Close() // the CA only needed the handshake
 		return

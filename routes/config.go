@@ -32,6 +32,7 @@ type Config struct {
 	OnDemand OnDemand `toml:"on_demand"`
 	Log      Log      `toml:"log"`
 	Timeouts Timeouts `toml:"timeouts"`
+	ECH      ECH      `toml:"ech"`
 	Routes   []Route  `toml:"route"`
 
 	// Path is the file the config was read from ("" when built in memory).
@@ -238,6 +239,20 @@ type Log struct {
 
 // AccessEnabled reports whether access logging is on (the default).
 func (l Log) AccessEnabled() bool { return l.Access == nil || *l.Access }
+
+// ECH turns on Encrypted Client Hello for terminated routes.
+type ECH struct {
+	// PublicName is the name clients put in the outer, clear-text
+	// ClientHello; setting it turns ECH on. It must be an exact name a
+	// terminated route serves, so a client with stale keys can
+	// authenticate the retry configs gatehouse answers with.
+	PublicName string `toml:"public_name"`
+	// Rotate is how often a new key is made (default 720h).
+	Rotate Duration `toml:"rotate"`
+}
+
+// Enabled reports whether ECH is on.
+func (e ECH) Enabled() bool { return e.PublicName != "" }
 
 // Timeouts bound every wait the proxy does on a peer. Zero means the default.
 type Timeouts struct {
