@@ -52,6 +52,8 @@ var (
 
 // Collectors returns the metrics this package maintains.
 func Collectors() []prometheus.Collector {
+	metricECHHandshakes.WithLabelValues("accepted") // both series exist from the start
+	metricECHHandshakes.WithLabelValues("rejected")
 	return []prometheus.Collector{metricConnsAccepted, metricHandshakes, metricECHHandshakes, metricHandshakeFailures, metricActiveConns,
 		metricRequests, metricDuration, healthCollector{}}
 }
