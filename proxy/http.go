@@ -30,6 +30,11 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if rs.hsts != "" {
 		w.Header().Set("Strict-Transport-Security", rs.hsts)
 	}
+	if r.ProtoMajor < 3 {
+		if v := s.altSvc(rs); v != "" {
+			w.Header().Set("Alt-Svc", v)
+		}
+	}
 	if s.access == nil {
 		rs.proxy.ServeHTTP(w, r)
 		return

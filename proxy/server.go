@@ -22,6 +22,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/quic-go/quic-go/http3"
+
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
@@ -54,6 +56,8 @@ type Server struct {
 
 	httpsLn, httpLn net.Listener
 	httpsPort       string
+	h3              *http3.Server // HTTP/3 on the https address's UDP port (h3.go); nil: off
+	h3AltSvc        atomic.Value  // string: the Alt-Svc value once HTTP/3 listens
 
 	tlsHTTP, tlsChallenge *tls.Config
 	tlsTCP                sync.Map // ALPN list joined by "," -> *tls.Config
@@ -401,6 +405,7 @@ func (s *Server) Serve() error {
 	if _, port, err := net.SplitHostPort(s.httpsLn.Addr().String()); err == nil {
 		s.httpsPort = port
 	}
+	s.startH3()
 	s.mu.Lock()
 	if s.closed.Load() {
 		s.mu.Unlock()
@@ -577,7 +582,7 @@ func (s *Server) refuse(c net.Conn) {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closed.Store(true)
-	fronts, plain := s.fronts, s.plain
+	fronts, plain, h3 := s.fronts, s.plain, s.h3
 	s.mu.Unlock()
 	if s.httpsLn != nil {
 		s.httpsLn.Close()
@@ -609,6 +614,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if plain != nil {
 		wg.Add(1)
 		go drain("http", plain)
+	}
+	if h3 != nil {
+		wg.Add(1)
+		go func() { // GOAWAY, then requests in flight finish until ctx ends
+			defer wg.Done()
+			if err := h3.Shutdown(ctx); err != nil && ctx.Err() != nil {
+				emu.Lock()
+				errs = append(errs, errors.New("http3: drain deadline passed; closed QUIC connections with requests in flight"))
+				emu.Unlock()
+			}
+		}()
 	}
 	s.h1.shutdown() // idle fast-path connections close now, busy ones after their request
 	wg.Add(1)

@@ -44,6 +44,9 @@ type Listen struct {
 	HTTPS string `toml:"https"` // TLS listener; SNI decides the route
 	HTTP  string `toml:"http"`  // ACME HTTP-01 and the 308 redirect; "" disables
 	Admin string `toml:"admin"` // /healthz /readyz /metrics; "" disables
+	// HTTP3 serves HTTP/3 on the https address's UDP port for http
+	// routes (default true); false turns it off everywhere.
+	HTTP3 *bool `toml:"http3"`
 
 	// ProxyProtocolFrom lists the CIDRs allowed to send a PROXY protocol
 	// header (a load balancer in front). Empty: PROXY headers are refused.
@@ -281,6 +284,7 @@ type Route struct {
 	ALPN          []string `toml:"alpn"`           // tcp mode: protocols to negotiate
 	ProxyProtocol string   `toml:"proxy_protocol"` // "", "v1", "v2"
 	HSTS          string   `toml:"hsts"`           // Strict-Transport-Security value; "" off
+	HTTP3         *bool    `toml:"http3"`          // http mode: serve HTTP/3 too (default true)
 	UpstreamCA    string   `toml:"upstream_ca"`    // CA file for https:// upstreams
 
 	Balance        string   `toml:"balance"` // "round_robin" (default), "least_conn"

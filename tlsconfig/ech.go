@@ -116,7 +116,7 @@ func (k *echKeyring) configure(ctx context.Context, publicName string, rotate ti
 }
 
 func (k *echKeyring) close() {
-	if k.stop != nil {
+	if k != nil && k.stop != nil {
 		close(k.stop)
 		<-k.done
 		k.stop = nil
