@@ -1038,6 +1038,11 @@ func (c *h1conn) appendRespHead(ob []byte, x *exchange, resp *respHead, kind int
 		ob = append(ob, hsts...)
 		ob = append(ob, "\r\n"...)
 	}
+	if v := c.s.altSvc(x.rs); v != "" {
+		ob = append(ob, "Alt-Svc: "...)
+		ob = append(ob, v...)
+		ob = append(ob, "\r\n"...)
+	}
 	switch {
 	case kind == bodyLength || kind == bodyNone && resp.contentLength >= 0 && resp.status != 204:
 		ob = append(ob, "Content-Length: "...)

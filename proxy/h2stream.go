@@ -451,6 +451,9 @@ func (st *h2Stream) serve(in h2Request) {
 	if rs.hsts != "" {
 		st.Header().Set("Strict-Transport-Security", rs.hsts)
 	}
+	if v := s.altSvc(rs); v != "" {
+		st.Header().Set("Alt-Svc", v)
+	}
 	if h2Native(rs) {
 		up, err := st.forward(rs, in)
 		if err != nil {

@@ -336,6 +336,9 @@ func (st *h2Stream) sendRespHead(rs *routeState, resp *respHead, kind int, end b
 		if hsts != "" {
 			enc.WriteField(hpack.HeaderField{Name: "strict-transport-security", Value: hsts})
 		}
+		if v := c.s.altSvc(rs); v != "" {
+			enc.WriteField(hpack.HeaderField{Name: "alt-svc", Value: v})
+		}
 		if !date {
 			enc.WriteField(hpack.HeaderField{Name: "date", Value: httpDate()})
 		}

@@ -37,7 +37,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	case !validHost(bstr(r.Host)):
 		badRequest(w, r, "invalid Host")
 		return
-	case r.ProtoMajor == 2 && h2HeaderMalformed(r.Header):
+	case r.ProtoMajor >= 2 && h2HeaderMalformed(r.Header): // HTTP/2 and HTTP/3 (RFC 9114 §4.2 points to the same rule)
 		badRequest(w, r, "malformed header field value")
 		return
 	}
@@ -50,6 +50,11 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if rs.hsts != "" {
 		w.Header().Set("Strict-Transport-Security", rs.hsts)
+	}
+	if r.ProtoMajor < 3 {
+		if v := s.altSvc(rs); v != "" {
+			w.Header().Set("Alt-Svc", v)
+		}
 	}
 	if a != nil {
 		r = r.WithContext(context.WithValue(r.Context(), accessKey{}, a))
