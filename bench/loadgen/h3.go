@@ -40,8 +40,10 @@ func h3TLS(name string) *tls.Config {
 	return &tls.Config{ServerName: name, InsecureSkipVerify: true, NextProtos: []string{"h3"}, CurvePreferences: curves()}
 }
 
-// h3Transport dials every request's connection to *addr over UDP.
-func h3Transport(udp net.PacketConn) *http3.Transport {
+// h3Transport dials every request's connection to *addr through qt, one
+// QUIC transport (UDP socket) that many connections share, as quic-go
+// requires: two transports on one socket steal each other's packets.
+func h3Transport(qt *quic.Transport) *http3.Transport {
 	return &http3.Transport{
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true, CurvePreferences: curves()},
 		Dial: func(ctx context.Context, _ string, tlsCfg *tls.Config, cfg *quic.Config) (*quic.Conn, error) {
@@ -49,9 +51,18 @@ func h3Transport(udp net.PacketConn) *http3.Transport {
 			if err != nil {
 				return nil, err
 			}
-			return quic.Dial(ctx, udp, ua, tlsCfg, cfg)
+			return qt.Dial(ctx, ua, tlsCfg, cfg)
 		},
 	}
+}
+
+// quicTransport opens a loopback UDP socket for one worker.
+func quicTransport() (*quic.Transport, error) {
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return nil, err
+	}
+	return &quic.Transport{Conn: udp}, nil
 }
 
 func get(c *http.Client, url string) error {
@@ -80,12 +91,12 @@ func runH3() (any, error) {
 	start := time.Now()
 	var wg sync.WaitGroup
 	for w := 0; w < *conc; w++ {
-		udp, err := net.ListenPacket("udp", "127.0.0.1:0")
+		qt, err := quicTransport()
 		if err != nil {
 			return nil, err
 		}
-		defer udp.Close()
-		tr := h3Transport(udp)
+		defer qt.Close()
+		tr := h3Transport(qt)
 		defer tr.Close()
 		c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 		for s := 0; s < *streams; s++ {
@@ -127,14 +138,14 @@ func runH3Handshake() (any, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			udp, err := net.ListenPacket("udp", "127.0.0.1:0")
+			qt, err := quicTransport()
 			if err != nil {
 				firstErr.CompareAndSwap(nil, err.Error())
 				return
 			}
-			defer udp.Close()
+			defer qt.Close()
 			for time.Now().Before(deadline) {
-				tr := h3Transport(udp) // a new transport: a new connection, no ticket
+				tr := h3Transport(qt) // a new HTTP/3 transport: a new connection, no ticket
 				c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 				err := get(c, "https://"+ns[0]+":"+port+*path)
 				tr.Close()
@@ -179,16 +190,16 @@ func runH3Hostile() (any, error) {
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
-			udp, err := net.ListenPacket("udp", "127.0.0.1:0")
+			qt, err := quicTransport()
 			if err != nil {
 				firstErr.CompareAndSwap(nil, err.Error())
 				return
 			}
-			defer udp.Close()
+			defer qt.Close()
 			ua, _ := net.ResolveUDPAddr("udp", *addr)
 			for i := 0; time.Now().Before(deadline); i++ {
 				ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-				c, err := quic.Dial(ctx, udp, ua, h3TLS(fmt.Sprintf("nope-%d-%d.invalid", w, i)), &quic.Config{HandshakeIdleTimeout: 3 * time.Second})
+				c, err := qt.Dial(ctx, ua, h3TLS(fmt.Sprintf("nope-%d-%d.invalid", w, i)), &quic.Config{HandshakeIdleTimeout: 3 * time.Second})
 				cancel()
 				var te *quic.TransportError
 				var ie *quic.IdleTimeoutError
