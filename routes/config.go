@@ -43,6 +43,8 @@ type Listen struct {
 	HTTPS string `toml:"https"` // TLS listener; SNI decides the route
 	HTTP  string `toml:"http"`  // ACME HTTP-01 and the 308 redirect; "" disables
 	Admin string `toml:"admin"` // /healthz /readyz /metrics; "" disables
+	// AdminAuth protects the status page and /metrics (adminauth.go).
+	AdminAuth string `toml:"admin_auth"`
 
 	// ProxyProtocolFrom lists the CIDRs allowed to send a PROXY protocol
 	// header (a load balancer in front). Empty: PROXY headers are refused.
