@@ -503,6 +503,7 @@ func (m *Manager) observeCertEvent(_ context.Context, event string, data map[str
 func (c *liveCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- notAfterDesc
 	ch <- notBeforeDesc
+	ch <- stapleExpiryDesc
 	ch <- renewingDesc
 	ch <- stapleAgeDesc
 }
@@ -525,6 +526,7 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 	begins := map[string]time.Time{}     // name -> that certificate's NotBefore (loaded ones only)
 	ordering := map[string]bool{}        // name -> an order attempt is running (overview.go)
 	thisUpdate := map[string]time.Time{} // name -> newest staple ThisUpdate
+	nextUpdate := map[string]time.Time{} // name -> that staple's NextUpdate
 	for m, names := range live {
 		m.mu.RLock()
 		for n := range m.byName {
@@ -559,6 +561,7 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			if sp.resp.ThisUpdate.After(thisUpdate[e.names[0]]) {
 				thisUpdate[e.names[0]] = sp.resp.ThisUpdate
+				nextUpdate[e.names[0]] = sp.resp.NextUpdate
 			}
 		}
 		s.mu.RUnlock()
@@ -576,5 +579,8 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for n, t := range thisUpdate {
 		ch <- prometheus.MustNewConstMetric(stapleAgeDesc, prometheus.GaugeValue, now.Sub(t).Seconds(), n)
+		if nu := nextUpdate[n]; !nu.IsZero() {
+			ch <- prometheus.MustNewConstMetric(stapleExpiryDesc, prometheus.GaugeValue, float64(nu.Unix()), n)
+		}
 	}
 }

@@ -24,6 +24,8 @@ const orderStale = 15 * time.Minute
 var (
 	notBeforeDesc = prometheus.NewDesc("gatehouse_cert_not_before_seconds",
 		"Unix time the certificate served for a name became valid (NotBefore of the certificate gatehouse_cert_not_after_seconds reports; loaded certificates only).", []string{"name"}, nil)
+	stapleExpiryDesc = prometheus.NewDesc("gatehouse_ocsp_staple_next_update_by_name_seconds",
+		"Unix time the OCSP staple served for a certificate stops being current (its NextUpdate), by the certificate's first name; it is refreshed at half its validity.", []string{"name"}, nil)
 	renewingDesc = prometheus.NewDesc("gatehouse_cert_renewal_in_progress",
 		"1 while an order or renewal attempt for the name is running, 0 otherwise (one series per name with a certificate).", []string{"name"}, nil)
 )
