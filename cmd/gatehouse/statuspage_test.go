@@ -253,3 +253,72 @@ func TestStatusPageInChromium(t *testing.T) {
 		t.Errorf("CSP %q", csp)
 	}
 }
+
+// [listen] admin_auth reaches the running admin listener: the page and
+// /metrics want the token, the probes do not, and nothing changes state.
+func TestAdminAuthRunning(t *testing.T) {
+	e := newCAEnv(t)
+	e.listenExtra = `admin_auth = "bearer:0123456789abcdef-token"`
+	up := upstream(t, "A")
+	e.start(e.config(fmt.Sprintf("[[route]]\nhosts = [\"auth.test\"]\nupstream = %q\n%s", up.URL, e.certFor("auth.test"))))
+	base := "http://" + e.admLn.Addr().String()
+	do := func(method, path, token string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, base+path, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.StatusCode, readAll(t, res)
+	}
+	for _, p := range []string{"/", "/metrics"} {
+		if code, _ := do("GET", p, ""); code != 401 {
+			t.Errorf("GET %s without the token: %d, want 401", p, code)
+		}
+		if code, _ := do("GET", p, "0123456789abcdef-wrong"); code != 401 {
+			t.Errorf("GET %s with a wrong token: %d, want 401", p, code)
+		}
+	}
+	if code, body := do("GET", "/", "0123456789abcdef-token"); code != 200 || !strings.Contains(body, `<code class="name">auth.test</code>`) {
+		t.Errorf("GET / with the token: %d\n%s", code, body)
+	}
+	if code, body := do("GET", "/metrics", "0123456789abcdef-token"); code != 200 || !strings.Contains(body, "gatehouse_storage_up") {
+		t.Errorf("GET /metrics with the token: %d", code)
+	}
+	for _, p := range []string{"/healthz", "/readyz"} {
+		if code, _ := do("GET", p, ""); code != 200 {
+			t.Errorf("GET %s (open for probes): %d", p, code)
+		}
+	}
+	if code, _ := do("POST", "/", "0123456789abcdef-token"); code != 405 {
+		t.Errorf("POST / with the token: %d, want 405", code)
+	}
+}
+
+// `gatehouse validate` warns (and still passes) when the admin listener
+// is reachable from other hosts without admin_auth.
+func TestValidateWarnsOpenAdmin(t *testing.T) {
+	dir := t.TempDir()
+	cfg := func(listen string) string {
+		p := filepath.Join(dir, "g.toml")
+		os.WriteFile(p, []byte("[listen]\nhttps = \":443\"\n"+listen+"\n[[route]]\nhosts = [\"a.example\"]\nupstream = \"http://127.0.0.1:8080\"\ntls = \"internal\"\n"), 0o600)
+		return p
+	}
+	var out, errOut strings.Builder
+	if code := realMain([]string{"validate", "--config", cfg(`admin = "0.0.0.0:2019"`)}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	if !strings.Contains(errOut.String(), "warning: [listen] admin = \"0.0.0.0:2019\" is reachable from other hosts and admin_auth is not set") {
+		t.Errorf("no warning:\n%s", errOut.String())
+	}
+	for _, listen := range []string{`admin = "127.0.0.1:2019"`, "admin = \"0.0.0.0:2019\"\nadmin_auth = \"bearer:0123456789abcdef\""} {
+		out.Reset()
+		errOut.Reset()
+		if code := realMain([]string{"validate", "--config", cfg(listen)}, &out, &errOut); code != 0 || strings.Contains(errOut.String(), "warning") {
+			t.Errorf("%s: exit %d, %q", listen, code, errOut.String())
+		}
+	}
+}
