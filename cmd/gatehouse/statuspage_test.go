@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
 )
 
 // statusWorld is a running gatehouse with what the status page and the
@@ -29,7 +31,22 @@ type statusWorld struct {
 
 func startStatusWorld(t *testing.T) *statusWorld {
 	t.Helper()
-	e, _, _ := newOCSPEnv(t)
+	// newOCSPEnv, with two ACME profiles: the default (90 days) and a
+	// six-day one that short.test orders
+	responder, err := acmetest.StartOCSPResponder(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(responder.Close)
+	e := newEnv(t, acmetest.PebbleOptions{OCSPResponderURL: responder.URL(),
+		Profiles: map[string]time.Duration{"default": 90 * 24 * time.Hour, "shortlived": 6 * 24 * time.Hour}})
+	inter, key, err := e.pebble.IntermediateAndKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	responder.SetIssuer(inter, key)
+	responder.SetStatusFunc(e.pebble.OCSPStatus)
+	e.acmeExtra = `profile = "default"`
 	e.dns.SetA("fail.test", "127.0.0.2")
 	up := upstream(t, "A")
 	w := &statusWorld{e: e, dead: "http://" + deadAddr(t)}
@@ -41,12 +58,17 @@ health_path = "/"
 health_interval = "200ms"
 
 [[route]]
+hosts = ["short.test"]
+upstream = %q
+profile = "shortlived"
+
+[[route]]
 hosts = ["fail.test"]
 upstream = %q
-`, up.URL, w.dead, up.URL)), func(o *startOptions) { o.ocspInterval = 200 * time.Millisecond })
+`, up.URL, w.dead, up.URL, up.URL)), func(o *startOptions) { o.ocspInterval = 200 * time.Millisecond })
 	w.admin = e.admLn.Addr().String()
 
-	for _, name := range []string{"ok.test", "www.ok.test"} {
+	for _, name := range []string{"ok.test", "www.ok.test", "short.test"} {
 		waitFor(t, 90*time.Second, "a stapled certificate for "+name, func() error {
 			c, err := dialTLS(e.httpsAddr(), name, e.roots)
 			if err != nil {
@@ -188,6 +210,15 @@ func TestStatusPageInChromium(t *testing.T) {
 	// Pebble's ARI window starts (about the same)
 	if m := regexp.MustCompile(`class="renew" style="left: (\d+)%"`).FindStringSubmatch(ok); m == nil || len(m[1]) != 2 || m[1] < "60" || m[1] > "70" {
 		t.Errorf("ok.test's renewal mark is not at 60-70%% of its lifetime: %v", m)
+	}
+	// the six-day profile, with its own lifetime bar (its renewal mark
+	// is where Pebble's ARI window puts it)
+	short := row(dom, "cert ok", ">short.test<")
+	if !strings.Contains(short, "<td>shortlived</td>") || !strings.Contains(short, `class="renew" style="left: `) || !strings.Contains(short, "(in 5d)") {
+		t.Errorf("short.test's row lacks its profile, its six-day lifetime or its renewal mark:\n%s", short)
+	}
+	if !strings.Contains(ok, "<td>default</td>") {
+		t.Errorf("ok.test's row lacks its profile")
 	}
 	// the failing name: its error and its next attempt
 	fail := row(dom, "cert", ">fail.test<")
