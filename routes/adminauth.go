@@ -42,15 +42,15 @@ type AdminAuth struct {
 
 	// bcrypt costs tens of milliseconds per check: a page reloading every
 	// 10 s and a Prometheus scrape would pay it each time, and a stranger
-	// sending wrong passwords could keep the CPU busy. Credentials that
-	// passed are remembered (as a SHA-256, a few at most), and at most
-	// two bcrypt checks run at once.
+	// sending wrong passwords could keep the CPU busy. The credentials
+	// that passed are remembered (as a SHA-256), and at most
+	// bcryptSlots checks run at once.
 	mu     sync.Mutex
-	passed [][32]byte
+	passed *[32]byte
 	slots  chan struct{}
 }
 
-const maxPassedCache = 8
+const bcryptSlots = 2
 
 // ParseAdminAuth parses an admin_auth value ("" means none: nil, nil).
 func ParseAdminAuth(s string) (*AdminAuth, error) {
@@ -72,7 +72,7 @@ func ParseAdminAuth(s string) (*AdminAuth, error) {
 		if !ok || user == "" || hash == "" {
 			return nil, errors.New(`admin_auth: want "basic:USER:sha256:HEX" or "basic:USER:BCRYPT-HASH"`)
 		}
-		a := &AdminAuth{kind: kind, user: sha256.Sum256([]byte(user)), slots: make(chan struct{}, 2)}
+		a := &AdminAuth{kind: kind, user: sha256.Sum256([]byte(user)), slots: make(chan struct{}, bcryptSlots)}
 		switch {
 		case strings.HasPrefix(hash, "sha256:"):
 			b, err := hex.DecodeString(strings.TrimPrefix(hash, "sha256:"))
@@ -138,13 +138,11 @@ func (a *AdminAuth) Allow(r *http.Request) bool {
 func (a *AdminAuth) checkBcrypt(ctx context.Context, user, pass string) bool {
 	key := sha256.Sum256([]byte(user + "\x00" + pass))
 	a.mu.Lock()
-	for _, p := range a.passed {
-		if subtle.ConstantTimeCompare(p[:], key[:]) == 1 {
-			a.mu.Unlock()
-			return true
-		}
-	}
+	passed := a.passed
 	a.mu.Unlock()
+	if passed != nil && subtle.ConstantTimeCompare(passed[:], key[:]) == 1 {
+		return true
+	}
 	select {
 	case a.slots <- struct{}{}:
 	case <-ctx.Done():
@@ -156,10 +154,7 @@ func (a *AdminAuth) checkBcrypt(ctx context.Context, user, pass string) bool {
 		return false
 	}
 	a.mu.Lock()
-	if len(a.passed) >= maxPassedCache {
-		a.passed = a.passed[1:]
-	}
-	a.passed = append(a.passed, key)
+	a.passed = &key
 	a.mu.Unlock()
 	return true
 }

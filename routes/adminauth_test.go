@@ -1,9 +1,11 @@
 package routes
 
 import (
+	"context"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
 )
@@ -116,5 +118,46 @@ func TestAdminAuthConfig(t *testing.T) {
 	cfg, err := Parse([]byte("[listen]\nhttps = \":443\"\nadmin = \"0.0.0.0:2019\"\n" + route))
 	if err != nil || cfg.Listen.AdminAuth != "bearer:fromtheenvironment" || len(cfg.Warnings()) > 0 {
 		t.Errorf("GATEHOUSE_ADMIN_AUTH: %v %q", err, cfg.Warnings())
+	}
+}
+
+// At most bcryptSlots bcrypt checks run at once: with every slot taken,
+// a request waits, and gives up when it is canceled, without a check.
+func TestAdminAuthBcryptSlots(t *testing.T) {
+	hash, err := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := ParseAdminAuth("basic:ops:" + string(hash))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range bcryptSlots {
+		a.slots <- struct{}{}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := basicReq("ops", "pw").WithContext(ctx)
+	done := make(chan bool)
+	go func() { done <- a.Allow(r) }()
+	select {
+	case <-done:
+		t.Fatal("a check ran with every slot taken")
+	case <-time.After(100 * time.Millisecond):
+	}
+	cancel()
+	select {
+	case ok := <-done:
+		if ok {
+			t.Error("a canceled request was allowed")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a canceled request still waits")
+	}
+	<-a.slots // one free: the right password passes, then from the cache
+	if !a.Allow(basicReq("ops", "pw")) || !a.Allow(basicReq("ops", "pw")) {
+		t.Error("the right password refused")
+	}
+	if a.Allow(basicReq("ops", "pW")) {
+		t.Error("a wrong password allowed after the right one was cached")
 	}
 }
