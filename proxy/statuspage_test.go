@@ -55,7 +55,7 @@ func adminServer(t *testing.T, o AdminOptions) *httptest.Server {
 	return s
 }
 
-func get(t *testing.T, method, url string, hdr ...string) (*http.Response, string) {
+func adminGet(t *testing.T, method, url string, hdr ...string) (*http.Response, string) {
 	t.Helper()
 	req, err := http.NewRequest(method, url, nil)
 	if err != nil {
@@ -77,7 +77,7 @@ func get(t *testing.T, method, url string, hdr ...string) (*http.Response, strin
 // is escaped, and the page is sent with a CSP that runs no script.
 func TestStatusPageEscapes(t *testing.T) {
 	s := adminServer(t, AdminOptions{})
-	res, body := get(t, "GET", s.URL+"/")
+	res, body := adminGet(t, "GET", s.URL+"/")
 	if res.StatusCode != 200 {
 		t.Fatalf("status %d: %s", res.StatusCode, body)
 	}
@@ -113,16 +113,16 @@ func TestAdminReadOnly(t *testing.T) {
 	s := adminServer(t, AdminOptions{})
 	for _, m := range []string{"POST", "PUT", "DELETE", "PATCH", "OPTIONS"} {
 		for _, p := range []string{"/", "/metrics", "/healthz", "/readyz", "/nothing"} {
-			res, _ := get(t, m, s.URL+p)
+			res, _ := adminGet(t, m, s.URL+p)
 			if res.StatusCode != http.StatusMethodNotAllowed || res.Header.Get("Allow") != "GET, HEAD" {
 				t.Errorf("%s %s: %d (Allow %q), want 405", m, p, res.StatusCode, res.Header.Get("Allow"))
 			}
 		}
 	}
-	if res, _ := get(t, "HEAD", s.URL+"/"); res.StatusCode != 200 {
+	if res, _ := adminGet(t, "HEAD", s.URL+"/"); res.StatusCode != 200 {
 		t.Errorf("HEAD /: %d", res.StatusCode)
 	}
-	if res, _ := get(t, "GET", s.URL+"/nothing"); res.StatusCode != 404 {
+	if res, _ := adminGet(t, "GET", s.URL+"/nothing"); res.StatusCode != 404 {
 		t.Errorf("GET /nothing: %d", res.StatusCode)
 	}
 }
@@ -137,19 +137,19 @@ func TestAdminAuth(t *testing.T) {
 	}
 	s := adminServer(t, AdminOptions{Auth: bearer})
 	for _, p := range []string{"/", "/metrics"} {
-		res, _ := get(t, "GET", s.URL+p)
+		res, _ := adminGet(t, "GET", s.URL+p)
 		if res.StatusCode != 401 || !strings.HasPrefix(res.Header.Get("WWW-Authenticate"), "Bearer") {
 			t.Errorf("GET %s without a token: %d %q, want 401 with a Bearer challenge", p, res.StatusCode, res.Header.Get("WWW-Authenticate"))
 		}
-		if res, _ := get(t, "GET", s.URL+p, "Authorization", "Bearer "+token+"x"); res.StatusCode != 401 {
+		if res, _ := adminGet(t, "GET", s.URL+p, "Authorization", "Bearer "+token+"x"); res.StatusCode != 401 {
 			t.Errorf("GET %s with a wrong token: %d", p, res.StatusCode)
 		}
-		if res, _ := get(t, "GET", s.URL+p, "Authorization", "Bearer "+token); res.StatusCode != 200 {
+		if res, _ := adminGet(t, "GET", s.URL+p, "Authorization", "Bearer "+token); res.StatusCode != 200 {
 			t.Errorf("GET %s with the token: %d", p, res.StatusCode)
 		}
 	}
 	for _, p := range []string{"/healthz", "/readyz"} {
-		if res, _ := get(t, "GET", s.URL+p); res.StatusCode != 200 {
+		if res, _ := adminGet(t, "GET", s.URL+p); res.StatusCode != 200 {
 			t.Errorf("GET %s (open for probes): %d", p, res.StatusCode)
 		}
 	}

@@ -24,6 +24,7 @@ import (
 	"runtime"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -116,6 +117,10 @@ type Manager struct {
 
 	writeHealth writeHealth       // latest storage write probe (storagecheck.go)
 	certStore   certmagic.Storage // what certmagic's configs write through (safestore.go)
+
+	echMu sync.Mutex
+	ech   *echKeyring // [ech] keys (ech.go); nil while ECH is off
+	echOn atomic.Pointer[echKeyring]
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -253,6 +258,9 @@ func (m *Manager) Storage() certmagic.Storage { return m.storage }
 // need not wait for their TTL).
 func (m *Manager) Close() {
 	m.cancel()
+	m.echMu.Lock()
+	m.ech.close()
+	m.echMu.Unlock()
 	m.cache.Stop()
 	if c, ok := m.storage.(io.Closer); ok && m.owned {
 		if err := c.Close(); err != nil {
@@ -418,6 +426,9 @@ func loadPool(path string) (*x509.CertPool, error) {
 // with the new table; names it already manages are left alone.
 func (m *Manager) Apply(t *routes.Table) error {
 	cfg := t.Config()
+	if err := m.applyECH(cfg); err != nil {
+		return err
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.cfg = cfg

@@ -38,6 +38,8 @@ Usage:
                                       move certificates in from autocert or Caddy without re-issuing
   gatehouse storage copy --from STORE --to STORE
                                       copy certificates between stores (dir:PATH, etcd://HOST:PORT/PREFIX/, config:FILE)
+  gatehouse ech [--config FILE] [--json]
+                                      the Encrypted Client Hello config and the DNS HTTPS records to publish
   gatehouse version                   print the version
 `
 
@@ -63,6 +65,8 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return cmdImport(args[1:], stdout, stderr)
 	case "storage":
 		return cmdStorage(args[1:], stdout, stderr)
+	case "ech":
+		return cmdECH(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "gatehouse", versionString())
 		return 0
