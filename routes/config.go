@@ -44,6 +44,8 @@ type Listen struct {
 	HTTPS string `toml:"https"` // TLS listener; SNI decides the route
 	HTTP  string `toml:"http"`  // ACME HTTP-01 and the 308 redirect; "" disables
 	Admin string `toml:"admin"` // /healthz /readyz /metrics; "" disables
+	// AdminAuth protects the status page and /metrics (adminauth.go).
+	AdminAuth string `toml:"admin_auth"`
 	// HTTP3 serves HTTP/3 on the https address's UDP port for http
 	// routes (default true); false turns it off everywhere.
 	HTTP3 *bool `toml:"http3"`

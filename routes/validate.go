@@ -34,6 +34,9 @@ func (c *Config) validate(idx lineIndex) Errors {
 	checkAddr("listen.https", c.Listen.HTTPS, false)
 	checkAddr("listen.http", c.Listen.HTTP, true)
 	checkAddr("listen.admin", c.Listen.Admin, true)
+	if _, err := ParseAdminAuth(c.Listen.AdminAuth); err != nil {
+		bad("listen.admin_auth", "%v", err)
+	}
 	for _, p := range c.Listen.ProxyProtocolFrom {
 		if _, err := netip.ParsePrefix(p); err != nil {
 			if _, err2 := netip.ParseAddr(p); err2 != nil {

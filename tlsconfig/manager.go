@@ -701,11 +701,13 @@ func (m *Manager) onEvent(ctx context.Context, event string, data map[string]any
 	switch event {
 	case "cert_obtaining":
 		name, _ := data["identifier"].(string)
+		m.status.orderStarted(name)
 		m.log.Info("obtaining certificate", "name", name)
 	case "cert_obtained":
 		name, _ := data["identifier"].(string)
 		renewal, _ := data["renewal"].(bool)
 		issuer, _ := data["issuer"].(string)
+		m.status.orderDone(name)
 		m.status.set(name, "acme", stateReady, nil)
 		m.log.Info("certificate obtained", "name", name, "renewal", renewal, "issuer", issuer)
 		metricObtain(issuer, renewal, nil)
@@ -716,6 +718,7 @@ func (m *Manager) onEvent(ctx context.Context, event string, data map[string]any
 		renewal, _ := data["renewal"].(bool)
 		err, _ := data["error"].(error)
 		issuers, _ := data["issuers"].([]string)
+		m.status.orderDone(name)
 		m.status.fail(name, err)
 		m.log.Error("certificate order failed; will retry with backoff, existing certificate (if any) keeps serving",
 			"name", name, "renewal", renewal, "issuers", issuers, "error", err)

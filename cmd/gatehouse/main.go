@@ -126,6 +126,9 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 		}
 		return 1
 	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintln(stderr, "warning:", w)
+	}
 	fmt.Fprintf(stdout, "%s: ok (%d routes)\n", path, len(cfg.Routes))
 	return 0
 }
