@@ -556,6 +556,12 @@ func (c *h1conn) serveRequest(snap *snapshot, began time.Time) bool {
 	}
 	if x.bodyLeft {
 		x.closeAfter = true
+		if x.status != 0 && !c.upgraded {
+			// answered before the body was all read (an early
+			// response): closing with its bytes unread would reset the
+			// connection, and the client might lose the answer
+			c.linger()
+		}
 	}
 	return !x.closeAfter && !c.upgraded
 }
@@ -600,8 +606,7 @@ func (c *h1conn) getConn(rs *routeState, up *upstream, fresh bool) (*upConn, err
 		return up.pool.get(rs, up)
 	}
 	if p := c.pinned; p != nil {
-		if p.up == up && !fresh {
-			p.reused = true
+		if p.up == up && !fresh && p.reuse() {
 			return p, nil
 		}
 		p.close()
@@ -695,6 +700,9 @@ func (c *h1conn) proxy(snap *snapshot, x *exchange, ob []byte) []byte {
 		if err == nil && resp == nil {
 			resp, err = c.readHead(uc, time.Now().Add(snap.tm.respHeader))
 		}
+		if early := c.earlyResponse(snap, x, err); early != nil {
+			resp, err = early, nil
+		}
 		if err == nil {
 			break
 		}
@@ -706,7 +714,7 @@ func (c *h1conn) proxy(snap *snapshot, x *exchange, ob []byte) []byte {
 			c.release(x, false)
 			return c.clientBodyFailed(x, ob[:0], cbe)
 		}
-		if uc.reused && uc.gotNothing() && retryable && !retried {
+		if uc.retryable() && retryable && !retried {
 			// a pooled connection the upstream had closed: once more on a new one
 			c.release(x, false)
 			retried = true
@@ -718,6 +726,25 @@ func (c *h1conn) proxy(snap *snapshot, x *exchange, ob []byte) []byte {
 		return c.fail(x, ob[:0], &upstreamError{up: up, err: err})
 	}
 	return c.relay(snap, x, resp, ob[:0])
+}
+
+// earlyResponse is the upstream's answer to a request it stopped
+// reading (it answered, then closed before taking the whole body: a
+// 413, a redirect, an auth failure): when writing the request failed
+// and a response head can still be read, that response is relayed, as
+// nginx does, instead of a 502; neither connection is reused after it.
+func (c *h1conn) earlyResponse(snap *snapshot, x *exchange, err error) *respHead {
+	var we *upWriteError
+	if !errors.As(err, &we) {
+		return nil
+	}
+	resp, rerr := c.readHead(x.uc, time.Now().Add(snap.tm.respHeader))
+	if rerr != nil {
+		return nil
+	}
+	resp.close = true
+	x.closeAfter = true
+	return resp
 }
 
 // awaitContinue handles a client's Expect: 100-continue whose body has
@@ -767,7 +794,7 @@ func (c *h1conn) sendBody(x *exchange, ob []byte) ([]byte, error) {
 		if len(ob) == 0 {
 			return nil
 		}
-		_, err := uc.nc.Write(ob)
+		err := uc.write(ob)
 		ob = ob[:0]
 		return err
 	}

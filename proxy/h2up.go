@@ -178,7 +178,17 @@ func (st *h2Stream) forward(rs *routeState, in h2Request) (*upstream, error) {
 			err = st.sendBodyUp(uc, bodyLen)
 		}
 		var resp *respHead
-		if err == nil {
+		early := false
+		var we *upWriteError
+		if errors.As(err, &we) {
+			// the upstream may have answered and closed before taking
+			// the whole request (a 413, a redirect): relay that answer
+			// (streamDone then resets the rest of the upload with
+			// NO_ERROR), as nginx does, instead of a 502
+			if r, rerr := uc.readHead(time.Now().Add(c.tm.respHeader)); rerr == nil {
+				resp, err, early = r, nil, true
+			}
+		} else if err == nil {
 			resp, err = uc.readHead(time.Now().Add(c.tm.respHeader))
 		}
 		for err == nil && resp.status < 200 {
@@ -189,6 +199,7 @@ func (st *h2Stream) forward(rs *routeState, in h2Request) (*upstream, error) {
 			resp, err = uc.readHead(time.Now().Add(c.tm.respHeader)) // 1xx: not passed on
 		}
 		if err == nil {
+			resp.close = resp.close || early
 			st.relay(rs, up, uc, resp, in.method == "HEAD")
 			return up, nil
 		}
@@ -199,7 +210,7 @@ func (st *h2Stream) forward(rs *routeState, in h2Request) (*upstream, error) {
 		if broken || errors.As(err, &cbe) {
 			return up, context.Canceled // the client went away or reset the stream
 		}
-		if uc.reused && uc.gotNothing() && retryable && !retried {
+		if uc.retryable() && retryable && !retried {
 			// a pooled connection the upstream had closed: once more on a new one
 			retried = true
 			rs.log.Debug("pooled upstream connection was closed; retrying on a new one", "upstream", up.Raw, "error", err)
