@@ -204,13 +204,14 @@ func (st *h2Stream) forward(rs *routeState, in h2Request) (*upstream, error) {
 			return up, nil
 		}
 		broken := st.detach()
+		again := uc.retryable() // before done, which starts the next exchange's count
 		uc.done(false)
 		up.active.Add(-1)
 		var cbe *clientBodyError
 		if broken || errors.As(err, &cbe) {
 			return up, context.Canceled // the client went away or reset the stream
 		}
-		if uc.retryable() && retryable && !retried {
+		if again && retryable && !retried {
 			// a pooled connection the upstream had closed: once more on a new one
 			retried = true
 			rs.log.Debug("pooled upstream connection was closed; retrying on a new one", "upstream", up.Raw, "error", err)
