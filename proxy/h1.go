@@ -370,6 +370,32 @@ func (c *h1conn) linger() {
 	}
 }
 
+// lingerBodyTime bounds lingerBody, as nginx's lingering_time (30 s).
+const lingerBodyTime = 30 * time.Second
+
+// lingerBody is linger after an answer to a request whose body is
+// still coming (an upstream's early 413, a 502): like nginx's lingering
+// close, the rest is read and dropped for as long as it keeps coming
+// (each read within lingerTime), up to lingerBodyTime, so the client
+// can finish sending and read the answer instead of meeting a reset.
+func (c *h1conn) lingerBody() {
+	_ = c.tc.CloseWrite()
+	if c.br.pb == nil {
+		return
+	}
+	end := time.Now().Add(lingerBodyTime)
+	for {
+		d := time.Now().Add(lingerTime)
+		if d.After(end) {
+			d = end
+		}
+		_ = c.tc.SetReadDeadline(d)
+		if _, err := c.tc.Read(c.br.buf); err != nil {
+			return
+		}
+	}
+}
+
 func statusText(code int) string {
 	switch code {
 	case 400:
@@ -560,7 +586,7 @@ func (c *h1conn) serveRequest(snap *snapshot, began time.Time) bool {
 			// answered before the body was all read (an early
 			// response): closing with its bytes unread would reset the
 			// connection, and the client might lose the answer
-			c.linger()
+			c.lingerBody()
 		}
 	}
 	return !x.closeAfter && !c.upgraded

@@ -18,12 +18,12 @@ import (
 // gatehouse's own HTTP/1.1 client (upstream1.go), as the HTTP/1.1 fast
 // path (h1.go) does it: the stream's goroutine writes the request head
 // (and a small body) in one write and reads the response itself, with
-// no Transport read/write loop goroutines and no http.Request. Routes
-// with PROXY protocol to their upstreams keep the Transport path (their
-// connections are pinned per client connection).
+// no Transport read/write loop goroutines and no http.Request. With
+// PROXY protocol to the upstreams, the connections are pinned to the
+// client connection (pinnedConn, proxyproto.go).
 
 // h2Native reports whether requests routed to rs use the own client.
-func h2Native(rs *routeState) bool { return rs.fast && rs.ppVersion == 0 }
+func h2Native(rs *routeState) bool { return rs.fast }
 
 // bstr views s as bytes without a copy; the bytes are only read.
 func bstr(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
@@ -155,9 +155,12 @@ func (st *h2Stream) forward(rs *routeState, in h2Request) (*upstream, error) {
 		up.active.Add(1)
 		var uc *upConn
 		var err error
-		if retried {
+		switch {
+		case rs.ppVersion != 0:
+			uc, err = pinnedConn(c.rc, rs, up, retried)
+		case retried:
 			uc, err = dialUp(rs, up, up.pool)
-		} else {
+		default:
 			uc, err = up.pool.get(rs, up)
 		}
 		if err != nil {

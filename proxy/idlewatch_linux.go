@@ -99,6 +99,9 @@ func (w *idleWatcher) kill(id uint64) {
 	if p := c.pool; p != nil {
 		p.remove(c)
 	}
+	if p := c.pin; p != nil {
+		p.removeOwn(c)
+	}
 	c.nc.Close()
 }
 

@@ -108,7 +108,8 @@ func releaseUpPool(p *upPool) {
 // upConn is one connection to an upstream.
 type upConn struct {
 	nc       net.Conn
-	pool     *upPool // nil: pinned to a client connection (PROXY protocol), never pooled
+	pool     *upPool     // nil: pinned to a client connection (PROXY protocol), never pooled
+	pin      *pinnedPool // pinned, for HTTP/2 streams: kept there between exchanges
 	up       *upstream
 	br       bufReader
 	resp     respHead
@@ -318,7 +319,9 @@ func (c *upConn) done(reusable bool) {
 	if reusable && c.pool == nil && c.br.buffered() == 0 {
 		c.br.release() // pinned: kept by its client connection, watched
 		c.idleFrom = time.Now()
-		c.watchIdle()
+		if c.watchIdle() && c.pin != nil {
+			c.pin.putOwn(c)
+		}
 		return
 	}
 	c.close()

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -55,7 +56,8 @@ func protoName(h2 bool) string {
 // the next request on the connection would take for its answer.
 // Requests are answered one at a time per connection, in order, as
 // apps do. A PROXY protocol header, if any, is skipped.
-func strayUpstream(t *testing.T, delay time.Duration, validResponse bool) *rawUpstream {
+// strays counts the strays written.
+func strayUpstream(t *testing.T, delay time.Duration, validResponse bool, strays *atomic.Int64) *rawUpstream {
 	return startRawUpstream(t, func(c net.Conn, br *bufio.Reader) {
 		if b, err := br.Peek(6); err == nil && string(b) == "PROXY " {
 			if _, err := br.ReadString('\n'); err != nil {
@@ -96,6 +98,7 @@ func strayUpstream(t *testing.T, delay time.Duration, validResponse bool) *rawUp
 				if _, err := io.WriteString(c, stray); err != nil {
 					return
 				}
+				strays.Add(1)
 			}
 		}
 	})
@@ -146,7 +149,7 @@ func ask(c *http.Client, method, host, path, id string) error {
 // were read as the next request's response: a 502, or with a stray
 // whole response, another client's answer.)
 func TestUpstreamStrayBytesNotDelivered(t *testing.T) {
-	up := strayUpstream(t, 3*time.Millisecond, false)
+	up := strayUpstream(t, 3*time.Millisecond, false, new(atomic.Int64))
 	w := startH1World(t, up.url(), routes.Route{Hosts: []string{"other.test"}, Upstream: up.url()})
 	const rounds = 200
 	for _, combo := range []struct{ a, b bool }{{false, true}, {true, false}} {
@@ -197,36 +200,49 @@ func TestUpstreamStrayBytesNotDelivered(t *testing.T) {
 // gets it. And a connection pinned to its client (PROXY protocol) the
 // same: that client's next request never gets the stray answer.
 func TestUpstreamStrayResponseOnIdleConn(t *testing.T) {
-	up := strayUpstream(t, 3*time.Millisecond, true)
+	var strays atomic.Int64
+	up := strayUpstream(t, 3*time.Millisecond, true, &strays)
 	w := startH1World(t, up.url(),
 		routes.Route{Hosts: []string{"other.test"}, Upstream: up.url()},
 	)
-	before := unsolicitedClosed.Load()
 	for _, combo := range []struct{ a, b bool }{{false, false}, {false, true}, {true, false}, {true, true}} {
 		t.Run(protoName(combo.a)+"+"+protoName(combo.b), func(t *testing.T) {
 			ca, cb := w.client(combo.a), w.client(combo.b)
 			for i := range 20 {
 				m := strayModes[i%len(strayModes)]
+				sent, closed := strays.Load(), unsolicitedClosed.Load()
 				if err := ask(ca, m.method, "web.test", m.path, fmt.Sprintf("A-%d", i)); err != nil {
 					t.Fatal(err)
 				}
-				time.Sleep(30 * time.Millisecond) // the stray arrives meanwhile, on an idle connection
+				// the stray arrives on the idle connection: the watch closes it
+				waitUntil(t, "the stray written", func() bool { return strays.Load() > sent })
+				waitUntil(t, "the watch closing the idle connection", func() bool { return unsolicitedClosed.Load() > closed })
 				if err := ask(cb, "GET", "other.test", "/", fmt.Sprintf("B-%d", i)); err != nil {
 					t.Fatal(err)
 				}
 			}
 		})
 	}
-	if unsolicitedClosed.Load() == before {
-		t.Error("no idle connection was closed by the watch")
+}
+
+// waitUntil polls cond for up to 5 s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for range 5000 {
+		if cond() {
+			return
+		}
+		time.Sleep(time.Millisecond)
 	}
+	t.Fatalf("timed out waiting for %s", what)
 }
 
 // A connection pinned to its client (a route with proxy_protocol) is
 // watched too: the stray answer to the client's last request never
 // becomes the answer to its next one.
 func TestUpstreamStrayResponsePinned(t *testing.T) {
-	up := strayUpstream(t, 3*time.Millisecond, true)
+	var strays atomic.Int64
+	up := strayUpstream(t, 3*time.Millisecond, true, &strays)
 	w := startH1World(t, up.url(),
 		routes.Route{Hosts: []string{"other.test"}, Upstream: up.url(), ProxyProtocol: "v1"},
 	)
@@ -235,10 +251,12 @@ func TestUpstreamStrayResponsePinned(t *testing.T) {
 			c := w.client(h2)
 			for i := range 20 {
 				m := strayModes[i%len(strayModes)]
+				sent, closed := strays.Load(), unsolicitedClosed.Load()
 				if err := ask(c, m.method, "other.test", m.path, fmt.Sprintf("A-%d", i)); err != nil {
 					t.Fatal(err)
 				}
-				time.Sleep(30 * time.Millisecond)
+				waitUntil(t, "the stray written", func() bool { return strays.Load() > sent })
+				waitUntil(t, "the watch closing the pinned connection", func() bool { return unsolicitedClosed.Load() > closed })
 				if err := ask(c, "GET", "other.test", "/", fmt.Sprintf("A-%d-next", i)); err != nil {
 					t.Fatal(err)
 				}
