@@ -370,8 +370,9 @@ func (c *h1conn) linger() {
 	}
 }
 
-// lingerBodyTime bounds lingerBody, as nginx's lingering_time (30 s).
-const lingerBodyTime = 30 * time.Second
+// lingerBodyTime bounds lingerBody, as nginx's lingering_time (30 s);
+// a variable for tests.
+var lingerBodyTime = 30 * time.Second
 
 // lingerBody is linger after an answer to a request whose body is
 // still coming (an upstream's early 413, a 502): like nginx's lingering
@@ -384,7 +385,7 @@ func (c *h1conn) lingerBody() {
 		return
 	}
 	end := time.Now().Add(lingerBodyTime)
-	for {
+	for !c.s.closed.Load() {
 		d := time.Now().Add(lingerTime)
 		if d.After(end) {
 			d = end

@@ -395,3 +395,53 @@ func TestUpstreamEarlyResponse(t *testing.T) {
 		})
 	}
 }
+
+// After an early answer gatehouse reads and drops the rest of an
+// HTTP/1.1 body while it keeps coming, but no longer than
+// lingerBodyTime: a client trickling on for ever is cut off.
+func TestUpstreamEarlyResponseLingerBound(t *testing.T) {
+	old := lingerBodyTime
+	lingerBodyTime = 300 * time.Millisecond
+	t.Cleanup(func() { lingerBodyTime = old })
+	up := startRawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		_, _ = io.WriteString(c, "HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large")
+	})
+	w := startH1World(t, up.url())
+	c, br := w.dial()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	writeEnded := make(chan error, 1)
+	go func() {
+		// a body announced far larger than what is sent: 1 MiB at once
+		// (the upstream's close makes gatehouse's write fail), then a
+		// trickle, well within lingerTime each
+		if _, err := io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: web.test\r\nContent-Length: 1000000000\r\n\r\n"); err != nil {
+			writeEnded <- err
+			return
+		}
+		chunk := bytes.Repeat([]byte("x"), 64<<10)
+		for range 16 {
+			if _, err := c.Write(chunk); err != nil {
+				writeEnded <- err
+				return
+			}
+		}
+		for range 1000 { // 10 s at most
+			if _, err := c.Write(chunk[:1024]); err != nil {
+				writeEnded <- err
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		writeEnded <- nil
+	}()
+	res, body := readResp(t, br, false)
+	if res.StatusCode != 413 || body != "too large" {
+		t.Fatalf("got %d %q, want the upstream's 413", res.StatusCode, body)
+	}
+	if err := <-writeEnded; err == nil {
+		t.Fatal("the client trickled its body for 10 s: gatehouse never stopped reading it")
+	}
+}
