@@ -445,3 +445,71 @@ func TestUpstreamEarlyResponseLingerBound(t *testing.T) {
 		t.Fatal("the client trickled its body for 10 s: gatehouse never stopped reading it")
 	}
 }
+
+// HTTP/2 streams of one client on a proxy_protocol route use upstream
+// connections of their own (each with the client's PROXY header); at
+// most maxPinnedIdle of them stay open between requests, and those
+// are reused.
+func TestUpstreamPinnedIdleBound(t *testing.T) {
+	const streams = maxPinnedIdle + 2
+	var arrived, closed atomic.Int64
+	release := make(chan struct{})
+	up := startRawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		defer closed.Add(1)
+		if _, err := br.ReadString('\n'); err != nil { // the PROXY header
+			return
+		}
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			if req.URL.Path == "/wait" && arrived.Add(1) <= streams {
+				<-release
+			}
+			if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"); err != nil {
+				return
+			}
+		}
+	})
+	w := startH1World(t, up.url(), routes.Route{Hosts: []string{"other.test"}, Upstream: up.url(), ProxyProtocol: "v1"})
+	c := w.client(true)
+	run := func(n int) {
+		var wg sync.WaitGroup
+		for range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				res, err := c.Get("https://other.test/wait")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				res.Body.Close()
+				if res.StatusCode != 200 {
+					t.Errorf("status %d", res.StatusCode)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	go func() {
+		for i := 0; i < 5000 && arrived.Load() < streams; i++ {
+			time.Sleep(time.Millisecond)
+		}
+		close(release) // if not all came, run reports the difference
+	}()
+	run(streams)
+	opened := func() int { up.mu.Lock(); defer up.mu.Unlock(); return up.conn }
+	if n := opened(); n != streams {
+		t.Fatalf("%d upstream connections for %d concurrent streams", n, streams)
+	}
+	waitUntil(t, "the connections beyond the idle bound closed", func() bool { return closed.Load() == streams-maxPinnedIdle })
+	run(maxPinnedIdle)
+	if n := opened(); n != streams {
+		t.Errorf("%d upstream connections after %d more requests: the idle ones were not reused", n, maxPinnedIdle)
+	}
+	if n := closed.Load(); n != streams-maxPinnedIdle {
+		t.Errorf("%d upstream connections closed, want %d", n, streams-maxPinnedIdle)
+	}
+}
