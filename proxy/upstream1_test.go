@@ -216,9 +216,12 @@ func TestUpstreamStrayResponseOnIdleConn(t *testing.T) {
 				}
 				// the stray arrives on the idle connection: the watch closes it
 				waitUntil(t, "the stray written", func() bool { return strays.Load() > sent })
-				waitUntil(t, "the watch closing the idle connection", func() bool { return unsolicitedClosed.Load() > closed })
+				watched := poll(func() bool { return unsolicitedClosed.Load() > closed })
 				if err := ask(cb, "GET", "other.test", "/", fmt.Sprintf("B-%d", i)); err != nil {
 					t.Fatal(err)
+				}
+				if !watched {
+					t.Fatal("the watch did not close the idle connection the stray came on")
 				}
 			}
 		})
@@ -228,13 +231,20 @@ func TestUpstreamStrayResponseOnIdleConn(t *testing.T) {
 // waitUntil polls cond for up to 5 s.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
+	if !poll(cond) {
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// poll reports whether cond held within 5 s.
+func poll(cond func() bool) bool {
 	for range 5000 {
 		if cond() {
-			return
+			return true
 		}
 		time.Sleep(time.Millisecond)
 	}
-	t.Fatalf("timed out waiting for %s", what)
+	return false
 }
 
 // A connection pinned to its client (a route with proxy_protocol) is
@@ -256,9 +266,12 @@ func TestUpstreamStrayResponsePinned(t *testing.T) {
 					t.Fatal(err)
 				}
 				waitUntil(t, "the stray written", func() bool { return strays.Load() > sent })
-				waitUntil(t, "the watch closing the pinned connection", func() bool { return unsolicitedClosed.Load() > closed })
+				watched := poll(func() bool { return unsolicitedClosed.Load() > closed })
 				if err := ask(c, "GET", "other.test", "/", fmt.Sprintf("A-%d-next", i)); err != nil {
 					t.Fatal(err)
+				}
+				if !watched {
+					t.Fatal("the watch did not close the pinned connection the stray came on")
 				}
 			}
 		})
