@@ -270,14 +270,27 @@ func (st *h2Stream) relay(rs *routeState, up *upstream, uc *upConn, resp *respHe
 	kind, n := resp.bodyKind(head)
 	uc.body.init(kind, n)
 	st.wroteHeader, st.status = true, resp.status
-	reusable := false
-	defer func() {
-		broken := st.detach()
-		uc.done(reusable && !broken)
-		up.active.Add(-1)
-	}()
-	if err := st.sendRespHead(rs, resp, kind, uc.body.done); err != nil || uc.body.done {
-		reusable = err == nil && !resp.close
+	// A connection pinned to this client goes back to the client's pool
+	// before the stream's last frame is queued: the client's next
+	// request, sent as soon as it has the answer, finds it there (as the
+	// Transport's pool did). It costs an empty END_STREAM frame.
+	pinned := uc.pin != nil
+	released := false
+	release := func(reusable bool) {
+		if !released {
+			released = true
+			broken := st.detach()
+			uc.done(reusable && !broken)
+			up.active.Add(-1)
+		}
+	}
+	defer release(false)
+	if err := st.sendRespHead(rs, resp, kind, uc.body.done && !pinned); err != nil || uc.body.done {
+		if err == nil && pinned {
+			release(!resp.close)
+			_ = st.sendData(nil, true)
+		}
+		release(err == nil && !resp.close)
 		return
 	}
 	for {
@@ -287,7 +300,7 @@ func (st *h2Stream) relay(rs *routeState, up *upstream, uc *upConn, resp *respHe
 			return // streamDone resets the stream
 		}
 		if len(data) > 0 {
-			last := uc.body.done && len(uc.body.trailers) == 0
+			last := uc.body.done && len(uc.body.trailers) == 0 && !pinned
 			if err := st.sendData(data, last); err != nil {
 				return
 			}
@@ -310,12 +323,17 @@ func (st *h2Stream) relay(rs *routeState, up *upstream, uc *upConn, resp *respHe
 			return
 		}
 	}
-	if t := uc.body.trailers; len(t) > 0 {
+	t := uc.body.trailers
+	if pinned {
+		t = append([]byte(nil), t...) // they alias the connection's buffer
+		release(!resp.close && kind != bodyClose)
+	}
+	if len(t) > 0 {
 		_ = st.sendRawTrailers(t)
 	} else if !st.ended {
 		_ = st.sendData(nil, true)
 	}
-	reusable = !resp.close && kind != bodyClose
+	release(!resp.close && kind != bodyClose)
 }
 
 // canceled reports whether the stream has ended (a client reset).

@@ -527,4 +527,12 @@ func TestUpstreamPinnedIdleBound(t *testing.T) {
 	if n := closed.Load(); n != streams-maxPinnedIdle {
 		t.Errorf("%d upstream connections closed, want %d", n, streams-maxPinnedIdle)
 	}
+	// one request after the other, each sent as soon as the last was
+	// answered: the connection is back in the client's pool by then
+	for range 20 {
+		run(1)
+	}
+	if n := opened(); n != streams {
+		t.Errorf("%d upstream connections after 20 requests in a row, want %d: the answered request's connection was not back yet", n, streams)
+	}
 }
