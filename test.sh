@@ -11,6 +11,9 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)     # browser tests (TestStatusPageInChromium, HTTP/3)
+command -v certutil >/dev/null 2>&1 || need+=(libnss3-tools)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)   # deploy/monitoring (TestMonitoringDashboardQueries)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi

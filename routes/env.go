@@ -30,6 +30,9 @@ func (c *Config) applyEnv() {
 	if v := os.Getenv(EnvStorageDir); v != "" {
 		c.Storage.Dir = v
 	}
+	if v := os.Getenv(EnvAdminAuth); v != "" {
+		c.Listen.AdminAuth = v
+	}
 }
 
 // QuickOptions describe a config built from the command line, like

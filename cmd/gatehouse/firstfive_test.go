@@ -41,6 +41,7 @@ func TestFirstFiveHelp(t *testing.T) {
 		{[]string{"import", "--help"}, []string{"usage: gatehouse import"}},
 		{[]string{"storage", "copy", "--help"}, []string{"gatehouse storage copy", "-overwrite"}},
 		{[]string{"help", "version"}, []string{"usage: gatehouse version"}},
+		{[]string{"ech", "--help"}, []string{"usage: gatehouse ech", "-json"}},
 	} {
 		code, out, errOut := runMain(c.args...)
 		if code != 0 {

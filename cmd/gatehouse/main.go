@@ -40,6 +40,8 @@ Usage:
                                       move certificates in from autocert or Caddy without re-issuing
   gatehouse storage copy --from STORE --to STORE
                                       copy certificates between stores (dir:PATH, etcd://HOST:PORT/PREFIX/, config:FILE)
+  gatehouse ech [--config FILE] [--json]
+                                      the Encrypted Client Hello config and the DNS HTTPS records to publish
   gatehouse version                   print the version
   gatehouse help [COMMAND]            this list, or what COMMAND does and its flags
 
@@ -80,6 +82,13 @@ error and next retry. It only reads storage, so it works beside a running
 gatehouse. Storage is the config's [storage]; with no config file (a quick
 start), or with --storage DIR, the certificate folder is read directly
 (default: /var/lib/gatehouse for root, else ~/.local/share/gatehouse).
+`,
+	"ech": `usage: gatehouse ech [--config FILE] [--json]
+
+Prints the Encrypted Client Hello config and the DNS HTTPS records to publish
+so that clients use it. The keys live in storage, shared by replicas; when
+there are none yet they are made, so the record can be published before the
+first run.
 `,
 	"import":  importUsage,
 	"storage": storageUsage,
@@ -146,6 +155,8 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return cmdImport(args[1:], stdout, stderr)
 	case "storage":
 		return cmdStorage(args[1:], stdout, stderr)
+	case "ech":
+		return cmdECH(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "gatehouse", versionString())
 		return 0
@@ -243,6 +254,9 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "%d errors\n", len(es))
 		}
 		return 1
+	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintln(stderr, "warning:", w)
 	}
 	fmt.Fprintf(stdout, "%s: ok (%s)\n", path, plural(len(cfg.Routes), "route"))
 	return 0
