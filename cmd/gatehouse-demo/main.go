@@ -17,6 +17,8 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"flag"
@@ -33,6 +35,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
 )
@@ -178,6 +183,9 @@ tls_challenge_port  = %d
 [storage]
 dir = %q
 
+[ech]                  # Encrypted Client Hello: shop.test travels encrypted,
+public_name = "app.test"   # observers see app.test
+
 [[route]]
 hosts    = ["app.test"]
 upstream = %q
@@ -233,7 +241,19 @@ upstream = %q
 		fmt.Printf("  curl --cacert %s --resolve %s:%d:127.0.0.1 https://%s:%d/\n", rootFile, name, httpsPort, name, httpsPort)
 	}
 	fmt.Printf("  curl -v --resolve app.test:%d:127.0.0.1 http://app.test:%d/   # 308 to https\n", httpPort, httpPort)
-	fmt.Printf("  openssl s_client -connect 127.0.0.1:%d -servername unknown.test   # unrecognized_name alert\n\n", httpsPort)
+	fmt.Printf("  openssl s_client -connect 127.0.0.1:%d -servername unknown.test   # unrecognized_name alert\n", httpsPort)
+	echList, echErr := echConfigList(bin, cfgPath)
+	if echErr == nil {
+		fmt.Printf("  %s ech --config %s   # the ECH config and the DNS HTTPS records to publish\n", bin, cfgPath)
+	}
+	if p, err := exec.LookPath("chromium"); err == nil {
+		fmt.Printf("  HTTP/3 in a browser (trust %s in its NSS db first, certutil -A -d sql:$HOME/.pki/nssdb -t C,, -n pebble -i %s):\n"+
+			"    %s --enable-quic --origin-to-force-quic-on=app.test:%d --host-resolver-rules='MAP *.test 127.0.0.1' https://app.test:%d/\n",
+			rootFile, rootFile, p, httpsPort, httpsPort)
+	} else {
+		fmt.Printf("  HTTP/3: on UDP 127.0.0.1:%d (Alt-Svc announces it; Debian's curl has no HTTP/3, a browser or quic-go's client does)\n", httpsPort)
+	}
+	fmt.Println()
 
 	if check {
 		ok := true
@@ -241,6 +261,21 @@ upstream = %q
 			body, err := get(addr, name, roots)
 			fmt.Printf("https://%s/ -> %q (err %v)\n", name, strings.TrimSpace(body), err)
 			if err != nil || !strings.Contains(body, "the "+name+" app") {
+				ok = false
+			}
+		}
+		body, err := getH3(addr, "app.test", roots)
+		fmt.Printf("https://app.test/ over HTTP/3 -> %q (err %v)\n", strings.TrimSpace(body), err)
+		if err != nil || !strings.Contains(body, "the app.test app") {
+			ok = false
+		}
+		if echErr != nil {
+			fmt.Printf("gatehouse ech: %v\n", echErr)
+			ok = false
+		} else {
+			body, outer, err := getECH(addr, "shop.test", roots, echList)
+			fmt.Printf("https://shop.test/ with ECH -> %q, name in clear text: %s (err %v)\n", strings.TrimSpace(body), outer, err)
+			if err != nil || !strings.Contains(body, "the shop.test app") {
 				ok = false
 			}
 		}
@@ -403,6 +438,65 @@ func get(addr, name string, roots *x509.CertPool) (string, error) {
 			return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
 		},
 	}}
+	res, err := c.Get("https://" + name + "/")
+	if err != nil {
+		return "", err
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	return string(b), err
+}
+
+// echConfigList asks gatehouse for the ECH config list to encrypt to.
+func echConfigList(bin, cfgPath string) ([]byte, error) {
+	out, err := exec.Command(bin, "ech", "--config", cfgPath, "--json").Output()
+	if err != nil {
+		return nil, fmt.Errorf("gatehouse ech: %w", err)
+	}
+	var v struct {
+		ConfigList string `json:"config_list"`
+	}
+	if err := json.Unmarshal(out, &v); err != nil {
+		return nil, err
+	}
+	return base64.StdEncoding.DecodeString(v.ConfigList)
+}
+
+// getECH fetches https://name/ with the real name encrypted (ECH); it
+// returns the body and the name an observer sees.
+func getECH(addr, name string, roots *x509.CertPool, list []byte) (string, string, error) {
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, &tls.Config{
+		ServerName: name, RootCAs: roots, NextProtos: []string{"http/1.1"}, EncryptedClientHelloConfigList: list,
+	})
+	if err != nil {
+		return "", "", err
+	}
+	defer c.Close()
+	st := c.ConnectionState()
+	if !st.ECHAccepted {
+		return "", "", errors.New("ECH not accepted")
+	}
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", name)
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return "", "", err
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	return string(b), "app.test (the public name)", err
+}
+
+// getH3 fetches https://name/ over HTTP/3 (quic-go's client).
+func getH3(addr, name string, roots *x509.CertPool) (string, error) {
+	tr := &http3.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: roots},
+		Dial: func(ctx context.Context, _ string, tlsCfg *tls.Config, cfg *quic.Config) (*quic.Conn, error) {
+			return quic.DialAddr(ctx, addr, tlsCfg, cfg)
+		},
+	}
+	defer tr.Close()
+	c := &http.Client{Timeout: 5 * time.Second, Transport: tr}
 	res, err := c.Get("https://" + name + "/")
 	if err != nil {
 		return "", err
