@@ -191,6 +191,12 @@ func (m *Manager) setSelfCheck(cfg *routes.Config) {
 		m.selfCheck = newSelfChecker(m.storage)
 	}
 	m.selfCheck.configure(cfg.ACME.Resolver, httpPort, tlsPort)
+	m.dns01.configure(cfg)
+	if cfg.ACME.WildcardByDNS() {
+		m.selfCheck.configureDNS(m.dns01, cfg.ACME.DNSOnly())
+	} else {
+		m.selfCheck.configureDNS(nil, false)
+	}
 	m.checkOn = cfg.ACME.SelfCheckOn()
 }
 

@@ -159,7 +159,7 @@ func Inventory(ctx context.Context, storage certmagic.Storage, cfg *routes.Confi
 				} else {
 					fillCert(&ci, manual, now)
 				}
-			case h == "*" || (strings.HasPrefix(h, "*.") && e.Issuer == "acme"):
+			case h == "*" || (strings.HasPrefix(h, "*.") && e.Issuer == "acme" && !cfg.ACME.WildcardByDNS()):
 				ci.Source, ci.State = "on_demand", "pattern"
 			default:
 				if sc := best[h]; sc != nil {

@@ -82,6 +82,9 @@ type checkSettings struct {
 	resolverName string // for messages
 	httpPort     int    // 0: HTTP-01 path not used
 	tlsPort      int    // 0: TLS-ALPN-01 path not used
+
+	dns     *dnsSolver // DNS-01 names are checked by a probe record (dns01.go); nil: none
+	dnsOnly bool       // every name is ordered by DNS-01, not only wildcards
 }
 
 func newSelfChecker(storage certmagic.Storage) *selfChecker {
@@ -93,7 +96,11 @@ func newSelfChecker(storage certmagic.Storage) *selfChecker {
 // configure sets the resolver ("host:port", "" for the system's) and
 // the ports the CA validates on (0: that challenge is not used).
 func (sc *selfChecker) configure(resolver string, httpPort, tlsPort int) {
-	set := checkSettings{resolver: net.DefaultResolver, resolverName: "the system resolver", httpPort: httpPort, tlsPort: tlsPort}
+	sc.setMu.Lock()
+	dnsSet, dnsOnly := sc.set.dns, sc.set.dnsOnly
+	sc.setMu.Unlock()
+	set := checkSettings{resolver: net.DefaultResolver, resolverName: "the system resolver", httpPort: httpPort, tlsPort: tlsPort,
+		dns: dnsSet, dnsOnly: dnsOnly}
 	if resolver != "" {
 		set.resolverName = resolver
 		set.resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
@@ -103,6 +110,14 @@ func (sc *selfChecker) configure(resolver string, httpPort, tlsPort int) {
 	}
 	sc.setMu.Lock()
 	sc.set = set
+	sc.setMu.Unlock()
+}
+
+// configureDNS sets the DNS-01 solver whose zone the check probes for
+// names ordered by DNS-01 (nil: none), and whether that is every name.
+func (sc *selfChecker) configureDNS(s *dnsSolver, dnsOnly bool) {
+	sc.setMu.Lock()
+	sc.set.dns, sc.set.dnsOnly = s, dnsOnly
 	sc.setMu.Unlock()
 }
 
@@ -211,6 +226,11 @@ func tlsCheckKey(name string) string {
 // says what the DNS answered and what each address did.
 func (sc *selfChecker) check(ctx context.Context, name string) error {
 	set := sc.settings()
+	if set.dns != nil && (set.dnsOnly || strings.HasPrefix(name, "*.")) {
+		// ordered by DNS-01: the name need not lead here; the zone
+		// must take the challenge record
+		return set.dns.probe(ctx, name)
+	}
 	if set.httpPort == 0 && set.tlsPort == 0 {
 		return nil // no challenge this process answers: nothing to check
 	}

@@ -57,6 +57,9 @@ type startOptions struct {
 	watchEvery time.Duration
 	// renewInterval is certmagic's renewal/ARI scan; tests shorten it.
 	renewInterval time.Duration
+	// dnsPropagation bounds the wait for a DNS-01 record to be visible;
+	// tests shorten it.
+	dnsPropagation time.Duration
 }
 
 // start brings gatehouse up: listeners first (so certmagic finds the
@@ -82,6 +85,7 @@ func start(cfg *routes.Config, o startOptions) (*instance, error) {
 	}
 	httpsAddr, httpAddr := in.proxy.Addrs()
 	opts := tlsconfig.Options{Logger: log, OCSPCheckInterval: o.ocspInterval, Storage: o.storage, RenewCheckInterval: o.renewInterval}
+	opts.DNSPropagationTimeout = o.dnsPropagation
 	opts.ListenHost, opts.TLSPort = hostPort(httpsAddr)
 	if httpAddr != nil {
 		_, opts.HTTPPort = hostPort(httpAddr)

@@ -1,0 +1,230 @@
+package main
+
+import (
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+)
+
+// dnsEnv is an env whose DNS is a real BIND (Debian's named): zone
+// example.test takes updates signed with the test key, ro.test refuses
+// them; Pebble's VA asks it for the challenge records.
+type dnsEnv struct {
+	*env
+	bind *acmetest.Bind
+}
+
+func newDNSEnv(t *testing.T, popts acmetest.PebbleOptions) *dnsEnv {
+	t.Helper()
+	if acmetest.NamedPath() == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("named (bind9) is not installed: ./test.sh installs it in CI")
+		}
+		t.Skip("named (bind9) not installed: apt-get install bind9 bind9-dnsutils")
+	}
+	b, err := acmetest.StartBind(acmetest.BindOptions{Zones: []string{"example.test", "ro.test"}, Updatable: []string{"example.test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log("named's log:\n" + b.Log())
+		}
+		b.Close()
+	})
+	e := &env{t: t, storage: filepath.Join(t.TempDir(), "storage")}
+	e.bind()
+	popts.HTTPPort, popts.TLSPort, popts.DNSAddr = port(e.httpLn), port(e.httpsLn), b.Addr
+	p, err := acmetest.StartPebble(popts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	e.pebble = p
+	if e.roots, err = p.Roots(); err != nil {
+		t.Fatal(err)
+	}
+	return &dnsEnv{env: e, bind: b}
+}
+
+// rfc2136 returns the [acme] lines for DNS-01 by RFC 2136 to the test's
+// named with secret.
+func (d *dnsEnv) rfc2136(secret string) string {
+	return fmt.Sprintf(`challenges = ["dns-01"]
+resolver = %q
+[acme.dns]
+provider = "rfc2136"
+server = %q
+tsig_key = %q
+tsig_secret = %q
+`, d.bind.Addr, d.bind.Addr, d.bind.KeyName, secret)
+}
+
+// servedCert dials gatehouse with SNI name, verifying against Pebble's
+// root, and returns the leaf.
+func (d *dnsEnv) servedCert(name string) (*x509.Certificate, error) {
+	c, err := dialTLS(d.httpsAddr(), name, d.roots)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	return c.ConnectionState().PeerCertificates[0], nil
+}
+
+// challengeRecords returns the TXT values left at _acme-challenge.NAME.
+func (d *dnsEnv) challengeRecords(name string) []string {
+	got, err := d.bind.TXT("_acme-challenge." + name)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return got
+}
+
+// One wildcard certificate, ordered by DNS-01 through RFC 2136 updates
+// to a real BIND, serves every name under it, verified by a real TLS
+// client; the challenge records are removed afterwards.
+func TestDNS01WildcardRFC2136(t *testing.T) {
+	d := newDNSEnv(t, acmetest.PebbleOptions{NoBadNonce: true, AuthzReuse: -1})
+	up := upstream(t, "wild")
+	d.acmeExtra = d.rfc2136(d.bind.Secret)
+	cfg := d.config(fmt.Sprintf("[[route]]\nhosts = [\"*.example.test\"]\nupstream = %q\n", up.URL))
+	in := d.start(cfg)
+
+	var leaf *x509.Certificate
+	waitFor(t, 90*time.Second, "wildcard certificate served for a.example.test", func() (err error) {
+		leaf, err = d.servedCert("a.example.test")
+		return err
+	})
+	if !slices.Equal(leaf.DNSNames, []string{"*.example.test"}) {
+		t.Fatalf("served certificate names %v, want [*.example.test]", leaf.DNSNames)
+	}
+	// the same certificate for another name under it, and HTTP through
+	for _, name := range []string{"b.example.test", "other-name.example.test"} {
+		l2, err := d.servedCert(name)
+		if err != nil || !l2.Equal(leaf) {
+			t.Fatalf("%s: %v (same certificate: %v)", name, err, err == nil && l2.Equal(leaf))
+		}
+	}
+	res, err := client(d.httpsAddr(), d.roots, true).Get("https://b.example.test/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readAll(t, res); !strings.HasPrefix(body, "upstream=wild host=b.example.test") {
+		t.Errorf("proxied answer %q", body)
+	}
+	// one certificate, one order
+	if n := d.pebble.Issued("*.example.test"); n != 1 {
+		t.Errorf("Pebble issued %d certificates for *.example.test, want 1", n)
+	}
+	if st := nameStatus(in, "*.example.test"); st.State != "ready" {
+		t.Errorf("status of *.example.test: %+v", st)
+	}
+	// a name two labels down is not covered, and not served
+	if _, err := d.servedCert("x.a.example.test"); err == nil {
+		t.Error("x.a.example.test was served a certificate")
+	}
+	waitFor(t, 10*time.Second, "challenge and probe records removed", func() error {
+		if got := d.challengeRecords("example.test"); len(got) > 0 {
+			return fmt.Errorf("left: %v", got)
+		}
+		return nil
+	})
+}
+
+// The exec provider: a hook script that calls nsupdate against the same
+// BIND. Every name is ordered by DNS-01 (the only challenge listed),
+// the wildcard and its apex together, sharing one record name.
+func TestDNS01ExecHook(t *testing.T) {
+	d := newDNSEnv(t, acmetest.PebbleOptions{NoBadNonce: true, AuthzReuse: -1})
+	nsupdate, err := exec.LookPath("nsupdate")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("nsupdate (bind9-dnsutils) is not installed")
+		}
+		t.Skip("nsupdate not installed: apt-get install bind9-dnsutils")
+	}
+	host, p, _ := strings.Cut(d.bind.Addr, ":")
+	dir := t.TempDir()
+	calls := filepath.Join(dir, "calls")
+	hook := filepath.Join(dir, "dns-hook")
+	script := `#!/bin/sh
+set -e
+echo "$1 $2" >> ` + calls + `
+case "$1" in present) op=add ;; cleanup) op=delete ;; *) exit 2 ;; esac
+printf 'server ` + host + ` ` + p + `\nupdate %s %s 60 TXT "%s"\nsend\n' "$op" "$2" "$3" | ` + nsupdate + ` -y "hmac-sha256:` + d.bind.KeyName + `:` + d.bind.Secret + `"
+`
+	if err := os.WriteFile(hook, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	up := upstream(t, "hooked")
+	d.acmeExtra = fmt.Sprintf("challenges = [\"dns-01\"]\nresolver = %q\n[acme.dns]\nprovider = \"exec\"\nserver = %q\ncommand = [%q]\n", d.bind.Addr, d.bind.Addr, hook)
+	cfg := d.config(fmt.Sprintf("[[route]]\nhosts = [\"*.example.test\", \"example.test\"]\nupstream = %q\n", up.URL))
+	d.start(cfg)
+	for _, name := range []string{"a.example.test", "example.test"} {
+		var leaf *x509.Certificate
+		waitFor(t, 90*time.Second, "certificate served for "+name, func() (err error) {
+			leaf, err = d.servedCert(name)
+			return err
+		})
+		t.Logf("%s: served %v", name, leaf.DNSNames)
+	}
+	waitFor(t, 10*time.Second, "records cleaned up", func() error {
+		if got := d.challengeRecords("example.test"); len(got) > 0 {
+			return fmt.Errorf("left: %v", got)
+		}
+		return nil
+	})
+	b, _ := os.ReadFile(calls)
+	log := string(b)
+	for _, want := range []string{"present _acme-challenge.example.test.", "cleanup _acme-challenge.example.test."} {
+		if !strings.Contains(log, want) {
+			t.Errorf("hook calls lack %q:\n%s", want, log)
+		}
+	}
+}
+
+// A zone that refuses the update: the self-check finds it before any
+// order, /readyz says why, and the CA sees nothing.
+func TestDNS01UpdateRefused(t *testing.T) {
+	d := newDNSEnv(t, acmetest.PebbleOptions{NoBadNonce: true})
+	d.acmeExtra = d.rfc2136(d.bind.Secret)
+	up := upstream(t, "ro")
+	cfg := d.config(fmt.Sprintf("[[route]]\nhosts = [\"*.ro.test\"]\nupstream = %q\n", up.URL))
+	in := d.start(cfg)
+	st := waitStatusError(t, in, "*.ro.test", "REFUSED", 30*time.Second)
+	if !strings.Contains(st.LastError, "does not take the DNS-01 record") || !strings.Contains(st.LastError, "allow-update") {
+		t.Errorf("reason: %s", st.LastError)
+	}
+	body := readyzBody(t, d.env)
+	if !strings.Contains(body, "REFUSED") {
+		t.Errorf("/readyz does not say why: %s", body)
+	}
+	if n := d.pebble.Orders("*.ro.test"); n != 0 {
+		t.Errorf("%d orders reached the CA for a zone that refuses updates", n)
+	}
+}
+
+// readyzBody returns /readyz's body.
+func readyzBody(t *testing.T, e *env) string {
+	t.Helper()
+	res, err := http.Get("http://" + e.admLn.Addr().String() + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := readAll(t, res)
+	var v any
+	if json.Unmarshal([]byte(body), &v) != nil {
+		t.Fatalf("/readyz is not JSON: %s", body)
+	}
+	return body
+}
