@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/tlsconfig"
 )
 
 // dnsEnv is an env whose DNS is a real BIND (Debian's named): zone
@@ -227,4 +228,96 @@ func readyzBody(t *testing.T, e *env) string {
 		t.Fatalf("/readyz is not JSON: %s", body)
 	}
 	return body
+}
+
+// writeHook writes an executable shell script.
+func writeHook(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "dns-hook")
+	if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// A provider that says it added the record, which never shows on the
+// zone's server: the order fails before the CA is asked to validate,
+// /readyz and the log say why, and the next order waits its backoff.
+func TestDNS01TXTNeverVisible(t *testing.T) {
+	d := newDNSEnv(t, acmetest.PebbleOptions{NoBadNonce: true})
+	hook := writeHook(t, "exit 0\n") // claims success, adds nothing
+	d.acmeExtra = fmt.Sprintf("challenges = [\"dns-01\"]\nresolver = %q\nself_check = false\n[acme.dns]\nprovider = \"exec\"\nserver = %q\ncommand = [%q]\n", d.bind.Addr, d.bind.Addr, hook)
+	up := upstream(t, "never")
+	logs := &logBuffer{t: t}
+	in := d.start(d.config(fmt.Sprintf("[[route]]\nhosts = [\"*.example.test\"]\nupstream = %q\n", up.URL)),
+		withLogs(t, logs), func(o *startOptions) { o.dnsPropagation = 2 * time.Second })
+	st := waitStatusError(t, in, "*.example.test", "is not visible at "+d.bind.Addr, 60*time.Second)
+	if !strings.Contains(st.LastError, "_acme-challenge.example.test.") {
+		t.Errorf("reason: %s", st.LastError)
+	}
+	if body := readyzBody(t, d.env); !strings.Contains(body, "is not visible at") {
+		t.Errorf("/readyz does not say why: %s", body)
+	}
+	if logs.count("certificate order failed", "is not visible at") == 0 {
+		t.Error("no log line with the reason")
+	}
+	rec, err := tlsconfig.LoadAttempt(t.Context(), fileStorage(d.env), "*.example.test")
+	if err != nil || rec == nil || rec.Failures != 1 || time.Until(rec.NextOrder) < 30*time.Second {
+		t.Fatalf("order record %+v, %v: want one failure and the next order a backoff away", rec, err)
+	}
+	if n := d.pebble.Issued("*.example.test"); n != 0 {
+		t.Errorf("issued %d", n)
+	}
+}
+
+// When the DNS side breaks after a certificate was issued, the renewal
+// fails with the provider's own words on /readyz and in the log, and
+// the certificate already held keeps serving.
+func TestDNS01RenewalFailureKeepsServing(t *testing.T) {
+	const life = 40 * time.Second
+	d := newDNSEnv(t, acmetest.PebbleOptions{NoBadNonce: true, Profiles: map[string]time.Duration{"short": life}, NoARI: true})
+	nsupdate, err := exec.LookPath("nsupdate")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("nsupdate (bind9-dnsutils) is not installed")
+		}
+		t.Skip("nsupdate not installed: apt-get install bind9-dnsutils")
+	}
+	broken := filepath.Join(t.TempDir(), "broken")
+	host, p, _ := strings.Cut(d.bind.Addr, ":")
+	hook := writeHook(t, `set -e
+if [ -e `+broken+` ]; then echo "provider API: 500 SERVFAIL updating zone" >&2; exit 1; fi
+case "$1" in present) op=add ;; cleanup) op=delete ;; *) exit 2 ;; esac
+printf 'server `+host+` `+p+`\nupdate %s %s 60 TXT "%s"\nsend\n' "$op" "$2" "$3" | `+nsupdate+` -y "hmac-sha256:`+d.bind.KeyName+`:`+d.bind.Secret+`"
+`)
+	d.acmeExtra = fmt.Sprintf("profile = \"short\"\nchallenges = [\"dns-01\"]\nresolver = %q\n[acme.dns]\nprovider = \"exec\"\nserver = %q\ncommand = [%q]\n", d.bind.Addr, d.bind.Addr, hook)
+	up := upstream(t, "kept")
+	logs := &logBuffer{t: t}
+	in := d.start(d.config(fmt.Sprintf("[[route]]\nhosts = [\"*.example.test\"]\nupstream = %q\n", up.URL)), withLogs(t, logs), fastRenew)
+	var first *x509.Certificate
+	waitFor(t, 60*time.Second, "first certificate", func() (err error) {
+		first, err = d.servedCert("a.example.test")
+		return err
+	})
+	if err := os.WriteFile(broken, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// renewal at half of the 40 s life
+	st := waitStatusError(t, in, "*.example.test", "500 SERVFAIL updating zone", life)
+	if st.State != "ready" {
+		t.Errorf("state %q while the held certificate is valid", st.State)
+	}
+	if body := readyzBody(t, d.env); !strings.Contains(body, "500 SERVFAIL updating zone") {
+		t.Errorf("/readyz does not say why: %s", body)
+	}
+	if logs.count("500 SERVFAIL updating zone") == 0 {
+		t.Error("no log line with the reason")
+	}
+	served, err := d.servedCert("b.example.test")
+	if err != nil || served.SerialNumber.Cmp(first.SerialNumber) != 0 {
+		t.Fatalf("after the failed renewal: %v, serial %v want %x", err, served, first.SerialNumber)
+	}
+	if n := d.pebble.Orders("*.example.test"); n != 1 {
+		t.Errorf("%d orders reached the CA; the self-check should have held the renewal", n)
+	}
 }

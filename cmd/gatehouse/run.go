@@ -182,6 +182,10 @@ func (in *instance) ready() (bool, any) {
 		// certificates in storage not read yet: served on first
 		// handshake, checked by a background walk (tlsconfig/lazy.go)
 		"stored_unchecked": in.certs.StoredUnchecked()}
+	// ready (a valid certificate serves), but renewals fail: say why
+	if n, failing := in.certs.Failing(50); n > 0 {
+		details["renewal_failing_count"], details["renewal_failing"] = n, failing
+	}
 	// still ready (certificates serve from memory), but say so
 	if err, since := in.certs.StorageWriteError(); err != nil {
 		details["storage_write_error"] = err.Error()
