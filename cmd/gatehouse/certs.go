@@ -51,6 +51,16 @@ func cmdCerts(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "gatehouse certs:", err)
 		return 1
 	}
+	// the ACME accounts, and the CAA record pinning each name to its
+	// account: the CA's issuer domain comes from its directory (one GET)
+	var accounts []tlsconfig.AccountInfo
+	for _, ci := range infos {
+		if ci.Source == "acme" || ci.Source == "on_demand" {
+			accounts = tlsconfig.Accounts(ctx, storage, cfg, true)
+			tlsconfig.AddCAA(infos, cfg, accounts)
+			break
+		}
+	}
 	if *asJSON {
 		if infos == nil {
 			infos = []tlsconfig.CertInfo{}
@@ -64,7 +74,31 @@ func cmdCerts(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	printCerts(stdout, infos, time.Now())
+	printAccounts(stdout, infos, accounts)
 	return 0
+}
+
+// printAccounts writes each ACME account and the CAA records (RFC 8657)
+// that let only it issue for the configured names.
+func printAccounts(w io.Writer, infos []tlsconfig.CertInfo, accounts []tlsconfig.AccountInfo) {
+	for _, a := range accounts {
+		fmt.Fprintf(w, "\nACME account at %s (%s): %s\n", a.Directory, dash(a.Email), dash(a.AccountURI))
+		if a.Error != "" {
+			fmt.Fprintf(w, "  (%s)\n", a.Error)
+		}
+		var lines []string
+		for _, ci := range infos {
+			if ci.CAA != "" && ci.Issuer == a.IssuerKey || ci.CAA != "" && ci.Issuer == "" && a.IssuerKey == accounts[0].IssuerKey {
+				lines = append(lines, ci.CAA)
+			}
+		}
+		if len(lines) > 0 {
+			fmt.Fprintln(w, "  CAA records that let only this account issue for each name (RFC 8657):")
+			for _, l := range lines {
+				fmt.Fprintln(w, "  "+l)
+			}
+		}
+	}
 }
 
 // printCerts writes the table for humans: one line per name, times in

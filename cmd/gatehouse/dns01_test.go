@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
 	"github.com/gatehouse-proxy/gatehouse/tlsconfig"
 )
@@ -319,5 +321,69 @@ printf 'server `+host+` `+p+`\nupdate %s %s 60 TXT "%s"\nsend\n' "$op" "$2" "$3"
 	}
 	if n := d.pebble.Orders("*.example.test"); n != 1 {
 		t.Errorf("%d orders reached the CA; the self-check should have held the renewal", n)
+	}
+}
+
+// `gatehouse certs` shows the ACME account each name is ordered under,
+// how it is ordered, and the RFC 8657 CAA record that pins the name to
+// that account: the account URL is the one the CA knows (gatehouse's
+// own orders use it), the issuer domain is the CA's (Pebble's directory
+// names pebble.letsencrypt.org). Wildcards by DNS-01 and the apex by
+// HTTP-01 in one config.
+func TestCertsAccountAndCAA(t *testing.T) {
+	d := newDNSEnv(t, acmetest.PebbleOptions{NoBadNonce: true})
+	d.acmeExtra = fmt.Sprintf("http_challenge_port = %d\ntls_challenge_port = %d\n", port(d.httpLn), port(d.httpsLn)) +
+		strings.Replace(d.rfc2136(d.bind.Secret), `challenges = ["dns-01"]`, `challenges = ["dns-01", "http-01"]`, 1)
+	up := upstream(t, "caa")
+	cfg := d.config(fmt.Sprintf("[[route]]\nhosts = [\"*.example.test\", \"example.test\"]\nupstream = %q\n", up.URL))
+	logs := &logBuffer{t: t}
+	d.start(cfg, withLogs(t, logs))
+	for _, name := range []string{"a.example.test", "example.test"} {
+		waitFor(t, 90*time.Second, "certificate for "+name, func() error { _, err := d.servedCert(name); return err })
+	}
+
+	out, errOut, code := runCerts(t, "--config", cfg, "--json")
+	if code != 0 {
+		t.Fatalf("certs --json: %d %s", code, errOut)
+	}
+	var infos []tlsconfig.CertInfo
+	if err := json.Unmarshal([]byte(out), &infos); err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]tlsconfig.CertInfo{}
+	for _, ci := range infos {
+		byName[ci.Name] = ci
+	}
+	wild, apex := byName["*.example.test"], byName["example.test"]
+	acct := wild.AccountURI
+	if !strings.HasPrefix(acct, strings.TrimSuffix(d.pebble.DirectoryURL, "/dir")+"/my-account/") || apex.AccountURI != acct {
+		t.Fatalf("account_uri %q / %q, want Pebble's account URL", acct, apex.AccountURI)
+	}
+	if logs.count("creating order", "certmagic.account="+acct) == 0 {
+		t.Errorf("gatehouse's orders did not use account %s", acct)
+	}
+	if wild.State != "ok" || wild.Challenge != "dns-01" || apex.Challenge != "http-01" {
+		t.Errorf("*.example.test %s by %q; example.test by %q", wild.State, wild.Challenge, apex.Challenge)
+	}
+	for _, c := range []struct {
+		ci       tlsconfig.CertInfo
+		tag, how string
+	}{{wild, "issuewild", "dns-01"}, {apex, "issue", "http-01"}} {
+		want := fmt.Sprintf(`example.test. CAA 0 %s "pebble.letsencrypt.org; accounturi=%s; validationmethods=%s"`, c.tag, acct, c.how)
+		if c.ci.CAA != want {
+			t.Errorf("%s: caa\n %s\nwant\n %s", c.ci.Name, c.ci.CAA, want)
+			continue
+		}
+		rr, err := dns.NewRR(c.ci.CAA) // a record a zone file takes
+		caa, ok := rr.(*dns.CAA)
+		if err != nil || !ok || caa.Tag != c.tag || caa.Flag != 0 || !strings.Contains(caa.Value, "accounturi="+acct) {
+			t.Errorf("%s: CAA record does not parse as one: %v %v", c.ci.Name, rr, err)
+		}
+	}
+	human, _, _ := runCerts(t, "--config", cfg)
+	for _, want := range []string{"ACME account at " + d.pebble.DirectoryURL + " (ops@example.test): " + acct, wild.CAA, apex.CAA} {
+		if !strings.Contains(human, want) {
+			t.Errorf("certs output lacks %q:\n%s", want, human)
+		}
 	}
 }
