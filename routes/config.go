@@ -55,7 +55,7 @@ type ACME struct {
 	Email      string   `toml:"email"`
 	Directory  string   `toml:"directory"`
 	CARoot     string   `toml:"ca_root"`    // extra root trusted for the ACME server's own HTTPS
-	Challenges []string `toml:"challenges"` // "http-01", "tls-alpn-01", "dns-01"
+	Challenges []string `toml:"challenges"` // "http-01", "tls-alpn-01", "dns-01", "dns-persist-01"
 	Profile    string   `toml:"profile"`    // ACME profile, e.g. "shortlived"
 
 	// Before each order gatehouse checks that the name's DNS leads back
@@ -129,9 +129,11 @@ func (a *ACME) HasChallenge(ch string) bool {
 }
 
 // WildcardByDNS reports whether "*.suffix" hosts of ACME routes get one
-// wildcard certificate by DNS-01 (instead of a certificate per name on
-// demand).
-func (a *ACME) WildcardByDNS() bool { return a.HasChallenge("dns-01") && a.DNS != nil }
+// wildcard certificate by DNS-01 or dns-persist-01 (instead of a
+// certificate per name on demand).
+func (a *ACME) WildcardByDNS() bool {
+	return a.HasChallenge("dns-01") && a.DNS != nil || a.HasChallenge("dns-persist-01")
+}
 
 // DNSOnly reports whether every name is ordered by DNS-01: it is the
 // only ACME challenge listed. With http-01 or tls-alpn-01 listed too,

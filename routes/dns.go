@@ -14,7 +14,9 @@ import (
 // validate checks [acme.dns] without the network: a provider that
 // cannot work is refused at `gatehouse validate`, not at the first
 // order (which would count against the CA's failed-validation limit).
-func (d *DNSProvider) validate(bad func(string, string, ...any)) {
+// Without dns-01 (dns-persist-01 alone), the table may hold only server
+// (and zone): where the persistent records are looked up.
+func (d *DNSProvider) validate(bad func(string, string, ...any), dns01 bool) {
 	const t = "acme.dns"
 	switch d.Provider {
 	case "rfc2136":
@@ -54,7 +56,13 @@ func (d *DNSProvider) validate(bad func(string, string, ...any)) {
 			}
 		}
 	case "":
-		bad(t, "[acme.dns] has no provider: set provider = \"rfc2136\" or \"exec\"")
+		if dns01 || d.TSIGKey != "" || d.TSIGSecret != "" || len(d.Command) > 0 {
+			bad(t, "[acme.dns] has no provider: set provider = \"rfc2136\" or \"exec\"")
+		} else if d.Server != "" {
+			if host, port, err := net.SplitHostPort(d.ServerAddr()); err != nil || host == "" || !validPort(port) {
+				bad(t+".server", "[acme.dns] server = %q: want host:port, like \"ns1.example.com:53\"", d.Server)
+			}
+		}
 	default:
 		bad(t+".provider", "[acme.dns] provider = %q: want \"rfc2136\" or \"exec\"", d.Provider)
 	}

@@ -87,12 +87,13 @@ func (c *Config) validate(idx lineIndex) Errors {
 			if c.ACME.DNS == nil {
 				bad("acme.challenges", "challenge \"dns-01\" needs an [acme.dns] table naming the provider: provider = \"rfc2136\" (with server, tsig_key, tsig_secret) or \"exec\" (with command)")
 			}
+		case "dns-persist-01":
 		default:
-			bad("acme.challenges", "unknown challenge %q: want \"http-01\", \"tls-alpn-01\" and/or \"dns-01\"", ch)
+			bad("acme.challenges", "unknown challenge %q: want \"http-01\", \"tls-alpn-01\", \"dns-01\" and/or \"dns-persist-01\"", ch)
 		}
 	}
 	if c.ACME.DNS != nil {
-		c.ACME.DNS.validate(bad)
+		c.ACME.DNS.validate(bad, c.ACME.HasChallenge("dns-01"))
 	}
 
 	if r := c.ACME.Resolver; r != "" {
@@ -175,7 +176,7 @@ func (c *Config) validate(idx lineIndex) Errors {
 			}
 			if isPattern(norm) && norm != "*" && r.usesACME(c) && c.OnDemand.Ask == "" && !c.ACME.WildcardByDNS() {
 				bad(key("hosts"), "%s: %q needs a wildcard certificate, which ACME issues only by DNS-01: "+
-					"add \"dns-01\" to [acme] challenges with an [acme.dns] provider; or set [on_demand] ask "+
+					"add \"dns-01\" to [acme] challenges with an [acme.dns] provider (or \"dns-persist-01\"); or set [on_demand] ask "+
 					"(a certificate per name), give the route cert/key, or tls = \"internal\"", where, norm)
 			}
 		}

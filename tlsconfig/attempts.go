@@ -192,9 +192,12 @@ func (m *Manager) setSelfCheck(cfg *routes.Config) {
 	}
 	m.selfCheck.configure(cfg.ACME.Resolver, httpPort, tlsPort)
 	m.dns01.configure(cfg)
-	if cfg.ACME.WildcardByDNS() {
-		m.selfCheck.configureDNS(m.dns01, cfg.ACME.DNSOnly())
-	} else {
+	switch {
+	case cfg.ACME.HasChallenge("dns-persist-01"):
+		m.selfCheck.configureDNS(m.persistCheck, cfg.ACME.DNSOnly())
+	case cfg.ACME.WildcardByDNS():
+		m.selfCheck.configureDNS(m.dns01.probe, cfg.ACME.DNSOnly())
+	default:
 		m.selfCheck.configureDNS(nil, false)
 	}
 	m.checkOn = cfg.ACME.SelfCheckOn()
@@ -282,7 +285,7 @@ func (m *Manager) beforeOrder(ctx context.Context, name string) error {
 			if perr := m.attempts.put(ctx, rec); perr != nil {
 				m.log.Warn("could not record the self-check result", "name", name, "error", perr)
 			}
-			m.log.Error("not ordering: the name does not lead to this gatehouse; will check again with backoff", "name", name, "error", err)
+			m.log.Error("not ordering: the self-check before the order failed (the name does not lead here, or its DNS zone is not ready); will check again with backoff", "name", name, "error", err)
 			m.status.fail(name, err)
 			metricOrderHeld.WithLabelValues("self_check").Inc()
 			return err

@@ -69,7 +69,7 @@ func newDNSSolver(log *slog.Logger, propagation time.Duration) *dnsSolver {
 // configure applies [acme.dns] (validated already).
 func (s *dnsSolver) configure(cfg *routes.Config) {
 	var set *dnsSettings
-	if d := cfg.ACME.DNS; d != nil && cfg.ACME.WildcardByDNS() {
+	if d := cfg.ACME.DNS; d != nil && cfg.ACME.HasChallenge("dns-01") {
 		set = &dnsSettings{finder: &dnsprovider.Finder{Server: d.ServerAddr(), Resolver: cfg.ACME.Resolver}}
 		if d.Zone != "" {
 			set.zone = dns.Fqdn(strings.ToLower(d.Zone))

@@ -372,6 +372,12 @@ func (m *Manager) acmeConfig(cfg *routes.Config, profile string, byDNS bool) (*c
 			ai.ExternalAccount = &acme.EAB{KeyID: is.EABKeyID, MACKey: is.EABHMAC}
 		}
 		issuer := certmagic.NewACMEIssuer(c, ai)
+		if byDNS && hasChallenge(cfg, "dns-persist-01") {
+			// dns-persist-01 orders run outside certmagic's ACME
+			// issuer (persist.go); it still names the storage and ARI
+			issuers = append(issuers, m.persistIssuer(cfg, issuer, is, email, prof))
+			continue
+		}
 		issuers = append(issuers, issuer)
 		m.issuers = append(m.issuers, issuer)
 	}

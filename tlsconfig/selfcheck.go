@@ -83,8 +83,11 @@ type checkSettings struct {
 	httpPort     int    // 0: HTTP-01 path not used
 	tlsPort      int    // 0: TLS-ALPN-01 path not used
 
-	dns     *dnsSolver // DNS-01 names are checked by a probe record (dns01.go); nil: none
-	dnsOnly bool       // every name is ordered by DNS-01, not only wildcards
+	// dnsCheck checks a name ordered by DNS-01 (the zone takes a probe
+	// record, dns01.go) or dns-persist-01 (its record exists,
+	// persist.go); nil: no name is.
+	dnsCheck func(context.Context, string) error
+	dnsOnly  bool // every name is ordered by DNS, not only wildcards
 }
 
 func newSelfChecker(storage certmagic.Storage) *selfChecker {
@@ -97,10 +100,10 @@ func newSelfChecker(storage certmagic.Storage) *selfChecker {
 // the ports the CA validates on (0: that challenge is not used).
 func (sc *selfChecker) configure(resolver string, httpPort, tlsPort int) {
 	sc.setMu.Lock()
-	dnsSet, dnsOnly := sc.set.dns, sc.set.dnsOnly
+	dnsCheck, dnsOnly := sc.set.dnsCheck, sc.set.dnsOnly
 	sc.setMu.Unlock()
 	set := checkSettings{resolver: net.DefaultResolver, resolverName: "the system resolver", httpPort: httpPort, tlsPort: tlsPort,
-		dns: dnsSet, dnsOnly: dnsOnly}
+		dnsCheck: dnsCheck, dnsOnly: dnsOnly}
 	if resolver != "" {
 		set.resolverName = resolver
 		set.resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
@@ -113,11 +116,11 @@ func (sc *selfChecker) configure(resolver string, httpPort, tlsPort int) {
 	sc.setMu.Unlock()
 }
 
-// configureDNS sets the DNS-01 solver whose zone the check probes for
-// names ordered by DNS-01 (nil: none), and whether that is every name.
-func (sc *selfChecker) configureDNS(s *dnsSolver, dnsOnly bool) {
+// configureDNS sets the check of names ordered by DNS (nil: none), and
+// whether that is every name or only wildcards.
+func (sc *selfChecker) configureDNS(check func(context.Context, string) error, dnsOnly bool) {
 	sc.setMu.Lock()
-	sc.set.dns, sc.set.dnsOnly = s, dnsOnly
+	sc.set.dnsCheck, sc.set.dnsOnly = check, dnsOnly
 	sc.setMu.Unlock()
 }
 
@@ -226,10 +229,10 @@ func tlsCheckKey(name string) string {
 // says what the DNS answered and what each address did.
 func (sc *selfChecker) check(ctx context.Context, name string) error {
 	set := sc.settings()
-	if set.dns != nil && (set.dnsOnly || strings.HasPrefix(name, "*.")) {
-		// ordered by DNS-01: the name need not lead here; the zone
-		// must take the challenge record
-		return set.dns.probe(ctx, name)
+	if set.dnsCheck != nil && (set.dnsOnly || strings.HasPrefix(name, "*.")) {
+		// ordered by DNS: the name need not lead here; the zone must
+		// take the challenge record, or hold the persistent one
+		return set.dnsCheck(ctx, name)
 	}
 	if set.httpPort == 0 && set.tlsPort == 0 {
 		return nil // no challenge this process answers: nothing to check

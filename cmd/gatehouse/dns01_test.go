@@ -13,10 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libdns/libdns"
 	"github.com/miekg/dns"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
 	"github.com/gatehouse-proxy/gatehouse/tlsconfig"
+	"github.com/gatehouse-proxy/gatehouse/tlsconfig/dnsprovider"
 )
 
 // dnsEnv is an env whose DNS is a real BIND (Debian's named): zone
@@ -386,4 +388,84 @@ func TestCertsAccountAndCAA(t *testing.T) {
 			t.Errorf("certs output lacks %q:\n%s", want, human)
 		}
 	}
+}
+
+// dns-persist-01: `gatehouse dns-record` registers the account before
+// the first run and prints the record; without it in the zone nothing
+// is ordered and the reason shows the record to create; with it, the
+// wildcard certificate is issued by a CA that validates dns-persist-01
+// (Pebble), without gatehouse touching the zone.
+func TestDNSPersist01(t *testing.T) {
+	d := newDNSEnv(t, acmetest.PebbleOptions{NoBadNonce: true, AuthzReuse: -1})
+	d.acmeExtra = fmt.Sprintf("challenges = [\"dns-persist-01\"]\nresolver = %q\n[acme.dns]\nserver = %q\n", d.bind.Addr, d.bind.Addr)
+	up := upstream(t, "persist")
+	cfg := d.config(fmt.Sprintf("[[route]]\nhosts = [\"*.example.test\", \"example.test\"]\nupstream = %q\n", up.URL))
+
+	out, errOut, code := runCmd(t, "dns-record", "example.test", "--config", cfg, "--json")
+	if code != 0 {
+		t.Fatalf("dns-record: %d %s", code, errOut)
+	}
+	var rec struct{ Name, Value string }
+	if err := json.Unmarshal([]byte(out), &rec); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	acctPrefix := strings.TrimSuffix(d.pebble.DirectoryURL, "/dir") + "/my-account/"
+	if rec.Name != "_validation-persist.example.test" || !strings.HasPrefix(rec.Value, "pebble.letsencrypt.org; accounturi="+acctPrefix) ||
+		!strings.HasSuffix(rec.Value, "; policy=wildcard") {
+		t.Fatalf("record %+v", rec)
+	}
+	again, _, _ := runCmd(t, "dns-record", "*.example.test", "--config", cfg, "--json")
+	if again != out {
+		t.Errorf("a second dns-record (same account) printed\n%s\nnot\n%s", again, out)
+	}
+	human, _, _ := runCmd(t, "dns-record", "example.test", "--config", cfg)
+	if strings.TrimSpace(human) != fmt.Sprintf("%s. TXT %q", rec.Name, rec.Value) {
+		t.Errorf("human output %q", human)
+	}
+
+	// no record yet: held before the CA, with the record to create
+	in := d.start(cfg)
+	st := waitStatusError(t, in, "*.example.test", "dns-persist-01", 30*time.Second)
+	if !strings.Contains(st.LastError, rec.Value) || !strings.Contains(st.LastError, "none for this account") {
+		t.Errorf("reason: %s", st.LastError)
+	}
+	if n := d.pebble.OrderAttempts("*.example.test"); n != 0 {
+		t.Errorf("%d orders reached the CA without the record", n)
+	}
+	if err := in.shutdown(2 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	// the operator creates the record once
+	p := &dnsprovider.RFC2136{Server: d.bind.Addr, KeyName: d.bind.KeyName, Secret: d.bind.Secret}
+	if _, err := p.AppendRecords(t.Context(), "example.test.", []libdns.Record{libdns.TXT{Name: "_validation-persist", Text: rec.Value, TTL: time.Hour}}); err != nil {
+		t.Fatal(err)
+	}
+	d.rebind()
+	logs := &logBuffer{t: t}
+	d.start(cfg, withLogs(t, logs))
+	for _, name := range []string{"a.example.test", "example.test"} {
+		waitFor(t, 90*time.Second, "certificate for "+name, func() error { _, err := d.servedCert(name); return err })
+	}
+	leaf, _ := d.servedCert("a.example.test")
+	if !slices.Equal(leaf.DNSNames, []string{"*.example.test"}) {
+		t.Errorf("served %v", leaf.DNSNames)
+	}
+	if logs.count("challenge_type=dns-persist-01") == 0 {
+		t.Error("no dns-persist-01 challenge in the log")
+	}
+	// the zone was not touched: the operator's record alone
+	if got, _ := d.bind.TXT("_validation-persist.example.test"); !slices.Equal(got, []string{rec.Value}) {
+		t.Errorf("records at _validation-persist.example.test: %v", got)
+	}
+	if got := d.challengeRecords("example.test"); len(got) != 0 {
+		t.Errorf("dns-01 records written: %v", got)
+	}
+}
+
+func runCmd(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	var out, errOut strings.Builder
+	code := realMain(args, &out, &errOut)
+	return out.String(), errOut.String(), code
 }

@@ -253,6 +253,25 @@ func (f *Finder) TXTAt(ctx context.Context, server, fqdn, value string) (bool, s
 	return false, fmt.Sprintf("%d TXT record(s), none with the value", n)
 }
 
+// TXTValues returns the TXT values server answers authoritatively at
+// fqdn (none for NXDOMAIN).
+func (f *Finder) TXTValues(ctx context.Context, server, fqdn string) ([]string, error) {
+	r, err := f.query(ctx, server, fqdn, dns.TypeTXT, false)
+	if err != nil {
+		return nil, err
+	}
+	if r.Rcode != dns.RcodeSuccess && r.Rcode != dns.RcodeNameError {
+		return nil, errors.New(dns.RcodeToString[r.Rcode])
+	}
+	var out []string
+	for _, rr := range r.Answer {
+		if t, ok := rr.(*dns.TXT); ok && strings.EqualFold(t.Hdr.Name, dns.Fqdn(fqdn)) && len(out) < 64 {
+			out = append(out, strings.Join(t.Txt, ""))
+		}
+	}
+	return out, nil
+}
+
 // WaitTXT waits until every server answers value at fqdn, polling
 // every interval, at most timeout.
 func (f *Finder) WaitTXT(ctx context.Context, servers []string, fqdn, value string, timeout, interval time.Duration) error {
