@@ -138,3 +138,28 @@ func TestDNSTSIGSecretFromEnv(t *testing.T) {
 		t.Errorf("tsig_secret = %q", cfg.ACME.DNS.TSIGSecret)
 	}
 }
+
+// dns-persist-01 needs no provider: the operator creates the record;
+// [acme.dns] may say where to look it up.
+func TestDNSPersistConfig(t *testing.T) {
+	for name, table := range map[string]string{
+		"server only": "server = \"ns1.example.com\"\n",
+		"empty":       "",
+	} {
+		cfg, err := Parse([]byte(dnsConfig(`["dns-persist-01"]`, table)))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !cfg.ACME.WildcardByDNS() || !cfg.ACME.DNSOnly() {
+			t.Errorf("%s: WildcardByDNS %v DNSOnly %v", name, cfg.ACME.WildcardByDNS(), cfg.ACME.DNSOnly())
+		}
+	}
+	_, err := Parse([]byte(dnsConfig(`["dns-persist-01", "dns-01"]`, "server = \"ns1.example.com\"\n")))
+	if err == nil || !strings.Contains(err.Error(), "line 6: [acme.dns] has no provider") {
+		t.Errorf("dns-01 without a provider: %v", err)
+	}
+	_, err = Parse([]byte(dnsConfig(`["dns-persist-01"]`, "server = \"ns1.example.com:0\"\n")))
+	if err == nil || !strings.Contains(err.Error(), "line 7: [acme.dns] server") {
+		t.Errorf("bad server: %v", err)
+	}
+}

@@ -155,10 +155,18 @@ func caaIdentities(ctx context.Context, directory, caRoot string) ([]string, err
 }
 
 // Challenges returns the ACME challenge types host's certificate is
-// ordered with: dns-01 for names ordered by DNS, else the others listed.
+// ordered with: dns-persist-01 and/or dns-01 for names ordered by DNS,
+// else the others listed.
 func Challenges(cfg *routes.Config, host string) []string {
 	if orderByDNS(cfg, host) {
-		return []string{"dns-01"}
+		var out []string
+		if cfg.ACME.HasChallenge("dns-persist-01") {
+			out = append(out, "dns-persist-01")
+		}
+		if cfg.ACME.HasChallenge("dns-01") && cfg.ACME.DNS != nil {
+			out = append(out, "dns-01")
+		}
+		return out
 	}
 	var out []string
 	for _, c := range cfg.ACME.Challenges {

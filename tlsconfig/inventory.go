@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -60,6 +61,10 @@ type CertInfo struct {
 	Challenge  string `json:"challenge,omitempty"`
 	AccountURI string `json:"account_uri,omitempty"`
 	CAA        string `json:"caa,omitempty"`
+	// DNSPersist is the dns-persist-01 record to create for the name
+	// (`gatehouse dns-record NAME` prints the same), when it is ordered
+	// that way and the account is registered.
+	DNSPersist *PersistRecord `json:"dns_persist,omitempty"`
 }
 
 // ARIInfo is the ACME Renewal Information stored with a certificate.
@@ -235,6 +240,10 @@ func addAccounts(infos []CertInfo, cfg *routes.Config, accounts []AccountInfo) {
 		ci.AccountURI = acct.AccountURI
 		if len(acct.CAAIdentities) > 0 && ci.State != "pattern" {
 			ci.CAA = CAARecord(ci.Name, acct.CAAIdentities[0], acct.AccountURI, Challenges(cfg, ci.Name))
+			if slices.Contains(Challenges(cfg, ci.Name), "dns-persist-01") && acct.AccountURI != "" {
+				rec := persistRecordFor(persistName(cfg, ci.Name), acct.CAAIdentities[0], acct.AccountURI)
+				ci.DNSPersist = &rec
+			}
 		}
 	}
 }

@@ -172,16 +172,7 @@ func DNSPersistRecord(ctx context.Context, storage certmagic.Storage, cfg *route
 	if err != nil {
 		return PersistRecord{}, err
 	}
-	if !strings.HasPrefix(n, "*.") {
-		// the record at this name also serves a wildcard route's
-		// certificate: it needs the wildcard policy
-		for _, e := range routes.NewTable(cfg).Entries() {
-			if slices.Contains(e.Hosts, "*."+n) {
-				n = "*." + n
-				break
-			}
-		}
-	}
+	n = persistName(cfg, n)
 	is := issuerSpecs(cfg)[0]
 	acct, err := loadOrRegisterAccount(ctx, storage, is, nil)
 	if err != nil {
@@ -192,6 +183,21 @@ func DNSPersistRecord(ctx context.Context, storage certmagic.Storage, cfg *route
 		return PersistRecord{}, err
 	}
 	return persistRecordFor(n, ids[0], acct.Location), nil
+}
+
+// persistName returns name, or "*.name" when a route also holds
+// "*.name": the one record at _validation-persist.name then serves the
+// wildcard certificate too, and needs the wildcard policy.
+func persistName(cfg *routes.Config, name string) string {
+	if strings.HasPrefix(name, "*.") {
+		return name
+	}
+	for _, e := range routes.NewTable(cfg).Entries() {
+		if slices.Contains(e.Hosts, "*."+name) {
+			return "*." + name
+		}
+	}
+	return name
 }
 
 // persistIssuer orders certificates by dns-persist-01 (and by dns-01 too

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -95,6 +96,20 @@ func printAccounts(w io.Writer, infos []tlsconfig.CertInfo, accounts []tlsconfig
 		if len(lines) > 0 {
 			fmt.Fprintln(w, "  CAA records that let only this account issue for each name (RFC 8657):")
 			for _, l := range lines {
+				fmt.Fprintln(w, "  "+l)
+			}
+		}
+		var persist []string
+		for _, ci := range infos {
+			if ci.DNSPersist != nil && (ci.Issuer == a.IssuerKey || ci.Issuer == "" && a.IssuerKey == accounts[0].IssuerKey) {
+				if l := ci.DNSPersist.String(); !slices.Contains(persist, l) {
+					persist = append(persist, l)
+				}
+			}
+		}
+		if len(persist) > 0 {
+			fmt.Fprintln(w, "  dns-persist-01 records to create once (they bind the names to this account):")
+			for _, l := range persist {
 				fmt.Fprintln(w, "  "+l)
 			}
 		}

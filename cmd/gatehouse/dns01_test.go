@@ -454,6 +454,21 @@ func TestDNSPersist01(t *testing.T) {
 	if logs.count("challenge_type=dns-persist-01") == 0 {
 		t.Error("no dns-persist-01 challenge in the log")
 	}
+	// certs shows the record for each name, and the CAA record
+	certsOut, _, _ := runCerts(t, "--config", cfg, "--json")
+	var infos []tlsconfig.CertInfo
+	if err := json.Unmarshal([]byte(certsOut), &infos); err != nil {
+		t.Fatal(err)
+	}
+	for _, ci := range infos {
+		if ci.DNSPersist == nil || ci.DNSPersist.Name != rec.Name || ci.DNSPersist.Value != rec.Value || ci.Challenge != "dns-persist-01" ||
+			!strings.Contains(ci.CAA, "validationmethods=dns-persist-01") {
+			t.Errorf("certs --json for %s: %+v %q %q", ci.Name, ci.DNSPersist, ci.Challenge, ci.CAA)
+		}
+	}
+	if human, _, _ := runCerts(t, "--config", cfg); strings.Count(human, fmt.Sprintf("%s. TXT %q", rec.Name, rec.Value)) != 1 {
+		t.Errorf("certs output does not show the record once:\n%s", human)
+	}
 	// the zone was not touched: the operator's record alone
 	if got, _ := d.bind.TXT("_validation-persist.example.test"); !slices.Equal(got, []string{rec.Value}) {
 		t.Errorf("records at _validation-persist.example.test: %v", got)
