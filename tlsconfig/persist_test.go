@@ -1,6 +1,14 @@
 package tlsconfig
 
-import "testing"
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+)
 
 // The record check reads an issue-value the way the CA does (Pebble's
 // parseDNSPersistIssueValues): issuer first, tags case-insensitive,
@@ -35,5 +43,32 @@ func TestPersistMatches(t *testing.T) {
 	}
 	if got := CAARecord("*.example.com", "ca.example", acct, []string{"dns-01"}); got != `example.com. CAA 0 issuewild "ca.example; accounturi=`+acct+`; validationmethods=dns-01"` {
 		t.Errorf("CAARecord = %s", got)
+	}
+}
+
+// The CA's directory goes into a DNS record: only plain domain names
+// are taken from meta.caaIdentities, at most 8, from at most 1 MiB.
+func TestCAAIdentitiesHostile(t *testing.T) {
+	ids := []string{`evil.example"; accounturi=x`, "ok.example", "*.wild.example", "has space.example"}
+	for i := range 20 {
+		ids = append(ids, fmt.Sprintf("ca%d.example", i))
+	}
+	body, _ := json.Marshal(map[string]any{"meta": map[string]any{"caaIdentities": ids}})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/big" {
+			w.Write([]byte(`{"meta": {"caaIdentities": ["a.example"], "pad": "`))
+			w.Write(bytes.Repeat([]byte("x"), 2<<20))
+			w.Write([]byte(`"}}`))
+			return
+		}
+		w.Write(body)
+	}))
+	defer srv.Close()
+	got, err := caaIdentities(context.Background(), srv.URL+"/dir", "")
+	if err != nil || len(got) != 8 || got[0] != "ok.example" || got[1] != "ca0.example" {
+		t.Errorf("caaIdentities = %v, %v", got, err)
+	}
+	if _, err := caaIdentities(context.Background(), srv.URL+"/big", ""); err == nil {
+		t.Error("a directory over 1 MiB was read")
 	}
 }

@@ -44,6 +44,8 @@ type BindOptions struct {
 	// Updatable lists the zones the TSIG key may update; the others
 	// refuse updates (REFUSED).
 	Updatable []string
+	// Extra holds more zone-file lines per zone (key as in Zones).
+	Extra map[string]string
 }
 
 // NamedPath returns the path of named, or "" when BIND is not installed.
@@ -106,7 +108,8 @@ key %q { algorithm hmac-sha256; secret %q; };
 ns1 IN A 127.0.0.1
 @ IN A 127.0.0.1
 * IN A 127.0.0.1
-`, z)
+%[2]s
+`, z, o.Extra[strings.TrimSuffix(z, ".")])
 		if err := os.WriteFile(file, []byte(zone), 0o644); err != nil {
 			os.RemoveAll(dir)
 			return nil, err

@@ -2,6 +2,7 @@ package dnsprovider
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -215,5 +216,58 @@ func TestExecHookFailures(t *testing.T) {
 	}
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("hung hook returned after %s", d)
+	}
+}
+
+// The bounds on what DNS servers can make a lookup do: at most
+// maxAuthorities servers asked, 64 TXT values read, 16 SOA queries to
+// find a zone.
+func TestFinderLimits(t *testing.T) {
+	if acmetest.NamedPath() == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("named (bind9) is not installed")
+		}
+		t.Skip("named (bind9) not installed")
+	}
+	var ns strings.Builder
+	for i := 1; i <= 12; i++ {
+		fmt.Fprintf(&ns, "@ IN NS ns%[1]d.many.test.\nns%[1]d IN A 127.0.0.%[2]d\n", i, i+1)
+	}
+	b, err := acmetest.StartBind(acmetest.BindOptions{Zones: []string{"many.test"}, Extra: map[string]string{"many.test": ns.String()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx := context.Background()
+	f := &Finder{Server: b.Addr, Resolver: b.Addr}
+	auth, err := f.Authorities(ctx, "many.test.")
+	if err != nil || len(auth) != maxAuthorities || auth[0] != b.Addr {
+		t.Errorf("Authorities of a zone with 13 NS = %v (%d), %v; want the primary and %d more", auth, len(auth), err, maxAuthorities-1)
+	}
+
+	d, err := acmetest.StartDNS(nil) // answers SOA with nothing, TXT as set
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	var vals []string
+	for i := range 70 {
+		vals = append(vals, fmt.Sprintf("v%02d", i))
+	}
+	d.SetTXT("_validation-persist.big.test", vals...)
+	got, err := (&Finder{}).TXTValues(ctx, d.Addr(), "_validation-persist.big.test.")
+	if err != nil || len(got) != 64 {
+		t.Errorf("TXTValues of 70 records: %d, %v; want 64", len(got), err)
+	}
+	deep := strings.Repeat("x.", 20) + "big.test."
+	_, err = (&Finder{Resolver: d.Addr()}).Zone(ctx, deep)
+	if err == nil || !strings.Contains(err.Error(), "no SOA record found") {
+		t.Errorf("Zone without any SOA: %v", err)
+	}
+	if n := d.Queries(strings.Repeat("x.", 4) + "big.test"); n != 0 {
+		t.Errorf("asked %d times for a name past 16 labels up", n)
+	}
+	if n := d.Queries(strings.Repeat("x.", 5) + "big.test"); n != 1 {
+		t.Errorf("asked %d times for the 16th name, want 1", n)
 	}
 }

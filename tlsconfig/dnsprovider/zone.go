@@ -52,11 +52,15 @@ func (f *Finder) query(ctx context.Context, server, name string, qtype uint16, r
 	m := new(dns.Msg)
 	m.SetQuestion(dns.Fqdn(name), qtype)
 	m.RecursionDesired = recursive
+	m.SetEdns0(1232, false)
 	ctx, cancel := context.WithTimeout(ctx, f.timeout())
 	defer cancel()
-	c := &dns.Client{Timeout: f.timeout()}
+	c := &dns.Client{Timeout: f.timeout(), UDPSize: 1232}
 	r, _, err := c.ExchangeContext(ctx, m, server)
-	if err == nil && r.Truncated {
+	var ne net.Error
+	if err != nil && !(errors.As(err, &ne) && ne.Timeout()) && ctx.Err() == nil || err == nil && r.Truncated {
+		// truncated, or an answer too big for UDP that the server did
+		// not mark as truncated: ask over TCP
 		c.Net = "tcp"
 		r, _, err = c.ExchangeContext(ctx, m, server)
 	}
