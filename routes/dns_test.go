@@ -121,8 +121,13 @@ func TestDNSProviderErrors(t *testing.T) {
 			t.Errorf("no error containing %q in:\n%v", c.want, err)
 		})
 	}
+	// an IP address cannot be validated by DNS
+	_, err := Parse([]byte(dnsConfig(`["dns-persist-01"]`, "") + "[[route]]\nhosts = [\"192.0.2.1\"]\nupstream = \"http://127.0.0.1:1\"\n"))
+	if err == nil || !strings.Contains(err.Error(), "line 12: route #2: \"192.0.2.1\": a CA cannot validate an IP address by DNS") {
+		t.Errorf("IP host with DNS challenges only: %v", err)
+	}
 	// dns-01 without [acme.dns]
-	_, err := Parse([]byte("[acme]\nemail = \"a@b.c\"\nchallenges = [\"dns-01\"]\n[[route]]\nhosts = [\"a.example.com\"]\nupstream = \"http://127.0.0.1:1\"\n"))
+	_, err = Parse([]byte("[acme]\nemail = \"a@b.c\"\nchallenges = [\"dns-01\"]\n[[route]]\nhosts = [\"a.example.com\"]\nupstream = \"http://127.0.0.1:1\"\n"))
 	if err == nil || !strings.Contains(err.Error(), "line 3: challenge \"dns-01\" needs an [acme.dns] table") {
 		t.Errorf("dns-01 without [acme.dns]: %v", err)
 	}

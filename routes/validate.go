@@ -174,6 +174,9 @@ func (c *Config) validate(idx lineIndex) Errors {
 				bad(key("hosts"), "%s: %q needs a certificate per name, ordered on demand: "+
 					"set [on_demand] ask, or give the route cert/key, or tls = \"internal\"", where, norm)
 			}
+			if _, err := netip.ParseAddr(norm); err == nil && r.usesACME(c) && c.ACME.DNSOnly() {
+				bad(key("hosts"), "%s: %q: a CA cannot validate an IP address by DNS; add \"http-01\" or \"tls-alpn-01\" to [acme] challenges, or use tls = \"internal\"", where, norm)
+			}
 			if isPattern(norm) && norm != "*" && r.usesACME(c) && c.OnDemand.Ask == "" && !c.ACME.WildcardByDNS() {
 				bad(key("hosts"), "%s: %q needs a wildcard certificate, which ACME issues only by DNS-01: "+
 					"add \"dns-01\" to [acme] challenges with an [acme.dns] provider (or \"dns-persist-01\"); or set [on_demand] ask "+

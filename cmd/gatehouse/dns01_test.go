@@ -144,6 +144,21 @@ func TestDNS01WildcardRFC2136(t *testing.T) {
 		}
 		return nil
 	})
+
+	// a restart serves the stored wildcard certificate (loaded on the
+	// first handshake of a name under it), without a new order
+	if err := in.shutdown(2 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	d.rebind()
+	d.start(cfg)
+	again, err := d.servedCert("c.example.test")
+	if err != nil || !again.Equal(leaf) {
+		t.Fatalf("after restart: %v (same certificate: %v)", err, err == nil && again.Equal(leaf))
+	}
+	if n := d.pebble.Orders("*.example.test"); n != 1 {
+		t.Errorf("%d orders after the restart, want 1", n)
+	}
 }
 
 // The exec provider: a hook script that calls nsupdate against the same
