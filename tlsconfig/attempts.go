@@ -193,6 +193,19 @@ func (m *Manager) setSelfCheck(cfg *routes.Config) {
 	m.selfCheck.configure(cfg.ACME.Resolver, httpPort, tlsPort)
 	m.dns01.configure(cfg)
 	switch {
+	case cfg.ACME.HasChallenge("dns-persist-01") && cfg.ACME.HasChallenge("dns-01") && cfg.ACME.DNS != nil:
+		// either challenge will do: the persistent record, or a zone
+		// that takes the dns-01 record
+		m.selfCheck.configureDNS(func(ctx context.Context, name string) error {
+			perr := m.persistCheck(ctx, name)
+			if perr == nil {
+				return nil
+			}
+			if err := m.dns01.probe(ctx, name); err != nil {
+				return fmt.Errorf("%w; and %w", perr, err)
+			}
+			return nil
+		}, cfg.ACME.DNSOnly())
 	case cfg.ACME.HasChallenge("dns-persist-01"):
 		m.selfCheck.configureDNS(m.persistCheck, cfg.ACME.DNSOnly())
 	case cfg.ACME.WildcardByDNS():

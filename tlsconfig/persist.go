@@ -236,8 +236,11 @@ func (p *persistIssuer) Issue(ctx context.Context, csr *x509.CertificateRequest)
 		Client:           &acme.Client{Directory: p.spec.Directory, HTTPClient: hc, UserAgent: "gatehouse", Logger: p.log},
 		ChallengeSolvers: map[string]acmez.Solver{acme.ChallengeTypeDNSPersist01: &persistSolver{account: acct, finder: p.finder, log: p.log}},
 	}
-	if p.dns01 != nil {
-		client.ChallengeSolvers[acme.ChallengeTypeDNS01] = p.dns01
+	if p.dns01 != nil && !p.persistReady(ctx, csr, acct) {
+		// acmez gives up an order whose chosen solver fails, rather
+		// than trying another challenge: choose here. Without every
+		// name's persistent record, dns-01 alone.
+		client.ChallengeSolvers = map[string]acmez.Solver{acme.ChallengeTypeDNS01: p.dns01}
 	}
 	params, err := acmez.OrderParametersFromCSR(acct, csr)
 	if err != nil {
@@ -253,6 +256,21 @@ func (p *persistIssuer) Issue(ctx context.Context, csr *x509.CertificateRequest)
 	}
 	c := certs[0]
 	return &certmagic.IssuedCertificate{Certificate: c.ChainPEM, Metadata: c}, nil
+}
+
+// persistReady reports whether every name of csr has its dns-persist-01
+// record for acct.
+func (p *persistIssuer) persistReady(ctx context.Context, csr *x509.CertificateRequest, acct acme.Account) bool {
+	ids, err := caaIdentities(ctx, p.spec.Directory, p.spec.CARoot)
+	if err != nil {
+		return false
+	}
+	for _, name := range csr.DNSNames {
+		if checkPersistRecord(ctx, p.finder(), name, ids, acct.Location, strings.HasPrefix(name, "*.")) != nil {
+			return false
+		}
+	}
+	return len(csr.DNSNames) > 0
 }
 
 // persistSolver "solves" dns-persist-01: the record is the operator's;

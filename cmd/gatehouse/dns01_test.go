@@ -499,3 +499,15 @@ func runCmd(t *testing.T, args ...string) (string, string, int) {
 	code := realMain(args, &out, &errOut)
 	return out.String(), errOut.String(), code
 }
+
+// With dns-persist-01 and dns-01 both listed, a name without the
+// persistent record passes the self-check through the dns-01 probe and
+// is issued by whichever challenge works.
+func TestDNSPersist01WithDNS01(t *testing.T) {
+	d := newDNSEnv(t, acmetest.PebbleOptions{NoBadNonce: true, AuthzReuse: -1})
+	d.acmeExtra = strings.Replace(d.rfc2136(d.bind.Secret), `challenges = ["dns-01"]`, `challenges = ["dns-persist-01", "dns-01"]`, 1)
+	up := upstream(t, "both")
+	cfg := d.config(fmt.Sprintf("[[route]]\nhosts = [\"*.example.test\"]\nupstream = %q\n", up.URL))
+	d.start(cfg)
+	waitFor(t, 90*time.Second, "wildcard certificate", func() error { _, err := d.servedCert("a.example.test"); return err })
+}
