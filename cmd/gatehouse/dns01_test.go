@@ -213,24 +213,40 @@ printf 'server ` + host + ` ` + p + `\nupdate %s %s 60 TXT "%s"\nsend\n' "$op" "
 	}
 }
 
-// A zone that refuses the update: the self-check finds it before any
-// order, /readyz says why, and the CA sees nothing.
+// A zone that refuses the update, or a key the server does not accept:
+// the self-check finds it before any order, /readyz says why, and the
+// CA sees nothing.
 func TestDNS01UpdateRefused(t *testing.T) {
-	d := newDNSEnv(t, acmetest.PebbleOptions{NoBadNonce: true})
-	d.acmeExtra = d.rfc2136(d.bind.Secret)
-	up := upstream(t, "ro")
-	cfg := d.config(fmt.Sprintf("[[route]]\nhosts = [\"*.ro.test\"]\nupstream = %q\n", up.URL))
-	in := d.start(cfg)
-	st := waitStatusError(t, in, "*.ro.test", "REFUSED", 30*time.Second)
-	if !strings.Contains(st.LastError, "does not take the DNS-01 record") || !strings.Contains(st.LastError, "allow-update") {
-		t.Errorf("reason: %s", st.LastError)
-	}
-	body := readyzBody(t, d.env)
-	if !strings.Contains(body, "REFUSED") {
-		t.Errorf("/readyz does not say why: %s", body)
-	}
-	if n := d.pebble.Orders("*.ro.test"); n != 0 {
-		t.Errorf("%d orders reached the CA for a zone that refuses updates", n)
+	for _, c := range []struct {
+		name, host, secret string
+		want               []string
+	}{
+		{"REFUSED", "*.ro.test", "", []string{"REFUSED", "allow-update"}},
+		{"NOTAUTH", "*.example.test", "d3JvbmdzZWNyZXR3cm9uZ3NlY3JldA==", []string{"NOTAUTH", "TSIG key name, secret or algorithm"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d := newDNSEnv(t, acmetest.PebbleOptions{NoBadNonce: true})
+			secret := c.secret
+			if secret == "" {
+				secret = d.bind.Secret
+			}
+			d.acmeExtra = d.rfc2136(secret)
+			up := upstream(t, "refused")
+			cfg := d.config(fmt.Sprintf("[[route]]\nhosts = [%q]\nupstream = %q\n", c.host, up.URL))
+			in := d.start(cfg)
+			st := waitStatusError(t, in, c.host, c.want[0], 30*time.Second)
+			for _, want := range append(c.want, "does not take the DNS-01 record") {
+				if !strings.Contains(st.LastError, want) {
+					t.Errorf("reason lacks %q: %s", want, st.LastError)
+				}
+			}
+			if body := readyzBody(t, d.env); !strings.Contains(body, c.want[0]) {
+				t.Errorf("/readyz does not say why: %s", body)
+			}
+			if n := d.pebble.OrderAttempts(c.host); n != 0 {
+				t.Errorf("%d orders reached the CA for a zone that does not take the update", n)
+			}
+		})
 	}
 }
 
