@@ -1,7 +1,7 @@
 # gatehouse container image.
 #
 #   docker build -t gatehouse:latest --build-arg VERSION=$(git describe --tags --always) .
-#   docker run -d --name gatehouse -p 80:80 -p 443:443 \
+#   docker run -d --name gatehouse -p 80:80 -p 443:443 -p 443:443/udp \
 #     -v "$PWD/gatehouse.toml:/etc/gatehouse/gatehouse.toml:ro" \
 #     -v gatehouse-data:/var/lib/gatehouse \
 #     --read-only --cap-drop ALL --cap-add NET_BIND_SERVICE \
@@ -85,7 +85,7 @@ COPY --from=build /out/gatehouse /gatehouse
 USER 65532:65532
 ENV GATEHOUSE_CONFIG=/etc/gatehouse/gatehouse.toml GATEHOUSE_STORAGE_DIR=/var/lib/gatehouse
 VOLUME /var/lib/gatehouse
-EXPOSE 80 443
+EXPOSE 80 443 443/udp
 # Asks http://<[listen] admin>/healthz, found from $GATEHOUSE_CONFIG (default
 # 127.0.0.1:2019). It fails when the config sets admin = "".
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 CMD ["/gatehouse","healthcheck"]

@@ -325,8 +325,8 @@ def check_variant(name, objs):
         fail(f"{name}: {len(svcs)} Services, want 1")
     else:
         s = svcs[0]["spec"]
-        sp = sorted((p["port"], p.get("targetPort")) for p in s.get("ports", []))
-        good = s.get("type") == "LoadBalancer" and sp == [(80, "http"), (443, "https")]
+        sp = sorted((p["port"], p.get("targetPort"), p.get("protocol", "TCP")) for p in s.get("ports", []))
+        good = s.get("type") == "LoadBalancer" and sp == [(80, "http", "TCP"), (443, "h3", "UDP"), (443, "https", "TCP")]
         (ok if good else fail)(f"{name}: Service {s.get('type')} ports {sp}")
         sel = s.get("selector") or {}
         labels = dep["spec"]["template"]["metadata"].get("labels") or {}
@@ -424,8 +424,13 @@ def check_compose(cp):
         return
     cfg = parse_toml(cfg_file)
     listen, storage = cfg.get("listen", {}), cfg.get("storage", {})
-    targets = sorted(int(str(p).split(":")[-1].split("/")[0]) for p in g.get("ports") or [])
-    want = sorted([port_of(listen.get("http", ":80")), port_of(listen.get("https", ":443"))])
+    def target(p):
+        port, _, proto = str(p).split(":")[-1].partition("/")
+        return (int(port), proto or "tcp")
+    targets = sorted(target(p) for p in g.get("ports") or [])
+    https = port_of(listen.get("https", ":443"))
+    want = sorted([(port_of(listen.get("http", ":80")), "tcp"), (https, "tcp")] +
+                  ([] if listen.get("http3", True) is False else [(https, "udp")]))  # HTTP/3
     (ok if targets == want else fail)(f"compose.yaml: published container ports {targets} match [listen] {want}")
     d = storage.get("dir", "/var/lib/gatehouse")
     (ok if mounts.get(d) in named else fail)(f"compose.yaml: [storage] dir {d} is on named volume {mounts.get(d)!r}")

@@ -49,35 +49,22 @@ func noteUpstream(ctx context.Context, up *upstream) {
 	}
 }
 
-// logAccess writes one line per request: what an operator greps for
-// when a user reports a failure.
+// logAccess writes the access-log line of a request net/http's server
+// handed to serveHTTP (policy.go's writeAccess: one format for every
+// engine).
 func (s *Server) logAccess(rs *routeState, rc *replayConn, r *http.Request, a *accessRecord, began time.Time) {
-	up := ""
+	e := accessEntry{route: rs.name, sni: rc.hello.ServerName, client: r.RemoteAddr, method: r.Method,
+		host: r.Host, path: r.URL.Path, proto: r.Proto, status: a.status, bytes: a.bytes, began: began}
 	if a.upstream != nil {
-		up = a.upstream.Raw
+		e.upstream = a.upstream.Raw
 	}
-	status := a.status
-	if status == 0 {
-		status = 499 // the client went away before any answer
+	if !validHost(bstr(e.host)) {
+		e.host = "" // refused: not written as sent (the own engines do the same)
 	}
-	var tlsVersion string
 	if r.TLS != nil {
-		tlsVersion = tls.VersionName(r.TLS.Version)
+		e.tls = tls.VersionName(r.TLS.Version)
 	}
-	s.access.LogAttrs(r.Context(), slog.LevelInfo, "access",
-		slog.String("route", rs.name),
-		slog.String("sni", rc.hello.ServerName),
-		slog.String("client", r.RemoteAddr),
-		slog.String("method", r.Method),
-		slog.String("host", r.Host),
-		slog.String("path", r.URL.Path),
-		slog.String("proto", r.Proto),
-		slog.String("tls", tlsVersion),
-		slog.Int("status", status),
-		slog.Int64("bytes", a.bytes),
-		slog.String("upstream", up),
-		slog.Duration("duration", time.Since(began)),
-	)
+	s.writeAccess(&e)
 }
 
 // logStream writes one line per tcp or passthrough stream.

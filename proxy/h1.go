@@ -5,9 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
-	"net/url"
 	"os"
 	"strconv"
 	"sync"
@@ -68,16 +66,18 @@ type h1conn struct {
 	fwd  fwdInfo
 	outp *[]byte // pooled output buffer (upstream head, client response)
 
-	remote    string
-	tlsName   string
-	hostBuf   []byte      // canonical Host of the last checked request
-	hostRS    *routeState // the route hostBuf was accepted for
-	lastSnap  *snapshot   // routeFor cache after a reload
-	lastRS    *routeState
-	lastClose bool
-	pinned    *upConn   // proxy_protocol routes: this client's own upstream connection
-	idleEnd   time.Time // while idle: when the idle timeout closes the connection
-	upgraded  bool      // handed over to a WebSocket pipe
+	remote      string
+	tlsName     string
+	hostBuf     []byte      // canonical Host of the last checked request
+	hostRS      *routeState // the route hostBuf was accepted for
+	lastSnap    *snapshot   // routeFor cache after a reload
+	lastRS      *routeState
+	lastClose   bool
+	pinned      *upConn // proxy_protocol routes: this client's own upstream connection
+	ident       []byte  // the request's method then target, copied for log lines
+	identMethod int
+	idleEnd     time.Time // while idle: when the idle timeout closes the connection
+	upgraded    bool      // handed over to a WebSocket pipe
 }
 
 // serveH1 serves tc on the fast path until it closes.
@@ -265,6 +265,7 @@ func (c *h1conn) serveOne() int {
 		var err error
 		end, scan, err = headEnd(c.br.buf[c.br.r:c.br.w], scan)
 		if err != nil {
+			c.req.reset() // nothing of this request was parsed: log none of the last one's
 			c.refuse(snap, err)
 			return h1Done
 		}
@@ -272,6 +273,7 @@ func (c *h1conn) serveOne() int {
 			break
 		}
 		if c.br.buffered() > maxHeaderBytes {
+			c.req.reset()
 			c.refuse(snap, errHeadTooLarge)
 			return h1Done
 		}
@@ -280,6 +282,7 @@ func (c *h1conn) serveOne() int {
 				return h1Done // closed, reset, or read_header ran out: net/http closes too
 			}
 			if len(c.br.buf) >= largeBuf {
+				c.req.reset()
 				c.refuse(snap, errHeadTooLarge)
 				return h1Done
 			}
@@ -292,6 +295,11 @@ func (c *h1conn) serveOne() int {
 		return h1Done
 	}
 	c.br.r += end
+	// the parsed head aliases the read buffer, which a streamed body
+	// reuses: what a log line names is copied now (defect: body bytes
+	// logged as the method and path)
+	c.ident = append(append(c.ident[:0], c.req.method...), c.req.target...)
+	c.identMethod = len(c.req.method)
 	if !c.serveRequest(snap, began) {
 		return h1Done
 	}
@@ -299,18 +307,39 @@ func (c *h1conn) serveOne() int {
 }
 
 // refuse answers a request gatehouse will not forward, and the
-// connection closes.
+// connection closes. The answer gets its access-log line, with what
+// was parsed of the request that is well-formed (c.req holds this
+// request's fields, or none: never the last request's).
 func (c *h1conn) refuse(snap *snapshot, err error) {
+	began := time.Now()
 	status, msg := 400, err.Error()
 	var pe *parseError
 	if errors.As(err, &pe) {
 		status = pe.status
 	}
 	c.s.log.Debug("refusing HTTP/1.1 request", "sni", c.rc.hello.ServerName, "remote", c.remote, "status", status, "error", msg)
+	var lg reqLog
+	if c.s.access != nil {
+		if isTokenBytes(c.req.method) {
+			lg.method = string(c.req.method)
+		}
+		if validTarget(c.req.target) {
+			lg.path = logPath(string(c.req.target))
+		}
+		if validHost(c.req.host) {
+			lg.host = string(c.req.host)
+		}
+		lg.proto = "HTTP/1.1"
+	}
 	ob := c.out()
-	ob = appendSimple(ob, status, strconv.Itoa(status)+" "+statusText(status)+": "+msg+"\n", true, "")
+	body := strconv.Itoa(status) + " " + statusText(status) + ": " + msg + "\n"
+	ob = appendSimple(ob, status, body, true, "")
 	_, _ = c.tc.Write(ob)
 	c.putOut(ob)
+	if c.s.access != nil {
+		rs, _ := c.routeFor(snap)
+		c.logAccess(rs, &exchange{status: status, bytes: int64(len(body))}, lg, began)
+	}
 	c.linger()
 }
 
@@ -469,23 +498,18 @@ type reqLog struct {
 }
 
 func (c *h1conn) logInfo() reqLog {
-	t := c.req.target
-	for i, ch := range t {
-		if ch == '?' {
-			t = t[:i]
-			break
-		}
-	}
-	path, err := url.PathUnescape(string(t))
-	if err != nil {
-		path = string(t)
-	}
 	proto := "HTTP/1.1"
 	if c.req.minor == 0 {
 		proto = "HTTP/1.0"
 	}
-	return reqLog{method: string(c.req.method), host: string(c.req.host), path: path, proto: proto}
+	return reqLog{method: string(c.req.method), host: string(c.req.host), path: logPath(string(c.req.target)), proto: proto}
 }
+
+// logMethod and logTarget are the request's method and target as
+// copied when its head was parsed: what warnings name, safe to log
+// after the body has reused the read buffer.
+func (c *h1conn) logMethod() string { return string(c.ident[:c.identMethod]) }
+func (c *h1conn) logTarget() string { return string(c.ident[c.identMethod:]) }
 
 // exchange is the state of one request through the fast path.
 type exchange struct {
@@ -540,28 +564,12 @@ func (c *h1conn) logAccess(rs *routeState, x *exchange, lg reqLog, began time.Ti
 	if c.tlsName == "" {
 		c.tlsName = tls.VersionName(c.tc.ConnectionState().Version)
 	}
-	up := ""
+	e := accessEntry{route: rs.name, sni: c.rc.hello.ServerName, client: c.remote, method: lg.method,
+		host: lg.host, path: lg.path, proto: lg.proto, tls: c.tlsName, status: x.status, bytes: x.bytes, began: began}
 	if x.up != nil {
-		up = x.up.Raw
+		e.upstream = x.up.Raw
 	}
-	status := x.status
-	if status == 0 {
-		status = 499
-	}
-	c.s.access.LogAttrs(context.Background(), slog.LevelInfo, "access",
-		slog.String("route", rs.name),
-		slog.String("sni", c.rc.hello.ServerName),
-		slog.String("client", c.remote),
-		slog.String("method", lg.method),
-		slog.String("host", lg.host),
-		slog.String("path", lg.path),
-		slog.String("proto", lg.proto),
-		slog.String("tls", c.tlsName),
-		slog.Int("status", status),
-		slog.Int64("bytes", x.bytes),
-		slog.String("upstream", up),
-		slog.Duration("duration", time.Since(began)),
-	)
+	c.s.writeAccess(&e)
 }
 
 // idempotent methods may be retried on a fresh connection when a
@@ -823,7 +831,7 @@ func (c *h1conn) clientBodyFailed(x *exchange, ob []byte, cbe *clientBodyError) 
 		reqs = &x.up.reqs
 	}
 	reqs[classCanceled].Inc()
-	x.rs.log.Debug("client canceled request", "path", string(c.req.target), "client", c.remote, "error", cbe.err)
+	x.rs.log.Debug("client canceled request", "path", c.logTarget(), "client", c.remote, "error", cbe.err)
 	return ob
 }
 
@@ -848,9 +856,9 @@ func (c *h1conn) fail(x *exchange, ob []byte, err error) []byte {
 	}
 	reqs[classOf(status)].Inc()
 	if errors.Is(err, errNoUpstream) {
-		rs.log.Debug("no healthy upstream", "method", string(c.req.method), "path", string(c.req.target), "client", c.remote)
+		rs.log.Debug("no healthy upstream", "method", c.logMethod(), "path", c.logTarget(), "client", c.remote)
 	} else {
-		rs.log.Warn("upstream request failed", "upstream", addr, "method", string(c.req.method), "path", string(c.req.target),
+		rs.log.Warn("upstream request failed", "upstream", addr, "method", c.logMethod(), "path", c.logTarget(),
 			"client", c.remote, "status", status, "error", err)
 	}
 	x.status = status
@@ -1028,6 +1036,11 @@ func (c *h1conn) appendRespHead(ob []byte, x *exchange, resp *respHead, kind int
 	if hsts != "" {
 		ob = append(ob, "Strict-Transport-Security: "...)
 		ob = append(ob, hsts...)
+		ob = append(ob, "\r\n"...)
+	}
+	if v := c.s.altSvc(x.rs); v != "" {
+		ob = append(ob, "Alt-Svc: "...)
+		ob = append(ob, v...)
 		ob = append(ob, "\r\n"...)
 	}
 	switch {

@@ -148,31 +148,6 @@ func isHex(c byte) bool {
 	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
 }
 
-// hostChar: the bytes of a uri-host[:port] (RFC 3986 reg-name,
-// IP-literal, port); no userinfo, no fragment.
-var hostChar = func() (t [256]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c] = true
-		t[c-'a'+'A'] = true
-	}
-	for _, c := range "-._~!$&'()*+,;=:[]" {
-		t[c] = true
-	}
-	return
-}()
-
-func validHost(b []byte) bool {
-	for _, c := range b {
-		if !hostChar[c] {
-			return false
-		}
-	}
-	return true
-}
-
 func trimOWS(b []byte) []byte {
 	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t') {
 		b = b[1:]

@@ -82,6 +82,9 @@ func checkRequest(fields []hpack.HeaderField) (h2Request, bool) {
 	r := h2Request{declared: -1, fields: fields}
 	host := ""
 	for _, f := range fields {
+		if h2ValueMalformed(f.Value) {
+			return r, false // RFC 9113 §8.2.1
+		}
 		if f.IsPseudo() {
 			switch f.Name {
 			case ":method":
@@ -105,8 +108,8 @@ func checkRequest(fields []hpack.HeaderField) (h2Request, bool) {
 				return r, false
 			}
 		case "content-length":
-			n, err := strconv.ParseInt(f.Value, 10, 64)
-			if err != nil || n < 0 || r.declared >= 0 && n != r.declared {
+			n, ok := h2ContentLength(f.Value) // 1*DIGIT: no sign, no space
+			if !ok || r.declared >= 0 && n != r.declared {
 				return r, false
 			}
 			r.declared = n
@@ -160,6 +163,11 @@ func (c *h2Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		// fields are not forwarded
 		if !f.StreamEnded() || len(f.PseudoFields()) > 0 {
 			return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
+		}
+		for _, tf := range f.Fields {
+			if h2ValueMalformed(tf.Value) {
+				return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
+			}
 		}
 		if st.declared >= 0 && st.received != st.declared {
 			return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
@@ -373,10 +381,12 @@ func (st *h2Stream) run(req h2Request, truncated bool) {
 	defer st.c.handlers.Done()
 	defer st.c.streamDone(st)
 	if truncated {
+		began := time.Now()
 		st.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		st.WriteHeader(http.StatusRequestHeaderFieldsTooLarge)
 		_, _ = st.Write([]byte("431 Request Header Fields Too Large\n"))
 		st.end()
+		st.logOwn(st.c.s.routeForStream(st.c.rc), req, began)
 		return
 	}
 	st.serve(req)
@@ -414,28 +424,35 @@ func (c *h2Conn) streamDone(st *h2Stream) {
 func (st *h2Stream) serve(in h2Request) {
 	c := st.c
 	s, rc := c.s, c.rc
+	rs := s.routeForStream(rc)
+	began := time.Now()
 	if in.method == "CONNECT" {
 		st.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		st.WriteHeader(http.StatusMethodNotAllowed)
 		_, _ = st.Write([]byte("405 Method Not Allowed: CONNECT is not proxied\n"))
+		st.logOwn(rs, in, began)
 		return
 	}
 	if !isToken(in.method) || !validTarget(bstr(in.path)) || in.authority == "" || !validHost(bstr(in.authority)) {
-		// what reaches an HTTP/1.1 upstream must parse there as it did here
+		// what reaches an HTTP/1.1 upstream must parse there as it did
+		// here; a Host's port is digits (policy.go)
 		st.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		st.WriteHeader(http.StatusBadRequest)
 		_, _ = st.Write([]byte("400 Bad Request: malformed :method, :path or :authority\n"))
+		st.logOwn(rs, in, began)
 		return
 	}
-	rs := s.routeForStream(rc)
-	began := time.Now()
 	defer rs.metrics.observe(began)
-	if host := routes.CanonicalHost(in.authority); host != rc.hello.ServerName && !rs.serves(host) {
+	if misdirectedHost(rs, in.authority, rc.hello.ServerName) {
 		rs.misdirected(st, rc.hello.ServerName)
+		st.logOwn(rs, in, began)
 		return
 	}
 	if rs.hsts != "" {
 		st.Header().Set("Strict-Transport-Security", rs.hsts)
+	}
+	if v := s.altSvc(rs); v != "" {
+		st.Header().Set("Alt-Svc", v)
 	}
 	if h2Native(rs) {
 		up, err := st.forward(rs, in)
@@ -455,6 +472,7 @@ func (st *h2Stream) serve(in h2Request) {
 		st.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		st.WriteHeader(http.StatusBadRequest)
 		_, _ = st.Write([]byte("400 Bad Request: malformed :path\n"))
+		st.logOwn(rs, in, began)
 		return
 	}
 	r := &http.Request{
@@ -513,6 +531,11 @@ func (st *h2Stream) upstreamRequest(r *http.Request, rs *routeState, in h2Reques
 		switch f.Name {
 		case "host", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "forwarded", "content-length":
 			continue
+		}
+		if foldedReqHop(f.Name) {
+			continue // X_Forwarded_For and the like (policy.go)
+		}
+		switch f.Name {
 		case "cookie":
 			// HTTP/2 splits cookies into fields; HTTP/1.1 wants one (RFC 9113 §8.2.3)
 			cookies = append(cookies, f.Value)

@@ -6,9 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
-	"net/url"
 	"strconv"
 	"time"
 	"unsafe"
@@ -338,6 +336,9 @@ func (st *h2Stream) sendRespHead(rs *routeState, resp *respHead, kind int, end b
 		if hsts != "" {
 			enc.WriteField(hpack.HeaderField{Name: "strict-transport-security", Value: hsts})
 		}
+		if v := c.s.altSvc(rs); v != "" {
+			enc.WriteField(hpack.HeaderField{Name: "alt-svc", Value: v})
+		}
 		if !date {
 			enc.WriteField(hpack.HeaderField{Name: "date", Value: httpDate()})
 		}
@@ -454,33 +455,32 @@ func (st *h2Stream) failNative(rs *routeState, in h2Request, up *upstream, err e
 // with the fields logAccess writes for net/http's requests.
 func (st *h2Stream) logNative(rs *routeState, in h2Request, up *upstream, began time.Time) {
 	c := st.c
-	path := in.path
-	if i := bytes.IndexByte(bstr(path), '?'); i >= 0 {
-		path = path[:i]
-	}
-	if p, err := url.PathUnescape(path); err == nil {
-		path = p
-	}
-	upAddr := ""
+	e := accessEntry{route: rs.name, sni: c.rc.hello.ServerName, client: c.addr, method: in.method,
+		host: in.authority, path: logPath(in.path), proto: "HTTP/2.0", tls: tls.VersionName(c.tls.Version),
+		status: st.status, bytes: st.bytes, began: began}
 	if up != nil {
-		upAddr = up.Raw
+		e.upstream = up.Raw
 	}
-	status := st.status
-	if status == 0 {
-		status = 499 // the client went away before any answer
+	c.s.writeAccess(&e)
+}
+
+// logOwn writes the access-log line of a request gatehouse answered
+// itself (400, 405, 421, 431), once the answer is queued: HTTP/1.1 and
+// net/http's server log those too. What the log names is what passed
+// the checks: a malformed :path or :authority is not written as is.
+func (st *h2Stream) logOwn(rs *routeState, in h2Request, began time.Time) {
+	if st.c.s.access == nil {
+		return
 	}
-	c.s.access.LogAttrs(context.Background(), slog.LevelInfo, "access",
-		slog.String("route", rs.name),
-		slog.String("sni", c.rc.hello.ServerName),
-		slog.String("client", c.addr),
-		slog.String("method", in.method),
-		slog.String("host", in.authority),
-		slog.String("path", path),
-		slog.String("proto", "HTTP/2.0"),
-		slog.String("tls", tls.VersionName(c.tls.Version)),
-		slog.Int("status", status),
-		slog.Int64("bytes", st.bytes),
-		slog.String("upstream", upAddr),
-		slog.Duration("duration", time.Since(began)),
-	)
+	st.end()
+	if !isToken(in.method) {
+		in.method = ""
+	}
+	if !validTarget(bstr(in.path)) {
+		in.path = ""
+	}
+	if !validHost(bstr(in.authority)) {
+		in.authority = ""
+	}
+	st.logNative(rs, in, nil, began)
 }

@@ -22,8 +22,14 @@ const maxHelloBytes = 64 << 10
 
 // Hello is what gatehouse needs from a ClientHello to route it.
 type Hello struct {
-	ServerName string   // lower case, as crypto/tls gives it
+	ServerName string   // lower case, as crypto/tls gives it; the inner name when ECH was decrypted
 	ALPN       []string // protocols the client offers
+	// ECHOffered: the hello carried an encrypted_client_hello extension
+	// (a real one or a client's GREASE). Outer is then the outer
+	// hello's (public) name; ServerName differs from it when gatehouse
+	// decrypted the inner hello.
+	ECHOffered bool
+	Outer      string
 }
 
 // errHelloDone stops crypto/tls right after it parsed the ClientHello.
@@ -38,18 +44,29 @@ var errHelloDone = errors.New("clienthello read")
 //
 // The read is bounded in size here (maxHelloBytes) and in time by the
 // deadline the caller set on conn.
-func peekHello(conn net.Conn) (Hello, []byte, error) {
+//
+// echKeys, when not nil, gives the Encrypted Client Hello keys: a hello
+// encrypted to one of them is decrypted here as it will be in the real
+// handshake, so the route is the inner (real) name's.
+func peekHello(conn net.Conn, echKeys func() []tls.EncryptedClientHelloKey) (Hello, []byte, error) {
 	rec := &recordingConn{Conn: conn}
 	var h Hello
 	var got bool
-	err := tls.Server(rec, &tls.Config{
+	cfg := &tls.Config{
 		GetConfigForClient: func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
 			h.ServerName = chi.ServerName
 			h.ALPN = slices.Clone(chi.SupportedProtos)
 			got = true
 			return nil, errHelloDone
 		},
-	}).Handshake()
+	}
+	if echKeys != nil {
+		cfg.GetEncryptedClientHelloKeys = func(chi *tls.ClientHelloInfo) ([]tls.EncryptedClientHelloKey, error) {
+			h.ECHOffered, h.Outer = true, chi.ServerName
+			return echKeys(), nil
+		}
+	}
+	err := tls.Server(rec, cfg).Handshake()
 	if got {
 		return h, rec.buf.Bytes(), nil
 	}

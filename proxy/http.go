@@ -20,26 +20,58 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	rs := s.routeFor(w, r, rc)
 	began := time.Now()
 	defer rs.metrics.observe(began)
+	var a *accessRecord
+	if s.access != nil {
+		a = accessPool.Get().(*accessRecord)
+		*a = accessRecord{ResponseWriter: w}
+		w = a
+		defer func() {
+			s.logAccess(rs, rc, r, a, began)
+			*a = accessRecord{}
+			accessPool.Put(a)
+		}()
+	}
+	// what the own engines refuse while parsing (policy.go), net/http's
+	// server accepts: refused here the same way
+	switch {
+	case !validHost(bstr(r.Host)):
+		badRequest(w, r, "invalid Host")
+		return
+	case r.ProtoMajor >= 2 && h2HeaderMalformed(r.Header): // HTTP/2 and HTTP/3 (RFC 9114 §4.2 points to the same rule)
+		badRequest(w, r, "malformed header field value")
+		return
+	}
 	// A browser reuses one connection for every name the certificate
 	// covers; a request for a name this connection's route does not
 	// serve must be retried by the client on its own connection.
-	if host := routes.CanonicalHost(r.Host); host != rc.hello.ServerName && !rs.serves(host) {
+	if misdirectedHost(rs, r.Host, rc.hello.ServerName) {
 		rs.misdirected(w, rc.hello.ServerName)
 		return
 	}
 	if rs.hsts != "" {
 		w.Header().Set("Strict-Transport-Security", rs.hsts)
 	}
-	if s.access == nil {
-		rs.proxy.ServeHTTP(w, r)
-		return
+	if r.ProtoMajor < 3 {
+		if v := s.altSvc(rs); v != "" {
+			w.Header().Set("Alt-Svc", v)
+		}
 	}
-	a := accessPool.Get().(*accessRecord)
-	*a = accessRecord{ResponseWriter: w}
-	rs.proxy.ServeHTTP(a, r.WithContext(context.WithValue(r.Context(), accessKey{}, a)))
-	s.logAccess(rs, rc, r, a, began)
-	*a = accessRecord{}
-	accessPool.Put(a)
+	if a != nil {
+		r = r.WithContext(context.WithValue(r.Context(), accessKey{}, a))
+	}
+	rs.proxy.ServeHTTP(w, r)
+}
+
+// badRequest answers 400 with a short reason, and closes an HTTP/1
+// connection (as the own HTTP/1.1 engine does after a refused request).
+func badRequest(w http.ResponseWriter, r *http.Request, why string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	if r.ProtoMajor == 1 {
+		w.Header().Set("Connection", "close")
+	}
+	w.WriteHeader(http.StatusBadRequest)
+	_, _ = w.Write([]byte("400 Bad Request: " + why + "\n"))
 }
 
 // routeFor returns the route a request on rc is served by. A request is
@@ -91,6 +123,11 @@ func (rs *routeState) serves(host string) bool {
 // and a 308 to https for every routed name.
 func (s *Server) servePlain(w http.ResponseWriter, r *http.Request) {
 	if s.certs != nil && s.certs.HandleHTTPChallenge(w, r) {
+		return
+	}
+	if !validHost(bstr(r.Host)) {
+		// a redirect is built from it: only a checked Host (policy.go)
+		badRequest(w, r, "invalid Host")
 		return
 	}
 	host := routes.CanonicalHost(r.Host)

@@ -18,6 +18,10 @@ var (
 		Name: "gatehouse_tls_handshakes_total",
 		Help: "Completed TLS handshakes by protocol version.",
 	}, []string{"version"})
+	metricECHHandshakes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gatehouse_ech_handshakes_total",
+		Help: "Completed TLS handshakes whose ClientHello offered Encrypted Client Hello, by result: accepted (the inner hello was decrypted and served) or rejected (it could not be: stale keys, answered with retry configs, or a client's GREASE extension).",
+	}, []string{"result"})
 	metricHandshakeFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gatehouse_tls_handshake_failures_total",
 		Help: "Failed or refused TLS handshakes by reason (unknown_sni, no_sni, bad_hello, proxy_header, protocol, alpn, timeout, ...).",
@@ -48,11 +52,21 @@ var (
 
 // Collectors returns the metrics this package maintains.
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{metricConnsAccepted, metricHandshakes, metricHandshakeFailures, metricActiveConns,
+	metricECHHandshakes.WithLabelValues("accepted") // both series exist from the start
+	metricECHHandshakes.WithLabelValues("rejected")
+	return []prometheus.Collector{metricConnsAccepted, metricHandshakes, metricECHHandshakes, metricHandshakeFailures, metricActiveConns,
 		metricRequests, metricDuration, healthCollector{}}
 }
 
 func metricHandshakeFail(reason string) { metricHandshakeFailures.WithLabelValues(reason).Inc() }
+
+func metricECH(accepted bool) {
+	if accepted {
+		metricECHHandshakes.WithLabelValues("accepted").Inc()
+	} else {
+		metricECHHandshakes.WithLabelValues("rejected").Inc()
+	}
+}
 
 func metricHandshakeOK(version uint16) {
 	metricHandshakes.WithLabelValues(tls.VersionName(version)).Inc()

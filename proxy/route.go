@@ -271,6 +271,7 @@ func (rs *routeState) rewrite(pr *httputil.ProxyRequest) {
 	out.URL.Scheme = rs.scheme
 	out.URL.Host = rs.bal.ups[0].target.Host
 	out.Host = pr.In.Host
+	dropFoldedFields(out.Header) // X_Forwarded_For and the like (policy.go)
 	pr.SetXForwarded()
 	out.Header["Forwarded"] = []string{forwardedValue(pr.In)}
 }

@@ -22,6 +22,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/quic-go/quic-go/http3"
+
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
@@ -54,6 +56,8 @@ type Server struct {
 
 	httpsLn, httpLn net.Listener
 	httpsPort       string
+	h3              *http3.Server // HTTP/3 on the https address's UDP port (h3.go); nil: off
+	h3AltSvc        atomic.Value  // string: the Alt-Svc value once HTTP/3 listens
 
 	tlsHTTP, tlsChallenge *tls.Config
 	tlsTCP                sync.Map // ALPN list joined by "," -> *tls.Config
@@ -198,18 +202,59 @@ func protocols(h1, h2 bool) *http.Protocols {
 	return p
 }
 
+// tls12Suites are the TLS 1.2 cipher suites gatehouse serves: forward
+// secret (ECDHE) and AEAD only, Mozilla's "intermediate" list less the
+// DHE suites Go does not implement. No CBC suite (Lucky13-style padding
+// oracles, and Go's own docs call them insecure-ish), no static RSA key
+// exchange. TLS 1.3's suites are all AEAD and not configurable in Go.
+var tls12Suites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+}
+
+// echSource is implemented by a Certs that holds Encrypted Client
+// Hello keys (tlsconfig.Manager).
+type echSource interface {
+	ECHKeys() []tls.EncryptedClientHelloKey
+}
+
+// echKeyFunc returns the ECH key source, or nil when the Certs has none.
+func (s *Server) echKeyFunc() func() []tls.EncryptedClientHelloKey {
+	if e, ok := s.certs.(echSource); ok {
+		return e.ECHKeys
+	}
+	return nil
+}
+
 // baseTLS builds a server TLS config: certificates come from the route
-// the connection was peeked into, carried on the replayConn.
+// the connection was peeked into, carried on the replayConn. Every
+// terminated connection (http and tcp routes, ACME TLS-ALPN-01) gets
+// TLS 1.2 at least, with AEAD suites only (tls12Suites).
 func (s *Server) baseTLS(alpn []string) *tls.Config {
 	return &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		NextProtos: alpn,
+		MinVersion:   tls.VersionTLS12,
+		CipherSuites: tls12Suites,
+		NextProtos:   alpn,
 		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 			rc, ok := hello.Conn.(*replayConn)
 			if !ok || rc.route == nil {
 				return nil, nil // → unrecognized_name
 			}
 			return s.certs.GetCertificate(rc.route.entry, hello)
+		},
+		// The real handshake decrypts an Encrypted Client Hello with the
+		// keys the peek used; a hello it cannot decrypt (stale keys, or
+		// a client's GREASE) is answered under the outer name, with the
+		// current config as a retry config (RFC 9849 §6.1.6).
+		GetEncryptedClientHelloKeys: func(*tls.ClientHelloInfo) ([]tls.EncryptedClientHelloKey, error) {
+			if f := s.echKeyFunc(); f != nil {
+				return f(), nil
+			}
+			return nil, nil
 		},
 	}
 }
@@ -377,6 +422,7 @@ func (s *Server) Serve() error {
 	if _, port, err := net.SplitHostPort(s.httpsLn.Addr().String()); err == nil {
 		s.httpsPort = port
 	}
+	s.startH3()
 	s.mu.Lock()
 	if s.closed.Load() {
 		s.mu.Unlock()
@@ -438,7 +484,7 @@ func (s *Server) handleConn(c net.Conn) {
 	metricConnsAccepted.Inc()
 	c = acceptPROXY(c, snap.trusted, snap.tm.handshake)
 	_ = c.SetDeadline(time.Now().Add(snap.tm.handshake))
-	hello, peeked, err := peekHello(c)
+	hello, peeked, err := peekHello(c, s.echKeyFunc())
 	if err != nil {
 		if msg := proxyProblem(err, peeked); msg != "" {
 			metricHandshakeFail("proxy_header")
@@ -457,6 +503,12 @@ func (s *Server) handleConn(c net.Conn) {
 	rs := snap.lookup(hello.ServerName)
 	if rs == nil && hello.ServerName == "" {
 		rs = snap.lookupIP(c.LocalAddr())
+	}
+	if rs != nil && rs.mode == routes.ModePassthrough && hello.ECHOffered && hello.Outer != hello.ServerName {
+		// A passthrough upstream gets the client's bytes as they are,
+		// encrypted to gatehouse's ECH key: it could not read the inner
+		// hello. Such routes are routed by the outer (public) name.
+		rs = snap.lookup(hello.Outer)
 	}
 	if rs == nil {
 		reason := "unknown_sni"
@@ -491,7 +543,11 @@ func (s *Server) handleConn(c net.Conn) {
 		return
 	}
 	_ = c.SetDeadline(time.Time{})
-	metricHandshakeOK(tc.ConnectionState().Version)
+	st := tc.ConnectionState()
+	metricHandshakeOK(st.Version)
+	if hello.ECHOffered {
+		metricECH(st.ECHAccepted)
+	}
 	if cfg == s.tlsChallenge {
 		tc.Close() // the CA only needed the handshake
 		return
@@ -543,7 +599,7 @@ func (s *Server) refuse(c net.Conn) {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closed.Store(true)
-	fronts, plain := s.fronts, s.plain
+	fronts, plain, h3 := s.fronts, s.plain, s.h3
 	s.mu.Unlock()
 	if s.httpsLn != nil {
 		s.httpsLn.Close()
@@ -575,6 +631,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if plain != nil {
 		wg.Add(1)
 		go drain("http", plain)
+	}
+	if h3 != nil {
+		wg.Add(1)
+		go func() { // GOAWAY, then requests in flight finish until ctx ends
+			defer wg.Done()
+			if err := h3.Shutdown(ctx); err != nil && ctx.Err() != nil {
+				emu.Lock()
+				errs = append(errs, errors.New("http3: drain deadline passed; closed QUIC connections with requests in flight"))
+				emu.Unlock()
+			}
+		}()
 	}
 	s.h1.shutdown() // idle fast-path connections close now, busy ones after their request
 	wg.Add(1)

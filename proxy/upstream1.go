@@ -475,51 +475,52 @@ func (f *fwdInfo) set(remote string, host []byte) {
 // isReqHop reports whether a request field is not forwarded as is:
 // hop-by-hop fields (RFC 9110 7.6.1, and those net/http's reverse proxy
 // drops), the framing and Host (written by gatehouse), and forwarding
-// fields a client could forge (set by gatehouse).
+// fields a client could forge (set by gatehouse). Names are compared
+// with "_" read as "-" (eqFoldU): X_Forwarded_For is dropped too.
 func isReqHop(name []byte, conn [][]byte) bool {
 	switch len(name) {
 	case 2:
-		if eqFold(name, "te") {
+		if eqFoldU(name, "te") {
 			return true
 		}
 	case 4:
-		if eqFold(name, "host") {
+		if eqFoldU(name, "host") {
 			return true
 		}
 	case 7:
-		if eqFold(name, "upgrade") || eqFold(name, "trailer") {
+		if eqFoldU(name, "upgrade") || eqFoldU(name, "trailer") {
 			return true
 		}
 	case 9:
-		if eqFold(name, "forwarded") {
+		if eqFoldU(name, "forwarded") {
 			return true
 		}
 	case 10:
-		if eqFold(name, "connection") || eqFold(name, "keep-alive") {
+		if eqFoldU(name, "connection") || eqFoldU(name, "keep-alive") {
 			return true
 		}
 	case 14:
-		if eqFold(name, "content-length") {
+		if eqFoldU(name, "content-length") {
 			return true
 		}
 	case 15:
-		if eqFold(name, "x-forwarded-for") {
+		if eqFoldU(name, "x-forwarded-for") {
 			return true
 		}
 	case 16:
-		if eqFold(name, "x-forwarded-host") || eqFold(name, "proxy-connection") {
+		if eqFoldU(name, "x-forwarded-host") || eqFoldU(name, "proxy-connection") {
 			return true
 		}
 	case 17:
-		if eqFold(name, "transfer-encoding") || eqFold(name, "x-forwarded-proto") {
+		if eqFoldU(name, "transfer-encoding") || eqFoldU(name, "x-forwarded-proto") {
 			return true
 		}
 	case 18:
-		if eqFold(name, "proxy-authenticate") {
+		if eqFoldU(name, "proxy-authenticate") {
 			return true
 		}
 	case 19:
-		if eqFold(name, "proxy-authorization") {
+		if eqFoldU(name, "proxy-authorization") {
 			return true
 		}
 	}

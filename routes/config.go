@@ -33,6 +33,7 @@ type Config struct {
 	OnDemand OnDemand `toml:"on_demand"`
 	Log      Log      `toml:"log"`
 	Timeouts Timeouts `toml:"timeouts"`
+	ECH      ECH      `toml:"ech"`
 	Routes   []Route  `toml:"route"`
 
 	// Path is the file the config was read from ("" when built in memory).
@@ -44,6 +45,11 @@ type Listen struct {
 	HTTPS string `toml:"https"` // TLS listener; SNI decides the route
 	HTTP  string `toml:"http"`  // ACME HTTP-01 and the 308 redirect; "" disables
 	Admin string `toml:"admin"` // /healthz /readyz /metrics; "" disables
+	// AdminAuth protects the status page and /metrics (adminauth.go).
+	AdminAuth string `toml:"admin_auth"`
+	// HTTP3 serves HTTP/3 on the https address's UDP port for http
+	// routes (default true); false turns it off everywhere.
+	HTTP3 *bool `toml:"http3"`
 
 	// ProxyProtocolFrom lists the CIDRs allowed to send a PROXY protocol
 	// header (a load balancer in front). Empty: PROXY headers are refused.
@@ -301,6 +307,20 @@ type Log struct {
 // AccessEnabled reports whether access logging is on (the default).
 func (l Log) AccessEnabled() bool { return l.Access == nil || *l.Access }
 
+// ECH turns on Encrypted Client Hello for terminated routes.
+type ECH struct {
+	// PublicName is the name clients put in the outer, clear-text
+	// ClientHello; setting it turns ECH on. It must be an exact name a
+	// terminated route serves, so a client with stale keys can
+	// authenticate the retry configs gatehouse answers with.
+	PublicName string `toml:"public_name"`
+	// Rotate is how often a new key is made (default 720h).
+	Rotate Duration `toml:"rotate"`
+}
+
+// Enabled reports whether ECH is on.
+func (e ECH) Enabled() bool { return e.PublicName != "" }
+
 // Timeouts bound every wait the proxy does on a peer. Zero means the default.
 type Timeouts struct {
 	ReadHeader     Duration `toml:"read_header"`
@@ -328,6 +348,7 @@ type Route struct {
 	ALPN          []string `toml:"alpn"`           // tcp mode: protocols to negotiate
 	ProxyProtocol string   `toml:"proxy_protocol"` // "", "v1", "v2"
 	HSTS          string   `toml:"hsts"`           // Strict-Transport-Security value; "" off
+	HTTP3         *bool    `toml:"http3"`          // http mode: serve HTTP/3 too (default true)
 	UpstreamCA    string   `toml:"upstream_ca"`    // CA file for https:// upstreams
 
 	Balance        string   `toml:"balance"` // "round_robin" (default), "least_conn"

@@ -35,6 +35,9 @@ func (c *Config) applyEnv() {
 	if v := os.Getenv(EnvDNSTSIGSecret); v != "" && c.ACME.DNS != nil {
 		c.ACME.DNS.TSIGSecret = v
 	}
+	if v := os.Getenv(EnvAdminAuth); v != "" {
+		c.Listen.AdminAuth = v
+	}
 }
 
 // QuickOptions describe a config built from the command line, like

@@ -34,6 +34,9 @@ func (c *Config) validate(idx lineIndex) Errors {
 	checkAddr("listen.https", c.Listen.HTTPS, false)
 	checkAddr("listen.http", c.Listen.HTTP, true)
 	checkAddr("listen.admin", c.Listen.Admin, true)
+	if _, err := ParseAdminAuth(c.Listen.AdminAuth); err != nil {
+		bad("listen.admin_auth", "%v", err)
+	}
 	for _, p := range c.Listen.ProxyProtocolFrom {
 		if _, err := netip.ParsePrefix(p); err != nil {
 			if _, err2 := netip.ParseAddr(p); err2 != nil {
@@ -234,7 +237,38 @@ func (c *Config) validate(idx lineIndex) Errors {
 		checkPEMFile(bad, key("upstream_ca"), r.UpstreamCA)
 		r.validateUpstreams(bad, key, where)
 	}
+	c.ECH.validate(c, owner, bad)
 	return errs
+}
+
+// validate checks [ech]: the public name must be an exact name a route
+// that terminates TLS serves, because a client whose keys are stale
+// gets retry configs under that name's certificate and must be able
+// to authenticate it.
+func (e ECH) validate(c *Config, owner map[string]int, bad func(string, string, ...any)) {
+	if e.PublicName == "" {
+		if e.Rotate != 0 {
+			bad("ech.rotate", "[ech] rotate has no effect without public_name; set public_name = \"<a name gatehouse serves>\" to turn ECH on")
+		}
+		return
+	}
+	name, err := NormalizeHost(e.PublicName)
+	switch {
+	case err != nil || isPattern(name):
+		bad("ech.public_name", "public_name = %q: want one exact host name gatehouse serves, like \"gatehouse.example.com\"", e.PublicName)
+	case name != e.PublicName:
+		bad("ech.public_name", "public_name = %q: write it as %q", e.PublicName, name)
+	default:
+		i, ok := owner[name]
+		if !ok {
+			bad("ech.public_name", "public_name = %q is in no route's hosts: add it to a route that terminates TLS (mode \"http\" or \"tcp\"), so clients with stale keys can authenticate the retry", name)
+		} else if c.Routes[i].ModeOrDefault() == ModePassthrough {
+			bad("ech.public_name", "public_name = %q belongs to a passthrough route (line %d), which gatehouse does not terminate: pick a name of an http or tcp route", name, c.Routes[i].Line)
+		}
+	}
+	if r := time.Duration(e.Rotate); r != 0 && r < time.Hour {
+		bad("ech.rotate", "rotate = %s: want 1h or more (default 720h)", r)
+	}
 }
 
 // usesACME reports whether the route's names get certificates from an ACME CA.

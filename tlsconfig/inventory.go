@@ -35,6 +35,8 @@ type CertInfo struct {
 	// Source is how the name gets certificates: acme, on_demand,
 	// internal, manual.
 	Source string `json:"source"`
+	// Profile is the ACME profile the route orders with ("" = the CA's default).
+	Profile string `json:"profile,omitempty"`
 	// State: ok, renewal_due, expired, missing (no certificate in
 	// storage yet), pattern (an on-demand pattern; its names follow).
 	State string `json:"state"`
@@ -163,7 +165,7 @@ func Inventory(ctx context.Context, storage certmagic.Storage, cfg *routes.Confi
 			manual, manualErr = readChainFile(e.Route.Cert)
 		}
 		for _, h := range e.Hosts {
-			ci := CertInfo{Name: h, Route: e.Index + 1, Source: e.Issuer}
+			ci := CertInfo{Name: h, Route: e.Index + 1, Source: e.Issuer, Profile: routeProfile(cfg, e)}
 			switch {
 			case e.Issuer == "manual":
 				ci.Issuer, ci.StorageKey = "manual", e.Route.Cert
@@ -546,6 +548,9 @@ func (m *Manager) observeCertEvent(_ context.Context, event string, data map[str
 
 func (c *liveCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- notAfterDesc
+	ch <- notBeforeDesc
+	ch <- stapleExpiryDesc
+	ch <- renewingDesc
 	ch <- stapleAgeDesc
 }
 
@@ -564,7 +569,10 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Unlock()
 	now := time.Now()
 	expiry := map[string]time.Time{}     // name -> newest NotAfter
+	begins := map[string]time.Time{}     // name -> that certificate's NotBefore (loaded ones only)
+	ordering := map[string]bool{}        // name -> an order attempt is running (overview.go)
 	thisUpdate := map[string]time.Time{} // name -> newest staple ThisUpdate
+	nextUpdate := map[string]time.Time{} // name -> that staple's NextUpdate
 	for m, names := range live {
 		m.mu.RLock()
 		for n := range m.byName {
@@ -575,6 +583,7 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 			for _, cert := range m.cache.AllMatchingCertificates(n) {
 				if cert.Leaf != nil && cert.Leaf.NotAfter.After(expiry[n]) {
 					expiry[n] = cert.Leaf.NotAfter
+					begins[n] = cert.Leaf.NotBefore
 				}
 			}
 		}
@@ -586,6 +595,9 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 		m.stored.mu.RUnlock()
+		for n := range m.status.orderingNow(now) {
+			ordering[n] = true
+		}
 		s := m.staples
 		s.mu.RLock()
 		for _, e := range s.entries {
@@ -595,14 +607,26 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			if sp.resp.ThisUpdate.After(thisUpdate[e.names[0]]) {
 				thisUpdate[e.names[0]] = sp.resp.ThisUpdate
+				nextUpdate[e.names[0]] = sp.resp.NextUpdate
 			}
 		}
 		s.mu.RUnlock()
 	}
 	for n, t := range expiry {
 		ch <- prometheus.MustNewConstMetric(notAfterDesc, prometheus.GaugeValue, float64(t.Unix()), n)
+		if b, ok := begins[n]; ok && !b.After(t) {
+			ch <- prometheus.MustNewConstMetric(notBeforeDesc, prometheus.GaugeValue, float64(b.Unix()), n)
+		}
+		v := 0.0
+		if ordering[n] {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(renewingDesc, prometheus.GaugeValue, v, n)
 	}
 	for n, t := range thisUpdate {
 		ch <- prometheus.MustNewConstMetric(stapleAgeDesc, prometheus.GaugeValue, now.Sub(t).Seconds(), n)
+		if nu := nextUpdate[n]; !nu.IsZero() {
+			ch <- prometheus.MustNewConstMetric(stapleExpiryDesc, prometheus.GaugeValue, float64(nu.Unix()), n)
+		}
 	}
 }

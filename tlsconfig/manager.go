@@ -24,6 +24,7 @@ import (
 	"runtime"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -122,6 +123,10 @@ type Manager struct {
 
 	writeHealth writeHealth       // latest storage write probe (storagecheck.go)
 	certStore   certmagic.Storage // what certmagic's configs write through (safestore.go)
+
+	echMu sync.Mutex
+	ech   *echKeyring // [ech] keys (ech.go); nil while ECH is off
+	echOn atomic.Pointer[echKeyring]
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -260,6 +265,9 @@ func (m *Manager) Storage() certmagic.Storage { return m.storage }
 // need not wait for their TTL).
 func (m *Manager) Close() {
 	m.cancel()
+	m.echMu.Lock()
+	m.ech.close()
+	m.echMu.Unlock()
 	m.cache.Stop()
 	if c, ok := m.storage.(io.Closer); ok && m.owned {
 		if err := c.Close(); err != nil {
@@ -440,6 +448,9 @@ func loadPool(path string) (*x509.CertPool, error) {
 // with the new table; names it already manages are left alone.
 func (m *Manager) Apply(t *routes.Table) error {
 	cfg := t.Config()
+	if err := m.applyECH(cfg); err != nil {
+		return err
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.cfg = cfg
@@ -715,11 +726,13 @@ func (m *Manager) onEvent(ctx context.Context, event string, data map[string]any
 	switch event {
 	case "cert_obtaining":
 		name, _ := data["identifier"].(string)
+		m.status.orderStarted(name)
 		m.log.Info("obtaining certificate", "name", name)
 	case "cert_obtained":
 		name, _ := data["identifier"].(string)
 		renewal, _ := data["renewal"].(bool)
 		issuer, _ := data["issuer"].(string)
+		m.status.orderDone(name)
 		m.status.set(name, "acme", stateReady, nil)
 		m.log.Info("certificate obtained", "name", name, "renewal", renewal, "issuer", issuer)
 		metricObtain(issuer, renewal, nil)
@@ -730,6 +743,7 @@ func (m *Manager) onEvent(ctx context.Context, event string, data map[string]any
 		renewal, _ := data["renewal"].(bool)
 		err, _ := data["error"].(error)
 		issuers, _ := data["issuers"].([]string)
+		m.status.orderDone(name)
 		m.status.fail(name, err)
 		m.log.Error("certificate order failed; will retry with backoff, existing certificate (if any) keeps serving",
 			"name", name, "renewal", renewal, "issuers", issuers, "error", err)

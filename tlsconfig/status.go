@@ -32,6 +32,9 @@ type NameStatus struct {
 	// backoff, attempts.go).
 	NextOrder time.Time `json:"next_order,omitzero"`
 	Since     time.Time `json:"since"`
+	// FailedAt is when LastError was recorded (the status page lists
+	// the most recent failures first).
+	FailedAt time.Time `json:"failed_at,omitzero"`
 }
 
 // statusBook records each name's certificate state as events arrive.
@@ -45,6 +48,10 @@ type statusBook struct {
 	inFlight int                    // of waiting: no LastError yet
 	failing  map[string]*NameStatus // State ready with a LastError: renewals failing
 	stored   int                    // State stored
+	// ordering: names with an order attempt running (certmagic's
+	// cert_obtaining seen, cert_obtained/cert_failed not yet), and
+	// since when; overview.go.
+	ordering map[string]time.Time
 }
 
 func newStatusBook() *statusBook {
@@ -117,9 +124,11 @@ func (b *statusBook) put(name, issuer, state string, err error, force bool) {
 	st.State = state
 	if err != nil {
 		st.LastError = err.Error()
+		st.FailedAt = time.Now()
 	} else if state == stateReady || state == stateStored {
 		st.LastError = ""
 		st.NextOrder = time.Time{}
+		st.FailedAt = time.Time{}
 	}
 }
 

@@ -40,6 +40,8 @@ Usage:
                                       move certificates in from autocert or Caddy without re-issuing
   gatehouse storage copy --from STORE --to STORE
                                       copy certificates between stores (dir:PATH, etcd://HOST:PORT/PREFIX/, config:FILE)
+  gatehouse ech [--config FILE] [--json]
+                                      the Encrypted Client Hello config and the DNS HTTPS records to publish
   gatehouse version                   print the version
 `
 
@@ -67,6 +69,8 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return cmdImport(args[1:], stdout, stderr)
 	case "storage":
 		return cmdStorage(args[1:], stdout, stderr)
+	case "ech":
+		return cmdECH(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "gatehouse", versionString())
 		return 0
@@ -125,6 +129,9 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "%d errors\n", len(es))
 		}
 		return 1
+	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintln(stderr, "warning:", w)
 	}
 	fmt.Fprintf(stdout, "%s: ok (%d routes)\n", path, len(cfg.Routes))
 	return 0

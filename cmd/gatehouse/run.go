@@ -39,6 +39,7 @@ type instance struct {
 	path    string // the config file the last reload (or start) read; the watcher follows it
 	applied string // fingerprint of the files the last reload (or start) read
 
+	started  time.Time
 	served   chan error
 	stop     chan struct{} // closed by shutdown: stops the config watcher
 	stopOnce sync.Once
@@ -71,7 +72,7 @@ func start(cfg *routes.Config, o startOptions) (*instance, error) {
 	if log == nil {
 		log = newLogger(cfg.Log, nil)
 	}
-	in := &instance{log: log, cfg: cfg, served: make(chan error, 1), stop: make(chan struct{})}
+	in := &instance{log: log, cfg: cfg, started: time.Now(), served: make(chan error, 1), stop: make(chan struct{})}
 	popts := proxy.Options{Logger: log}
 	if cfg.Log.AccessEnabled() {
 		popts.AccessLog = log.With("log", "access")
@@ -124,7 +125,17 @@ func start(cfg *routes.Config, o startOptions) (*instance, error) {
 		}
 	}
 	if in.adminLn != nil {
-		in.admin = &http.Server{Handler: proxy.AdminHandler(in.ready, reg), ReadHeaderTimeout: 5 * time.Second}
+		auth, err := routes.ParseAdminAuth(cfg.Listen.AdminAuth)
+		if err != nil { // validated with the config; a quick start has none
+			in.closeListeners()
+			certs.Close()
+			return nil, err
+		}
+		for _, w := range cfg.Warnings() {
+			log.Warn(w)
+		}
+		in.admin = &http.Server{Handler: proxy.NewAdminHandler(proxy.AdminOptions{Ready: in.ready, Registry: reg, Status: in.status, Auth: auth}),
+			ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = in.admin.Serve(in.adminLn) }()
 	}
 
@@ -192,6 +203,14 @@ func (in *instance) ready() (bool, any) {
 		details["storage_write_failing_since"] = since
 	}
 	return ok, details
+}
+
+// status is the status page's data (proxy/statuspage.go): the routes in
+// force, and the certificates as `gatehouse certs` and /readyz see them.
+func (in *instance) status(ctx context.Context) proxy.StatusData {
+	ready, _ := in.ready()
+	return proxy.StatusData{Version: versionString(), Started: in.started, Ready: ready,
+		Routes: in.proxy.Routes(), Overview: in.certs.Overview(ctx, proxy.StatusLimit)}
 }
 
 // reload applies a new config: a bad one is refused and the old one

@@ -1,0 +1,210 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// echOut is what `gatehouse ech --json` prints.
+type echOut struct {
+	PublicName  string   `json:"public_name"`
+	ConfigList  string   `json:"config_list"`
+	HTTPSRecord string   `json:"https_record"`
+	Records     []string `json:"records"`
+}
+
+func runECH(t *testing.T, cfgPath string) (echOut, []byte) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	if code := realMain([]string{"ech", "--config", cfgPath, "--json"}, &out, &errOut); code != 0 {
+		t.Fatalf("gatehouse ech: exit %d: %s", code, errOut.String())
+	}
+	var o echOut
+	if err := json.Unmarshal(out.Bytes(), &o); err != nil {
+		t.Fatalf("gatehouse ech --json: %v\n%s", err, out.String())
+	}
+	list, err := base64.StdEncoding.DecodeString(o.ConfigList)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o, list
+}
+
+// recorder is a TCP relay in front of gatehouse keeping what the client
+// sent: what an observer on the path sees.
+type recorder struct {
+	addr string
+	mu   sync.Mutex
+	seen bytes.Buffer
+}
+
+func newRecorder(t *testing.T, target string) *recorder {
+	r := &recorder{}
+	r.addr = serveTCP(t, 10*time.Second, func(c net.Conn) {
+		up, err := net.Dial("tcp", target)
+		if err != nil {
+			return
+		}
+		defer up.Close()
+		go func() { _, _ = io.Copy(c, up) }()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := c.Read(buf)
+			r.mu.Lock()
+			r.seen.Write(buf[:n])
+			r.mu.Unlock()
+			if _, werr := up.Write(buf[:n]); err != nil || werr != nil {
+				return
+			}
+		}
+	})
+	return r
+}
+
+// observedSNI parses the first ClientHello the recorder saw the way a
+// passive observer (or a middlebox without gatehouse's keys) does.
+func (r *recorder) observedSNI(t *testing.T) string {
+	r.mu.Lock()
+	raw := bytes.Clone(r.seen.Bytes())
+	r.mu.Unlock()
+	var name string
+	_ = tls.Server(&replay{r: bytes.NewReader(raw)}, &tls.Config{
+		GetConfigForClient: func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
+			name = chi.ServerName
+			return nil, errors.New("seen")
+		},
+	}).Handshake()
+	return name
+}
+
+type replay struct {
+	net.Conn
+	r io.Reader
+}
+
+func (p *replay) Read(b []byte) (int, error)  { return p.r.Read(b) }
+func (p *replay) Write(b []byte) (int, error) { return len(b), nil }
+func (p *replay) Close() error                { return nil }
+
+func get(t *testing.T, c *tls.Conn, host string) string {
+	t.Helper()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", host)
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return readAll(t, res)
+}
+
+// Encrypted Client Hello, end to end through the binary: `gatehouse ech`
+// gives the config list; Go's client encrypts the real name to it; the
+// inner name is routed and served while an observer sees only the
+// public name; a client with a stale config is answered under the
+// public name with retry configs and gets in with them; the metric
+// counts both results.
+func TestECH(t *testing.T) {
+	e := newCAEnv(t)
+	pub, secret := upstream(t, "public"), upstream(t, "secret")
+	e.topExtra = "[ech]\npublic_name = \"public.test\"\n"
+	cfgPath := e.config(fmt.Sprintf("[[route]]\nhosts = [\"public.test\"]\nupstream = %q\n%s\n[[route]]\nhosts = [\"secret.test\"]\nupstream = %q\n%s",
+		pub.URL, e.certFor("public.test"), secret.URL, e.certFor("secret.test")))
+
+	o, list := runECH(t, cfgPath) // before the first run: makes the keys
+	if o.PublicName != "public.test" || !strings.Contains(o.HTTPSRecord, `ech="`+o.ConfigList+`"`) {
+		t.Fatalf("gatehouse ech: %+v", o)
+	}
+	if len(o.Records) != 2 || !strings.HasPrefix(o.Records[1], "secret.test. 300 IN HTTPS 1 . alpn=") {
+		t.Fatalf("want an HTTPS record per name, got %q", o.Records)
+	}
+	e.start(cfgPath)
+	if again, l := runECH(t, cfgPath); again.ConfigList != o.ConfigList || !bytes.Equal(l, list) {
+		t.Fatal("gatehouse run made other keys than gatehouse ech printed")
+	}
+
+	rec := newRecorder(t, e.httpsAddr())
+	dial := func(list []byte) (*tls.Conn, error) {
+		return tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", rec.addr, &tls.Config{
+			ServerName: "secret.test", RootCAs: e.roots, NextProtos: []string{"http/1.1"},
+			EncryptedClientHelloConfigList: list,
+		})
+	}
+	c, err := dial(list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.ConnectionState().ECHAccepted {
+		t.Fatal("ECH not accepted")
+	}
+	if body := get(t, c, "secret.test"); !strings.Contains(body, "upstream=secret") {
+		t.Fatalf("inner name not routed to its upstream: %q", body)
+	}
+	c.Close()
+	if got := rec.observedSNI(t); got != "public.test" {
+		t.Fatalf("an observer saw SNI %q, want the public name", got)
+	}
+	rec.mu.Lock()
+	leaked := bytes.Contains(rec.seen.Bytes(), []byte("secret.test"))
+	rec.mu.Unlock()
+	if leaked {
+		t.Fatal("the inner name travels in clear text")
+	}
+
+	// a stale config (keys made for another store): rejected under the
+	// public name's certificate, with retry configs that work
+	stale := e.config("[[route]]\nhosts = [\"public.test\"]\nupstream = \"http://127.0.0.1:1\"\n" + e.certFor("public.test"))
+	staleStore := filepath.Join(t.TempDir(), "other")
+	rewriteStorage(t, stale, staleStore)
+	_, staleList := runECH(t, stale)
+	_, err = dial(staleList)
+	var rej *tls.ECHRejectionError
+	if !errors.As(err, &rej) || len(rej.RetryConfigList) == 0 {
+		t.Fatalf("stale config: want a rejection with retry configs, got %v", err)
+	}
+	if !bytes.Equal(rej.RetryConfigList, list) {
+		t.Fatal("retry configs are not the published config list")
+	}
+	c, err = dial(rej.RetryConfigList)
+	if err != nil || !c.ConnectionState().ECHAccepted {
+		t.Fatalf("retry with the server's configs: %v", err)
+	}
+	c.Close()
+
+	m := scrape(t, e.admLn.Addr().String())
+	if v, _ := sample(m, "gatehouse_ech_handshakes_total", `result="accepted"`); v < 2 {
+		t.Fatalf("accepted ECH handshakes = %v, want 2", v)
+	}
+	if v, _ := sample(m, "gatehouse_ech_handshakes_total", `result="rejected"`); v < 1 {
+		t.Fatalf("rejected ECH handshakes = %v, want 1", v)
+	}
+}
+
+// rewriteStorage points the config file at another storage dir.
+func rewriteStorage(t *testing.T, cfgPath, dir string) {
+	t.Helper()
+	raw, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := string(raw)
+	i := strings.Index(b, "[storage]\ndir = ")
+	j := strings.Index(b[i:], "\n\n")
+	b = b[:i] + fmt.Sprintf("[storage]\ndir = %q", dir) + b[i+j:]
+	if err := os.WriteFile(cfgPath, []byte(b), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,237 @@
+package proxy
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/gatehouse-proxy/gatehouse/routes"
+)
+
+// Request policy: what a request means, decided once for every engine
+// (the own HTTP/1.1 loop, the own HTTP/2 server, net/http's server for
+// https:// and h2c:// upstreams). Each rule is one function here; the
+// engines call it and only move bytes and frames.
+
+// validHost reports whether a Host field (or :authority, or an
+// absolute-form target's authority) is uri-host [ ":" port ]
+// (RFC 9110 §7.2, RFC 3986 §3.2.2–3.2.3), as strictly as a name a route
+// can serve:
+//   - uri-host is a bracketed IPv6 address (no zone, no IPvFuture), or a
+//     reg-name / IPv4 address of unreserved characters only (letters,
+//     digits, "-", ".", "_", "~"): the sub-delims RFC 3986 also allows
+//     in a reg-name ("," ";" "=" …) and percent-encoding never name a
+//     route, and are how a forwarded host list is forged
+//     ("app.test:,evil.example");
+//   - a port is 1 to 5 digits, at most 65535 (RFC 3986 allows an empty
+//     port; gatehouse refuses "host:", as nothing sends it).
+//
+// The empty value is valid here (an HTTP/1.0 request without Host); the
+// route check answers it. Anything else fails with 400 (RFC 9112 §3.2),
+// so the Host, X-Forwarded-Host and Forwarded host= an upstream gets are
+// always a value that passed this check.
+func validHost(b []byte) bool {
+	if len(b) == 0 {
+		return true
+	}
+	var port []byte
+	hasPort := false
+	if b[0] == '[' {
+		end := -1
+		for i, c := range b {
+			if c == ']' {
+				end = i
+				break
+			}
+		}
+		if end < 0 {
+			return false
+		}
+		a, err := netip.ParseAddr(string(b[1:end]))
+		if err != nil || !a.Is6() || a.Zone() != "" {
+			return false
+		}
+		rest := b[end+1:]
+		if len(rest) > 0 {
+			if rest[0] != ':' {
+				return false
+			}
+			port, hasPort = rest[1:], true
+		}
+	} else {
+		host := b
+		if i := lastColon(b); i >= 0 {
+			host, port, hasPort = b[:i], b[i+1:], true
+		}
+		if len(host) == 0 {
+			return false
+		}
+		for _, c := range host {
+			if !regNameChar[c] {
+				return false
+			}
+		}
+	}
+	if !hasPort {
+		return true
+	}
+	if len(port) == 0 || len(port) > 5 {
+		return false
+	}
+	n := 0
+	for _, c := range port {
+		if c < '0' || c > '9' {
+			return false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n <= 65535
+}
+
+// misdirectedHost is the 421 rule: a request whose Host (checked by
+// validHost) names neither the connection's SNI nor a name of its route
+// must be retried by the client on a connection of its own (browsers
+// reuse one connection for every name a certificate covers). The own
+// HTTP/1.1 loop applies it through hostOK, which remembers the last
+// accepted Host of a keep-alive connection.
+func misdirectedHost(rs *routeState, host, sni string) bool {
+	h := routes.CanonicalHost(host)
+	return h != sni && !rs.serves(h)
+}
+
+// regNameChar: RFC 3986 unreserved characters.
+var regNameChar = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+		t[c-'a'+'A'] = true
+	}
+	for _, c := range "-._~" {
+		t[c] = true
+	}
+	return
+}()
+
+// eqFoldU compares a field name with a lower-case constant, ignoring
+// case and reading "_" as "-": CGI/WSGI and some servers fold them
+// (X_Forwarded_For becomes HTTP_X_FORWARDED_FOR, like
+// X-Forwarded-For), so for what is dropped from a request they are the
+// same name.
+func eqFoldU(b []byte, lower string) bool {
+	if len(b) != len(lower) {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		switch {
+		case c >= 'A' && c <= 'Z':
+			c += 'a' - 'A'
+		case c == '_':
+			c = '-'
+		}
+		if c != lower[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// foldedReqHop reports whether a request field with an underscore in
+// its name folds to one gatehouse sets or drops (isReqHop): the engines
+// whose libraries already drop the exact names (net/http's reverse
+// proxy, the HTTP/2 server's Transport path) drop these too.
+func foldedReqHop(name string) bool {
+	return strings.IndexByte(name, '_') >= 0 && isReqHop(bstr(name), nil)
+}
+
+// dropFoldedFields removes from h the fields foldedReqHop names.
+func dropFoldedFields(h http.Header) {
+	for k := range h {
+		if foldedReqHop(k) {
+			delete(h, k)
+		}
+	}
+}
+
+// h2ValueMalformed reports whether an HTTP/2 field value starts or ends
+// with SP or HTAB (RFC 9113 §8.2.1: the request is malformed).
+func h2ValueMalformed(v string) bool {
+	return len(v) > 0 && (v[0] == ' ' || v[0] == '\t' || v[len(v)-1] == ' ' || v[len(v)-1] == '\t')
+}
+
+// h2ContentLength parses an HTTP/2 content-length: 1*DIGIT (RFC 9110
+// §8.6), no sign, no whitespace, within int64.
+func h2ContentLength(v string) (int64, bool) {
+	return parseUint(bstr(v))
+}
+
+// h2HeaderMalformed applies h2ValueMalformed and h2ContentLength to a
+// request net/http's HTTP/2 server has parsed (it accepts both).
+func h2HeaderMalformed(h http.Header) bool {
+	for k, vs := range h {
+		for _, v := range vs {
+			if h2ValueMalformed(v) {
+				return true
+			}
+			if k == "Content-Length" {
+				if _, ok := h2ContentLength(v); !ok {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// accessEntry is one access-log record: one per request, whichever
+// engine served it and whoever answered it (the upstream, or gatehouse
+// itself with a 400, 421, 431, 502 …).
+type accessEntry struct {
+	route, sni, client, method, host, path, proto, tls, upstream string
+	status                                                       int
+	bytes                                                        int64
+	began                                                        time.Time
+}
+
+// writeAccess writes e to the access log (if there is one).
+func (s *Server) writeAccess(e *accessEntry) {
+	if s.access == nil {
+		return
+	}
+	status := e.status
+	if status == 0 {
+		status = 499 // the client went away before any answer
+	}
+	s.access.LogAttrs(context.Background(), slog.LevelInfo, "access",
+		slog.String("route", e.route),
+		slog.String("sni", e.sni),
+		slog.String("client", e.client),
+		slog.String("method", e.method),
+		slog.String("host", e.host),
+		slog.String("path", e.path),
+		slog.String("proto", e.proto),
+		slog.String("tls", e.tls),
+		slog.Int("status", status),
+		slog.Int64("bytes", e.bytes),
+		slog.String("upstream", e.upstream),
+		slog.Duration("duration", time.Since(e.began)),
+	)
+}
+
+// logPath is the path an access-log line shows for a request target:
+// the query cut off, percent-decoding undone (as net/http's URL.Path).
+func logPath(target string) string {
+	if i := strings.IndexByte(target, '?'); i >= 0 {
+		target = target[:i]
+	}
+	if p, err := url.PathUnescape(target); err == nil {
+		return p
+	}
+	return target
+}
