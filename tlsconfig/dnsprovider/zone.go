@@ -154,14 +154,21 @@ func (f *Finder) Authorities(ctx context.Context, zone string) ([]string, error)
 			problems = append(problems, fmt.Sprintf("%s: no address (%v)", ns.Ns, err))
 			continue
 		}
-		for _, ip := range ips[:min(len(ips), 2)] {
-			addr := net.JoinHostPort(ip, "53")
-			if ip == primaryIP {
-				addr = f.Server
+		// one address per server, IPv4 first: an address this host
+		// cannot reach (IPv6 without a route) must not hold every order
+		ip := ips[0]
+		for _, a := range ips {
+			if net.ParseIP(a).To4() != nil {
+				ip = a
+				break
 			}
-			if !slices.Contains(out, addr) {
-				out = append(out, addr)
-			}
+		}
+		addr := net.JoinHostPort(ip, "53")
+		if ip == primaryIP {
+			addr = f.Server
+		}
+		if !slices.Contains(out, addr) {
+			out = append(out, addr)
 		}
 	}
 	if len(out) == 0 {
