@@ -445,6 +445,14 @@ func TestDNSPersist01(t *testing.T) {
 		!strings.HasSuffix(rec.Value, "; policy=wildcard") {
 		t.Fatalf("record %+v", rec)
 	}
+	// the account it registered is where gatehouse keeps its own, key 0600
+	keys, _ := filepath.Glob(filepath.Join(d.storage, "acme", "*", "users", "ops@example.test", "ops.key"))
+	if len(keys) != 1 {
+		t.Fatalf("account key files: %v", keys)
+	}
+	if st, err := os.Stat(keys[0]); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("account key %s: %v %v", keys[0], st.Mode(), err)
+	}
 	again, _, _ := runCmd(t, "dns-record", "*.example.test", "--config", cfg, "--json")
 	if again != out {
 		t.Errorf("a second dns-record (same account) printed\n%s\nnot\n%s", again, out)
