@@ -18,6 +18,9 @@ const (
 	EnvACMEEmail     = "GATEHOUSE_ACME_EMAIL"
 	EnvACMEDirectory = "GATEHOUSE_ACME_DIRECTORY"
 	EnvStorageDir    = "GATEHOUSE_STORAGE_DIR"
+	// EnvDNSTSIGSecret sets [acme.dns] tsig_secret, so the secret need
+	// not be written into the config file.
+	EnvDNSTSIGSecret = "GATEHOUSE_ACME_DNS_TSIG_SECRET"
 )
 
 func (c *Config) applyEnv() {
@@ -29,6 +32,9 @@ func (c *Config) applyEnv() {
 	}
 	if v := os.Getenv(EnvStorageDir); v != "" {
 		c.Storage.Dir = v
+	}
+	if v := os.Getenv(EnvDNSTSIGSecret); v != "" && c.ACME.DNS != nil {
+		c.ACME.DNS.TSIGSecret = v
 	}
 	if v := os.Getenv(EnvAdminAuth); v != "" {
 		c.Listen.AdminAuth = v

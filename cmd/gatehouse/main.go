@@ -36,6 +36,8 @@ Usage:
   gatehouse healthcheck [--url URL]   exit 0 when the admin /healthz answers (for container HEALTHCHECK)
   gatehouse certs [--config FILE] [--json] [--root]
                                       every name's certificate, renewal, staple, last error (reads storage only)
+  gatehouse dns-record NAME [--config FILE] [--json]
+                                      the dns-persist-01 TXT record binding NAME to gatehouse's ACME account
   gatehouse import autocert|caddy DIR [--config FILE] [--dry-run]
                                       move certificates in from autocert or Caddy without re-issuing
   gatehouse storage copy --from STORE --to STORE
@@ -151,6 +153,8 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return cmdHealthcheck(args[1:], stdout, stderr)
 	case "certs":
 		return cmdCerts(args[1:], stdout, stderr)
+	case "dns-record":
+		return cmdDNSRecord(args[1:], stdout, stderr)
 	case "import":
 		return cmdImport(args[1:], stdout, stderr)
 	case "storage":
