@@ -69,7 +69,19 @@ func newDNSSolver(log *slog.Logger, propagation time.Duration) *dnsSolver {
 // configure applies [acme.dns] (validated already).
 func (s *dnsSolver) configure(cfg *routes.Config) {
 	var set *dnsSettings
-	if d := cfg.ACME.DNS; d != nil && cfg.ACME.HasChallenge("dns-01") {
+	if cfg.ACME.HasChallenge("dns-01") {
+		set = newDNSSettings(cfg)
+	}
+	s.mu.Lock()
+	s.set = set
+	s.mu.Unlock()
+}
+
+// newDNSSettings builds the [acme.dns] provider, or nil when there is
+// none; DNS-01 challenges and ECH's HTTPS records (echdns.go) use it.
+func newDNSSettings(cfg *routes.Config) *dnsSettings {
+	var set *dnsSettings
+	if d := cfg.ACME.DNS; d != nil {
 		set = &dnsSettings{finder: &dnsprovider.Finder{Server: d.ServerAddr(), Resolver: cfg.ACME.Resolver}}
 		if d.Zone != "" {
 			set.zone = dns.Fqdn(strings.ToLower(d.Zone))
@@ -89,9 +101,7 @@ func (s *dnsSolver) configure(cfg *routes.Config) {
 			set = nil
 		}
 	}
-	s.mu.Lock()
-	s.set = set
-	s.mu.Unlock()
+	return set
 }
 
 func (s *dnsSolver) settings() (*dnsSettings, error) {

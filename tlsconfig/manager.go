@@ -127,6 +127,9 @@ type Manager struct {
 	echMu sync.Mutex
 	ech   *echKeyring // [ech] keys (ech.go); nil while ECH is off
 	echOn atomic.Pointer[echKeyring]
+	// ECH's HTTPS records in DNS (echdns.go)
+	echPub        atomic.Pointer[ECHPublished]
+	echPublishing atomic.Bool
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -450,6 +453,9 @@ func (m *Manager) Apply(t *routes.Table) error {
 	cfg := t.Config()
 	if err := m.applyECH(cfg); err != nil {
 		return err
+	}
+	if cfg.ECH.Enabled() {
+		defer func() { go m.publishECH() }() // runs after the unlock below, with m.cfg set
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

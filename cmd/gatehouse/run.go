@@ -201,6 +201,9 @@ func (in *instance) ready() (bool, any) {
 	if n, failing := in.certs.Failing(50); n > 0 {
 		details["renewal_failing_count"], details["renewal_failing"] = n, failing
 	}
+	if p := in.certs.ECHPublishState(); p != nil {
+		details["ech_dns"] = p // ECH's HTTPS records, published through [acme.dns]
+	}
 	// still ready (certificates serve from memory), but say so
 	if err, since := in.certs.StorageWriteError(); err != nil {
 		details["storage_write_error"] = err.Error()

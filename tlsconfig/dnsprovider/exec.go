@@ -56,6 +56,13 @@ func (p *Exec) each(ctx context.Context, action, zone string, recs []libdns.Reco
 	return recs, nil
 }
 
+// PublishHTTPS runs the hook as `COMMAND https FQDN RDATA`: replace the
+// HTTPS records at FQDN with one of RDATA (ECH, RFC 9848). A hook that
+// knows only present/cleanup fails, and the failure is reported.
+func (p *Exec) PublishHTTPS(ctx context.Context, _ string, fqdn, rdata string) error {
+	return p.Run(ctx, "https", dns.Fqdn(fqdn), rdata)
+}
+
 // Run runs the hook once.
 func (p *Exec) Run(ctx context.Context, action, fqdn, value string) error {
 	if len(p.Command) == 0 {

@@ -68,6 +68,20 @@ func (p *RFC2136) DeleteRecords(ctx context.Context, zone string, recs []libdns.
 	return recs, nil
 }
 
+// PublishHTTPS replaces the HTTPS records (RFC 9460) at fqdn with one
+// whose RDATA is rdata (e.g. `1 . alpn="h2" ech="..."`), in one update.
+func (p *RFC2136) PublishHTTPS(ctx context.Context, zone, fqdn, rdata string) error {
+	rr, err := dns.NewRR(dns.Fqdn(fqdn) + " 300 IN HTTPS " + rdata)
+	if err != nil {
+		return fmt.Errorf("HTTPS record for %s: %w", fqdn, err)
+	}
+	m := new(dns.Msg)
+	m.SetUpdate(dns.Fqdn(zone))
+	m.RemoveRRset([]dns.RR{&dns.HTTPS{SVCB: dns.SVCB{Hdr: dns.RR_Header{Name: dns.Fqdn(fqdn), Rrtype: dns.TypeHTTPS, Class: dns.ClassINET}}}})
+	m.Insert([]dns.RR{rr})
+	return p.send(ctx, m, zone, "replacing HTTPS")
+}
+
 // UpdateError is an update the server answered with an error rcode.
 type UpdateError struct {
 	Server, Zone, Action string
