@@ -288,9 +288,13 @@ func (w *crlWatcher) refreshDue(ctx context.Context) {
 		w.mu.RLock()
 		due := !time.Now().Before(j.l.nextFetch)
 		w.mu.RUnlock()
-		// a certificate new to a list whose persisted copy is gone is
-		// matched by a fetch
-		if due || (j.rematch && !ok) {
+		// a certificate new to a list held whose persisted copy is gone
+		// (a store refusing large values) is matched by a fetch, unless
+		// fetches are failing (then it waits for the backoff)
+		w.mu.RLock()
+		refetch := j.rematch && !ok && j.l.have && j.l.failures == 0
+		w.mu.RUnlock()
+		if due || refetch {
 			w.refresh(ctx, j.l)
 		}
 	}
@@ -439,31 +443,49 @@ func (w *crlWatcher) accept(l *crlList, der []byte) (*x509.RevocationList, error
 		return nil, fmt.Errorf("CRL is stale: nextUpdate %s has passed", rl.NextUpdate)
 	}
 
+	older := func() bool {
+		return l.have && (rl.ThisUpdate.Before(l.thisUpdate) ||
+			(l.number != nil && rl.Number != nil && rl.Number.Cmp(l.number) < 0))
+	}
+	// only the serials of the certificates on this list are looked
+	// for; the list is walked without the lock (it can be long, and a
+	// handshake may take the read lock)
+	w.mu.RLock()
+	if older() {
+		w.mu.RUnlock()
+		return nil, fmt.Errorf("CRL (thisUpdate %s) is older than the one held (thisUpdate %s)", rl.ThisUpdate, l.thisUpdate)
+	}
+	bySerial := make(map[string][]*crlCert, len(l.certs)) // the same certificate may be loaded twice
+	for _, c := range l.certs {
+		k := string(c.leaf.SerialNumber.Bytes())
+		bySerial[k] = append(bySerial[k], c)
+	}
+	w.mu.RUnlock()
+	var listed []*crlCert
+	for i := range rl.RevokedCertificateEntries {
+		e := &rl.RevokedCertificateEntries[i]
+		if e.SerialNumber == nil || e.SerialNumber.Sign() <= 0 {
+			continue
+		}
+		listed = append(listed, bySerial[string(e.SerialNumber.Bytes())]...)
+	}
 	w.mu.Lock()
-	if l.have && (rl.ThisUpdate.Before(l.thisUpdate) ||
-		(l.number != nil && rl.Number != nil && rl.Number.Cmp(l.number) < 0)) {
+	if older() { // cannot happen with one refresher; kept for safety
 		w.mu.Unlock()
 		return nil, fmt.Errorf("CRL (thisUpdate %s) is older than the one held (thisUpdate %s)", rl.ThisUpdate, l.thisUpdate)
 	}
 	l.have, l.thisUpdate, l.nextUpdate, l.number = true, rl.ThisUpdate, rl.NextUpdate, rl.Number
-	// only the serials of the certificates on this list are looked for
-	bySerial := make(map[string]*crlCert, len(l.certs))
-	for _, c := range l.certs {
-		bySerial[string(c.leaf.SerialNumber.Bytes())] = c
-	}
 	var newly []*crlCert
-	for i := range rl.RevokedCertificateEntries {
-		e := &rl.RevokedCertificateEntries[i]
-		if e.SerialNumber == nil {
-			continue
-		}
-		if c := bySerial[string(e.SerialNumber.Bytes())]; c != nil && c.leaf.SerialNumber.Cmp(e.SerialNumber) == 0 && !c.revoked {
+	for _, c := range listed {
+		if !c.revoked {
 			c.revoked = true
 			newly = append(newly, c)
 		}
 	}
-	for _, c := range l.certs {
-		c.checked = true
+	for _, cs := range bySerial {
+		for _, c := range cs {
+			c.checked = true
+		}
 	}
 	w.mu.Unlock()
 	// the parsed list is not kept: rl goes when the caller returns

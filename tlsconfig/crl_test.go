@@ -666,3 +666,34 @@ func servedCert(m *Manager, table *routes.Table, name string) (*x509.Certificate
 	}
 	return c.ConnectionState().PeerCertificates[0], nil
 }
+
+// A CRL server that keeps failing is asked with backoff (200ms doubling
+// here), not at every check (100ms here).
+func TestCRLFailureBackoff(t *testing.T) {
+	ca := newOpensslCA(t, "crl test CA")
+	srv := startCRLServer(t)
+	srv.status = http.StatusServiceUnavailable
+	certFile, keyFile, leaf := ca.issue("down.test", srv.URL)
+	log, _ := captureLog(t)
+	m, _ := manualCRLManager(t, t.TempDir(), log, map[string][2]string{"down.test": {certFile, keyFile}},
+		func(w *crlWatcher) { w.setLimits(200*time.Millisecond, 10*time.Second, 1<<20, 5*time.Second) })
+	waitFor(t, 10*time.Second, "first fetch", func() error {
+		if srv.requests.Load() == 0 {
+			return fmt.Errorf("none")
+		}
+		return nil
+	})
+	first := srv.requests.Load()
+	time.Sleep(3 * time.Second)
+	// backoff: at most 200+400+800+1600 ms apart -> 4 more in 3 s;
+	// without it, one per 100 ms check
+	n := srv.requests.Load() - first
+	if n < 1 || n > 6 {
+		t.Fatalf("%d CRL requests in 3 s after the first failure; want 1..6 (backoff 200ms doubling)", n)
+	}
+	ci, err := crlStatus(m, leaf)
+	if err != nil || ci.Status != "unknown" || !strings.Contains(ci.LastError, "HTTP 503") {
+		t.Fatalf("status %+v, %v", ci, err)
+	}
+	t.Logf("%d requests in 3 s after the first; next try %s", n, time.Until(ci.NextFetch).Round(time.Millisecond))
+}
