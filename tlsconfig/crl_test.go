@@ -436,7 +436,7 @@ func TestCRLFetchOffHandshakePath(t *testing.T) {
 	certFile, keyFile, leaf := ca.issue("hang.test", srv.URL)
 	log, _ := captureLog(t)
 	m, table := manualCRLManager(t, t.TempDir(), log, map[string][2]string{"hang.test": {certFile, keyFile}},
-		func(w *crlWatcher) { w.setLimits(time.Minute, time.Hour, 1<<20, 3*time.Second) })
+		func(w *crlWatcher) { w.setLimits(time.Minute, time.Hour, 1<<20, 5*time.Second) })
 	waitFor(t, 10*time.Second, "the CRL fetch to reach the hanging server", func() error {
 		if srv.requests.Load() == 0 {
 			return fmt.Errorf("no request yet")
