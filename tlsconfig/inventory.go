@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -54,6 +55,18 @@ type CertInfo struct {
 	LastError  string    `json:"last_error,omitempty"` // last failed order or renewal
 	NextRetry  time.Time `json:"next_retry,omitzero"`
 	StorageKey string    `json:"storage_key,omitempty"` // certificate file key, or the manual cert path
+	// Challenge lists the ACME challenge types the name is ordered
+	// with ("dns-01", "http-01,tls-alpn-01"); AccountURI is the ACME
+	// account it is ordered under; CAA the RFC 8657 record that pins
+	// the name to that account (filled by `gatehouse certs`, which
+	// fetches the CA's CAA identity).
+	Challenge  string `json:"challenge,omitempty"`
+	AccountURI string `json:"account_uri,omitempty"`
+	CAA        string `json:"caa,omitempty"`
+	// DNSPersist is the dns-persist-01 record to create for the name
+	// (`gatehouse dns-record NAME` prints the same), when it is ordered
+	// that way and the account is registered.
+	DNSPersist *PersistRecord `json:"dns_persist,omitempty"`
 }
 
 // ARIInfo is the ACME Renewal Information stored with a certificate.
@@ -161,7 +174,7 @@ func Inventory(ctx context.Context, storage certmagic.Storage, cfg *routes.Confi
 				} else {
 					fillCert(&ci, manual, now)
 				}
-			case h == "*" || (strings.HasPrefix(h, "*.") && e.Issuer == "acme"):
+			case h == "*" || (strings.HasPrefix(h, "*.") && e.Issuer == "acme" && !cfg.ACME.WildcardByDNS()):
 				ci.Source, ci.State = "on_demand", "pattern"
 			default:
 				if sc := best[h]; sc != nil {
@@ -207,7 +220,40 @@ func Inventory(ctx context.Context, storage certmagic.Storage, cfg *routes.Confi
 		}
 		out = append(out, ci)
 	}
+	addAccounts(out, cfg, Accounts(ctx, storage, cfg, false))
 	return out, nil
+}
+
+// addAccounts fills the challenge and account of every ACME name, and
+// with the CA's CAA identity known, the CAA record that pins it.
+func addAccounts(infos []CertInfo, cfg *routes.Config, accounts []AccountInfo) {
+	for i := range infos {
+		ci := &infos[i]
+		if ci.Source != "acme" && ci.Source != "on_demand" || len(accounts) == 0 {
+			continue
+		}
+		ci.Challenge = strings.Join(Challenges(cfg, ci.Name), ",")
+		acct := accounts[0] // the first issuer orders first
+		for _, a := range accounts {
+			if a.IssuerKey == ci.Issuer {
+				acct = a // the issuer of the certificate held
+			}
+		}
+		ci.AccountURI = acct.AccountURI
+		if len(acct.CAAIdentities) > 0 && ci.State != "pattern" {
+			ci.CAA = CAARecord(ci.Name, acct.CAAIdentities[0], acct.AccountURI, Challenges(cfg, ci.Name))
+			if slices.Contains(Challenges(cfg, ci.Name), "dns-persist-01") && acct.AccountURI != "" {
+				rec := persistRecordFor(persistName(cfg, ci.Name), acct.CAAIdentities[0], acct.AccountURI)
+				ci.DNSPersist = &rec
+			}
+		}
+	}
+}
+
+// AddCAA fills the CAA record of every ACME name from accounts fetched
+// with their CA's CAA identity (Accounts with fetch).
+func AddCAA(infos []CertInfo, cfg *routes.Config, accounts []AccountInfo) {
+	addAccounts(infos, cfg, accounts)
 }
 
 // fillAttempt adds the stored order record (attempts.go): the last

@@ -75,6 +75,11 @@ type Options struct {
 	// next handshake (lazy.go). Default DefaultReleaseIdle; negative:
 	// never.
 	ReleaseIdle time.Duration
+
+	// DNSPropagationTimeout bounds the wait for a DNS-01 challenge
+	// record to be visible on the zone's servers (dns01.go); default
+	// DefaultDNSPropagationTimeout.
+	DNSPropagationTimeout time.Duration
 }
 
 // Manager holds every certificate gatehouse serves.
@@ -110,6 +115,7 @@ type Manager struct {
 
 	attempts  *attempts    // per-name order pacing kept in storage (attempts.go)
 	selfCheck *selfChecker // does a name lead here? (selfcheck.go)
+	dns01     *dnsSolver   // [acme.dns]: DNS-01 challenges (dns01.go)
 	checkOn   bool         // [acme] self_check
 
 	stored    *storedIndex  // certificates in storage not loaded yet (lazy.go)
@@ -168,6 +174,7 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 		attempts:  newAttempts(storage),
 		stored:    newStoredIndex(),
 		renewKick: make(chan struct{}, 1),
+		dns01:     newDNSSolver(opts.Logger, opts.DNSPropagationTimeout),
 		ctx:       ctx,
 		cancel:    cancel,
 	}
@@ -321,9 +328,15 @@ func (m *Manager) newConfig() *certmagic.Config {
 	})
 }
 
-// acmeConfig returns (creating once) the certmagic config for an ACME profile.
-func (m *Manager) acmeConfig(cfg *routes.Config, profile string) (*certmagic.Config, error) {
-	if c, ok := m.acme[profile]; ok {
+// acmeConfig returns (creating once) the certmagic config for an ACME
+// profile; byDNS selects the one whose issuers solve DNS-01 (certmagic
+// uses a DNS-01 solver to the exclusion of the other challenges).
+func (m *Manager) acmeConfig(cfg *routes.Config, profile string, byDNS bool) (*certmagic.Config, error) {
+	key := profile
+	if byDNS {
+		key = profile + "\x00dns-01"
+	}
+	if c, ok := m.acme[key]; ok {
 		return c, nil
 	}
 	c := m.newConfig()
@@ -358,6 +371,9 @@ func (m *Manager) acmeConfig(cfg *routes.Config, profile string) (*certmagic.Con
 			Resolver:                cfg.ACME.Resolver,
 			Logger:                  zapLogger(m.log),
 		}
+		if byDNS {
+			ai.DNS01Solver = m.dns01
+		}
 		if is.CARoot != "" {
 			pool, err := loadPool(is.CARoot)
 			if err != nil {
@@ -369,11 +385,17 @@ func (m *Manager) acmeConfig(cfg *routes.Config, profile string) (*certmagic.Con
 			ai.ExternalAccount = &acme.EAB{KeyID: is.EABKeyID, MACKey: is.EABHMAC}
 		}
 		issuer := certmagic.NewACMEIssuer(c, ai)
+		if byDNS && hasChallenge(cfg, "dns-persist-01") {
+			// dns-persist-01 orders run outside certmagic's ACME
+			// issuer (persist.go); it still names the storage and ARI
+			issuers = append(issuers, m.persistIssuer(cfg, issuer, is, email, prof))
+			continue
+		}
 		issuers = append(issuers, issuer)
 		m.issuers = append(m.issuers, issuer)
 	}
 	c.Issuers = issuers
-	m.acme[profile] = c
+	m.acme[key] = c
 
 	// certmagic's renewal window is one ratio per config; certificates
 	// of one profile share a lifetime, but which lifetime a profile
@@ -452,13 +474,16 @@ func (m *Manager) Apply(t *routes.Table) error {
 				errs = append(errs, err)
 			}
 		case "acme":
-			c, err := m.acmeConfig(cfg, e.Route.Profile)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
 			for _, h := range e.Hosts {
-				if prev, seen := m.byName[h]; seen && prev == c || isPattern(h) {
+				if isPattern(h) && !wildcardByDNS(cfg, h) {
+					continue // on demand (ondemand.go)
+				}
+				c, err := m.acmeConfig(cfg, e.Route.Profile, orderByDNS(cfg, h))
+				if err != nil {
+					errs = append(errs, err)
+					break
+				}
+				if prev, seen := m.byName[h]; seen && prev == c {
 					continue // managed already: left to its renewal
 				}
 				m.byName[h] = c

@@ -46,6 +46,7 @@ type statusBook struct {
 	names    map[string]*NameStatus
 	waiting  map[string]*NameStatus // State waiting or expired
 	inFlight int                    // of waiting: no LastError yet
+	failing  map[string]*NameStatus // State ready with a LastError: renewals failing
 	stored   int                    // State stored
 	// ordering: names with an order attempt running (certmagic's
 	// cert_obtaining seen, cert_obtained/cert_failed not yet), and
@@ -54,7 +55,7 @@ type statusBook struct {
 }
 
 func newStatusBook() *statusBook {
-	return &statusBook{names: map[string]*NameStatus{}, waiting: map[string]*NameStatus{}}
+	return &statusBook{names: map[string]*NameStatus{}, waiting: map[string]*NameStatus{}, failing: map[string]*NameStatus{}}
 }
 
 func isWaiting(state string) bool { return state == stateWaiting || state == stateExpired }
@@ -71,6 +72,7 @@ func (b *statusBook) unaccount(st *NameStatus) {
 	if st.State == stateStored {
 		b.stored--
 	}
+	delete(b.failing, st.Name)
 }
 
 func (b *statusBook) account(st *NameStatus) {
@@ -82,6 +84,9 @@ func (b *statusBook) account(st *NameStatus) {
 	}
 	if st.State == stateStored {
 		b.stored++
+	}
+	if st.State == stateReady && st.LastError != "" {
+		b.failing[st.Name] = st
 	}
 }
 
@@ -200,6 +205,23 @@ func (m *Manager) Readiness(limit int) (total, waiting, inFlight int, sample []N
 	}
 	sort.Slice(sample, func(i, j int) bool { return sample[i].Name < sample[j].Name })
 	return len(b.names), len(b.waiting), b.inFlight, sample
+}
+
+// Failing returns how many names serve a valid certificate while their
+// renewal fails, and up to limit of them sorted by name, for /readyz:
+// ready, but with the reason an operator has until expiry to act on.
+func (m *Manager) Failing(limit int) (n int, sample []NameStatus) {
+	b := m.status
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, st := range b.failing {
+		if len(sample) >= limit {
+			break
+		}
+		sample = append(sample, *st)
+	}
+	sort.Slice(sample, func(i, j int) bool { return sample[i].Name < sample[j].Name })
+	return len(b.failing), sample
 }
 
 // StoredUnchecked is how many names have a certificate in storage that

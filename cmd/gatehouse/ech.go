@@ -20,11 +20,10 @@ import (
 // before the first run.
 func cmdECH(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("ech", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	cfgFlag := fs.String("config", "", "config file")
 	asJSON := fs.Bool("json", false, "print JSON: public_name, config_list, https_record, records")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
 	}
 	cfg, err := loadConfig(configPath(*cfgFlag))
 	if err != nil {

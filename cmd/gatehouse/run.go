@@ -58,6 +58,9 @@ type startOptions struct {
 	watchEvery time.Duration
 	// renewInterval is certmagic's renewal/ARI scan; tests shorten it.
 	renewInterval time.Duration
+	// dnsPropagation bounds the wait for a DNS-01 record to be visible;
+	// tests shorten it.
+	dnsPropagation time.Duration
 }
 
 // start brings gatehouse up: listeners first (so certmagic finds the
@@ -83,6 +86,7 @@ func start(cfg *routes.Config, o startOptions) (*instance, error) {
 	}
 	httpsAddr, httpAddr := in.proxy.Addrs()
 	opts := tlsconfig.Options{Logger: log, OCSPCheckInterval: o.ocspInterval, Storage: o.storage, RenewCheckInterval: o.renewInterval}
+	opts.DNSPropagationTimeout = o.dnsPropagation
 	opts.ListenHost, opts.TLSPort = hostPort(httpsAddr)
 	if httpAddr != nil {
 		_, opts.HTTPPort = hostPort(httpAddr)
@@ -150,13 +154,17 @@ func start(cfg *routes.Config, o startOptions) (*instance, error) {
 		}
 		go in.watch(every)
 	}
-	log.Info("gatehouse serving", "https", httpsAddr, "http", httpAddr, "admin", adminAddr(in.adminLn), "routes", len(cfg.Routes))
+	httpShown := "disabled"
+	if httpAddr != nil {
+		httpShown = httpAddr.String()
+	}
+	log.Info("gatehouse serving", "https", httpsAddr, "http", httpShown, "admin", adminAddr(in.adminLn), "routes", len(cfg.Routes))
 	return in, nil
 }
 
 func adminAddr(l net.Listener) string {
 	if l == nil {
-		return ""
+		return "disabled"
 	}
 	return l.Addr().String()
 }
@@ -189,6 +197,10 @@ func (in *instance) ready() (bool, any) {
 		// certificates in storage not read yet: served on first
 		// handshake, checked by a background walk (tlsconfig/lazy.go)
 		"stored_unchecked": in.certs.StoredUnchecked()}
+	// ready (a valid certificate serves), but renewals fail: say why
+	if n, failing := in.certs.Failing(50); n > 0 {
+		details["renewal_failing_count"], details["renewal_failing"] = n, failing
+	}
 	// still ready (certificates serve from memory), but say so
 	if err, since := in.certs.StorageWriteError(); err != nil {
 		details["storage_write_error"] = err.Error()
