@@ -90,6 +90,7 @@ type Manager struct {
 	owned   bool // storage opened by New: Close closes it
 	cache   *certmagic.Cache
 	staples *stapler
+	crls    *crlWatcher // revocation through CRLs (crl.go), fed by staples
 	status  *statusBook
 	health  storeHealth
 
@@ -191,7 +192,11 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 	m.setSelfCheck(cfg)
 	m.staples = newStapler(storage, opts.Logger, opts.OCSPCheckInterval, m.onRevoked)
 	m.staples.live = m.cached
+	m.crls = newCRLWatcher(storage, opts.Logger, opts.OCSPCheckInterval, m.onRevoked)
+	m.crls.live = m.cached
+	m.staples.crl = m.crls
 	go m.staples.run(ctx)
+	go m.crls.run(ctx)
 	probeEvery := time.Minute
 	if opts.RenewCheckInterval > 0 {
 		probeEvery = min(probeEvery, opts.RenewCheckInterval)
