@@ -271,3 +271,25 @@ func TestFinderLimits(t *testing.T) {
 		t.Errorf("asked %d times for the 16th name, want 1", n)
 	}
 }
+
+// The exec hook is asked to replace HTTPS records (ECH) as
+// `COMMAND https FQDN RDATA`, with the RDATA as one argument.
+func TestExecHookHTTPS(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "args")
+	hook := filepath.Join(dir, "hook.sh")
+	if err := os.WriteFile(hook, []byte("#!/bin/sh\nprintf '%s|' \"$@\" > "+out+"\n"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	rdata := `1 . alpn="h3,h2" ech="AEX+DQ=="`
+	if err := (&Exec{Command: []string{hook}}).PublishHTTPS(context.Background(), "example.com.", "a.example.com", rdata); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "https|a.example.com.|" + rdata + "|"; string(got) != want {
+		t.Fatalf("hook got %q, want %q", got, want)
+	}
+}
