@@ -396,8 +396,6 @@ func shortPlain(r bRes, code int) error {
 // knownDiffs are the rows × combinations that differ today, with the
 // reason; the test prints them. Keys: row/client/upstream, "*" any.
 var knownDiffs = map[string]string{
-	"103 early hints/h2/web.test": "the own HTTP/2 server relays no 1xx but 100 (h2stream.go)",
-	"103 early hints/h2/pp.test":  "the own HTTP/2 server relays no 1xx but 100 (h2stream.go)",
 	"WebSocket upgrade/h1/h2c.test": "h2c:// upstreams are spoken to in HTTP/2 only, and gatehouse does not send " +
 		"extended CONNECT (RFC 8441): the upgrade gets a plain 502",
 }
