@@ -655,6 +655,10 @@ func TestBehaviourTable(t *testing.T) {
 					if err == nil {
 						err = row.check(cl, up, up, r)
 					}
+					if err == nil && r.status != 101 && len(r.header.Values("Date")) != 1 {
+						// every response carries one Date, gatehouse's own answers too
+						err = fmt.Errorf("status %d with Date %q, want one", r.status, r.header.Values("Date"))
+					}
 					why, known := knownDiff(row.name, cl, up)
 					switch {
 					case err == nil && known:

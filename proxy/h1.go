@@ -427,7 +427,9 @@ func appendSimple(ob []byte, status int, body string, close bool, hsts string) [
 	ob = strconv.AppendInt(ob, int64(status), 10)
 	ob = append(ob, ' ')
 	ob = append(ob, statusText(status)...)
-	ob = append(ob, "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n"...)
+	ob = append(ob, "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nDate: "...)
+	ob = append(ob, httpDate()...)
+	ob = append(ob, "\r\n"...)
 	if hsts != "" {
 		ob = append(ob, "Strict-Transport-Security: "...)
 		ob = append(ob, hsts...)
