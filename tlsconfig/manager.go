@@ -113,6 +113,8 @@ type Manager struct {
 	stored    *storedIndex  // certificates in storage not loaded yet (lazy.go)
 	used      sync.Map      // name -> *atomic.Int64, last handshake (Unix s) (lazy.go)
 	renewKick chan struct{} // run certmagic's renewal scan soon (lazy.go)
+	plan      *renewPlan    // renewal schedule and handshake backstop (renew.go)
+	cacheOpts certmagic.CacheOptions
 
 	writeHealth writeHealth       // latest storage write probe (storagecheck.go)
 	certStore   certmagic.Storage // what certmagic's configs write through (safestore.go)
@@ -162,17 +164,19 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 		attempts:  newAttempts(storage),
 		stored:    newStoredIndex(),
 		renewKick: make(chan struct{}, 1),
+		plan:      newRenewPlan(),
 		ctx:       ctx,
 		cancel:    cancel,
 	}
-	m.cache = certmagic.NewCache(certmagic.CacheOptions{
+	m.cacheOpts = certmagic.CacheOptions{
 		GetConfigForCert: m.configForCert,
 		Logger:           zapLogger(opts.Logger),
 		// Size the cache on purpose: certmagic scans the whole cache for
 		// each certificate added past capacity (see field notes).
 		Capacity:           0,
 		RenewCheckInterval: opts.RenewCheckInterval,
-	})
+	}
+	m.cache = certmagic.NewCache(m.cacheOpts)
 	m.setSelfCheck(cfg)
 	m.staples = newStapler(storage, opts.Logger, opts.OCSPCheckInterval, m.onRevoked)
 	m.staples.live = m.cached
@@ -189,6 +193,7 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 	go m.runStorageHealth(ctx, opts.HealthInterval)
 	go m.runStoreSync(ctx, opts.SyncInterval)
 	go m.runRenewKicks(ctx)
+	go m.runRenewSchedule(ctx)
 	go m.runRelease(ctx)
 	return m, nil
 }
@@ -653,6 +658,9 @@ func (m *Manager) GetCertificate(e *routes.Entry, hello *tls.ClientHelloInfo) (*
 		}
 		if err == nil && c != m.manual {
 			m.markUsed(name)
+			if !challenge && cert != nil && cert.Leaf != nil && time.Now().After(cert.Leaf.NotAfter) {
+				cert = m.renewExpired(hello, c, name, cert) // renew.go
+			}
 		}
 	} else {
 		cert, err = m.patternCertificate(e, name, hello)
@@ -698,6 +706,7 @@ func (m *Manager) onEvent(ctx context.Context, event string, data map[string]any
 		m.status.set(name, "acme", stateReady, nil)
 		m.log.Info("certificate obtained", "name", name, "renewal", renewal, "issuer", issuer)
 		metricObtain(issuer, renewal, nil)
+		m.replanRenewals() // renew.go
 		// the new certificate is cached after this event; register
 		// its staple lazily on first handshake.
 	case "cert_failed":
@@ -710,6 +719,9 @@ func (m *Manager) onEvent(ctx context.Context, event string, data map[string]any
 			"name", name, "renewal", renewal, "issuers", issuers, "error", err)
 		metricObtain(fmt.Sprint(issuers), renewal, err)
 	case "cached_managed_cert", "cached_unmanaged_cert":
+		if event == "cached_managed_cert" {
+			m.replanRenewals() // renew.go
+		}
 		sans, _ := data["sans"].([]string)
 		for _, name := range sans {
 			if event == "cached_managed_cert" {
