@@ -99,6 +99,9 @@ type Manager struct {
 	issuers  []*certmagic.ACMEIssuer                 // for HTTP-01 answers
 	cfg      *routes.Config
 
+	ipProfileMu sync.Mutex
+	ipProfile   map[string]bool // directories -> whether all offer IPProfile (profile.go)
+
 	internal   *certmagic.Config // tls = "internal" (internal.go)
 	internalCA *internalIssuer
 	onDemand   *onDemand // pattern routes: hosts = ["*"], "*.suffix" (ondemand.go)
@@ -319,7 +322,13 @@ func (m *Manager) acmeConfig(cfg *routes.Config, profile string) (*certmagic.Con
 		return c, nil
 	}
 	c := m.newConfig()
-	c.OnEvent = m.onACMEEvent
+	profiles := map[string]string{} // issuer key -> profile ordered (profile.go)
+	c.OnEvent = func(ctx context.Context, event string, data map[string]any) error {
+		if event == "cert_obtained" {
+			m.recordProfile(ctx, data, profiles)
+		}
+		return m.onACMEEvent(ctx, event, data)
+	}
 	list := cfg.ACME.Issuer.List
 	if len(list) == 0 {
 		list = []routes.Issuer{{Directory: cfg.ACME.Directory, Email: cfg.ACME.Email, CARoot: cfg.ACME.CARoot}}
@@ -361,6 +370,7 @@ func (m *Manager) acmeConfig(cfg *routes.Config, profile string) (*certmagic.Con
 			ai.ExternalAccount = &acme.EAB{KeyID: is.EABKeyID, MACKey: is.EABHMAC}
 		}
 		issuer := certmagic.NewACMEIssuer(c, ai)
+		profiles[issuer.IssuerKey()] = prof
 		issuers = append(issuers, issuer)
 		m.issuers = append(m.issuers, issuer)
 	}
@@ -433,6 +443,7 @@ func (m *Manager) Apply(t *routes.Table) error {
 
 	var errs []error
 	var toManage = map[*certmagic.Config][]string{}
+	deferIP := map[*certmagic.Config][]string{} // IP names waiting for the CA's profile list (profile.go)
 	before := maps.Clone(m.byName)
 	for _, e := range t.Entries() {
 		switch e.Issuer {
@@ -447,12 +458,26 @@ func (m *Manager) Apply(t *routes.Table) error {
 				continue
 			}
 			for _, h := range e.Hosts {
-				if prev, seen := m.byName[h]; seen && prev == c || isPattern(h) {
+				hc, decided := c, true
+				if isIPName(h) && !profileSet(cfg, e.Route) { // profile.go
+					var ipc *certmagic.Config
+					if ipc, decided, err = m.ipConfig(cfg); err != nil {
+						errs = append(errs, err)
+						continue
+					} else if ipc != nil {
+						hc = ipc
+					}
+				}
+				if prev, seen := m.byName[h]; seen && prev == hc || isPattern(h) {
 					continue // managed already: left to its renewal
 				}
-				m.byName[h] = c
+				m.byName[h] = hc
 				m.status.set(h, "acme", stateWaiting, nil)
-				toManage[c] = append(toManage[c], h)
+				if !decided {
+					deferIP[hc] = append(deferIP[hc], h)
+					continue
+				}
+				toManage[hc] = append(toManage[hc], h)
 			}
 		case "internal":
 			if err := m.applyInternal(cfg, e, toManage); err != nil {
@@ -465,6 +490,10 @@ func (m *Manager) Apply(t *routes.Table) error {
 	for c, names := range toManage {
 		sort.Strings(names)
 		go m.manage(c, names)
+	}
+	for c, names := range deferIP {
+		sort.Strings(names)
+		go m.manageIPs(cfg, c, names)
 	}
 	return errors.Join(errs...)
 }

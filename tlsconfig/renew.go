@@ -331,3 +331,9 @@ func (m *Manager) renewExpiredOnce(c *certmagic.Config, name string, old *x509.C
 	m.cache.Remove(stale)
 	m.replanRenewals()
 }
+
+// RenewalDueAt reports whether a certificate is due for renewal at now
+// by RenewalDue's rule.
+func RenewalDueAt(leaf *x509.Certificate, ari acme.RenewalInfo, interval time.Duration, now time.Time) bool {
+	return !now.Before(RenewalDue(leaf, ari, interval))
+}
