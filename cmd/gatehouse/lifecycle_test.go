@@ -4,6 +4,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -397,5 +399,61 @@ func TestExpiredCertificateRenewedForHandshake(t *testing.T) {
 	leaf := c.ConnectionState().PeerCertificates[0]
 	if leaf.SerialNumber.Cmp(first.SerialNumber) == 0 || !time.Now().Before(leaf.NotAfter) {
 		t.Fatalf("served serial %x valid until %s; want a renewed certificate", leaf.SerialNumber, leaf.NotAfter)
+	}
+}
+
+// countingWriter counts log lines containing a message.
+type countingWriter struct {
+	msg string
+	n   atomic.Int64
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	w.n.Add(int64(strings.Count(string(p), w.msg)))
+	return len(p), nil
+}
+
+// The handshake backstop with the CA down: handshakes that find the
+// certificate expired trigger one renewal attempt per name and 30 s, not
+// one each, and get the expired certificate (the only one there is)
+// within the handshake timeout instead of hanging.
+func TestExpiredCertificateBackstopPaced(t *testing.T) {
+	const life = 5 * time.Second
+	e := newEnv(t, acmetest.PebbleOptions{Profiles: map[string]time.Duration{"brief": life}, NoARI: true})
+	e.acmeExtra = `profile = "brief"`
+	e.topExtra = "[timeouts]\nhandshake = \"2s\"\n"
+	up := upstream(t, "A")
+	cfg := e.config(routeTOML("down.test", up.URL))
+	in := e.start(cfg)
+	first := waitLeaf(t, e, "down.test", 60*time.Second)
+	if err := in.shutdown(2 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.pebble.Stop()
+	time.Sleep(time.Until(first.NotAfter) + 1500*time.Millisecond)
+	e.rebind()
+	attempts := &countingWriter{msg: "renewing it now for the waiting handshake"}
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(&tWriter{t: t}, attempts), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	e.start(cfg, func(o *startOptions) { o.logger = log })
+	for i := range 8 {
+		began := time.Now()
+		d := &net.Dialer{Timeout: 10 * time.Second}
+		c, err := tls.DialWithDialer(d, "tcp", e.httpsAddr(), &tls.Config{ServerName: "down.test", InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatalf("handshake %d with the CA down: %v", i, err)
+		}
+		took := time.Since(began)
+		leaf := c.ConnectionState().PeerCertificates[0]
+		c.Close()
+		if leaf.SerialNumber.Cmp(first.SerialNumber) != 0 {
+			t.Fatalf("handshake %d: serial %x, want the expired %x", i, leaf.SerialNumber, first.SerialNumber)
+		}
+		if took > 5*time.Second {
+			t.Errorf("handshake %d took %v: longer than the 2 s handshake timeout allows", i, took)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if n := attempts.n.Load(); n != 1 {
+		t.Errorf("%d handshake-triggered renewal attempts, want 1 (paced at one per 30 s)", n)
 	}
 }

@@ -210,3 +210,34 @@ func serialOf(t *testing.T, hex string) *big.Int {
 	}
 	return n
 }
+
+// With a CA whose directory does not offer "shortlived" (a private CA),
+// an IP address route is ordered with the CA's default, as before; and a
+// route that sets a profile keeps it, IP address or not.
+func TestIPCertificateWithoutShortlivedProfile(t *testing.T) {
+	e := newEnv(t, acmetest.PebbleOptions{Profiles: map[string]time.Duration{"default": 90 * time.Second}})
+	up := upstream(t, "A")
+	cfgPath := e.config(routeTOML("127.0.0.1", up.URL))
+	e.start(cfgPath)
+	leaf := waitLeaf(t, e, "127.0.0.1", 60*time.Second)
+	if got := leaf.NotAfter.Sub(leaf.NotBefore) + time.Second; got != 90*time.Second {
+		t.Errorf("certificate lives %v, want the default profile's 90s", got)
+	}
+	if ci := certsJSON(t, cfgPath)["127.0.0.1"]; ci.Profile != "" || ci.Serial != leaf.SerialNumber.Text(16) {
+		t.Errorf("certs --json: %+v; want the served certificate, ordered without a profile", ci)
+	}
+}
+
+func TestIPCertificateExplicitProfileKept(t *testing.T) {
+	e := newEnv(t, acmetest.PebbleOptions{Profiles: map[string]time.Duration{"shortlived": 30 * time.Second, "classic": 90 * time.Second}})
+	up := upstream(t, "A")
+	cfgPath := e.config(routeTOML("127.0.0.1", up.URL) + "profile = \"classic\"\n")
+	e.start(cfgPath)
+	leaf := waitLeaf(t, e, "127.0.0.1", 60*time.Second)
+	if got := leaf.NotAfter.Sub(leaf.NotBefore) + time.Second; got != 90*time.Second {
+		t.Errorf("certificate lives %v, want the classic profile's 90s", got)
+	}
+	if ci := certsJSON(t, cfgPath)["127.0.0.1"]; ci.Profile != "classic" {
+		t.Errorf("certs --json: profile %q, want classic", ci.Profile)
+	}
+}
