@@ -735,7 +735,6 @@ func (m *Manager) onEvent(ctx context.Context, event string, data map[string]any
 		m.status.set(name, "acme", stateReady, nil)
 		m.log.Info("certificate obtained", "name", name, "renewal", renewal, "issuer", issuer)
 		metricObtain(issuer, renewal, nil)
-		m.replanRenewals() // renew.go
 		// the new certificate is cached after this event; register
 		// its staple lazily on first handshake.
 	case "cert_failed":
@@ -748,10 +747,10 @@ func (m *Manager) onEvent(ctx context.Context, event string, data map[string]any
 			"name", name, "renewal", renewal, "issuers", issuers, "error", err)
 		metricObtain(fmt.Sprint(issuers), renewal, err)
 	case "cached_managed_cert", "cached_unmanaged_cert":
-		if event == "cached_managed_cert" {
-			m.replanRenewals() // renew.go
-		}
 		sans, _ := data["sans"].([]string)
+		if event == "cached_managed_cert" {
+			m.noteCached(sans) // renew.go
+		}
 		for _, name := range sans {
 			if event == "cached_managed_cert" {
 				m.replaced(name)

@@ -49,7 +49,8 @@ const expiredRetry = 30 * time.Second
 type renewPlan struct {
 	mu       sync.Mutex
 	interval time.Duration        // check interval in force
-	shortest time.Duration        // shortest lifetime held at the last pass
+	shortest time.Duration        // shortest lifetime held
+	next     time.Time            // earliest due time ahead
 	due      map[string]time.Time // name -> next renewal of its cached certificate
 	kick     chan struct{}        // certificates changed: plan again
 
@@ -109,11 +110,46 @@ func (m *Manager) setRenewCheckInterval(iv time.Duration) {
 	m.log.Debug("renewal check interval", "interval", iv)
 }
 
-// replanRenewals asks the scheduler to look at the cache again soon.
-func (m *Manager) replanRenewals() {
-	select {
-	case m.plan.kick <- struct{}{}:
-	default:
+// noteCached updates the plan for names whose certificate was just
+// cached (a load or an order; certmagic's swap after a renewal sends no
+// event, and the pass after the scan finds it), and wakes the scheduler
+// when that brings the next due time or the check interval forward. It
+// costs a cache lookup per name, not a pass over every name.
+func (m *Manager) noteCached(names []string) {
+	now := time.Now()
+	wake := false
+	for _, n := range names {
+		var due time.Time
+		var life time.Duration
+		for _, cert := range m.cachedManaged(n) {
+			cfg, err := m.configForCert(cert)
+			if err != nil || cfg == m.manual || cfg.OnDemand != nil {
+				continue
+			}
+			l := cert.Lifetime()
+			d := dueAt(cert.Leaf, acme.RenewalInfo{}, m.renewalRatio(cfg, cert.Leaf), checkInterval(m.baseRenewInterval(), l))
+			if d.After(due) {
+				due, life = d, l
+			}
+		}
+		if due.IsZero() {
+			continue
+		}
+		m.plan.mu.Lock()
+		m.plan.due[n] = due
+		if life > 0 && (m.plan.shortest == 0 || life < m.plan.shortest) {
+			m.plan.shortest, wake = life, true
+		}
+		if due.After(now) && (m.plan.next.IsZero() || due.Before(m.plan.next)) {
+			m.plan.next, wake = due, true
+		}
+		m.plan.mu.Unlock()
+	}
+	if wake {
+		select {
+		case m.plan.kick <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -189,8 +225,7 @@ func (m *Manager) planRenewals(now time.Time) (next time.Time, shortest time.Dur
 		}
 	}
 	m.plan.mu.Lock()
-	m.plan.due = due
-	m.plan.shortest = shortest
+	m.plan.due, m.plan.shortest, m.plan.next = due, shortest, next
 	m.plan.mu.Unlock()
 	return next, shortest
 }
@@ -204,25 +239,22 @@ func (m *Manager) NextRenewal(name string) (time.Time, bool) {
 	return t, ok
 }
 
-// runRenewSchedule is the scheduler loop (see above).
+// runRenewSchedule is the scheduler loop (see above): a pass over the
+// cached certificates after each scan; between scans it sleeps until the
+// earliest due time or one check interval, brought forward by noteCached.
 func (m *Manager) runRenewSchedule(ctx context.Context) {
-	var wakeAt time.Time
-	replan := true
+	m.planRenewals(time.Now())
+	scanned := time.Now()
 	for {
-		now := time.Now()
-		if replan {
-			next, shortest := m.planRenewals(now)
-			iv := checkInterval(m.baseRenewInterval(), shortest)
-			m.setRenewCheckInterval(iv)
-			at := now.Add(iv)
-			if !next.IsZero() && next.Before(at) {
-				// certmagic's window test is strict: be just past it
-				at = next.Add(10 * time.Millisecond)
-			}
-			if wakeAt.IsZero() || at.Before(wakeAt) {
-				wakeAt = at
-			}
-			replan = false
+		m.plan.mu.Lock()
+		next, shortest := m.plan.next, m.plan.shortest
+		m.plan.mu.Unlock()
+		iv := checkInterval(m.baseRenewInterval(), shortest)
+		m.setRenewCheckInterval(iv)
+		wakeAt := scanned.Add(iv)
+		if !next.IsZero() && next.Before(wakeAt) {
+			// certmagic's window test is strict: be just past it
+			wakeAt = next.Add(10 * time.Millisecond)
 		}
 		timer := time.NewTimer(time.Until(wakeAt))
 		select {
@@ -231,25 +263,14 @@ func (m *Manager) runRenewSchedule(ctx context.Context) {
 			return
 		case <-m.plan.kick:
 			timer.Stop()
-			// gather a burst of changes (loads, renewals) into one pass,
-			// without postponing a scan that is due
-			if d := min(time.Second, time.Until(wakeAt)); d > 0 {
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(d):
-				}
-			}
-			replan = true
-			if time.Now().Before(wakeAt) {
-				continue
-			}
+			continue
 		case <-timer.C:
 		}
 		if err := m.cache.RenewManagedCertificates(ctx); err != nil && ctx.Err() == nil {
 			m.log.Error("renewal scan", "error", err)
 		}
-		wakeAt, replan = time.Time{}, true
+		scanned = time.Now()
+		m.planRenewals(scanned)
 	}
 }
 
@@ -329,7 +350,7 @@ func (m *Manager) renewExpiredOnce(c *certmagic.Config, name string, old *x509.C
 		}
 	}
 	m.cache.Remove(stale)
-	m.replanRenewals()
+	m.noteCached([]string{name})
 }
 
 // RenewalDueAt reports whether a certificate is due for renewal at now
