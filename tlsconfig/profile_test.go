@@ -6,7 +6,6 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
@@ -53,26 +52,5 @@ func TestDirectoryProfilesBounded(t *testing.T) {
 	body, status = `{"meta":{"profiles":{"shortlived":""}}}`, http.StatusServiceUnavailable
 	if _, err := offersProfile(ctx, cfg, IPProfile); err == nil || !strings.Contains(err.Error(), "HTTP 503") {
 		t.Errorf("HTTP 503: %v, want an error", err)
-	}
-}
-
-// The check interval is a tenth of the shortest lifetime held, within
-// the configured interval and no shorter than minRenewCheck.
-func TestCheckInterval(t *testing.T) {
-	base := 10 * time.Minute
-	for _, c := range []struct {
-		base, shortest, want time.Duration
-	}{
-		{base, 0, base},                                     // nothing held
-		{base, 90 * 24 * time.Hour, base},                   // capped by the configured interval
-		{base, 6 * 24 * time.Hour, base},                    // shortlived: 14.4 h / 10 is above 10 min
-		{base, 60 * time.Minute, 6 * time.Minute},           // a tenth
-		{base, 119 * time.Second, 11900 * time.Millisecond}, // issue 12's certificates
-		{base, 5 * time.Second, minRenewCheck},              // floor
-		{250 * time.Millisecond, 5 * time.Second, 250 * time.Millisecond},
-	} {
-		if got := checkInterval(c.base, c.shortest); got != c.want {
-			t.Errorf("checkInterval(%v, %v) = %v, want %v", c.base, c.shortest, got, c.want)
-		}
 	}
 }

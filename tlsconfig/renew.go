@@ -29,7 +29,8 @@ import (
 //     (never below minRenewCheck), and certmagic is told that interval,
 //     so its ARI cutoff and emergency margin scale with it;
 //   - the scheduler wakes at the earliest due time or after one interval,
-//     whichever comes first, and runs certmagic's renewal scan.
+//     whichever comes first (but at most ten times an interval), and runs
+//     certmagic's renewal scan.
 // Certificates indexed in storage but not loaded are checked by the lazy
 // walk (lazy.go) against the same rule.
 //
@@ -251,11 +252,7 @@ func (m *Manager) runRenewSchedule(ctx context.Context) {
 		m.plan.mu.Unlock()
 		iv := checkInterval(m.baseRenewInterval(), shortest)
 		m.setRenewCheckInterval(iv)
-		wakeAt := scanned.Add(iv)
-		if !next.IsZero() && next.Before(wakeAt) {
-			// certmagic's window test is strict: be just past it
-			wakeAt = next.Add(10 * time.Millisecond)
-		}
+		wakeAt := nextWake(scanned, next, iv)
 		timer := time.NewTimer(time.Until(wakeAt))
 		select {
 		case <-ctx.Done():
@@ -357,4 +354,24 @@ func (m *Manager) renewExpiredOnce(c *certmagic.Config, name string, old *x509.C
 // by RenewalDue's rule.
 func RenewalDueAt(leaf *x509.Certificate, ari acme.RenewalInfo, interval time.Duration, now time.Time) bool {
 	return !now.Before(RenewalDue(leaf, ari, interval))
+}
+
+// nextWake is when the scheduler scans next, the last scan at scanned:
+// one check interval later, or just past the next due time when that
+// comes first (certmagic's window test is strict), but no sooner than a
+// tenth of the interval after the last scan, so that 100,000 names falling
+// due one by one over weeks cost at most ten scans an interval.
+func nextWake(scanned, next time.Time, iv time.Duration) time.Time {
+	wakeAt := scanned.Add(iv)
+	if !next.IsZero() && next.Before(wakeAt) {
+		wakeAt = later(next.Add(10*time.Millisecond), scanned.Add(iv/10))
+	}
+	return wakeAt
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
