@@ -49,11 +49,10 @@ const expiredRetry = 30 * time.Second
 // renewPlan is the scheduler's state.
 type renewPlan struct {
 	mu       sync.Mutex
-	interval time.Duration        // check interval in force
-	shortest time.Duration        // shortest lifetime held
-	next     time.Time            // earliest due time ahead
-	due      map[string]time.Time // name -> next renewal of its cached certificate
-	kick     chan struct{}        // certificates changed: plan again
+	interval time.Duration // check interval in force
+	shortest time.Duration // shortest lifetime held
+	next     time.Time     // earliest due time ahead
+	kick     chan struct{} // certificates changed: plan again
 
 	// handshake backstop
 	expired map[string]*expiredCall
@@ -66,7 +65,7 @@ type expiredCall struct {
 }
 
 func newRenewPlan() *renewPlan {
-	return &renewPlan{due: map[string]time.Time{}, kick: make(chan struct{}, 1), expired: map[string]*expiredCall{}}
+	return &renewPlan{kick: make(chan struct{}, 1), expired: map[string]*expiredCall{}}
 }
 
 // checkInterval is the renewal check interval with base configured
@@ -137,7 +136,6 @@ func (m *Manager) noteCached(names []string) {
 			continue
 		}
 		m.plan.mu.Lock()
-		m.plan.due[n] = due
 		if life > 0 && (m.plan.shortest == 0 || life < m.plan.shortest) {
 			m.plan.shortest, wake = life, true
 		}
@@ -226,18 +224,9 @@ func (m *Manager) planRenewals(now time.Time) (next time.Time, shortest time.Dur
 		}
 	}
 	m.plan.mu.Lock()
-	m.plan.due, m.plan.shortest, m.plan.next = due, shortest, next
+	m.plan.shortest, m.plan.next = shortest, next
 	m.plan.mu.Unlock()
 	return next, shortest
-}
-
-// NextRenewal is when name's cached certificate is due for renewal by the
-// lifetime rule, as last planned (false: not planned, e.g. not loaded).
-func (m *Manager) NextRenewal(name string) (time.Time, bool) {
-	m.plan.mu.Lock()
-	defer m.plan.mu.Unlock()
-	t, ok := m.plan.due[name]
-	return t, ok
 }
 
 // runRenewSchedule is the scheduler loop (see above): a pass over the

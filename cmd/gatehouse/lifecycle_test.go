@@ -390,15 +390,25 @@ func TestExpiredCertificateRenewedForHandshake(t *testing.T) {
 	}
 	e.rebind()
 	e.start(cfg)
-	d := &net.Dialer{Timeout: 20 * time.Second}
-	c, err := tls.DialWithDialer(d, "tcp", e.httpsAddr(), &tls.Config{ServerName: "lapsed.test", RootCAs: e.roots})
-	if err != nil {
-		t.Fatalf("first handshake after the restart: %v", err)
-	}
-	defer c.Close()
-	leaf := c.ConnectionState().PeerCertificates[0]
+	// the first handshake that gets a certificate at all (the name is
+	// indexed from storage a moment after the start) must get a valid one
+	var leaf *x509.Certificate
+	waitFor(t, 20*time.Second, "a certificate served after the restart", func() error {
+		d := &net.Dialer{Timeout: 20 * time.Second}
+		c, err := tls.DialWithDialer(d, "tcp", e.httpsAddr(), &tls.Config{ServerName: "lapsed.test", InsecureSkipVerify: true})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		leaf = c.ConnectionState().PeerCertificates[0]
+		return nil
+	})
 	if leaf.SerialNumber.Cmp(first.SerialNumber) == 0 || !time.Now().Before(leaf.NotAfter) {
-		t.Fatalf("served serial %x valid until %s; want a renewed certificate", leaf.SerialNumber, leaf.NotAfter)
+		t.Fatalf("served serial %x valid until %s; want a renewed certificate (the stored one, %x, expired at %s)",
+			leaf.SerialNumber, leaf.NotAfter, first.SerialNumber, first.NotAfter)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{DNSName: "lapsed.test", Roots: e.roots}); err != nil {
+		t.Fatalf("served certificate does not verify: %v", err)
 	}
 }
 
@@ -435,6 +445,13 @@ func TestExpiredCertificateBackstopPaced(t *testing.T) {
 	attempts := &countingWriter{msg: "renewing it now for the waiting handshake"}
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(&tWriter{t: t}, attempts), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	e.start(cfg, func(o *startOptions) { o.logger = log })
+	waitFor(t, 10*time.Second, "the name indexed from storage", func() error {
+		c, err := tls.Dial("tcp", e.httpsAddr(), &tls.Config{ServerName: "down.test", InsecureSkipVerify: true})
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
 	for i := range 8 {
 		began := time.Now()
 		d := &net.Dialer{Timeout: 10 * time.Second}
