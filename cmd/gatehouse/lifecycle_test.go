@@ -393,6 +393,7 @@ func TestExpiredCertificateRenewedForHandshake(t *testing.T) {
 	// the first handshake that gets a certificate at all (the name is
 	// indexed from storage a moment after the start) must get a valid one
 	var leaf *x509.Certificate
+	inters := x509.NewCertPool()
 	waitFor(t, 20*time.Second, "a certificate served after the restart", func() error {
 		d := &net.Dialer{Timeout: 20 * time.Second}
 		c, err := tls.DialWithDialer(d, "tcp", e.httpsAddr(), &tls.Config{ServerName: "lapsed.test", InsecureSkipVerify: true})
@@ -400,14 +401,18 @@ func TestExpiredCertificateRenewedForHandshake(t *testing.T) {
 			return err
 		}
 		defer c.Close()
-		leaf = c.ConnectionState().PeerCertificates[0]
+		chain := c.ConnectionState().PeerCertificates
+		leaf = chain[0]
+		for _, ic := range chain[1:] {
+			inters.AddCert(ic)
+		}
 		return nil
 	})
 	if leaf.SerialNumber.Cmp(first.SerialNumber) == 0 || !time.Now().Before(leaf.NotAfter) {
 		t.Fatalf("served serial %x valid until %s; want a renewed certificate (the stored one, %x, expired at %s)",
 			leaf.SerialNumber, leaf.NotAfter, first.SerialNumber, first.NotAfter)
 	}
-	if _, err := leaf.Verify(x509.VerifyOptions{DNSName: "lapsed.test", Roots: e.roots}); err != nil {
+	if _, err := leaf.Verify(x509.VerifyOptions{DNSName: "lapsed.test", Roots: e.roots, Intermediates: inters}); err != nil {
 		t.Fatalf("served certificate does not verify: %v", err)
 	}
 }
