@@ -106,6 +106,9 @@ type Manager struct {
 	issuers  []*certmagic.ACMEIssuer                 // for HTTP-01 answers
 	cfg      *routes.Config
 
+	ipProfileMu sync.Mutex
+	ipProfile   map[string]bool // directories -> whether all offer IPProfile (profile.go)
+
 	internal   *certmagic.Config // tls = "internal" (internal.go)
 	internalCA *internalIssuer
 	onDemand   *onDemand // pattern routes: hosts = ["*"], "*.suffix" (ondemand.go)
@@ -121,6 +124,8 @@ type Manager struct {
 	stored    *storedIndex  // certificates in storage not loaded yet (lazy.go)
 	used      sync.Map      // name -> *atomic.Int64, last handshake (Unix s) (lazy.go)
 	renewKick chan struct{} // run certmagic's renewal scan soon (lazy.go)
+	plan      *renewPlan    // renewal schedule and handshake backstop (renew.go)
+	cacheOpts certmagic.CacheOptions
 
 	writeHealth writeHealth       // latest storage write probe (storagecheck.go)
 	certStore   certmagic.Storage // what certmagic's configs write through (safestore.go)
@@ -178,17 +183,19 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 		stored:    newStoredIndex(),
 		renewKick: make(chan struct{}, 1),
 		dns01:     newDNSSolver(opts.Logger, opts.DNSPropagationTimeout),
+		plan:      newRenewPlan(),
 		ctx:       ctx,
 		cancel:    cancel,
 	}
-	m.cache = certmagic.NewCache(certmagic.CacheOptions{
+	m.cacheOpts = certmagic.CacheOptions{
 		GetConfigForCert: m.configForCert,
 		Logger:           zapLogger(opts.Logger),
 		// Size the cache on purpose: certmagic scans the whole cache for
 		// each certificate added past capacity (see field notes).
 		Capacity:           0,
 		RenewCheckInterval: opts.RenewCheckInterval,
-	})
+	}
+	m.cache = certmagic.NewCache(m.cacheOpts)
 	m.setSelfCheck(cfg)
 	m.staples = newStapler(storage, opts.Logger, opts.OCSPCheckInterval, m.onRevoked)
 	m.staples.live = m.cached
@@ -209,6 +216,7 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 	go m.runStorageHealth(ctx, opts.HealthInterval)
 	go m.runStoreSync(ctx, opts.SyncInterval)
 	go m.runRenewKicks(ctx)
+	go m.runRenewSchedule(ctx)
 	go m.runRelease(ctx)
 	return m, nil
 }
@@ -343,7 +351,13 @@ func (m *Manager) acmeConfig(cfg *routes.Config, profile string, byDNS bool) (*c
 		return c, nil
 	}
 	c := m.newConfig()
-	c.OnEvent = m.onACMEEvent
+	profiles := map[string]string{} // issuer key -> profile ordered (profile.go)
+	c.OnEvent = func(ctx context.Context, event string, data map[string]any) error {
+		if event == "cert_obtained" {
+			m.recordProfile(ctx, data, profiles)
+		}
+		return m.onACMEEvent(ctx, event, data)
+	}
 	list := cfg.ACME.Issuer.List
 	if len(list) == 0 {
 		list = []routes.Issuer{{Directory: cfg.ACME.Directory, Email: cfg.ACME.Email, CARoot: cfg.ACME.CARoot}}
@@ -388,6 +402,7 @@ func (m *Manager) acmeConfig(cfg *routes.Config, profile string, byDNS bool) (*c
 			ai.ExternalAccount = &acme.EAB{KeyID: is.EABKeyID, MACKey: is.EABHMAC}
 		}
 		issuer := certmagic.NewACMEIssuer(c, ai)
+		profiles[issuer.IssuerKey()] = prof
 		if byDNS && hasChallenge(cfg, "dns-persist-01") {
 			// dns-persist-01 orders run outside certmagic's ACME
 			// issuer (persist.go); it still names the storage and ARI
@@ -472,6 +487,7 @@ func (m *Manager) Apply(t *routes.Table) error {
 
 	var errs []error
 	var toManage = map[*certmagic.Config][]string{}
+	deferIP := map[*certmagic.Config][]string{} // IP names waiting for the CA's profile list (profile.go)
 	before := maps.Clone(m.byName)
 	for _, e := range t.Entries() {
 		switch e.Issuer {
@@ -489,12 +505,26 @@ func (m *Manager) Apply(t *routes.Table) error {
 					errs = append(errs, err)
 					break
 				}
-				if prev, seen := m.byName[h]; seen && prev == c {
+				hc, decided := c, true
+				if isIPName(h) && !profileSet(cfg, e.Route) { // profile.go
+					var ipc *certmagic.Config
+					if ipc, decided, err = m.ipConfig(cfg); err != nil {
+						errs = append(errs, err)
+						continue
+					} else if ipc != nil {
+						hc = ipc
+					}
+				}
+				if prev, seen := m.byName[h]; seen && prev == hc {
 					continue // managed already: left to its renewal
 				}
-				m.byName[h] = c
+				m.byName[h] = hc
 				m.status.set(h, "acme", stateWaiting, nil)
-				toManage[c] = append(toManage[c], h)
+				if !decided {
+					deferIP[hc] = append(deferIP[hc], h)
+					continue
+				}
+				toManage[hc] = append(toManage[hc], h)
 			}
 		case "internal":
 			if err := m.applyInternal(cfg, e, toManage); err != nil {
@@ -507,6 +537,10 @@ func (m *Manager) Apply(t *routes.Table) error {
 	for c, names := range toManage {
 		sort.Strings(names)
 		go m.manage(c, names)
+	}
+	for c, names := range deferIP {
+		sort.Strings(names)
+		go m.manageIPs(cfg, c, names)
 	}
 	return errors.Join(errs...)
 }
@@ -700,6 +734,9 @@ func (m *Manager) GetCertificate(e *routes.Entry, hello *tls.ClientHelloInfo) (*
 		}
 		if err == nil && c != m.manual {
 			m.markUsed(name)
+			if !challenge && cert != nil && cert.Leaf != nil && time.Now().After(cert.Leaf.NotAfter) {
+				cert = m.renewExpired(hello, c, name, cert) // renew.go
+			}
 		}
 	} else {
 		cert, err = m.patternCertificate(e, name, hello)
@@ -761,6 +798,9 @@ func (m *Manager) onEvent(ctx context.Context, event string, data map[string]any
 		metricObtain(fmt.Sprint(issuers), renewal, err)
 	case "cached_managed_cert", "cached_unmanaged_cert":
 		sans, _ := data["sans"].([]string)
+		if event == "cached_managed_cert" {
+			m.noteCached(sans) // renew.go
+		}
 		for _, name := range sans {
 			if event == "cached_managed_cert" {
 				m.replaced(name)
