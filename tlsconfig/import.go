@@ -43,8 +43,6 @@ type ImportResult struct {
 	Serial    string    `json:"serial,omitempty"`
 	NotAfter  time.Time `json:"not_after,omitzero"`
 	IssuerKey string    `json:"issuer_key,omitempty"` // where it is (or would be) stored
-
-	unusable bool // this entry cannot be used (expired, wrong name, broken): try another
 }
 
 // ImportOptions tune an import.
