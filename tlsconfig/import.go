@@ -534,7 +534,7 @@ func (im *importer) write(ctx context.Context, it *importItem) {
 			serial = chain[0].SerialNumber.Text(16)
 		}
 		if serial == it.leafSerial {
-			skip("gatehouse already has a certificate for %s: this one (serial %s, %s), imported before; not replaced", name, serial, k)
+			skip("gatehouse already has a certificate for %s: this very one (serial %s, %s), from an earlier import; not replaced", name, serial, k)
 		} else {
 			skip("gatehouse already has a certificate for %s (serial %s, %s); not replaced", name, serial, k)
 		}

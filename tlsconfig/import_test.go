@@ -319,7 +319,7 @@ func TestImportManyNames(t *testing.T) {
 		t.Errorf("second import: %v, want all %d skipped", c, n)
 	}
 	for _, r := range again {
-		if r.Name == names[9] && !strings.Contains(r.Reason, "imported before") {
+		if r.Name == names[9] && !strings.Contains(r.Reason, "from an earlier import") {
 			t.Errorf("second import of %s: %q, want it recognised as imported before", r.Name, r.Reason)
 		}
 	}

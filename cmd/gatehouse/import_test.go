@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -126,6 +127,18 @@ func TestImportAutocert(t *testing.T) {
 	if _, err := servedSerial(e.httpsAddr(), "late.test", e.roots); err == nil {
 		t.Fatal("late.test served before its import")
 	}
+	// its order attempt against the stopped CA has failed (an attempt
+	// still retrying its requests when the CA comes back would go on)
+	waitFor(t, 60*time.Second, "late.test's failed order reported", func() error {
+		res, err := http.Get("http://" + e.admLn.Addr().String() + "/readyz")
+		if err != nil {
+			return err
+		}
+		if body := readAll(t, res); !strings.Contains(body, `"name": "late.test"`) || !strings.Contains(body, "last_error") {
+			return fmt.Errorf("readyz: %s", body)
+		}
+		return nil
+	})
 	out.Reset()
 	if code := realMain([]string{"import", "autocert", lateDir, "--config", cfgPath}, &out, &errOut); code != 0 {
 		t.Fatalf("import into a running gatehouse: exit %d\n%s%s", code, out.String(), errOut.String())
