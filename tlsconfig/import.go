@@ -8,7 +8,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -358,21 +357,64 @@ func (im *importer) parallel(n int, fn func(int)) {
 }
 
 // readSource reads one source file, refusing what cannot be a
-// certificate, key or metadata file for its size.
+// certificate, key or metadata file for its size. It reads through
+// plain system calls: os.Open's poller registration costs more than the
+// read of a 2 KiB file, 100,000 times over.
 func readSource(name string) ([]byte, error) {
-	f, err := os.Open(name)
+	fd, err := syscall.Open(name, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, err
+		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
 	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxImportFile+1))
-	if err != nil {
-		return nil, err
+	defer syscall.Close(fd)
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return nil, &fs.PathError{Op: "stat", Path: name, Err: err}
 	}
-	if len(data) > maxImportFile {
+	if st.Size > maxImportFile {
 		return nil, fmt.Errorf("%s is larger than %d KiB: not a certificate, key or metadata file", name, maxImportFile>>10)
 	}
+	if st.Mode&syscall.S_IFMT != syscall.S_IFREG {
+		return nil, fmt.Errorf("%s is not a regular file", name)
+	}
+	data := make([]byte, st.Size)
+	for off := 0; off < len(data); {
+		n, err := syscall.Read(fd, data[off:])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &fs.PathError{Op: "read", Path: name, Err: err}
+		}
+		if n == 0 { // shrank meanwhile
+			return data[:off], nil
+		}
+		off += n
+	}
 	return data, nil
+}
+
+// writeNew writes data into a new file (mode 0600) through plain
+// system calls (see readSource); no fsync: the batch is flushed at once.
+func writeNew(name string, data []byte) error {
+	fd, err := syscall.Open(name, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return &fs.PathError{Op: "create", Path: name, Err: err}
+	}
+	for off := 0; off < len(data); {
+		n, err := syscall.Write(fd, data[off:])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			syscall.Close(fd)
+			return &fs.PathError{Op: "write", Path: name, Err: err}
+		}
+		off += n
+	}
+	if err := syscall.Close(fd); err != nil {
+		return &fs.PathError{Op: "close", Path: name, Err: err}
+	}
+	return nil
 }
 
 // prepare reads one entry and verifies its certificate and key: they
@@ -569,7 +611,7 @@ func (im *importer) write(ctx context.Context, it *importItem) {
 			return
 		}
 		for _, a := range assets {
-			if err := os.WriteFile(filepath.Join(dir, path.Base(a.key)), a.val, 0o600); err != nil {
+			if err := writeNew(filepath.Join(dir, path.Base(a.key)), a.val); err != nil {
 				fail("staging %s: %v", a.key, err)
 				return
 			}

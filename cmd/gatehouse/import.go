@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"flag"
@@ -96,6 +97,9 @@ func cmdImport(args []string, stdout, stderr io.Writer) int {
 			skipped++
 		}
 	}
+	bw := bufio.NewWriter(stdout) // a table row is many small writes
+	defer bw.Flush()
+	stdout = bw
 	if *asJSON {
 		if results == nil {
 			results = []tlsconfig.ImportResult{}
