@@ -563,7 +563,7 @@ func (im *importer) write(ctx context.Context, it *importItem) {
 		if !slices.Contains(it.existing, k) {
 			continue
 		}
-		prev, err := im.load(ctx, certmagic.StorageKeys.SiteCert(k, name))
+		prev, err := im.load(ctx, siteKey(k, name, ".crt"))
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
@@ -600,9 +600,9 @@ func (im *importer) write(ctx context.Context, it *importItem) {
 		key string
 		val []byte
 	}{ // key first: a certificate in storage always has its key
-		{certmagic.StorageKeys.SitePrivateKey(target, name), it.keyPEM},
-		{certmagic.StorageKeys.SiteCert(target, name), it.chainPEM},
-		{certmagic.StorageKeys.SiteMeta(target, name), meta},
+		{siteKey(target, name, ".key"), it.keyPEM},
+		{siteKey(target, name, ".crt"), it.chainPEM},
+		{siteKey(target, name, ".json"), meta},
 	}
 	if im.files != nil {
 		dir, err := im.stage(name)
@@ -734,7 +734,7 @@ func (im *importer) commit(items []*importItem) {
 	moved := 0
 	for _, it := range staged {
 		name := it.res.Name
-		dst := im.files.Filename(certmagic.StorageKeys.CertsSitePrefix(it.res.IssuerKey, name))
+		dst := im.files.Filename(sitePrefix(it.res.IssuerKey, name))
 		parent := filepath.Dir(dst)
 		if !im.parents[parent] {
 			if err := os.MkdirAll(parent, 0o700); err != nil {
@@ -769,7 +769,7 @@ func (im *importer) commit(items []*importItem) {
 		importSyncs.Add(1)
 		if err := syncDir(dir); err != nil {
 			for _, it := range staged {
-				if it.res.Result == "imported" && filepath.Dir(im.files.Filename(certmagic.StorageKeys.CertsSitePrefix(it.res.IssuerKey, it.res.Name))) == dir {
+				if it.res.Result == "imported" && filepath.Dir(im.files.Filename(sitePrefix(it.res.IssuerKey, it.res.Name))) == dir {
 					it.res.Reason = fmt.Sprintf("in place, but syncing %s failed (%v): a crash now could lose it", dir, err)
 				}
 			}
@@ -829,4 +829,10 @@ func (m *Manager) loadStored() {
 			}
 		}
 	}()
+}
+
+// sitePrefix is certmagic.StorageKeys.CertsSitePrefix without its
+// per-call strings.Replacer (siteKey).
+func sitePrefix(issuerKey, name string) string {
+	return path.Dir(siteKey(issuerKey, name, ".crt"))
 }
