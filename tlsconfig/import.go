@@ -758,7 +758,7 @@ func (im *importer) commit(items []*importItem) {
 				importHook("renamed", moved)
 			}
 		case errors.Is(err, fs.ErrExist) || errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.ENOTDIR):
-			it.res.Result, it.res.Reason = "skipped", fmt.Sprintf("gatehouse wrote files for %s meanwhile; not replaced", name)
+			it.res.Result, it.res.Reason = "skipped", fmt.Sprintf("storage has files for %s already (written meanwhile, or an incomplete certificate); not replaced", name)
 			_ = os.RemoveAll(it.staged)
 		default:
 			it.res.Result, it.res.Reason = "failed", fmt.Sprintf("moving into place: %v", err)
