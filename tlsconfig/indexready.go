@@ -22,7 +22,8 @@ import (
 
 // indexing is the set of index builds in flight.
 type indexing struct {
-	busy atomic.Int32 // builds in flight: the handshake path reads only this
+	busy   atomic.Int32 // builds in flight: the handshake path reads only this
+	warned atomic.Bool  // a handshake gave up waiting (logged once per build)
 
 	mu   sync.Mutex
 	idle chan struct{} // closed when the builds in flight are done
@@ -35,6 +36,7 @@ func (g *indexing) begin() {
 	g.mu.Lock()
 	if g.busy.Load() == 0 {
 		g.idle = make(chan struct{})
+		g.warned.Store(false)
 	}
 	g.busy.Add(1)
 	g.mu.Unlock()
@@ -85,7 +87,9 @@ func (m *Manager) awaitIndexed(hello *tls.ClientHelloInfo, name string) bool {
 	select {
 	case <-m.indexing.done():
 	case <-ctx.Done():
-		m.log.Warn("handshake gave up waiting for the index of stored certificates", "name", name, "error", ctx.Err())
+		if m.indexing.warned.CompareAndSwap(false, true) { // not once per handshake
+			m.log.Warn("handshakes are giving up waiting for the index of stored certificates (storage slow to list?)", "name", name, "error", ctx.Err())
+		}
 	}
 	return true
 }
