@@ -323,7 +323,8 @@ func TestImportManyNamesCommand(t *testing.T) {
 		held[name] = certPEM
 	}
 	up := upstream(t, "M")
-	cfgPath := e.config(fmt.Sprintf("[[route]]\nhosts = [%s, \"bad.import.test\"]\nupstream = %q\n", strings.Join(hosts, ", "), up.URL))
+	// (bad.import.test has no route: gatehouse would order it)
+	cfgPath := e.config(fmt.Sprintf("[[route]]\nhosts = [%s]\nupstream = %q\n", strings.Join(hosts, ", "), up.URL))
 
 	var out, errOut strings.Builder
 	code := realMain([]string{"import", "autocert", cacheDir, "--config", cfgPath, "--json"}, &out, &errOut)
