@@ -122,6 +122,7 @@ type Manager struct {
 	checkOn   bool         // [acme] self_check
 
 	stored    *storedIndex  // certificates in storage not loaded yet (lazy.go)
+	indexing  indexing      // index builds in flight (indexready.go)
 	used      sync.Map      // name -> *atomic.Int64, last handshake (Unix s) (lazy.go)
 	renewKick chan struct{} // run certmagic's renewal scan soon (lazy.go)
 	plan      *renewPlan    // renewal schedule and handshake backstop (renew.go)
@@ -536,6 +537,7 @@ func (m *Manager) Apply(t *routes.Table) error {
 	m.forget(t, before)
 	for c, names := range toManage {
 		sort.Strings(names)
+		m.indexing.begin() // ended by manage once its names are indexed
 		go m.manage(c, names)
 	}
 	for c, names := range deferIP {
@@ -558,8 +560,11 @@ func (m *Manager) Apply(t *routes.Table) error {
 // name: at 100,000 names they all queued on the cache and storage
 // locks, and the garbage collector spent a third of the startup
 // shrinking their stacks (bench/README.md, many names).
+//
+// The caller has called m.indexing.begin(); manage ends it.
 func (m *Manager) manage(c *certmagic.Config, names []string) {
 	names = m.indexStored(c, names)
+	m.indexing.end()
 	if len(names) == 0 {
 		return
 	}
@@ -726,11 +731,20 @@ func (m *Manager) GetCertificate(e *routes.Entry, hello *tls.ClientHelloInfo) (*
 			m.awaitStored(hello, c, name)
 		}
 		cert, err = c.GetCertificate(hello)
-		if !challenge && (err != nil || cert == nil || cert.Leaf == nil) && m.stored.pending(name) {
-			// released from memory between the check and the cache
-			// lookup (releaseIdle, lazy.go): load it again
-			m.awaitStored(hello, c, name)
-			cert, err = c.GetCertificate(hello)
+		if !challenge && (err != nil || cert == nil || cert.Leaf == nil) {
+			// right after a start or reload the index of stored
+			// certificates may still be being built (indexready.go)
+			waited := m.awaitIndexed(hello, name)
+			if m.stored.pending(name) {
+				// indexed meanwhile, or released from memory between
+				// the check and the cache lookup (releaseIdle,
+				// lazy.go): load it
+				m.awaitStored(hello, c, name)
+				waited = true
+			}
+			if waited {
+				cert, err = c.GetCertificate(hello)
+			}
 		}
 		if err == nil && c != m.manual {
 			m.markUsed(name)
