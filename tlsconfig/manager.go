@@ -62,7 +62,7 @@ type Options struct {
 	RenewCheckInterval time.Duration
 
 	// SyncInterval and HealthInterval override [storage] sync_interval
-	// and health_interval (see storesync.go).
+	// and health_interval (see storesync.go, storagehealth.go).
 	SyncInterval, HealthInterval time.Duration
 
 	// StoredCheckRate is how many stored certificates a second the
@@ -115,8 +115,7 @@ type Manager struct {
 	used      sync.Map      // name -> *atomic.Int64, last handshake (Unix s) (lazy.go)
 	renewKick chan struct{} // run certmagic's renewal scan soon (lazy.go)
 
-	writeHealth writeHealth       // latest storage write probe (storagecheck.go)
-	certStore   certmagic.Storage // what certmagic's configs write through (safestore.go)
+	certStore certmagic.Storage // what certmagic's configs write through (safestore.go)
 
 	echMu sync.Mutex
 	ech   *echKeyring // [ech] keys (ech.go); nil while ECH is off
@@ -182,14 +181,9 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 	m.staples = newStapler(storage, opts.Logger, opts.OCSPCheckInterval, m.onRevoked)
 	m.staples.live = m.cached
 	go m.staples.run(ctx)
-	probeEvery := time.Minute
-	if opts.RenewCheckInterval > 0 {
-		probeEvery = min(probeEvery, opts.RenewCheckInterval)
-	}
-	go m.watchWrites(ctx, probeEvery)
 	liveMetrics.add(m) // expiry and staple age metrics (inventory.go)
-	// Opening the storage just reached it; probes keep the state current.
-	m.health = storeHealth{backend: storageBackend(cfg.Storage, storage), up: true, since: time.Now()}
+	// one probe round (write, read back, delete) feeds up and writable (storagehealth.go)
+	m.health = newStoreHealth(storageBackend(cfg.Storage, storage))
 	metricStorageUp.Set(1)
 	go m.runStorageHealth(ctx, opts.HealthInterval)
 	go m.runStoreSync(ctx, opts.SyncInterval)

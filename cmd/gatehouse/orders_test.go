@@ -435,7 +435,9 @@ func TestStorageTurnsReadOnly(t *testing.T) {
 	e := newEnv(t, acmetest.PebbleOptions{Profiles: map[string]time.Duration{"ro": life}, NoARI: true})
 	logs := &logBuffer{t: t}
 	up := upstream(t, "A")
-	e.start(e.config(routeTOML("ro.test", up.URL)), fastRenew, withLogs(t, logs))
+	// the storage probe every 250 ms (its [storage] health_interval minimum is 1 s)
+	fastHealth := func(o *startOptions) { o.healthInterval = 250 * time.Millisecond }
+	e.start(e.config(routeTOML("ro.test", up.URL)), fastRenew, fastHealth, withLogs(t, logs))
 	first := waitLeaf(t, e, "ro.test", 30*time.Second)
 	before := snapshotDir(t, e.storage)
 

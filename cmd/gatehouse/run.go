@@ -58,6 +58,8 @@ type startOptions struct {
 	watchEvery time.Duration
 	// renewInterval is certmagic's renewal/ARI scan; tests shorten it.
 	renewInterval time.Duration
+	// healthInterval overrides [storage] health_interval (tests go below its 1 s minimum).
+	healthInterval time.Duration
 }
 
 // start brings gatehouse up: listeners first (so certmagic finds the
@@ -82,7 +84,7 @@ func start(cfg *routes.Config, o startOptions) (*instance, error) {
 		return nil, err
 	}
 	httpsAddr, httpAddr := in.proxy.Addrs()
-	opts := tlsconfig.Options{Logger: log, OCSPCheckInterval: o.ocspInterval, Storage: o.storage, RenewCheckInterval: o.renewInterval}
+	opts := tlsconfig.Options{Logger: log, OCSPCheckInterval: o.ocspInterval, Storage: o.storage, RenewCheckInterval: o.renewInterval, HealthInterval: o.healthInterval}
 	opts.ListenHost, opts.TLSPort = hostPort(httpsAddr)
 	if httpAddr != nil {
 		_, opts.HTTPPort = hostPort(httpAddr)

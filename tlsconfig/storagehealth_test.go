@@ -1,0 +1,119 @@
+package tlsconfig
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-proxy/gatehouse/routes"
+)
+
+// One probe round (write, read back, delete) updates both views of the
+// store at once: reachable (StorageHealth, gatehouse_storage_up) and
+// writable (StorageWriteError, gatehouse_storage_writable), with the
+// time of the check. A read-only store is reachable and not writable; a
+// store whose directory is gone is neither (and the probe does not
+// create it again); each recovers in the next round.
+func TestStorageProbeOneRound(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "store")
+	cfg, err := routes.Parse([]byte(fmt.Sprintf(`
+[acme]
+email      = "ops@example.test"
+directory  = "https://127.0.0.1:1/dir"
+self_check = false
+[storage]
+dir = %q
+[[route]]
+hosts    = ["a.test"]
+upstream = "http://127.0.0.1:1"
+`, dir)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// only the round at start runs by itself; the test runs the others
+	m, err := New(cfg, Options{Logger: testLogger(t), HealthInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	waitFor(t, 10*time.Second, "the first probe round", func() error {
+		if m.StorageHealth().LastCheck.IsZero() {
+			return fmt.Errorf("no round yet")
+		}
+		return nil
+	})
+
+	var last time.Time
+	round := func(wantUp, wantWritable bool, wantErr string) {
+		t.Helper()
+		m.probeStorage(context.Background(), healthTimeout)
+		h := m.StorageHealth()
+		up, upErr := m.StorageHealthy()
+		werr, wsince := m.StorageWriteError()
+		if !h.LastCheck.After(last) {
+			t.Errorf("LastCheck %v did not move past %v", h.LastCheck, last)
+		}
+		last = h.LastCheck
+		if h.Up != wantUp || up != wantUp || (h.Error == "") != wantUp || (upErr == nil) != wantUp {
+			t.Errorf("reachable view: StorageHealth %+v, StorageHealthy %v, %v; want up=%v", h, up, upErr, wantUp)
+		}
+		if (werr == nil) != wantWritable || wsince.IsZero() != wantWritable {
+			t.Errorf("writable view: StorageWriteError %v since %v; want writable=%v", werr, wsince, wantWritable)
+		}
+		if werr != nil && !strings.Contains(werr.Error(), wantErr) {
+			t.Errorf("StorageWriteError %q does not say %q", werr, wantErr)
+		}
+		b := map[bool]float64{true: 1, false: 0}
+		if v := gaugeValue(metricStorageUp); v != b[wantUp] {
+			t.Errorf("gatehouse_storage_up = %v, want %v", v, b[wantUp])
+		}
+		if v := gaugeValue(metricStorageWritable); v != b[wantWritable] {
+			t.Errorf("gatehouse_storage_writable = %v, want %v", v, b[wantWritable])
+		}
+	}
+
+	round(true, true, "")
+	ents, err := os.ReadDir(filepath.Join(dir, "gatehouse", "probe"))
+	if err != nil || len(ents) != 0 {
+		t.Errorf("probe keys left in storage: %v, %v", ents, err)
+	}
+
+	// reachable, not writable
+	if out, err := exec.Command("mount", "--bind", dir, dir).CombinedOutput(); err != nil {
+		t.Logf("no read-only case: cannot bind-mount (needs root with CAP_SYS_ADMIN): %v %s", err, out)
+	} else {
+		mounted := true
+		t.Cleanup(func() {
+			if mounted {
+				_ = exec.Command("umount", dir).Run()
+			}
+		})
+		if out, err := exec.Command("mount", "-o", "remount,bind,ro", dir).CombinedOutput(); err != nil {
+			t.Fatalf("remount read-only: %v %s", err, out)
+		}
+		round(true, false, "read-only file system")
+		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+			t.Fatalf("umount: %v %s", err, out)
+		}
+		mounted = false
+		round(true, true, "")
+	}
+
+	// the directory gone (a volume not mounted): neither, and not created again
+	if err := os.Rename(dir, dir+".away"); err != nil {
+		t.Fatal(err)
+	}
+	round(false, false, "no such file or directory")
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("the probe created the missing storage directory again: %v", err)
+	}
+	if err := os.Rename(dir+".away", dir); err != nil {
+		t.Fatal(err)
+	}
+	round(true, true, "")
+}
