@@ -64,14 +64,20 @@ const WaitPoll = 50 * time.Millisecond
 // that returns at once cannot spin). It returns how long it took.
 func WaitFor(t testing.TB, limit time.Duration, what string, cond func() error) time.Duration {
 	t.Helper()
-	start := time.Now()
-	tries := int(limit/WaitPoll) + 1
+	return WaitSince(t, time.Now(), limit, what, cond)
+}
+
+// WaitSince is WaitFor with the limit counted from since (an event that
+// happened before the wait began); it returns the time since then.
+func WaitSince(t testing.TB, since time.Time, limit time.Duration, what string, cond func() error) time.Duration {
+	t.Helper()
+	tries := int((limit-time.Since(since))/WaitPoll) + 1
 	for i := 0; ; i++ {
 		err := cond()
 		if err == nil {
-			return time.Since(start)
+			return time.Since(since)
 		}
-		if i >= tries || time.Since(start) > limit {
+		if i >= tries || time.Since(since) > limit {
 			t.Fatalf("%s: not within %s: %v", what, limit, err)
 		}
 		time.Sleep(WaitPoll)
