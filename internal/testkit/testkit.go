@@ -107,13 +107,21 @@ func (s *SyncBuffer) String() string {
 // against roots (nil: no verification), and returns the served
 // certificate's serial in hex.
 func ServedSerial(addr, name string, roots *x509.CertPool) (string, error) {
-	d := &net.Dialer{Timeout: 3 * time.Second}
-	c, err := tls.DialWithDialer(d, "tcp", addr, &tls.Config{ServerName: name, RootCAs: roots, InsecureSkipVerify: roots == nil})
+	c, err := DialTLS(addr, name, roots)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
 	return c.ConnectionState().PeerCertificates[0].SerialNumber.Text(16), nil
+}
+
+// DialTLS handshakes with addr for name (SNI), offering alpn, verifying
+// the chain against roots (nil: no verification); the dial is bounded
+// by 3 s.
+func DialTLS(addr, name string, roots *x509.CertPool, alpn ...string) (*tls.Conn, error) {
+	cfg := &tls.Config{ServerName: name, RootCAs: roots, NextProtos: alpn, InsecureSkipVerify: roots == nil}
+	d := &net.Dialer{Timeout: 3 * time.Second}
+	return tls.DialWithDialer(d, "tcp", addr, cfg)
 }
 
 // ReadTree returns every regular file under root by slash path.
