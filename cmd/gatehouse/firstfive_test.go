@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
 
 // The first five minutes (issue 14): what a new user sees when asking
@@ -141,11 +143,11 @@ func TestFirstFiveQuickStartStorage(t *testing.T) {
 	if strings.Contains(string(body), "0001-01-01") {
 		t.Errorf("/readyz shows the zero time:\n%s", body)
 	}
-	waitFor(t, 10*time.Second, "localhost certificate stored", func() error {
+	testkit.WaitFor(t, 10*time.Second, "localhost certificate stored", func() error {
 		_, err := os.Stat(filepath.Join(storage, "pki", "root.crt"))
 		return err
 	})
-	waitFor(t, 10*time.Second, "gatehouse certs --storage lists localhost", func() error {
+	testkit.WaitFor(t, 10*time.Second, "gatehouse certs --storage lists localhost", func() error {
 		code, out, errOut := runMain("certs", "--storage", storage)
 		if code != 0 || !strings.Contains(out, "localhost") {
 			return fmt.Errorf("exit %d, stdout %q, stderr %q", code, out, errOut)

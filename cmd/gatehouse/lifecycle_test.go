@@ -14,6 +14,7 @@ import (
 	"golang.org/x/crypto/ocsp"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
 
 // fastRenew makes certmagic scan for due renewals and ARI updates every
@@ -29,8 +30,8 @@ func routeTOML(name, upstreamURL string) string {
 func waitLeaf(t *testing.T, e *env, name string, limit time.Duration) *x509.Certificate {
 	t.Helper()
 	var leaf *x509.Certificate
-	waitFor(t, limit, "certificate for "+name, func() error {
-		c, err := dialTLS(e.httpsAddr(), name, e.roots)
+	testkit.WaitFor(t, limit, "certificate for "+name, func() error {
+		c, err := testkit.DialTLS(e.httpsAddr(), name, e.roots)
 		if err != nil {
 			return err
 		}
@@ -133,7 +134,7 @@ func (l *load) waitServed(limit time.Duration, old *big.Int) (*big.Int, time.Tim
 	l.t.Helper()
 	var s *big.Int
 	var at time.Time
-	waitFor(l.t, limit, "a new certificate served", func() error {
+	testkit.WaitFor(l.t, limit, "a new certificate served", func() error {
 		serials, times := l.served()
 		for i, x := range serials {
 			if x.Cmp(old) != 0 {
@@ -270,8 +271,8 @@ func TestRevokedByOCSPReplaced(t *testing.T) {
 	e.start(e.config(routeTOML("revocsp.test", up.URL)), fastRenew,
 		func(o *startOptions) { o.ocspInterval = 200 * time.Millisecond })
 	first := waitLeaf(t, e, "revocsp.test", 60*time.Second)
-	waitFor(t, 10*time.Second, "a Good staple", func() error {
-		c, err := dialTLS(e.httpsAddr(), "revocsp.test", e.roots)
+	testkit.WaitFor(t, 10*time.Second, "a Good staple", func() error {
+		c, err := testkit.DialTLS(e.httpsAddr(), "revocsp.test", e.roots)
 		if err != nil {
 			return err
 		}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
 
 // manualEnv is a test world without a CA server: gatehouse's listeners,
@@ -96,7 +97,7 @@ func (m *manualEnv) write(timeouts, routesTOML string) {
 // into m.logs; the file is polled every 100 ms.
 func (m *manualEnv) run(opts ...func(*startOptions)) *instance {
 	m.t.Helper()
-	log := slog.New(slog.NewTextHandler(io.MultiWriter(&tWriter{t: m.t}, m.logs), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(testkit.LogWriter(m.t), m.logs), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	return m.start(m.path, append([]func(*startOptions){func(o *startOptions) {
 		o.logger = log
 		o.watchEvery = 100 * time.Millisecond
@@ -136,7 +137,7 @@ func (l *logBuffer) count(subs ...string) int {
 // waitLog waits until some log line contains every one of subs.
 func (l *logBuffer) waitLog(t testing.TB, limit time.Duration, subs ...string) {
 	t.Helper()
-	waitFor(t, limit, "log line with "+strings.Join(subs, " & "), func() error {
+	testkit.WaitFor(t, limit, "log line with "+strings.Join(subs, " & "), func() error {
 		if l.count(subs...) == 0 {
 			return fmt.Errorf("not logged")
 		}
