@@ -22,46 +22,14 @@ import (
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
-// countingStorage counts the private keys read from a store (only a load
-// into the cache reads a key; the background walk reads certificates and
-// metadata only), and can hold the key reads of one name until released.
-type countingStorage struct {
-	certmagic.Storage
-	keyLoads atomic.Int64
-	perKey   sync.Map // key -> *atomic.Int64
-
-	mu      sync.Mutex
-	holdFor string        // name whose key reads wait on release
-	release chan struct{} // closed to let them go
-}
-
-// countingFiles is a countingStorage over a file store that lists like
-// one (listSites reads the directory).
+// countingFiles is a testkit.CountingStorage over a file store that
+// lists like one (listSites reads the directory).
 type countingFiles struct {
-	*countingStorage
+	*testkit.CountingStorage
 	fs *certmagic.FileStorage
 }
 
 func (s countingFiles) Filename(key string) string { return s.fs.Filename(key) }
-
-func (s *countingStorage) Load(ctx context.Context, key string) ([]byte, error) {
-	if strings.HasSuffix(key, ".key") && strings.HasPrefix(key, "certificates/") {
-		s.keyLoads.Add(1)
-		c, _ := s.perKey.LoadOrStore(key, new(atomic.Int64))
-		c.(*atomic.Int64).Add(1)
-		s.mu.Lock()
-		hold, release := s.holdFor, s.release
-		s.mu.Unlock()
-		if hold != "" && strings.HasSuffix(key, "/"+hold+".key") {
-			select {
-			case <-release:
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-		}
-	}
-	return s.Storage.Load(ctx, key)
-}
 
 // manyNamesConfig is one ACME route for names, on store dir, with a CA
 // that does not answer (nothing here may need it).
@@ -121,8 +89,8 @@ func TestStoredCertificatesLoadedOnFirstHandshake(t *testing.T) {
 	const n = 2000
 	cfg, fst, names, serials, ca := plantedNames(t, n, "n%04d.many.test")
 
-	st := &countingStorage{Storage: fst, release: make(chan struct{})}
-	st.holdFor = names[0]
+	st := testkit.NewCountingStorage(fst)
+	release := st.Hold(names[0])
 	m, err := New(cfg, Options{Logger: quietLogger(t), Storage: countingFiles{st, fst}, StoredCheckRate: 5000})
 	if err != nil {
 		t.Fatal(err)
@@ -140,7 +108,7 @@ func TestStoredCertificatesLoadedOnFirstHandshake(t *testing.T) {
 	})
 	cachedNone := func(when string) {
 		t.Helper()
-		if k := st.keyLoads.Load(); k != 0 {
+		if k := st.KeyLoads(); k != 0 {
 			t.Errorf("%s: %d private keys read from storage, want 0 (nothing loaded before a handshake)", when, k)
 		}
 		if l := m.StoredLoads(); l != 0 {
@@ -191,7 +159,7 @@ func TestStoredCertificatesLoadedOnFirstHandshake(t *testing.T) {
 		return nil
 	})
 	time.Sleep(100 * time.Millisecond) // let the last ones reach the load
-	close(st.release)
+	release()
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -199,7 +167,7 @@ func TestStoredCertificatesLoadedOnFirstHandshake(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if k, l := st.keyLoads.Load(), m.StoredLoads(); k != 1 || l != 1 {
+	if k, l := st.KeyLoads(), m.StoredLoads(); k != 1 || l != 1 {
 		t.Errorf("burst of %d first handshakes: %d key reads, %d loads; want 1 and 1", burst, k, l)
 	}
 
@@ -269,7 +237,7 @@ func TestStoredCertificatesEtcd(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cst := &countingStorage{Storage: st}
+	cst := testkit.NewCountingStorage(st)
 	m, err := New(cfg, Options{Logger: testkit.TestLogger(t), Storage: cst})
 	if err != nil {
 		t.Fatal(err)
@@ -291,8 +259,8 @@ func TestStoredCertificatesEtcd(t *testing.T) {
 		}
 	}
 	for _, n := range names[:4] {
-		if c, ok := cst.perKey.Load(certmagic.StorageKeys.SitePrivateKey(issuerKey, n)); ok {
-			t.Errorf("%s: private key read %d times before any handshake, want 0", n, c.(*atomic.Int64).Load())
+		if c := cst.Loads(certmagic.StorageKeys.SitePrivateKey(issuerKey, n)); c != 0 {
+			t.Errorf("%s: private key read %d times before any handshake, want 0", n, c)
 		}
 	}
 	if m.stored.pending("none.test") {
