@@ -128,9 +128,7 @@ func TestFirstFiveQuickStartStorage(t *testing.T) {
 		t.Errorf("%d log lines still say http=<nil>", n)
 	}
 	// /readyz before and after the first storage probe: never the zero time
-	p.logs.mu.Lock()
-	m := regexp.MustCompile(`admin=(127\.0\.0\.1:\d+)`).FindStringSubmatch(p.logs.b.String())
-	p.logs.mu.Unlock()
+	m := regexp.MustCompile(`admin=(127\.0\.0\.1:\d+)`).FindStringSubmatch(p.logs.String())
 	if m == nil {
 		t.Fatal("no admin address in the log")
 	}
