@@ -26,6 +26,28 @@ func gaugeValue(g prometheus.Gauge) float64 {
 	return m.GetGauge().GetValue()
 }
 
+// fileConfig is a gatehouse config on a file store in dir with one ACME
+// route for a.test; the ACME directory does not answer and there is no
+// self-check (these tests are about the store, not about ordering).
+func fileConfig(t *testing.T, dir string) *routes.Config {
+	t.Helper()
+	cfg, err := routes.Parse([]byte(fmt.Sprintf(`
+[acme]
+email      = "ops@example.test"
+directory  = "https://127.0.0.1:1/dir"
+self_check = false
+[storage]
+dir = %q
+[[route]]
+hosts    = ["a.test"]
+upstream = "http://127.0.0.1:1"
+`, dir)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
 // etcdConfig is a gatehouse config on etcd at url with one ACME route
 // for a.test; the ACME directory does not answer (these tests are about
 // the store, not about ordering).

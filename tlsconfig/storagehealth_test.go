@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
-	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
 // One probe round (write, read back, delete) updates both views of the
@@ -22,20 +21,7 @@ import (
 // next round.
 func TestStorageProbeOneRound(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "store")
-	cfg, err := routes.Parse([]byte(fmt.Sprintf(`
-[acme]
-email      = "ops@example.test"
-directory  = "https://127.0.0.1:1/dir"
-self_check = false
-[storage]
-dir = %q
-[[route]]
-hosts    = ["a.test"]
-upstream = "http://127.0.0.1:1"
-`, dir)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := fileConfig(t, dir)
 	// only the round at start runs by itself; the test runs the others
 	m, err := New(cfg, Options{Logger: testkit.TestLogger(t), HealthInterval: time.Hour})
 	if err != nil {
