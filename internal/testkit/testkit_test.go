@@ -3,6 +3,11 @@ package testkit
 import (
 	"context"
 	"errors"
+	"go/parser"
+	"go/token"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -88,5 +93,47 @@ func TestCountingStorage(t *testing.T) {
 	}
 	if s.Loads(key) != 1 || s.Loads(crt) != 1 || s.KeyLoads() != 1 || s.LoadsOf("a.test") != 2 {
 		t.Errorf("Loads key %d crt %d, KeyLoads %d, LoadsOf %d; want 1 1 1 2", s.Loads(key), s.Loads(crt), s.KeyLoads(), s.LoadsOf("a.test"))
+	}
+}
+
+// Only tests import testkit: no file that builds into gatehouse does.
+func TestImportedOnlyByTests(t *testing.T) {
+	root := filepath.Join("..", "..")
+	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
+		t.Fatalf("module root not at %s: %v", root, err)
+	}
+	const self = `"github.com/gatehouse-proxy/gatehouse/internal/testkit"`
+	fset := token.NewFileSet()
+	seen := 0
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == ".git" || d.Name() == "testdata") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(p, ".go") {
+			return nil
+		}
+		f, err := parser.ParseFile(fset, p, nil, parser.ImportsOnly)
+		if err != nil {
+			return err
+		}
+		for _, imp := range f.Imports {
+			if imp.Path.Value != self {
+				continue
+			}
+			seen++
+			if !strings.HasSuffix(p, "_test.go") {
+				t.Errorf("%s imports internal/testkit: only _test.go files may", p)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen == 0 {
+		t.Errorf("no file imports testkit: the walk missed the tree")
 	}
 }
