@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -10,30 +9,13 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // A 502 is logged with the upstream it tried, on every path: the own
 // HTTP/1.1 and HTTP/2 engines and net/http (a PROXY-protocol route), in
@@ -66,7 +48,7 @@ func TestBadGatewayLogNamesUpstream(t *testing.T) {
 		{Hosts: []string{"pp.test"}, Upstream: deadURL, ProxyProtocol: "v1"},
 	}}
 	cfg.ApplyDefaults()
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
 	s := New(Options{Certs: fixedCerts{&kp}, Logger: log, AccessLog: log.With("log", "access")})
 	if err := s.Listen("127.0.0.1:0", ""); err != nil {

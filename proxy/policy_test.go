@@ -20,7 +20,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -28,6 +27,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
@@ -37,24 +37,6 @@ import (
 // pinned HTTP/1.1 connections, and the HTTP/2 server's Transport path),
 // and net/http's server in front of an https:// upstream (tls.test).
 // Real TLS clients on loopback, real upstreams.
-
-// syncBuf is a log sink tests read while the server writes.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // policyNames are the routes of a policyWorld, one per engine family:
 // web.test http://, pp.test http:// with PROXY protocol, tls.test
@@ -69,7 +51,7 @@ type policyWorld struct {
 	s     *Server
 	addr  string
 	roots *x509.CertPool
-	log   *syncBuf // the error log and the access log, at debug level
+	log   *testkit.SyncBuffer // the error log and the access log, at debug level
 	done  chan struct{}
 }
 
@@ -223,7 +205,7 @@ func startWorld(t *testing.T, o worldOpts) *policyWorld {
 	cfg.Timeouts.ReadHeader = routes.Duration(2 * time.Second)
 	cfg.Timeouts.UpstreamHeader = routes.Duration(500 * time.Millisecond)
 	cfg.ApplyDefaults()
-	lb := &syncBuf{}
+	lb := &testkit.SyncBuffer{}
 	lg := slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	s := New(Options{Certs: fixedCerts{&kp}, Logger: lg, AccessLog: lg})
 	if err := s.Listen("127.0.0.1:0", ""); err != nil {

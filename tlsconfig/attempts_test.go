@@ -2,15 +2,12 @@ package tlsconfig
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/certmagic"
-
-	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
 // The wait between failed orders grows and stops growing at 6 hours.
@@ -59,20 +56,7 @@ func TestAttemptRecordsPersist(t *testing.T) {
 func TestUnfinishedOrdersPaced(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	cfg, err := routes.Parse([]byte(fmt.Sprintf(`
-[acme]
-email      = "ops@example.test"
-directory  = "https://127.0.0.1:1/dir"
-self_check = false
-[storage]
-dir = %q
-[[route]]
-hosts    = ["a.test"]
-upstream = "http://127.0.0.1:1"
-`, dir)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := fileConfig(t, dir)
 	// each Manager is a new process over the same storage; none is
 	// Applied, so none orders by itself
 	process := func() *Manager {
@@ -92,7 +76,7 @@ upstream = "http://127.0.0.1:1"
 		t.Fatalf("taking over an unfinished order: %v", err)
 	}
 	// and so did this one
-	err = process().beforeOrder(ctx, "a.test")
+	err := process().beforeOrder(ctx, "a.test")
 	if err == nil || !strings.Contains(err.Error(), "2 unfinished order(s) in a row") {
 		t.Fatalf("third start: %v, want the order held after 2 unfinished ones", err)
 	}

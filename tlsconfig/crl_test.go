@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
@@ -305,7 +306,7 @@ func crlStatus(m *Manager, leaf *x509.Certificate) (CRLInfo, error) {
 func waitCRL(t *testing.T, m *Manager, leaf *x509.Certificate, want string) CRLInfo {
 	t.Helper()
 	var got CRLInfo
-	waitFor(t, 15*time.Second, "CRL status "+want, func() error {
+	testkit.WaitFor(t, 15*time.Second, "CRL status "+want, func() error {
 		ci, err := crlStatus(m, leaf)
 		if err != nil {
 			return err
@@ -347,7 +348,7 @@ func TestCRLManualRevoked(t *testing.T) {
 	// more refreshes (the CRL is fetched again at least every 400ms)
 	// do not count it again
 	n := srv.requests.Load()
-	waitFor(t, 10*time.Second, "two more CRL fetches", func() error {
+	testkit.WaitFor(t, 10*time.Second, "two more CRL fetches", func() error {
 		if srv.requests.Load() < n+2 {
 			return fmt.Errorf("%d requests", srv.requests.Load())
 		}
@@ -389,7 +390,7 @@ func TestCRLInvalidIgnored(t *testing.T) {
 
 	wantErr := func(what, sub string) {
 		t.Helper()
-		waitFor(t, 15*time.Second, what+" rejected", func() error {
+		testkit.WaitFor(t, 15*time.Second, what+" rejected", func() error {
 			ci, err := crlStatus(m, leaf)
 			if err != nil {
 				return err
@@ -437,7 +438,7 @@ func TestCRLFetchOffHandshakePath(t *testing.T) {
 	log, _ := captureLog(t)
 	m, table := manualCRLManager(t, t.TempDir(), log, map[string][2]string{"hang.test": {certFile, keyFile}},
 		func(w *crlWatcher) { w.setLimits(time.Minute, time.Hour, 1<<20, 5*time.Second) })
-	waitFor(t, 10*time.Second, "the CRL fetch to reach the hanging server", func() error {
+	testkit.WaitFor(t, 10*time.Second, "the CRL fetch to reach the hanging server", func() error {
 		if srv.requests.Load() == 0 {
 			return fmt.Errorf("no request yet")
 		}
@@ -451,7 +452,7 @@ func TestCRLFetchOffHandshakePath(t *testing.T) {
 	if ci, err := crlStatus(m, leaf); err != nil || ci.LastError != "" || ci.Status != "unknown" {
 		t.Fatalf("fetch finished before the handshakes were made (%+v, %v): the test shows nothing", ci, err)
 	}
-	waitFor(t, 15*time.Second, "the fetch to time out", func() error {
+	testkit.WaitFor(t, 15*time.Second, "the fetch to time out", func() error {
 		ci, err := crlStatus(m, leaf)
 		if err != nil {
 			return err
@@ -515,7 +516,7 @@ func TestCRLSizeCap(t *testing.T) {
 		srv.chunked = chunked
 		srv.mu.Unlock()
 		n := srv.requests.Load()
-		waitFor(t, 15*time.Second, fmt.Sprintf("oversized CRL refused (chunked %v)", chunked), func() error {
+		testkit.WaitFor(t, 15*time.Second, fmt.Sprintf("oversized CRL refused (chunked %v)", chunked), func() error {
 			ci, err := crlStatus(m, leaf)
 			if err != nil {
 				return err
@@ -603,7 +604,7 @@ upstream = "http://127.0.0.1:1"
 	if err := m.Apply(table); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the stored certificate served", func() error {
+	testkit.WaitFor(t, 20*time.Second, "the stored certificate served", func() error {
 		s, err := servedSerial(m, table, "managed.test")
 		if err != nil {
 			return err
@@ -618,7 +619,7 @@ upstream = "http://127.0.0.1:1"
 
 	ca.revoke(certFile)
 	srv.set(ca.crl(3600))
-	waitFor(t, 60*time.Second, "a replacement served", func() error {
+	testkit.WaitFor(t, 60*time.Second, "a replacement served", func() error {
 		c, err := servedCert(m, table, "managed.test")
 		if err != nil {
 			return err
@@ -677,7 +678,7 @@ func TestCRLFailureBackoff(t *testing.T) {
 	log, _ := captureLog(t)
 	m, _ := manualCRLManager(t, t.TempDir(), log, map[string][2]string{"down.test": {certFile, keyFile}},
 		func(w *crlWatcher) { w.setLimits(200*time.Millisecond, 10*time.Second, 1<<20, 5*time.Second) })
-	waitFor(t, 10*time.Second, "first fetch", func() error {
+	testkit.WaitFor(t, 10*time.Second, "first fetch", func() error {
 		if srv.requests.Load() == 0 {
 			return fmt.Errorf("none")
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/certmagic"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
@@ -43,7 +44,7 @@ upstream = "http://127.0.0.1:1"
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := New(cfg, Options{Logger: testLogger(t)})
+	m, err := New(cfg, Options{Logger: testkit.TestLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +53,7 @@ upstream = "http://127.0.0.1:1"
 	if err := m.Apply(table); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "own order held by the self-check", func() error {
+	testkit.WaitFor(t, 30*time.Second, "own order held by the self-check", func() error {
 		for _, st := range m.Status() {
 			if st.Name == "*.sync.test" && strings.Contains(st.LastError, "zone API down") {
 				return nil
@@ -69,7 +70,7 @@ upstream = "http://127.0.0.1:1"
 	}
 	peer := &certmagic.FileStorage{Path: filepath.Join(dir, "store")}
 	first := plant(t, peer, issuerKey, "*.sync.test", ca)
-	waitFor(t, 6*time.Second, "wildcard certificate obtained by the peer served", func() error {
+	testkit.WaitFor(t, 6*time.Second, "wildcard certificate obtained by the peer served", func() error {
 		s, err := servedSerial(m, table, "a.sync.test")
 		if err != nil {
 			return err
@@ -83,7 +84,7 @@ upstream = "http://127.0.0.1:1"
 		time.Sleep(100 * time.Millisecond)
 	}
 	renewed := plant(t, peer, issuerKey, "*.sync.test", ca)
-	waitFor(t, 6*time.Second, "wildcard certificate renewed by the peer served", func() error {
+	testkit.WaitFor(t, 6*time.Second, "wildcard certificate renewed by the peer served", func() error {
 		s, err := servedSerial(m, table, "b.sync.test")
 		if err != nil {
 			return err

@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/certmagic"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
@@ -48,7 +49,7 @@ func BenchmarkHeapPerLoadedName(b *testing.B) {
 		if err := m.Apply(table); err != nil {
 			b.Fatal(err)
 		}
-		waitFor(b, time.Minute, "names indexed", func() error {
+		testkit.WaitFor(b, time.Minute, "names indexed", func() error {
 			if !m.stored.pending(names[n-1]) {
 				return fmt.Errorf("not yet")
 			}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/caddyserver/certmagic"
 
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
@@ -73,7 +74,7 @@ func TestStoredNameServedWhileIndexing(t *testing.T) {
 			results <- result{name, err}
 		}()
 	}
-	waitFor(t, 20*time.Second, "handshakes asking for their certificate", func() error {
+	testkit.WaitFor(t, 20*time.Second, "handshakes asking for their certificate", func() error {
 		if a := arrived.Load(); a < int64(len(asked)) {
 			return fmt.Errorf("%d of %d", a, len(asked))
 		}
@@ -129,7 +130,7 @@ func TestIndexWaitBoundedByHandshakeTimeout(t *testing.T) {
 		t.Fatal("handshake still waiting for the index well past the 1s handshake timeout")
 	}
 	close(st.release)
-	waitFor(t, 20*time.Second, "names indexed", func() error {
+	testkit.WaitFor(t, 20*time.Second, "names indexed", func() error {
 		if !m.stored.pending(names[3]) {
 			return errors.New("not indexed yet")
 		}

@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/certmagic"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
@@ -43,7 +44,7 @@ func BenchmarkGetCertificateManyNames(b *testing.B) {
 		b.Fatal(err)
 	}
 	e := table.Lookup(names[0])
-	waitFor(b, time.Minute, "names indexed", func() error {
+	testkit.WaitFor(b, time.Minute, "names indexed", func() error {
 		if !m.stored.pending(names[n-1]) {
 			return fmt.Errorf("not yet")
 		}

@@ -18,49 +18,18 @@ import (
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
 	"github.com/gatehouse-proxy/gatehouse/internal/etcdtest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
-// countingStorage counts the private keys read from a store (only a load
-// into the cache reads a key; the background walk reads certificates and
-// metadata only), and can hold the key reads of one name until released.
-type countingStorage struct {
-	certmagic.Storage
-	keyLoads atomic.Int64
-	perKey   sync.Map // key -> *atomic.Int64
-
-	mu      sync.Mutex
-	holdFor string        // name whose key reads wait on release
-	release chan struct{} // closed to let them go
-}
-
-// countingFiles is a countingStorage over a file store that lists like
-// one (listSites reads the directory).
+// countingFiles is a testkit.CountingStorage over a file store that
+// lists like one (listSites reads the directory).
 type countingFiles struct {
-	*countingStorage
+	*testkit.CountingStorage
 	fs *certmagic.FileStorage
 }
 
 func (s countingFiles) Filename(key string) string { return s.fs.Filename(key) }
-
-func (s *countingStorage) Load(ctx context.Context, key string) ([]byte, error) {
-	if strings.HasSuffix(key, ".key") && strings.HasPrefix(key, "certificates/") {
-		s.keyLoads.Add(1)
-		c, _ := s.perKey.LoadOrStore(key, new(atomic.Int64))
-		c.(*atomic.Int64).Add(1)
-		s.mu.Lock()
-		hold, release := s.holdFor, s.release
-		s.mu.Unlock()
-		if hold != "" && strings.HasSuffix(key, "/"+hold+".key") {
-			select {
-			case <-release:
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-		}
-	}
-	return s.Storage.Load(ctx, key)
-}
 
 // manyNamesConfig is one ACME route for names, on store dir, with a CA
 // that does not answer (nothing here may need it).
@@ -87,7 +56,7 @@ upstream = "http://127.0.0.1:1"
 
 // handshake runs a TLS handshake through m.GetCertificate as the proxy
 // does, verifying the served chain against roots for name, and returns
-// the served leaf.
+// the served leaf (roots nil: no verification).
 func handshake(m *Manager, table *routes.Table, name string, roots *x509.CertPool, onHello func()) (*x509.Certificate, error) {
 	e := table.Lookup(name)
 	srv, cli := net.Pipe()
@@ -103,7 +72,7 @@ func handshake(m *Manager, table *routes.Table, name string, roots *x509.CertPoo
 		s.SetDeadline(time.Now().Add(20 * time.Second))
 		s.Handshake()
 	}()
-	c := tls.Client(cli, &tls.Config{ServerName: name, RootCAs: roots})
+	c := tls.Client(cli, &tls.Config{ServerName: name, RootCAs: roots, InsecureSkipVerify: roots == nil})
 	c.SetDeadline(time.Now().Add(20 * time.Second))
 	if err := c.Handshake(); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
@@ -120,8 +89,8 @@ func TestStoredCertificatesLoadedOnFirstHandshake(t *testing.T) {
 	const n = 2000
 	cfg, fst, names, serials, ca := plantedNames(t, n, "n%04d.many.test")
 
-	st := &countingStorage{Storage: fst, release: make(chan struct{})}
-	st.holdFor = names[0]
+	st := testkit.NewCountingStorage(fst)
+	release := st.Hold(names[0])
 	m, err := New(cfg, Options{Logger: quietLogger(t), Storage: countingFiles{st, fst}, StoredCheckRate: 5000})
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +100,7 @@ func TestStoredCertificatesLoadedOnFirstHandshake(t *testing.T) {
 	if err := m.Apply(table); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "ready", func() error {
+	testkit.WaitFor(t, 30*time.Second, "ready", func() error {
 		if total, waiting, inFlight, sample := m.Readiness(5); total != n || waiting != 0 || inFlight != 0 {
 			return fmt.Errorf("%d names, %d waiting (%d in flight): %+v", total, waiting, inFlight, sample)
 		}
@@ -139,7 +108,7 @@ func TestStoredCertificatesLoadedOnFirstHandshake(t *testing.T) {
 	})
 	cachedNone := func(when string) {
 		t.Helper()
-		if k := st.keyLoads.Load(); k != 0 {
+		if k := st.KeyLoads(); k != 0 {
 			t.Errorf("%s: %d private keys read from storage, want 0 (nothing loaded before a handshake)", when, k)
 		}
 		if l := m.StoredLoads(); l != 0 {
@@ -154,7 +123,7 @@ func TestStoredCertificatesLoadedOnFirstHandshake(t *testing.T) {
 	cachedNone("at ready")
 
 	// the walk checks every stored certificate (none is due), loads none
-	waitFor(t, 60*time.Second, "background walk over the stored certificates", func() error {
+	testkit.WaitFor(t, 60*time.Second, "background walk over the stored certificates", func() error {
 		if u := m.StoredUnchecked(); u != 0 {
 			return fmt.Errorf("%d names not checked yet", u)
 		}
@@ -183,14 +152,14 @@ func TestStoredCertificatesLoadedOnFirstHandshake(t *testing.T) {
 			errs <- err
 		}()
 	}
-	waitFor(t, 20*time.Second, "all burst handshakes asking for the certificate", func() error {
+	testkit.WaitFor(t, 20*time.Second, "all burst handshakes asking for the certificate", func() error {
 		if a := arrived.Load(); a < burst {
 			return fmt.Errorf("%d of %d", a, burst)
 		}
 		return nil
 	})
 	time.Sleep(100 * time.Millisecond) // let the last ones reach the load
-	close(st.release)
+	release()
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -198,7 +167,7 @@ func TestStoredCertificatesLoadedOnFirstHandshake(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if k, l := st.keyLoads.Load(), m.StoredLoads(); k != 1 || l != 1 {
+	if k, l := st.KeyLoads(), m.StoredLoads(); k != 1 || l != 1 {
 		t.Errorf("burst of %d first handshakes: %d key reads, %d loads; want 1 and 1", burst, k, l)
 	}
 
@@ -268,8 +237,8 @@ func TestStoredCertificatesEtcd(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cst := &countingStorage{Storage: st}
-	m, err := New(cfg, Options{Logger: testLogger(t), Storage: cst})
+	cst := testkit.NewCountingStorage(st)
+	m, err := New(cfg, Options{Logger: testkit.TestLogger(t), Storage: cst})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,7 +247,7 @@ func TestStoredCertificatesEtcd(t *testing.T) {
 	if err := m.Apply(table); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "stored names indexed", func() error {
+	testkit.WaitFor(t, 20*time.Second, "stored names indexed", func() error {
 		if s := m.status.state("a.test"); s != stateStored && s != stateReady {
 			return fmt.Errorf("a.test is %q", s)
 		}
@@ -290,8 +259,8 @@ func TestStoredCertificatesEtcd(t *testing.T) {
 		}
 	}
 	for _, n := range names[:4] {
-		if c, ok := cst.perKey.Load(certmagic.StorageKeys.SitePrivateKey(issuerKey, n)); ok {
-			t.Errorf("%s: private key read %d times before any handshake, want 0", n, c.(*atomic.Int64).Load())
+		if c := cst.Loads(certmagic.StorageKeys.SitePrivateKey(issuerKey, n)); c != 0 {
+			t.Errorf("%s: private key read %d times before any handshake, want 0", n, c)
 		}
 	}
 	if m.stored.pending("none.test") {
@@ -309,7 +278,7 @@ func TestStoredCertificatesEtcd(t *testing.T) {
 	if _, err := handshake(m, table, "broken.test", ca.Pool(), nil); err == nil {
 		t.Errorf("broken.test served a certificate whose key does not match")
 	}
-	waitFor(t, 10*time.Second, "broken.test waiting with the reason", func() error {
+	testkit.WaitFor(t, 10*time.Second, "broken.test waiting with the reason", func() error {
 		for _, s := range m.Status() {
 			if s.Name == "broken.test" && s.State == stateWaiting && strings.Contains(s.LastError, "stored certificate unusable") {
 				return nil
@@ -322,11 +291,9 @@ func TestStoredCertificatesEtcd(t *testing.T) {
 	}
 }
 
-// quietLogger is testLogger at warning level (thousands of handshakes).
+// quietLogger is testkit.TestLogger at warning level (thousands of handshakes).
 func quietLogger(t testing.TB) *slog.Logger {
-	w := &tWriter{t: t}
-	t.Cleanup(func() { w.mu.Lock(); w.done = true; w.mu.Unlock() })
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return slog.New(slog.NewTextHandler(testkit.LogWriter(t), &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
 // plantedNames makes a storage directory with n names (by format, from
@@ -403,7 +370,7 @@ func TestSiteKeyMatchesCertmagic(t *testing.T) {
 func TestIdleCertificatesReleased(t *testing.T) {
 	const n = 20
 	cfg, fst, names, serials, ca := plantedNames(t, n, "r%02d.release.test")
-	m, err := New(cfg, Options{Logger: testLogger(t), Storage: fst, ReleaseIdle: time.Second})
+	m, err := New(cfg, Options{Logger: testkit.TestLogger(t), Storage: fst, ReleaseIdle: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -424,7 +391,7 @@ func TestIdleCertificatesReleased(t *testing.T) {
 			}
 		}
 	}
-	waitFor(t, 10*time.Second, "names indexed", func() error {
+	testkit.WaitFor(t, 10*time.Second, "names indexed", func() error {
 		if !m.stored.pending(names[0]) {
 			return fmt.Errorf("not indexed yet")
 		}
@@ -434,7 +401,7 @@ func TestIdleCertificatesReleased(t *testing.T) {
 	if l := m.StoredLoads(); l != n {
 		t.Fatalf("%d loads after the first handshakes, want %d", l, n)
 	}
-	waitFor(t, 20*time.Second, "idle certificates released", func() error {
+	testkit.WaitFor(t, 20*time.Second, "idle certificates released", func() error {
 		for _, name := range names {
 			if len(m.cachedManaged(name)) != 0 || !m.stored.pending(name) {
 				return fmt.Errorf("%s still cached", name)

@@ -62,7 +62,7 @@ type Options struct {
 	RenewCheckInterval time.Duration
 
 	// SyncInterval and HealthInterval override [storage] sync_interval
-	// and health_interval (see storesync.go).
+	// and health_interval (see storesync.go, storagehealth.go).
 	SyncInterval, HealthInterval time.Duration
 
 	// StoredCheckRate is how many stored certificates a second the
@@ -128,8 +128,7 @@ type Manager struct {
 	plan      *renewPlan    // renewal schedule and handshake backstop (renew.go)
 	cacheOpts certmagic.CacheOptions
 
-	writeHealth writeHealth       // latest storage write probe (storagecheck.go)
-	certStore   certmagic.Storage // what certmagic's configs write through (safestore.go)
+	certStore certmagic.Storage // what certmagic's configs write through (safestore.go)
 
 	echMu sync.Mutex
 	ech   *echKeyring // [ech] keys (ech.go); nil while ECH is off
@@ -205,14 +204,9 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 	m.staples.crl = m.crls
 	go m.staples.run(ctx)
 	go m.crls.run(ctx)
-	probeEvery := time.Minute
-	if opts.RenewCheckInterval > 0 {
-		probeEvery = min(probeEvery, opts.RenewCheckInterval)
-	}
-	go m.watchWrites(ctx, probeEvery)
 	liveMetrics.add(m) // expiry and staple age metrics (inventory.go)
-	// Opening the storage just reached it; probes keep the state current.
-	m.health = storeHealth{backend: storageBackend(cfg.Storage, storage), up: true, since: time.Now()}
+	// one probe round (write, read back, delete) feeds up and writable (storagehealth.go)
+	m.health = newStoreHealth(storageBackend(cfg.Storage, storage))
 	metricStorageUp.Set(1)
 	go m.runStorageHealth(ctx, opts.HealthInterval)
 	go m.runStoreSync(ctx, opts.SyncInterval)

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
@@ -69,7 +70,7 @@ func TestOverviewLimit(t *testing.T) {
 	}
 	// the background walk settles every name first (it would clear
 	// the failures recorded below)
-	waitFor(t, 30*time.Second, "every stored name checked", func() error {
+	testkit.WaitFor(t, 30*time.Second, "every stored name checked", func() error {
 		if total, waiting, _, _ := m.Readiness(0); total != n || waiting != 0 || m.StoredUnchecked() != 0 {
 			return fmt.Errorf("%d names, %d waiting, %d unchecked", total, waiting, m.StoredUnchecked())
 		}

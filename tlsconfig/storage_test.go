@@ -2,13 +2,9 @@ package tlsconfig
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"log/slog"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,29 +14,9 @@ import (
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
 	"github.com/gatehouse-proxy/gatehouse/internal/etcdtest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
-
-type tWriter struct {
-	mu   sync.Mutex
-	t    testing.TB
-	done bool
-}
-
-func (w *tWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
-}
-
-func testLogger(t testing.TB) *slog.Logger {
-	w := &tWriter{t: t}
-	t.Cleanup(func() { w.mu.Lock(); w.done = true; w.mu.Unlock() })
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
 
 func gaugeValue(g prometheus.Gauge) float64 {
 	var m dto.Metric
@@ -50,19 +26,26 @@ func gaugeValue(g prometheus.Gauge) float64 {
 	return m.GetGauge().GetValue()
 }
 
-func waitFor(t testing.TB, limit time.Duration, what string, cond func() error) time.Duration {
+// fileConfig is a gatehouse config on a file store in dir with one ACME
+// route for a.test; the ACME directory does not answer and there is no
+// self-check (these tests are about the store, not about ordering).
+func fileConfig(t *testing.T, dir string) *routes.Config {
 	t.Helper()
-	start := time.Now()
-	for {
-		err := cond()
-		if err == nil {
-			return time.Since(start)
-		}
-		if time.Since(start) > limit {
-			t.Fatalf("%s: not within %s: %v", what, limit, err)
-		}
-		time.Sleep(50 * time.Millisecond)
+	cfg, err := routes.Parse([]byte(fmt.Sprintf(`
+[acme]
+email      = "ops@example.test"
+directory  = "https://127.0.0.1:1/dir"
+self_check = false
+[storage]
+dir = %q
+[[route]]
+hosts    = ["a.test"]
+upstream = "http://127.0.0.1:1"
+`, dir)))
+	if err != nil {
+		t.Fatal(err)
 	}
+	return cfg
 }
 
 // etcdConfig is a gatehouse config on etcd at url with one ACME route
@@ -135,7 +118,7 @@ func TestOpenStorageEtcd(t *testing.T) {
 func TestStorageHealth(t *testing.T) {
 	etcd := etcdtest.Start(t, etcdtest.Options{})
 	cfg := etcdConfig(t, fmt.Sprintf("endpoints = [%q]\nprefix = \"health/\"\nhealth_interval = \"1s\"", etcd.URL))
-	m, err := New(cfg, Options{Logger: testLogger(t)})
+	m, err := New(cfg, Options{Logger: testkit.TestLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +131,7 @@ func TestStorageHealth(t *testing.T) {
 	}
 
 	etcd.Stop()
-	took := waitFor(t, 1*time.Second+healthTimeout+3*time.Second, "storage reported down", func() error {
+	took := testkit.WaitFor(t, 1*time.Second+healthTimeout+3*time.Second, "storage reported down", func() error {
 		if up, _ := m.StorageHealthy(); up {
 			return fmt.Errorf("still up")
 		}
@@ -165,7 +148,7 @@ func TestStorageHealth(t *testing.T) {
 	}
 
 	etcd.Restart()
-	took = waitFor(t, 20*time.Second, "storage reported up again", func() error {
+	took = testkit.WaitFor(t, 20*time.Second, "storage reported up again", func() error {
 		if up, err := m.StorageHealthy(); !up {
 			return fmt.Errorf("still down: %v", err)
 		}
@@ -184,25 +167,14 @@ func plant(t *testing.T, st certmagic.Storage, issuerKey, name string, ca *acmet
 	return plantWith(t, st, issuerKey, name, ca, 90*24*time.Hour)
 }
 
-// servedSerial handshakes through m.GetCertificate as the proxy does.
+// servedSerial handshakes through m.GetCertificate as the proxy does
+// (handshake, lazy_test.go), without verifying the chain.
 func servedSerial(m *Manager, table *routes.Table, name string) (string, error) {
-	e := table.Lookup(name)
-	srv, cli := net.Pipe()
-	defer srv.Close()
-	defer cli.Close()
-	go func() {
-		s := tls.Server(srv, &tls.Config{GetCertificate: func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
-			return m.GetCertificate(e, h)
-		}})
-		s.SetDeadline(time.Now().Add(5 * time.Second))
-		s.Handshake()
-	}()
-	c := tls.Client(cli, &tls.Config{ServerName: name, InsecureSkipVerify: true})
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if err := c.Handshake(); err != nil {
+	leaf, err := handshake(m, table, name, nil, nil)
+	if err != nil {
 		return "", err
 	}
-	return c.ConnectionState().PeerCertificates[0].SerialNumber.Text(16), nil
+	return leaf.SerialNumber.Text(16), nil
 }
 
 // A certificate another replica obtains, then one it renews, reach this
@@ -211,7 +183,7 @@ func servedSerial(m *Manager, table *routes.Table, name string) (string, error) 
 func TestStoreSync(t *testing.T) {
 	etcd := etcdtest.Start(t, etcdtest.Options{})
 	cfg := etcdConfig(t, fmt.Sprintf("endpoints = [%q]\nprefix = \"sync/\"\nsync_interval = \"1s\"", etcd.URL))
-	m, err := New(cfg, Options{Logger: testLogger(t)})
+	m, err := New(cfg, Options{Logger: testkit.TestLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +208,7 @@ func TestStoreSync(t *testing.T) {
 
 	// This replica's own order fails (the CA does not answer) and backs
 	// off; the peer's certificate must not wait for its retry.
-	waitFor(t, 30*time.Second, "first order attempt failed", func() error {
+	testkit.WaitFor(t, 30*time.Second, "first order attempt failed", func() error {
 		for _, st := range m.Status() {
 			if st.Name == "a.test" && st.LastError != "" {
 				return nil
@@ -245,7 +217,7 @@ func TestStoreSync(t *testing.T) {
 		return fmt.Errorf("status %+v", m.Status())
 	})
 	first := plant(t, peer, issuerKey, "a.test", ca)
-	took := waitFor(t, 1*time.Second+5*time.Second, "certificate obtained by the peer served", func() error {
+	took := testkit.WaitFor(t, 1*time.Second+5*time.Second, "certificate obtained by the peer served", func() error {
 		s, err := servedSerial(m, table, "a.test")
 		if err != nil {
 			return err
@@ -262,7 +234,7 @@ func TestStoreSync(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	renewed := plant(t, peer, issuerKey, "a.test", ca)
-	took = waitFor(t, 1*time.Second+5*time.Second, "certificate renewed by the peer served", func() error {
+	took = testkit.WaitFor(t, 1*time.Second+5*time.Second, "certificate renewed by the peer served", func() error {
 		s, err := servedSerial(m, table, "a.test")
 		if err != nil {
 			return err

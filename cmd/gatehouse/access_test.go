@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
 
 // One access-log line per request and per stream, with what an operator
@@ -24,7 +26,7 @@ func TestAccessLog(t *testing.T) {
 	m.logs.waitLog(t, 5*time.Second, "msg=access", "route=web.test", "sni=web.test", "method=GET", "path=/some/path",
 		"proto=HTTP/2.0", `tls="TLS 1.3"`, "status=200", "upstream="+up.URL)
 
-	c, err := dialTLS(m.httpsAddr(), "db.test", m.roots)
+	c, err := testkit.DialTLS(m.httpsAddr(), "db.test", m.roots)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
 
 // Bad input on the TLS listener and from upstreams: each gets a
@@ -156,7 +158,7 @@ func TestBadInput(t *testing.T) {
 	})
 
 	t.Run("slowloris HTTP headers are cut at read_header", func(t *testing.T) {
-		c, err := dialTLS(m.httpsAddr(), "web.test", m.roots, "http/1.1")
+		c, err := testkit.DialTLS(m.httpsAddr(), "web.test", m.roots, "http/1.1")
 		if err != nil {
 			t.Fatal(err)
 		}

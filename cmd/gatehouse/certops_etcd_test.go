@@ -15,6 +15,7 @@ import (
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
 	"github.com/gatehouse-proxy/gatehouse/internal/etcdtest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 	"github.com/gatehouse-proxy/gatehouse/tlsconfig"
 )
 
@@ -78,8 +79,8 @@ upstream = %q
 
 	in := e.start(cfgPath)
 	pool := ca.Pool()
-	waitFor(t, 10*time.Second, "imported certificate served from etcd", func() error {
-		got, err := servedSerial(e.httpsAddr(), "moved.test", pool)
+	testkit.WaitFor(t, 10*time.Second, "imported certificate served from etcd", func() error {
+		got, err := testkit.ServedSerial(e.httpsAddr(), "moved.test", pool)
 		if err != nil {
 			return err
 		}
@@ -94,8 +95,8 @@ upstream = %q
 	}
 	roots := certPool(t, rootPEM)
 	var internalSerial string
-	waitFor(t, 10*time.Second, "internal certificate verified against the root from etcd", func() (err error) {
-		internalSerial, err = servedSerial(e.httpsAddr(), "localhost", roots)
+	testkit.WaitFor(t, 10*time.Second, "internal certificate verified against the root from etcd", func() (err error) {
+		internalSerial, err = testkit.ServedSerial(e.httpsAddr(), "localhost", roots)
 		return err
 	})
 

@@ -14,13 +14,14 @@ import (
 	"golang.org/x/crypto/ocsp"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 	"github.com/gatehouse-proxy/gatehouse/tlsconfig"
 )
 
 // servedLeaf returns the certificate gatehouse serves for name.
 func servedLeaf(t testing.TB, addr, name string, roots *x509.CertPool) (*x509.Certificate, []byte, error) {
 	t.Helper()
-	c, err := dialTLS(addr, name, roots)
+	c, err := testkit.DialTLS(addr, name, roots)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -84,7 +85,7 @@ upstream = %[2]q
 	in := e.start(cfgPath, func(o *startOptions) { o.ocspInterval = 200 * time.Millisecond })
 
 	var aLeaf *x509.Certificate
-	waitFor(t, 60*time.Second, "a.test certificate with a staple", func() error {
+	testkit.WaitFor(t, 60*time.Second, "a.test certificate with a staple", func() error {
 		leaf, staple, err := servedLeaf(t, e.httpsAddr(), "a.test", e.roots)
 		if err != nil {
 			return err
@@ -100,12 +101,12 @@ upstream = %[2]q
 		t.Fatalf("on-demand name: %v", err)
 	}
 	var internalLeaf *x509.Certificate
-	waitFor(t, 10*time.Second, "internal certificate", func() error {
+	testkit.WaitFor(t, 10*time.Second, "internal certificate", func() error {
 		internalLeaf, _, err = servedLeaf(t, e.httpsAddr(), "localhost", nil)
 		return err
 	})
 	// the staple is persisted by the refresher right after it is served
-	waitFor(t, 5*time.Second, "persisted staple", func() error {
+	testkit.WaitFor(t, 5*time.Second, "persisted staple", func() error {
 		out, _, _ := runCerts(t, "--config", cfgPath, "--json")
 		if !strings.Contains(out, `"status": "good"`) {
 			return fmt.Errorf("no persisted staple in %s", out)

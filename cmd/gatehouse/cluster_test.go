@@ -21,6 +21,7 @@ import (
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
 	"github.com/gatehouse-proxy/gatehouse/internal/etcdtest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
 
 // Helpers for tests that run gatehouse replicas as real processes: one
@@ -217,7 +218,7 @@ func (c *cluster) launch(ip, cfgPath string) *replica {
 // waitHealthy waits until the replica's /healthz answers.
 func (r *replica) waitHealthy() {
 	r.t.Helper()
-	waitFor(r.t, 15*time.Second, "replica "+r.ip+" /healthz", func() error {
+	testkit.WaitFor(r.t, 15*time.Second, "replica "+r.ip+" /healthz", func() error {
 		select {
 		case <-r.exited:
 			return fmt.Errorf("exited: %v\n%s", r.waitErr, r.tail(3000))
@@ -303,17 +304,6 @@ func (r *replica) find(f func(logLine) bool) (logLine, bool) {
 		}
 	}
 	return logLine{}, false
-}
-
-// serial handshakes with addr for name, verifying against roots, and
-// returns the served certificate's serial.
-func serial(addr, name string, roots *x509.CertPool) (string, error) {
-	c, err := dialTLS(addr, name, roots)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	return c.ConnectionState().PeerCertificates[0].SerialNumber.Text(16), nil
 }
 
 // readyz returns the replica's /readyz status code and body.

@@ -17,6 +17,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 	"github.com/gatehouse-proxy/gatehouse/tlsconfig"
 	"github.com/gatehouse-proxy/gatehouse/tlsconfig/dnsprovider"
 )
@@ -78,7 +79,7 @@ tsig_secret = %q
 // servedCert dials gatehouse with SNI name, verifying against Pebble's
 // root, and returns the leaf.
 func (d *dnsEnv) servedCert(name string) (*x509.Certificate, error) {
-	c, err := dialTLS(d.httpsAddr(), name, d.roots)
+	c, err := testkit.DialTLS(d.httpsAddr(), name, d.roots)
 	if err != nil {
 		return nil, err
 	}
@@ -106,7 +107,7 @@ func TestDNS01WildcardRFC2136(t *testing.T) {
 	in := d.start(cfg)
 
 	var leaf *x509.Certificate
-	waitFor(t, 90*time.Second, "wildcard certificate served for a.example.test", func() (err error) {
+	testkit.WaitFor(t, 90*time.Second, "wildcard certificate served for a.example.test", func() (err error) {
 		leaf, err = d.servedCert("a.example.test")
 		return err
 	})
@@ -138,7 +139,7 @@ func TestDNS01WildcardRFC2136(t *testing.T) {
 	if _, err := d.servedCert("x.a.example.test"); err == nil {
 		t.Error("x.a.example.test was served a certificate")
 	}
-	waitFor(t, 10*time.Second, "challenge and probe records removed", func() error {
+	testkit.WaitFor(t, 10*time.Second, "challenge and probe records removed", func() error {
 		if got := d.challengeRecords("example.test"); len(got) > 0 {
 			return fmt.Errorf("left: %v", got)
 		}
@@ -192,13 +193,13 @@ printf 'server ` + host + ` ` + p + `\nupdate %s %s 60 TXT "%s"\nsend\n' "$op" "
 	d.start(cfg)
 	for _, name := range []string{"a.example.test", "example.test"} {
 		var leaf *x509.Certificate
-		waitFor(t, 90*time.Second, "certificate served for "+name, func() (err error) {
+		testkit.WaitFor(t, 90*time.Second, "certificate served for "+name, func() (err error) {
 			leaf, err = d.servedCert(name)
 			return err
 		})
 		t.Logf("%s: served %v", name, leaf.DNSNames)
 	}
-	waitFor(t, 10*time.Second, "records cleaned up", func() error {
+	testkit.WaitFor(t, 10*time.Second, "records cleaned up", func() error {
 		if got := d.challengeRecords("example.test"); len(got) > 0 {
 			return fmt.Errorf("left: %v", got)
 		}
@@ -330,7 +331,7 @@ printf 'server `+host+` `+p+`\nupdate %s %s 60 TXT "%s"\nsend\n' "$op" "$2" "$3"
 	logs := &logBuffer{t: t}
 	in := d.start(d.config(fmt.Sprintf("[[route]]\nhosts = [\"*.example.test\"]\nupstream = %q\n", up.URL)), withLogs(t, logs), fastRenew)
 	var first *x509.Certificate
-	waitFor(t, 60*time.Second, "first certificate", func() (err error) {
+	testkit.WaitFor(t, 60*time.Second, "first certificate", func() (err error) {
 		first, err = d.servedCert("a.example.test")
 		return err
 	})
@@ -372,7 +373,7 @@ func TestCertsAccountAndCAA(t *testing.T) {
 	logs := &logBuffer{t: t}
 	d.start(cfg, withLogs(t, logs))
 	for _, name := range []string{"a.example.test", "example.test"} {
-		waitFor(t, 90*time.Second, "certificate for "+name, func() error { _, err := d.servedCert(name); return err })
+		testkit.WaitFor(t, 90*time.Second, "certificate for "+name, func() error { _, err := d.servedCert(name); return err })
 	}
 
 	out, errOut, code := runCerts(t, "--config", cfg, "--json")
@@ -484,7 +485,7 @@ func TestDNSPersist01(t *testing.T) {
 	logs := &logBuffer{t: t}
 	d.start(cfg, withLogs(t, logs))
 	for _, name := range []string{"a.example.test", "example.test"} {
-		waitFor(t, 90*time.Second, "certificate for "+name, func() error { _, err := d.servedCert(name); return err })
+		testkit.WaitFor(t, 90*time.Second, "certificate for "+name, func() error { _, err := d.servedCert(name); return err })
 	}
 	leaf, _ := d.servedCert("a.example.test")
 	if !slices.Equal(leaf.DNSNames, []string{"*.example.test"}) {
@@ -533,5 +534,5 @@ func TestDNSPersist01WithDNS01(t *testing.T) {
 	up := upstream(t, "both")
 	cfg := d.config(fmt.Sprintf("[[route]]\nhosts = [\"*.example.test\"]\nupstream = %q\n", up.URL))
 	d.start(cfg)
-	waitFor(t, 90*time.Second, "wildcard certificate", func() error { _, err := d.servedCert("a.example.test"); return err })
+	testkit.WaitFor(t, 90*time.Second, "wildcard certificate", func() error { _, err := d.servedCert("a.example.test"); return err })
 }

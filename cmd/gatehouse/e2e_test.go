@@ -18,6 +18,7 @@ import (
 	"golang.org/x/net/websocket"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
 
 // Two names on one IP, certificates from a real ACME server (Pebble)
@@ -44,8 +45,8 @@ upstream = %q
 
 	// certificates obtained by ACME, served by SNI, verifying against Pebble's root
 	for _, name := range []string{"a.test", "b.test", "www.b.test", "ws.test"} {
-		waitFor(t, 60*time.Second, "certificate for "+name, func() error {
-			c, err := dialTLS(e.httpsAddr(), name, e.roots)
+		testkit.WaitFor(t, 60*time.Second, "certificate for "+name, func() error {
+			c, err := testkit.DialTLS(e.httpsAddr(), name, e.roots)
 			if err != nil {
 				return err
 			}
@@ -106,7 +107,7 @@ upstream = %q
 
 	t.Run("unknown SNI and no SNI get unrecognized_name", func(t *testing.T) {
 		for _, name := range []string{"nope.test", ""} {
-			_, err := dialTLS(e.httpsAddr(), name, nil)
+			_, err := testkit.DialTLS(e.httpsAddr(), name, nil)
 			if err == nil || !strings.Contains(err.Error(), "unrecognized name") {
 				t.Errorf("SNI %q: err = %v, want an unrecognized_name alert", name, err)
 			}
@@ -125,7 +126,7 @@ upstream = %q
 	})
 
 	t.Run("HTTP/2 coalesced request for another route gets 421", func(t *testing.T) {
-		conn, err := dialTLS(e.httpsAddr(), "a.test", e.roots, "h2")
+		conn, err := testkit.DialTLS(e.httpsAddr(), "a.test", e.roots, "h2")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -166,7 +167,7 @@ upstream = %q
 			t.Fatal(err)
 		}
 		wcfg.TlsConfig = &tls.Config{RootCAs: e.roots, ServerName: "ws.test", NextProtos: []string{"http/1.1"}}
-		conn, err := dialTLS(e.httpsAddr(), "ws.test", e.roots, "http/1.1")
+		conn, err := testkit.DialTLS(e.httpsAddr(), "ws.test", e.roots, "http/1.1")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -228,8 +229,8 @@ func TestTLSALPNChallenge(t *testing.T) {
 	e.acmeExtra = `challenges = ["tls-alpn-01"]`
 	up := upstream(t, "A")
 	e.start(e.config(fmt.Sprintf("[[route]]\nhosts = [\"alpn.test\"]\nupstream = %q\nmode = \"tcp\"\n", strings.TrimPrefix(up.URL, "http://"))))
-	waitFor(t, 60*time.Second, "certificate by tls-alpn-01", func() error {
-		c, err := dialTLS(e.httpsAddr(), "alpn.test", e.roots)
+	testkit.WaitFor(t, 60*time.Second, "certificate by tls-alpn-01", func() error {
+		c, err := testkit.DialTLS(e.httpsAddr(), "alpn.test", e.roots)
 		if err == nil {
 			c.Close()
 		}
@@ -248,14 +249,14 @@ func TestRestartWithCAStopped(t *testing.T) {
 	up := upstream(t, "A")
 	routesTOML := fmt.Sprintf("[[route]]\nhosts = [\"a.test\"]\nupstream = %q\n", up.URL)
 	in := e.start(e.config(routesTOML))
-	waitFor(t, 60*time.Second, "first certificate", func() error {
-		c, err := dialTLS(e.httpsAddr(), "a.test", e.roots)
+	testkit.WaitFor(t, 60*time.Second, "first certificate", func() error {
+		c, err := testkit.DialTLS(e.httpsAddr(), "a.test", e.roots)
 		if err == nil {
 			c.Close()
 		}
 		return err
 	})
-	first, _ := dialTLS(e.httpsAddr(), "a.test", e.roots)
+	first, _ := testkit.DialTLS(e.httpsAddr(), "a.test", e.roots)
 	serial := first.ConnectionState().PeerCertificates[0].SerialNumber
 	first.Close()
 	if err := in.shutdown(2 * time.Second); err != nil {
@@ -266,7 +267,7 @@ func TestRestartWithCAStopped(t *testing.T) {
 	e.bind()
 	began := time.Now()
 	e.start(e.config(routesTOML))
-	waitFor(t, 5*time.Second, "certificate from storage after restart", func() error {
+	testkit.WaitFor(t, 5*time.Second, "certificate from storage after restart", func() error {
 		res, err := client(e.httpsAddr(), e.roots, true).Get("https://a.test/")
 		if err != nil {
 			return err
@@ -277,7 +278,7 @@ func TestRestartWithCAStopped(t *testing.T) {
 		return nil
 	})
 	t.Logf("served from storage %v after restart, CA down", time.Since(began).Round(time.Millisecond))
-	c, err := dialTLS(e.httpsAddr(), "a.test", e.roots)
+	c, err := testkit.DialTLS(e.httpsAddr(), "a.test", e.roots)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -337,15 +338,15 @@ func TestFailedOrderReported(t *testing.T) {
 	e.dns.SetA("elsewhere.test", "127.0.0.2") // nothing of gatehouse's listens there
 	up := upstream(t, "A")
 	e.start(e.config(fmt.Sprintf("[[route]]\nhosts = [\"ok.test\"]\nupstream = %q\n[[route]]\nhosts = [\"elsewhere.test\"]\nupstream = %q\n", up.URL, up.URL)))
-	waitFor(t, 60*time.Second, "ok.test served", func() error {
-		c, err := dialTLS(e.httpsAddr(), "ok.test", e.roots)
+	testkit.WaitFor(t, 60*time.Second, "ok.test served", func() error {
+		c, err := testkit.DialTLS(e.httpsAddr(), "ok.test", e.roots)
 		if err == nil {
 			c.Close()
 		}
 		return err
 	})
 	var body string
-	waitFor(t, 60*time.Second, "elsewhere.test reported with the CA's error", func() error {
+	testkit.WaitFor(t, 60*time.Second, "elsewhere.test reported with the CA's error", func() error {
 		res, err := http.Get("http://" + e.admLn.Addr().String() + "/readyz")
 		if err != nil {
 			return err
@@ -359,7 +360,7 @@ func TestFailedOrderReported(t *testing.T) {
 	if !strings.Contains(body, "127.0.0.2") && !strings.Contains(strings.ToLower(body), "connection refused") {
 		t.Errorf("the reported error should carry the CA's validation detail: %s", body)
 	}
-	if _, err := dialTLS(e.httpsAddr(), "elsewhere.test", e.roots); err == nil {
+	if _, err := testkit.DialTLS(e.httpsAddr(), "elsewhere.test", e.roots); err == nil {
 		t.Errorf("elsewhere.test has no certificate but the handshake succeeded")
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
 
 // echOut is what `gatehouse ech --json` prints.
@@ -254,7 +255,7 @@ func TestECHPublishedByRFC2136(t *testing.T) {
 	in := d.start(cfgPath)
 	o, _ := runECH(t, cfgPath)
 	for _, name := range []string{"a.example.test", "b.example.test"} {
-		waitFor(t, 30*time.Second, "HTTPS record of "+name, func() error {
+		testkit.WaitFor(t, 30*time.Second, "HTTPS record of "+name, func() error {
 			if got := httpsRecord(t, d.bind.Addr, name); got != o.ConfigList {
 				return fmt.Errorf("ech=%q, want %q", got, o.ConfigList)
 			}
@@ -290,7 +291,7 @@ func TestECHPublishedByRFC2136(t *testing.T) {
 	if o2.ConfigList == o.ConfigList {
 		t.Fatal("a new public name kept the old ECH config")
 	}
-	waitFor(t, 30*time.Second, "the new config in DNS", func() error {
+	testkit.WaitFor(t, 30*time.Second, "the new config in DNS", func() error {
 		if got := httpsRecord(t, d.bind.Addr, "a.example.test"); got != o2.ConfigList {
 			return fmt.Errorf("ech=%q, want the new %q", got, o2.ConfigList)
 		}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
 
 // The first five minutes (issue 14): what a new user sees when asking
@@ -126,9 +128,7 @@ func TestFirstFiveQuickStartStorage(t *testing.T) {
 		t.Errorf("%d log lines still say http=<nil>", n)
 	}
 	// /readyz before and after the first storage probe: never the zero time
-	p.logs.mu.Lock()
-	m := regexp.MustCompile(`admin=(127\.0\.0\.1:\d+)`).FindStringSubmatch(p.logs.b.String())
-	p.logs.mu.Unlock()
+	m := regexp.MustCompile(`admin=(127\.0\.0\.1:\d+)`).FindStringSubmatch(p.logs.String())
 	if m == nil {
 		t.Fatal("no admin address in the log")
 	}
@@ -141,11 +141,11 @@ func TestFirstFiveQuickStartStorage(t *testing.T) {
 	if strings.Contains(string(body), "0001-01-01") {
 		t.Errorf("/readyz shows the zero time:\n%s", body)
 	}
-	waitFor(t, 10*time.Second, "localhost certificate stored", func() error {
+	testkit.WaitFor(t, 10*time.Second, "localhost certificate stored", func() error {
 		_, err := os.Stat(filepath.Join(storage, "pki", "root.crt"))
 		return err
 	})
-	waitFor(t, 10*time.Second, "gatehouse certs --storage lists localhost", func() error {
+	testkit.WaitFor(t, 10*time.Second, "gatehouse certs --storage lists localhost", func() error {
 		code, out, errOut := runMain("certs", "--storage", storage)
 		if code != 0 || !strings.Contains(out, "localhost") {
 			return fmt.Errorf("exit %d, stdout %q, stderr %q", code, out, errOut)

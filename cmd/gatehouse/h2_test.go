@@ -27,6 +27,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
 
 // h2World is gatehouse serving h2.test (and other.test, another route
@@ -384,7 +386,7 @@ func (r *rawH2) settle() {
 
 func dialRawH2(t *testing.T, w *h2World) *rawH2 {
 	t.Helper()
-	c, err := dialTLS(w.addr, "h2.test", w.e.roots, "h2")
+	c, err := testkit.DialTLS(w.addr, "h2.test", w.e.roots, "h2")
 	if err != nil {
 		t.Fatal(err)
 	}

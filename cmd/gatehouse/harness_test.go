@@ -7,40 +7,18 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
-
-// testLogger writes gatehouse's log into the test's output, shown on failure.
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(&tWriter{t: t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct {
-	mu   sync.Mutex
-	t    testing.TB
-	done bool
-}
-
-func (w *tWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
-}
 
 // listen binds a loopback listener on a kernel-picked port.
 func listen(t testing.TB) net.Listener {
@@ -242,7 +220,7 @@ func (e *env) start(cfgPath string, opts ...func(*startOptions)) *instance {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	o := startOptions{httpsLn: e.httpsLn, httpLn: e.httpLn, adminLn: e.admLn, logger: testLogger(e.t)}
+	o := startOptions{httpsLn: e.httpsLn, httpLn: e.httpLn, adminLn: e.admLn, logger: testkit.TestLogger(e.t)}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -255,30 +233,6 @@ func (e *env) start(cfgPath string, opts ...func(*startOptions)) *instance {
 }
 
 func (e *env) httpsAddr() string { return e.httpsLn.Addr().String() }
-
-// dialTLS connects to gatehouse with SNI name, verifying against roots
-// (nil: no verification).
-func dialTLS(addr, name string, roots *x509.CertPool, alpn ...string) (*tls.Conn, error) {
-	cfg := &tls.Config{ServerName: name, RootCAs: roots, NextProtos: alpn, InsecureSkipVerify: roots == nil}
-	d := &net.Dialer{Timeout: 3 * time.Second}
-	return tls.DialWithDialer(d, "tcp", addr, cfg)
-}
-
-// waitFor polls cond every 100 ms until it holds or limit passes.
-func waitFor(t testing.TB, limit time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	var err error
-	for i := 0; ; i++ {
-		if err = cond(); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s: %v", what, limit, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
 
 // client returns an HTTP client that reaches every name at gatehouse's
 // https listener and trusts roots; h2 selects HTTP/2 (else HTTP/1.1).

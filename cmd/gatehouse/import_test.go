@@ -20,18 +20,8 @@ import (
 	"golang.org/x/crypto/acme/autocert"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
-
-// servedSerial returns the serial of the certificate gatehouse serves
-// for name (hex), verifying it against roots.
-func servedSerial(addr, name string, roots *x509.CertPool) (string, error) {
-	c, err := dialTLS(addr, name, roots)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	return c.ConnectionState().PeerCertificates[0].SerialNumber.Text(16), nil
-}
 
 // A Go program's autocert cache moves into gatehouse: the certificates
 // autocert obtained (ECDSA, and RSA as "+rsa") are served by gatehouse
@@ -112,8 +102,8 @@ func TestImportAutocert(t *testing.T) {
 	e.pebble.Stop()
 	in := e.start(cfgPath)
 	for name, serial := range want {
-		waitFor(t, 10*time.Second, "imported certificate for "+name, func() error {
-			got, err := servedSerial(e.httpsAddr(), name, e.roots)
+		testkit.WaitFor(t, 10*time.Second, "imported certificate for "+name, func() error {
+			got, err := testkit.ServedSerial(e.httpsAddr(), name, e.roots)
 			if err != nil {
 				return err
 			}
@@ -125,12 +115,12 @@ func TestImportAutocert(t *testing.T) {
 	}
 	// into a running gatehouse: late.test has no certificate (its order
 	// fails, the CA is down); after the import a reload serves it
-	if _, err := servedSerial(e.httpsAddr(), "late.test", e.roots); err == nil {
+	if _, err := testkit.ServedSerial(e.httpsAddr(), "late.test", e.roots); err == nil {
 		t.Fatal("late.test served before its import")
 	}
 	// its order attempt against the stopped CA has failed (an attempt
 	// still retrying its requests when the CA comes back would go on)
-	waitFor(t, 60*time.Second, "late.test's failed order reported", func() error {
+	testkit.WaitFor(t, 60*time.Second, "late.test's failed order reported", func() error {
 		res, err := http.Get("http://" + e.admLn.Addr().String() + "/readyz")
 		if err != nil {
 			return err
@@ -147,8 +137,8 @@ func TestImportAutocert(t *testing.T) {
 	if err := in.reload(cfgPath); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "late.test served after import + reload", func() error {
-		got, err := servedSerial(e.httpsAddr(), "late.test", e.roots)
+	testkit.WaitFor(t, 10*time.Second, "late.test served after import + reload", func() error {
+		got, err := testkit.ServedSerial(e.httpsAddr(), "late.test", e.roots)
 		if err != nil {
 			return err
 		}
@@ -225,8 +215,8 @@ func TestImportCaddy(t *testing.T) {
 
 	e.pebble.Stop()
 	e.start(cfgPath)
-	waitFor(t, 10*time.Second, "imported Caddy certificate", func() error {
-		got, err := servedSerial(e.httpsAddr(), "caddy-site.test", e.roots)
+	testkit.WaitFor(t, 10*time.Second, "imported Caddy certificate", func() error {
+		got, err := testkit.ServedSerial(e.httpsAddr(), "caddy-site.test", e.roots)
 		if err != nil {
 			return err
 		}
@@ -367,8 +357,8 @@ func TestImportManyNamesCommand(t *testing.T) {
 	e.pebble.Stop()
 	e.start(cfgPath)
 	for _, name := range []string{names[3], names[n/2], names[n-1]} {
-		waitFor(t, 10*time.Second, "imported certificate for "+name, func() error {
-			got, err := servedSerial(e.httpsAddr(), name, ca.Pool())
+		testkit.WaitFor(t, 10*time.Second, "imported certificate for "+name, func() error {
+			got, err := testkit.ServedSerial(e.httpsAddr(), name, ca.Pool())
 			if err != nil {
 				return err
 			}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
 
 // tls = "internal": names no public CA signs (localhost, an IP address,
@@ -50,8 +51,8 @@ upstream = %q
 
 	// by name (SNI), verified against the root file
 	var serial string
-	waitFor(t, 20*time.Second, "internal certificate for localhost", func() error {
-		c, err := dialTLS(e.httpsAddr(), "localhost", roots)
+	testkit.WaitFor(t, 20*time.Second, "internal certificate for localhost", func() error {
+		c, err := testkit.DialTLS(e.httpsAddr(), "localhost", roots)
 		if err != nil {
 			return err
 		}
@@ -71,7 +72,7 @@ upstream = %q
 	// by IP address: Go sends no SNI for an IP, and checks the IP SAN
 	_, portStr, _ := net.SplitHostPort(e.httpsAddr())
 	ipAddr := net.JoinHostPort("127.0.0.1", portStr)
-	waitFor(t, 20*time.Second, "internal certificate for 127.0.0.1", func() error {
+	testkit.WaitFor(t, 20*time.Second, "internal certificate for 127.0.0.1", func() error {
 		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 3 * time.Second}, "tcp", ipAddr, &tls.Config{RootCAs: roots})
 		if err != nil {
 			return err
@@ -80,8 +81,8 @@ upstream = %q
 	})
 
 	// a name under the *.app.internal pattern: one wildcard certificate
-	waitFor(t, 20*time.Second, "internal wildcard certificate", func() error {
-		c, err := dialTLS(e.httpsAddr(), "api.app.internal", roots)
+	testkit.WaitFor(t, 20*time.Second, "internal wildcard certificate", func() error {
+		c, err := testkit.DialTLS(e.httpsAddr(), "api.app.internal", roots)
 		if err != nil {
 			return err
 		}
@@ -126,8 +127,8 @@ upstream = %q
 	if err != nil || string(again) != string(rootPEM) {
 		t.Fatalf("root changed across restart (err %v)", err)
 	}
-	waitFor(t, 10*time.Second, "stored leaf after restart", func() error {
-		c, err := dialTLS(e.httpsAddr(), "localhost", roots)
+	testkit.WaitFor(t, 10*time.Second, "stored leaf after restart", func() error {
+		c, err := testkit.DialTLS(e.httpsAddr(), "localhost", roots)
 		if err != nil {
 			return err
 		}
@@ -147,7 +148,7 @@ func TestInternalReloadSwitch(t *testing.T) {
 	acmeRoute := fmt.Sprintf("[[route]]\nhosts = [\"flip.test\"]\nupstream = %q\n", up.URL)
 	in := e.start(e.config(acmeRoute))
 	issuerOf := func() (string, error) {
-		c, err := dialTLS(e.httpsAddr(), "flip.test", nil)
+		c, err := testkit.DialTLS(e.httpsAddr(), "flip.test", nil)
 		if err != nil {
 			return "", err
 		}
@@ -156,7 +157,7 @@ func TestInternalReloadSwitch(t *testing.T) {
 	}
 	until := func(what string, want func(string) bool) {
 		t.Helper()
-		waitFor(t, 60*time.Second, what, func() error {
+		testkit.WaitFor(t, 60*time.Second, what, func() error {
 			cn, err := issuerOf()
 			if err != nil {
 				return err

@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/certmagic"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
 
 // Certificates already in storage at start are loaded lazily (on first
@@ -69,7 +70,7 @@ func TestStoredDueRenewedWithoutHandshake(t *testing.T) {
 	}
 	var sawExpired bool
 	for _, name := range []string{"expired.test", "due.test"} {
-		waitFor(t, 60*time.Second, name+" renewed by the CA without a handshake", func() error {
+		testkit.WaitFor(t, 60*time.Second, name+" renewed by the CA without a handshake", func() error {
 			if !sawExpired {
 				for _, s := range in.certs.Status() {
 					if s.Name == "expired.test" && s.State == "expired" && s.LastError != "" {
@@ -99,7 +100,7 @@ func TestStoredDueRenewedWithoutHandshake(t *testing.T) {
 			t.Errorf("%s still served the stored certificate", name)
 		}
 	}
-	waitFor(t, 10*time.Second, "ready with every stored certificate checked", func() error {
+	testkit.WaitFor(t, 10*time.Second, "ready with every stored certificate checked", func() error {
 		code, body := readyz()
 		detail, _ := body["detail"].(map[string]any)
 		if code != 200 || detail == nil || detail["stored_unchecked"] != float64(0) {
@@ -108,7 +109,7 @@ func TestStoredDueRenewedWithoutHandshake(t *testing.T) {
 		return nil
 	})
 	// ok.test: its stored certificate, loaded on this first handshake
-	c, err := dialTLS(e.httpsAddr(), "ok.test", ca.Pool())
+	c, err := testkit.DialTLS(e.httpsAddr(), "ok.test", ca.Pool())
 	if err != nil {
 		t.Fatalf("ok.test: %v", err)
 	}

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/ocsp"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
 
 // fastRenew makes certmagic scan for due renewals and ARI updates every
@@ -33,8 +34,8 @@ func routeTOML(name, upstreamURL string) string {
 func waitLeaf(t *testing.T, e *env, name string, limit time.Duration) *x509.Certificate {
 	t.Helper()
 	var leaf *x509.Certificate
-	waitFor(t, limit, "certificate for "+name, func() error {
-		c, err := dialTLS(e.httpsAddr(), name, e.roots)
+	testkit.WaitFor(t, limit, "certificate for "+name, func() error {
+		c, err := testkit.DialTLS(e.httpsAddr(), name, e.roots)
 		if err != nil {
 			return err
 		}
@@ -137,7 +138,7 @@ func (l *load) waitServed(limit time.Duration, old *big.Int) (*big.Int, time.Tim
 	l.t.Helper()
 	var s *big.Int
 	var at time.Time
-	waitFor(l.t, limit, "a new certificate served", func() error {
+	testkit.WaitFor(l.t, limit, "a new certificate served", func() error {
 		serials, times := l.served()
 		for i, x := range serials {
 			if x.Cmp(old) != 0 {
@@ -274,8 +275,8 @@ func TestRevokedByOCSPReplaced(t *testing.T) {
 	e.start(e.config(routeTOML("revocsp.test", up.URL)), fastRenew,
 		func(o *startOptions) { o.ocspInterval = 200 * time.Millisecond })
 	first := waitLeaf(t, e, "revocsp.test", 60*time.Second)
-	waitFor(t, 10*time.Second, "a Good staple", func() error {
-		c, err := dialTLS(e.httpsAddr(), "revocsp.test", e.roots)
+	testkit.WaitFor(t, 10*time.Second, "a Good staple", func() error {
+		c, err := testkit.DialTLS(e.httpsAddr(), "revocsp.test", e.roots)
 		if err != nil {
 			return err
 		}
@@ -394,7 +395,7 @@ func TestExpiredCertificateRenewedForHandshake(t *testing.T) {
 	// indexed from storage a moment after the start) must get a valid one
 	var leaf *x509.Certificate
 	inters := x509.NewCertPool()
-	waitFor(t, 20*time.Second, "a certificate served after the restart", func() error {
+	testkit.WaitFor(t, 20*time.Second, "a certificate served after the restart", func() error {
 		d := &net.Dialer{Timeout: 20 * time.Second}
 		c, err := tls.DialWithDialer(d, "tcp", e.httpsAddr(), &tls.Config{ServerName: "lapsed.test", InsecureSkipVerify: true})
 		if err != nil {
@@ -448,9 +449,9 @@ func TestExpiredCertificateBackstopPaced(t *testing.T) {
 	time.Sleep(time.Until(first.NotAfter) + 1500*time.Millisecond)
 	e.rebind()
 	attempts := &countingWriter{msg: "renewing it now for the waiting handshake"}
-	log := slog.New(slog.NewTextHandler(io.MultiWriter(&tWriter{t: t}, attempts), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(testkit.LogWriter(t), attempts), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	e.start(cfg, func(o *startOptions) { o.logger = log })
-	waitFor(t, 10*time.Second, "the name indexed from storage", func() error {
+	testkit.WaitFor(t, 10*time.Second, "the name indexed from storage", func() error {
 		c, err := tls.Dial("tcp", e.httpsAddr(), &tls.Config{ServerName: "down.test", InsecureSkipVerify: true})
 		if err != nil {
 			return err

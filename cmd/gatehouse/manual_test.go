@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -12,11 +11,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
 
 // manualEnv is a test world without a CA server: gatehouse's listeners,
@@ -96,7 +95,7 @@ func (m *manualEnv) write(timeouts, routesTOML string) {
 // into m.logs; the file is polled every 100 ms.
 func (m *manualEnv) run(opts ...func(*startOptions)) *instance {
 	m.t.Helper()
-	log := slog.New(slog.NewTextHandler(io.MultiWriter(&tWriter{t: m.t}, m.logs), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(testkit.LogWriter(m.t), m.logs), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	return m.start(m.path, append([]func(*startOptions){func(o *startOptions) {
 		o.logger = log
 		o.watchEvery = 100 * time.Millisecond
@@ -105,23 +104,14 @@ func (m *manualEnv) run(opts ...func(*startOptions)) *instance {
 
 // logBuffer keeps gatehouse's log lines for assertions.
 type logBuffer struct {
-	t  testing.TB
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
+	t testing.TB
+	testkit.SyncBuffer
 }
 
 // count returns how many log lines contain every one of subs.
 func (l *logBuffer) count(subs ...string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	n := 0
-	for _, line := range strings.Split(l.b.String(), "\n") {
+	for _, line := range strings.Split(l.String(), "\n") {
 		all := true
 		for _, s := range subs {
 			all = all && strings.Contains(line, s)
@@ -136,7 +126,7 @@ func (l *logBuffer) count(subs ...string) int {
 // waitLog waits until some log line contains every one of subs.
 func (l *logBuffer) waitLog(t testing.TB, limit time.Duration, subs ...string) {
 	t.Helper()
-	waitFor(t, limit, "log line with "+strings.Join(subs, " & "), func() error {
+	testkit.WaitFor(t, limit, "log line with "+strings.Join(subs, " & "), func() error {
 		if l.count(subs...) == 0 {
 			return fmt.Errorf("not logged")
 		}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
 
 // scrape reads the admin /metrics and returns every sample line as
@@ -64,8 +65,8 @@ func TestMetricsDuringTraffic(t *testing.T) {
 	echo := tcpUpstream(t)
 	e.start(e.config(fmt.Sprintf("[[route]]\nhosts = [\"m.test\"]\nupstream = %q\n[[route]]\nhosts = [\"mtcp.test\"]\nmode = \"tcp\"\nupstream = %q\n", up.URL, echo)))
 	for _, name := range []string{"m.test", "mtcp.test"} {
-		waitFor(t, 60*time.Second, "certificate for "+name, func() error {
-			c, err := dialTLS(e.httpsAddr(), name, e.roots)
+		testkit.WaitFor(t, 60*time.Second, "certificate for "+name, func() error {
+			c, err := testkit.DialTLS(e.httpsAddr(), name, e.roots)
 			if err == nil {
 				c.Close()
 			}
@@ -87,18 +88,18 @@ func TestMetricsDuringTraffic(t *testing.T) {
 		}
 		readAll(t, res)
 	}
-	_, _ = dialTLS(e.httpsAddr(), "unknown.test", nil)
-	stream, err := dialTLS(e.httpsAddr(), "mtcp.test", e.roots)
+	_, _ = testkit.DialTLS(e.httpsAddr(), "unknown.test", nil)
+	stream, err := testkit.DialTLS(e.httpsAddr(), "mtcp.test", e.roots)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer stream.Close()
-	served, _ := dialTLS(e.httpsAddr(), "m.test", e.roots)
+	served, _ := testkit.DialTLS(e.httpsAddr(), "m.test", e.roots)
 	notAfter := served.ConnectionState().PeerCertificates[0].NotAfter
 	served.Close()
 
 	var m map[string]float64
-	waitFor(t, 5*time.Second, "stream counted as open", func() error {
+	testkit.WaitFor(t, 5*time.Second, "stream counted as open", func() error {
 		m = scrape(t, admin)
 		if v, _ := sample(m, "gatehouse_active_connections", `mode="tcp"`); v != 1 {
 			return fmt.Errorf("active tcp connections = %v", v)
@@ -127,7 +128,7 @@ func TestMetricsDuringTraffic(t *testing.T) {
 		}
 	}
 	stream.Close()
-	waitFor(t, 5*time.Second, "closed stream no longer counted", func() error {
+	testkit.WaitFor(t, 5*time.Second, "closed stream no longer counted", func() error {
 		if v, _ := sample(scrape(t, admin), "gatehouse_active_connections", `mode="tcp"`); v != 0 {
 			return fmt.Errorf("active tcp connections = %v", v)
 		}

@@ -3,8 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,24 +44,17 @@ func referencedMetrics(t *testing.T) map[string][]string {
 	return refs
 }
 
-// exposedMetrics scrapes /metrics and returns every sample name in it
-// (histograms as their _bucket, _sum and _count series).
+// exposedMetrics scrapes /metrics (scrape, metrics_test.go) and returns
+// every sample name in it (histograms as their _bucket, _sum and _count
+// series).
 func exposedMetrics(t *testing.T, admin string) map[string]bool {
 	t.Helper()
-	res, err := http.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
 	names := map[string]bool{}
-	for _, line := range strings.Split(string(b), "\n") {
-		if line == "" || line[0] == '#' {
-			continue
+	for k := range scrape(t, admin) {
+		if i := strings.IndexByte(k, '{'); i > 0 {
+			k = k[:i]
 		}
-		if i := strings.IndexAny(line, "{ "); i > 0 {
-			names[line[:i]] = true
-		}
+		names[k] = true
 	}
 	return names
 }

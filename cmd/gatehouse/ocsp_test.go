@@ -12,6 +12,7 @@ import (
 	"golang.org/x/crypto/ocsp"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
 
 // A manual certificate naming an OCSP responder gets a Good staple,
@@ -47,7 +48,7 @@ func TestOCSPStapling(t *testing.T) {
 	in := e.start(e.config(routesTOML), fast)
 
 	staple := func() (*ocsp.Response, error) {
-		c, err := dialTLS(e.httpsAddr(), "ocsp.test", ca.Pool())
+		c, err := testkit.DialTLS(e.httpsAddr(), "ocsp.test", ca.Pool())
 		if err != nil {
 			return nil, err
 		}
@@ -58,7 +59,7 @@ func TestOCSPStapling(t *testing.T) {
 		}
 		return ocsp.ParseResponseForCert(der, leaf, ca.Cert)
 	}
-	waitFor(t, 10*time.Second, "a Good staple", func() error {
+	testkit.WaitFor(t, 10*time.Second, "a Good staple", func() error {
 		r, err := staple()
 		if err != nil {
 			return err
@@ -90,7 +91,7 @@ func TestOCSPStapling(t *testing.T) {
 	// revocation: the staple is withdrawn, not kept until it expires
 	responder.Fail(0)
 	responder.SetStatus(leaf.SerialNumber, ocsp.Revoked)
-	waitFor(t, 15*time.Second, "staple withdrawn after Revoked", func() error {
+	testkit.WaitFor(t, 15*time.Second, "staple withdrawn after Revoked", func() error {
 		r, err := staple()
 		if err != nil {
 			return err
@@ -109,8 +110,8 @@ func TestOCSPStaplingACME(t *testing.T) {
 	up := upstream(t, "A")
 	e.start(e.config(fmt.Sprintf("[[route]]\nhosts = [\"stapled.test\"]\nupstream = %q\n", up.URL)),
 		func(o *startOptions) { o.ocspInterval = 200 * time.Millisecond })
-	waitFor(t, 60*time.Second, "ACME certificate with a Good staple", func() error {
-		c, err := dialTLS(e.httpsAddr(), "stapled.test", e.roots)
+	testkit.WaitFor(t, 60*time.Second, "ACME certificate with a Good staple", func() error {
+		c, err := testkit.DialTLS(e.httpsAddr(), "stapled.test", e.roots)
 		if err != nil {
 			return err
 		}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
 
 // askServer is an on-demand ask endpoint: it allows the names in allow,
@@ -122,7 +123,7 @@ upstream = %q
 
 	t.Run("allowed name: certificate during the first handshake", func(t *testing.T) {
 		began := time.Now()
-		c, err := dialTLS(e.httpsAddr(), "ok.od.test", e.roots)
+		c, err := testkit.DialTLS(e.httpsAddr(), "ok.od.test", e.roots)
 		if err != nil {
 			t.Fatalf("first handshake for an allowed name failed: %v", err)
 		}
@@ -158,7 +159,7 @@ upstream = %q
 	t.Run("denied name: refused fast, no order, answer remembered", func(t *testing.T) {
 		for i := 0; i < 3; i++ {
 			began := time.Now()
-			_, err := dialTLS(e.httpsAddr(), "no.od.test", e.roots)
+			_, err := testkit.DialTLS(e.httpsAddr(), "no.od.test", e.roots)
 			took := time.Since(began)
 			if err == nil || !strings.Contains(err.Error(), "unrecognized name") {
 				t.Fatalf("denied name: err = %v, want unrecognized_name", err)
@@ -177,7 +178,7 @@ upstream = %q
 
 	t.Run("hanging ask endpoint: denied after ask_timeout", func(t *testing.T) {
 		began := time.Now()
-		_, err := dialTLS(e.httpsAddr(), "hang.od.test", e.roots)
+		_, err := testkit.DialTLS(e.httpsAddr(), "hang.od.test", e.roots)
 		took := time.Since(began)
 		if err == nil || !strings.Contains(err.Error(), "unrecognized name") {
 			t.Fatalf("hanging ask: err = %v, want unrecognized_name", err)
@@ -191,7 +192,7 @@ upstream = %q
 	})
 
 	t.Run("names outside the pattern are not asked about", func(t *testing.T) {
-		_, err := dialTLS(e.httpsAddr(), "other.test", e.roots)
+		_, err := testkit.DialTLS(e.httpsAddr(), "other.test", e.roots)
 		if err == nil || !strings.Contains(err.Error(), "unrecognized name") {
 			t.Fatalf("err = %v", err)
 		}
@@ -215,7 +216,7 @@ upstream = %q
 	})
 
 	t.Run("after a restart with the CA down, the stored certificate is served", func(t *testing.T) {
-		first, err := servedSerial(e.httpsAddr(), "ok.od.test", e.roots)
+		first, err := testkit.ServedSerial(e.httpsAddr(), "ok.od.test", e.roots)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -232,7 +233,7 @@ ask = "%s/check"
 hosts    = ["*.od.test"]
 upstream = %q
 `, ask.URL, up.URL)))
-		got, err := servedSerial(e.httpsAddr(), "ok.od.test", e.roots)
+		got, err := testkit.ServedSerial(e.httpsAddr(), "ok.od.test", e.roots)
 		if err != nil || got != first {
 			t.Fatalf("after restart: serial %s, err %v; want the stored %s", got, err, first)
 		}
@@ -322,7 +323,7 @@ poll:
 		if errs[i] == nil {
 			continue
 		}
-		if _, err := dialTLS(e.httpsAddr(), n, e.roots); err == nil {
+		if _, err := testkit.DialTLS(e.httpsAddr(), n, e.roots); err == nil {
 			t.Errorf("%s served within the backoff", n)
 		}
 		if got := e.pebble.OrderAttempts(n); got != 0 {

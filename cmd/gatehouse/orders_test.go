@@ -24,13 +24,14 @@ import (
 	"github.com/caddyserver/certmagic"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 	"github.com/gatehouse-proxy/gatehouse/tlsconfig"
 )
 
 // withLogs sends gatehouse's log to the test output and to logs.
 func withLogs(t *testing.T, logs *logBuffer) func(*startOptions) {
 	return func(o *startOptions) {
-		o.logger = slog.New(slog.NewTextHandler(io.MultiWriter(&tWriter{t: t}, logs), &slog.HandlerOptions{Level: slog.LevelDebug}))
+		o.logger = slog.New(slog.NewTextHandler(io.MultiWriter(testkit.LogWriter(t), logs), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 }
 
@@ -48,7 +49,7 @@ func nameStatus(in *instance, name string) tlsconfig.NameStatus {
 func waitStatusError(t *testing.T, in *instance, name, want string, limit time.Duration) tlsconfig.NameStatus {
 	t.Helper()
 	var st tlsconfig.NameStatus
-	waitFor(t, limit, fmt.Sprintf("%s reported with %q", name, want), func() error {
+	testkit.WaitFor(t, limit, fmt.Sprintf("%s reported with %q", name, want), func() error {
 		st = nameStatus(in, name)
 		if !strings.Contains(st.LastError, want) {
 			return fmt.Errorf("status %+v", st)
@@ -245,7 +246,7 @@ func TestCrashLoopDoesNotRepeatOrders(t *testing.T) {
 	}
 	e.rebind()
 	in := e.start(cfg)
-	waitFor(t, 30*time.Second, "the second failed order recorded", func() error {
+	testkit.WaitFor(t, 30*time.Second, "the second failed order recorded", func() error {
 		r, err := tlsconfig.LoadAttempt(ctx, fileStorage(e), "loop.test")
 		if err != nil || r == nil || r.Failures != 2 {
 			return fmt.Errorf("record %+v %v", r, err)
@@ -435,11 +436,13 @@ func TestStorageTurnsReadOnly(t *testing.T) {
 	e := newEnv(t, acmetest.PebbleOptions{Profiles: map[string]time.Duration{"ro": life}, NoARI: true})
 	logs := &logBuffer{t: t}
 	up := upstream(t, "A")
-	e.start(e.config(routeTOML("ro.test", up.URL)), fastRenew, withLogs(t, logs))
+	// the storage probe every 250 ms (its [storage] health_interval minimum is 1 s)
+	fastHealth := func(o *startOptions) { o.healthInterval = 250 * time.Millisecond }
+	e.start(e.config(routeTOML("ro.test", up.URL)), fastRenew, fastHealth, withLogs(t, logs))
 	first := waitLeaf(t, e, "ro.test", 30*time.Second)
 	before := snapshotDir(t, e.storage)
 
-	readOnly(t, e.storage)
+	writable := testkit.ReadOnly(t, e.storage)
 	readyz := func() string {
 		res, err := http.Get("http://" + e.admLn.Addr().String() + "/readyz")
 		if err != nil {
@@ -447,7 +450,7 @@ func TestStorageTurnsReadOnly(t *testing.T) {
 		}
 		return readAll(t, res)
 	}
-	waitFor(t, 5*time.Second, "storage failure on /readyz", func() error {
+	testkit.WaitFor(t, 5*time.Second, "storage failure on /readyz", func() error {
 		if body := readyz(); !strings.Contains(body, "read-only file system") {
 			return fmt.Errorf("readyz: %s", body)
 		}
@@ -472,8 +475,8 @@ func TestStorageTurnsReadOnly(t *testing.T) {
 		t.Errorf("storage changed while read-only:\nbefore %v\nafter  %v", before, after)
 	}
 
-	writable(t, e.storage)
-	waitFor(t, 5*time.Second, "recovery reported", func() error {
+	writable()
+	testkit.WaitFor(t, 5*time.Second, "recovery reported", func() error {
 		if body := readyz(); strings.Contains(body, "storage_error") {
 			return fmt.Errorf("readyz: %s", body)
 		}
@@ -482,44 +485,15 @@ func TestStorageTurnsReadOnly(t *testing.T) {
 	logs.waitLog(t, time.Second, "storage takes writes again")
 }
 
-// readOnly bind-mounts dir read-only over itself; skips the test where
-// mounting is not allowed.
-func readOnly(t *testing.T, dir string) {
-	t.Helper()
-	if out, err := exec.Command("mount", "--bind", dir, dir).CombinedOutput(); err != nil {
-		t.Skipf("cannot bind-mount (needs root with CAP_SYS_ADMIN): %v %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", dir).Run() })
-	// a file gatehouse holds open for writing at that instant (a save,
-	// the storage probe) makes the remount fail with "busy": try again,
-	// a bounded number of times
-	for i := 0; ; i++ {
-		out, err := exec.Command("mount", "-o", "remount,bind,ro", dir).CombinedOutput()
-		if err == nil {
-			break
-		}
-		if i == 50 || !strings.Contains(string(out), "busy") {
-			t.Fatalf("remount read-only: %v %s", err, out)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "probe"), nil, 0o600); err == nil {
-		t.Fatalf("%s is still writable after the read-only remount", dir)
-	}
-}
-
-func writable(t *testing.T, dir string) {
-	t.Helper()
-	if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
-		t.Fatalf("umount: %v %s", err, out)
-	}
-}
-
-// snapshotDir maps every file under dir to its size and content hash.
+// snapshotDir maps every file under dir to its size and content hash,
+// but the storage probe's (written and deleted every health_interval).
 func snapshotDir(t *testing.T, dir string) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() && p == filepath.Join(dir, "gatehouse", "probe") {
+			return fs.SkipDir
+		}
 		if err != nil || d.IsDir() {
 			return err
 		}

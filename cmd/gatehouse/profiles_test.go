@@ -12,6 +12,7 @@ import (
 	"github.com/mholt/acmez/v3/acme"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 	"github.com/gatehouse-proxy/gatehouse/tlsconfig"
 )
 
@@ -103,7 +104,7 @@ func TestRenewalTimesByLifetimeAndARI(t *testing.T) {
 	}
 	// the ARI answer is stored shortly after issuance
 	var by map[string]tlsconfig.CertInfo
-	waitFor(t, 20*time.Second, "ARI stored for every certificate", func() error {
+	testkit.WaitFor(t, 20*time.Second, "ARI stored for every certificate", func() error {
 		by = certsJSON(t, cfgPath)
 		for host := range hosts {
 			if ci := by[host]; ci.ARI == nil || ci.ARI.SelectedTime.IsZero() {
@@ -156,7 +157,7 @@ func TestRenewalTimesByLifetimeAndARI(t *testing.T) {
 		}
 		return nil
 	}
-	waitFor(t, 30*time.Second, "the new ARI windows stored", func() error {
+	testkit.WaitFor(t, 30*time.Second, "the new ARI windows stored", func() error {
 		by = certsJSON(t, cfgPath)
 		if err := within(by["d100.test"], now.Add(time.Hour), now.Add(2*time.Hour)); err != nil {
 			return err

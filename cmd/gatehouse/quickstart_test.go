@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
 
 // gatehouse run --from NAME --to URL, without a config file: a name no
@@ -19,7 +21,7 @@ func TestQuickStart(t *testing.T) {
 		"run", "--from", "localhost", "--to", strings.TrimPrefix(up.URL, "http://"),
 		"--https", "127.0.0.1:0", "--http", "", "--admin", "")
 	var roots *x509.CertPool
-	waitFor(t, 10*time.Second, "internal root written", func() error {
+	testkit.WaitFor(t, 10*time.Second, "internal root written", func() error {
 		pem, err := os.ReadFile(filepath.Join(storage, "pki", "root.crt"))
 		if err != nil {
 			return err
@@ -28,7 +30,7 @@ func TestQuickStart(t *testing.T) {
 		roots.AppendCertsFromPEM(pem)
 		return nil
 	})
-	waitFor(t, 10*time.Second, "localhost served through the quick start", func() error {
+	testkit.WaitFor(t, 10*time.Second, "localhost served through the quick start", func() error {
 		c := client(p.https, roots, true)
 		c.Transport.(interface{ CloseIdleConnections() }).CloseIdleConnections()
 		res, err := c.Get("https://localhost/")

@@ -19,6 +19,7 @@ import (
 	"github.com/caddyserver/certmagic"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
 
 // Reloads under load drop nothing: keep-alive HTTP/1.1 and HTTP/2
@@ -52,7 +53,7 @@ func TestReloadUnderLoad(t *testing.T) {
 	}
 	wsConn := dialWS(t, m.httpsAddr(), "ws.test", m.roots)
 	defer wsConn.Close()
-	tcpConn, err := dialTLS(m.httpsAddr(), "db.test", m.roots)
+	tcpConn, err := testkit.DialTLS(m.httpsAddr(), "db.test", m.roots)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +97,7 @@ func TestReloadUnderLoad(t *testing.T) {
 
 	// 1. a route added, by editing the file (the watcher reloads)
 	m.write("", web(upA.URL)+wsRoute+dbRoute+newRoute)
-	waitFor(t, 5*time.Second, "new.test served after the file changed", func() error {
+	testkit.WaitFor(t, 5*time.Second, "new.test served after the file changed", func() error {
 		return expectUpstream(m, "new.test", "C")
 	})
 	settle()
@@ -110,7 +111,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		t.Errorf("a new connection after the upstream change: %v", err)
 	}
 	for _, l := range loops {
-		waitFor(t, 3*time.Second, l.name+" kept-alive connection following the new upstream", func() error {
+		testkit.WaitFor(t, 3*time.Second, l.name+" kept-alive connection following the new upstream", func() error {
 			if l.last.Load() != "B" {
 				return fmt.Errorf("last answer from %v", l.last.Load())
 			}
@@ -135,11 +136,11 @@ func TestReloadUnderLoad(t *testing.T) {
 	if err := in.reload(m.path); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := dialTLS(m.httpsAddr(), "ws.test", m.roots); err == nil || !strings.Contains(err.Error(), "unrecognized name") {
+	if _, err := testkit.DialTLS(m.httpsAddr(), "ws.test", m.roots); err == nil || !strings.Contains(err.Error(), "unrecognized name") {
 		t.Errorf("new connection to the removed ws.test: %v, want unrecognized_name", err)
 	}
 	before := wsN.Load()
-	waitFor(t, 5*time.Second, "the WebSocket exchanging messages after its route was removed", func() error {
+	testkit.WaitFor(t, 5*time.Second, "the WebSocket exchanging messages after its route was removed", func() error {
 		if n := wsN.Load() - before; n < 20 {
 			return fmt.Errorf("%d messages since", n)
 		}
@@ -260,12 +261,11 @@ func TestReloadManualCertificate(t *testing.T) {
 	certFile := m.certs["a.test"][0]
 	loaded := func() int { return m.logs.count("certificate loaded from files", "cert="+certFile) }
 	serial := func() string {
-		c, err := dialTLS(m.httpsAddr(), "a.test", m.roots)
+		s, err := testkit.ServedSerial(m.httpsAddr(), "a.test", m.roots)
 		if err != nil {
 			return "error: " + err.Error()
 		}
-		defer c.Close()
-		return c.ConnectionState().PeerCertificates[0].SerialNumber.Text(16)
+		return s
 	}
 	first := serial()
 	if loaded() != 1 {
@@ -279,7 +279,7 @@ func TestReloadManualCertificate(t *testing.T) {
 	for _, f := range m.certs["a.test"] { // touched, same content
 		os.Chtimes(f, later, later)
 	}
-	waitFor(t, 5*time.Second, "the watcher reloading after the files were touched", func() error {
+	testkit.WaitFor(t, 5*time.Second, "the watcher reloading after the files were touched", func() error {
 		if n := m.logs.count("config reloaded"); n != 2 {
 			return fmt.Errorf("%d reloads", n)
 		}
@@ -295,7 +295,7 @@ func TestReloadManualCertificate(t *testing.T) {
 	// a renewed certificate written over the files: the watcher picks it up
 	_, _, leaf := m.cert("a.test")
 	want := leaf.SerialNumber.Text(16)
-	waitFor(t, 5*time.Second, "the renewed certificate served", func() error {
+	testkit.WaitFor(t, 5*time.Second, "the renewed certificate served", func() error {
 		if s := serial(); s != want {
 			return fmt.Errorf("serving %s", s)
 		}
@@ -318,66 +318,32 @@ func TestReloadManualCertificate(t *testing.T) {
 	}
 }
 
-// countingStorage is the real file storage, counting the loads of each key.
-type countingStorage struct {
-	certmagic.Storage
-	mu    sync.Mutex
-	loads map[string]int
-}
-
-func (s *countingStorage) Load(ctx context.Context, key string) ([]byte, error) {
-	s.mu.Lock()
-	s.loads[key]++
-	s.mu.Unlock()
-	return s.Storage.Load(ctx, key)
-}
-
-// loadsOf counts the loads of keys that mention name.
-func (s *countingStorage) loadsOf(name string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := 0
-	for k, c := range s.loads {
-		if strings.Contains(k, name) {
-			n += c
-		}
-	}
-	return n
-}
-
 // A reload leaves the ACME names it already manages alone: no new
 // order, nothing read again from storage, the same certificate served;
 // a name the reload adds is obtained.
 func TestReloadKeepsACMECertificates(t *testing.T) {
 	e := newEnv(t, acmetest.PebbleOptions{})
 	up := upstream(t, "A")
-	store := &countingStorage{Storage: &certmagic.FileStorage{Path: e.storage}, loads: map[string]int{}}
+	store := testkit.NewCountingStorage(&certmagic.FileStorage{Path: e.storage})
 	one := fmt.Sprintf("[[route]]\nhosts = [\"a.test\"]\nupstream = %q\n", up.URL)
 	in := e.start(e.config(one), func(o *startOptions) { o.storage = store })
-	serial := func(name string) (string, error) {
-		c, err := dialTLS(e.httpsAddr(), name, e.roots)
-		if err != nil {
-			return "", err
-		}
-		defer c.Close()
-		return c.ConnectionState().PeerCertificates[0].SerialNumber.Text(16), nil
-	}
+	serial := func(name string) (string, error) { return testkit.ServedSerial(e.httpsAddr(), name, e.roots) }
 	var first string
-	waitFor(t, 60*time.Second, "a.test certificate", func() (err error) { first, err = serial("a.test"); return err })
-	loads := store.loadsOf("a.test")
+	testkit.WaitFor(t, 60*time.Second, "a.test certificate", func() (err error) { first, err = serial("a.test"); return err })
+	loads := store.LoadsOf("a.test")
 	t.Logf("a.test: %d storage loads before the reload", loads)
 
 	if err := in.reload(e.config(one + fmt.Sprintf("[[route]]\nhosts = [\"b.test\"]\nupstream = %q\n", up.URL))); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 60*time.Second, "b.test certificate after the reload", func() error { _, err := serial("b.test"); return err })
+	testkit.WaitFor(t, 60*time.Second, "b.test certificate after the reload", func() error { _, err := serial("b.test"); return err })
 	if s, err := serial("a.test"); err != nil || s != first {
 		t.Errorf("a.test after the reload: serial %s (%v), want the same %s", s, err, first)
 	}
 	if n := e.pebble.Orders("a.test"); n != 1 {
 		t.Errorf("a.test ordered %d times, want once", n)
 	}
-	if n := store.loadsOf("a.test"); n != loads {
+	if n := store.LoadsOf("a.test"); n != loads {
 		t.Errorf("a.test read from storage %d more times across the reload, want none", n-loads)
 	}
 	if n := e.pebble.Orders("b.test"); n != 1 {
@@ -413,7 +379,7 @@ func TestReloadTimeouts(t *testing.T) {
 	if err := in.reload(m.path); err != nil {
 		t.Fatal(err)
 	}
-	c, err := dialTLS(m.httpsAddr(), "web.test", m.roots, "http/1.1")
+	c, err := testkit.DialTLS(m.httpsAddr(), "web.test", m.roots, "http/1.1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -460,7 +426,7 @@ func TestReloadSwitchesCertificateSource(t *testing.T) {
 	both := e.roots.Clone()
 	both.AddCert(ca.Cert)
 	issuer := func(name string) (string, error) {
-		c, err := dialTLS(e.httpsAddr(), name, both)
+		c, err := testkit.DialTLS(e.httpsAddr(), name, both)
 		if err != nil {
 			return "", err
 		}
@@ -468,7 +434,7 @@ func TestReloadSwitchesCertificateSource(t *testing.T) {
 		return c.ConnectionState().PeerCertificates[0].Issuer.CommonName, nil
 	}
 	for _, name := range []string{"b.test", "c.test"} {
-		waitFor(t, 60*time.Second, name+" ACME certificate", func() error { _, err := issuer(name); return err })
+		testkit.WaitFor(t, 60*time.Second, name+" ACME certificate", func() error { _, err := issuer(name); return err })
 	}
 
 	stop := make(chan struct{})
@@ -503,7 +469,7 @@ func TestReloadSwitchesCertificateSource(t *testing.T) {
 	if iss, err := issuer("b.test"); err != nil || iss != "manual test root" {
 		t.Errorf("b.test right after switching to a manual certificate: issuer %q, %v", iss, err)
 	}
-	waitFor(t, 60*time.Second, "a.test served its ACME certificate", func() error {
+	testkit.WaitFor(t, 60*time.Second, "a.test served its ACME certificate", func() error {
 		iss, err := issuer("a.test")
 		if err != nil {
 			return err

@@ -61,6 +61,8 @@ type startOptions struct {
 	// dnsPropagation bounds the wait for a DNS-01 record to be visible;
 	// tests shorten it.
 	dnsPropagation time.Duration
+	// healthInterval overrides [storage] health_interval (tests go below its 1 s minimum).
+	healthInterval time.Duration
 }
 
 // start brings gatehouse up: listeners first (so certmagic finds the
@@ -85,7 +87,7 @@ func start(cfg *routes.Config, o startOptions) (*instance, error) {
 		return nil, err
 	}
 	httpsAddr, httpAddr := in.proxy.Addrs()
-	opts := tlsconfig.Options{Logger: log, OCSPCheckInterval: o.ocspInterval, Storage: o.storage, RenewCheckInterval: o.renewInterval}
+	opts := tlsconfig.Options{Logger: log, OCSPCheckInterval: o.ocspInterval, Storage: o.storage, RenewCheckInterval: o.renewInterval, HealthInterval: o.healthInterval}
 	opts.DNSPropagationTimeout = o.dnsPropagation
 	opts.ListenHost, opts.TLSPort = hostPort(httpsAddr)
 	if httpAddr != nil {

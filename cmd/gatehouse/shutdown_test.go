@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/net/websocket"
+
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
 
 // Graceful shutdown: in-flight requests finish during the drain, new
@@ -31,7 +33,7 @@ func TestGracefulShutdown(t *testing.T) {
 	in := m.run()
 
 	// a tcp stream and a WebSocket, open and working
-	tcp, err := dialTLS(m.httpsAddr(), "db.test", m.roots)
+	tcp, err := testkit.DialTLS(m.httpsAddr(), "db.test", m.roots)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +71,7 @@ func TestGracefulShutdown(t *testing.T) {
 	stopped := make(chan error, 1)
 	go func() { stopped <- in.shutdown(drain) }()
 
-	waitFor(t, 2*time.Second, "new connections refused", func() error {
+	testkit.WaitFor(t, 2*time.Second, "new connections refused", func() error {
 		c, err := net.DialTimeout("tcp", m.httpsAddr(), time.Second)
 		if err == nil {
 			c.Close()
@@ -131,7 +133,7 @@ func TestShutdownEndsWhenDrained(t *testing.T) {
 	m := newManualEnv(t)
 	m.write("", m.route("web.test", upstream(t, "A").URL, "")+m.route("db.test", tcpUpstream(t), `mode = "tcp"`))
 	in := m.run()
-	tcp, err := dialTLS(m.httpsAddr(), "db.test", m.roots)
+	tcp, err := testkit.DialTLS(m.httpsAddr(), "db.test", m.roots)
 	if err != nil {
 		t.Fatal(err)
 	}

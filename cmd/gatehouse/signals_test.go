@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
 
 // TestGatehouseProcess is not a test: it is gatehouse itself, run in a
@@ -129,7 +131,7 @@ func TestSignals(t *testing.T) {
 		routes += m.route("b.test", b.URL, "")
 		write(routes)
 		p.signal(t, syscall.SIGHUP)
-		waitFor(t, 5*time.Second, "b.test served after SIGHUP", func() error { return get("b.test") })
+		testkit.WaitFor(t, 5*time.Second, "b.test served after SIGHUP", func() error { return get("b.test") })
 		if p.logs.count("SIGHUP: reloading the config") != 1 {
 			t.Error("the reload was not SIGHUP's")
 		}
@@ -138,7 +140,7 @@ func TestSignals(t *testing.T) {
 	t.Run("a changed config file reloads", func(t *testing.T) {
 		routes += m.route("c.test", c.URL, "")
 		write(routes)
-		waitFor(t, 8*time.Second, "c.test served after the file changed", func() error { return get("c.test") })
+		testkit.WaitFor(t, 8*time.Second, "c.test served after the file changed", func() error { return get("c.test") })
 		if p.logs.count("config or certificate file changed; reloading") != 1 {
 			t.Error("the reload was not the watcher's")
 		}
@@ -148,7 +150,7 @@ func TestSignals(t *testing.T) {
 	})
 
 	t.Run("SIGTERM drains, a second signal exits at once", func(t *testing.T) {
-		tcp, err := dialTLS(p.https, "db.test", m.roots)
+		tcp, err := testkit.DialTLS(p.https, "db.test", m.roots)
 		if err != nil {
 			t.Fatal(err)
 		}

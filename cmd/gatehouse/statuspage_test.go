@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
 
 // statusWorld is a running gatehouse with what the status page and the
@@ -69,8 +70,8 @@ upstream = %q
 	w.admin = e.admLn.Addr().String()
 
 	for _, name := range []string{"ok.test", "www.ok.test", "short.test"} {
-		waitFor(t, 90*time.Second, "a stapled certificate for "+name, func() error {
-			c, err := dialTLS(e.httpsAddr(), name, e.roots)
+		testkit.WaitFor(t, 90*time.Second, "a stapled certificate for "+name, func() error {
+			c, err := testkit.DialTLS(e.httpsAddr(), name, e.roots)
 			if err != nil {
 				return err
 			}
@@ -81,7 +82,7 @@ upstream = %q
 			return nil
 		})
 	}
-	waitFor(t, 90*time.Second, "fail.test's failure and the down upstream", func() error {
+	testkit.WaitFor(t, 90*time.Second, "fail.test's failure and the down upstream", func() error {
 		d := w.in.status(context.Background())
 		failed := false
 		for _, f := range d.Overview.Failures {
@@ -103,7 +104,7 @@ upstream = %q
 		return nil
 	})
 	// a refused handshake, for gatehouse_tls_handshake_failures_total
-	if c, err := dialTLS(e.httpsAddr(), "unknown.test", nil); err == nil {
+	if c, err := testkit.DialTLS(e.httpsAddr(), "unknown.test", nil); err == nil {
 		c.Close()
 		t.Fatal("a handshake for a name no route serves succeeded")
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,26 +11,8 @@ import (
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
 	"github.com/gatehouse-proxy/gatehouse/internal/etcdtest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
-
-// treeFiles returns every regular file under root by slash path.
-func treeFiles(t *testing.T, root string) map[string][]byte {
-	t.Helper()
-	files := map[string][]byte{}
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		b, err := os.ReadFile(p)
-		files[filepath.ToSlash(rel)] = b
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return files
-}
 
 func runCLI(args ...string) (code int, stdout, stderr string) {
 	var o, e bytes.Buffer
@@ -51,8 +32,8 @@ func TestStorageCopy(t *testing.T) {
 	names := []string{"a.test", "b.test"}
 	served := map[string]string{}
 	for _, n := range names {
-		waitFor(t, 60*time.Second, "certificate for "+n, func() error {
-			s, err := serial(e.httpsAddr(), n, e.roots)
+		testkit.WaitFor(t, 60*time.Second, "certificate for "+n, func() error {
+			s, err := testkit.ServedSerial(e.httpsAddr(), n, e.roots)
 			served[n] = s
 			return err
 		})
@@ -60,7 +41,7 @@ func TestStorageCopy(t *testing.T) {
 	if err := in.shutdown(5 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	src := treeFiles(t, e.storage)
+	src := testkit.ReadTree(t, e.storage)
 	for k := range src {
 		if strings.HasPrefix(k, "locks/") {
 			t.Fatalf("lock file %s left in the storage dir after shutdown", k)
@@ -86,7 +67,7 @@ func TestStorageCopy(t *testing.T) {
 		t.Fatalf("copy etcd -> dir: exit %d: %s", code, errOut)
 	}
 	t.Logf("etcd -> dir: %s", strings.TrimSpace(out))
-	back := treeFiles(t, restored)
+	back := testkit.ReadTree(t, restored)
 	for k, v := range src {
 		if !bytes.Equal(back[k], v) {
 			t.Errorf("%s: %d bytes after dir -> etcd -> dir, %d before", k, len(back[k]), len(v))
@@ -174,8 +155,8 @@ func TestStorageCopy(t *testing.T) {
 		in := e.start(cfgPath)
 		defer in.shutdown(2 * time.Second)
 		for _, n := range names {
-			waitFor(t, 10*time.Second, "certificate for "+n+" from etcd", func() error {
-				s, err := serial(e.httpsAddr(), n, e.roots)
+			testkit.WaitFor(t, 10*time.Second, "certificate for "+n+" from etcd", func() error {
+				s, err := testkit.ServedSerial(e.httpsAddr(), n, e.roots)
 				if err == nil && s != served[n] {
 					err = fmt.Errorf("serial %s, want %s", s, served[n])
 				}

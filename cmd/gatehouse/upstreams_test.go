@@ -27,6 +27,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
 
 // captureLog sends gatehouse's log to the test output and to a buffer
@@ -34,7 +35,7 @@ import (
 func captureLog(t testing.TB) (func(*startOptions), *logBuffer) {
 	lb := &logBuffer{t: t}
 	return func(o *startOptions) {
-		o.logger = slog.New(slog.NewTextHandler(io.MultiWriter(&tWriter{t: t}, lb), &slog.HandlerOptions{Level: slog.LevelDebug}))
+		o.logger = slog.New(slog.NewTextHandler(io.MultiWriter(testkit.LogWriter(t), lb), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}, lb
 }
 
@@ -67,7 +68,7 @@ next:
 // waitMetric waits until a sample has the wanted value.
 func (e *env) waitMetric(t *testing.T, limit time.Duration, want float64, name string, labels ...string) time.Time {
 	t.Helper()
-	waitFor(t, limit, fmt.Sprintf("%s%v = %v", name, labels, want), func() error {
+	testkit.WaitFor(t, limit, fmt.Sprintf("%s%v = %v", name, labels, want), func() error {
 		v, err := e.metric(name, labels...)
 		if err != nil {
 			return err
@@ -195,7 +196,7 @@ func TestProxyProtocolToUpstreams(t *testing.T) {
 
 	// health checks announce themselves with a LOCAL header (v1: PROXY UNKNOWN)
 	for _, v := range []string{"1", "2"} {
-		waitFor(t, 5*time.Second, "v"+v+" health check with a LOCAL header", func() error {
+		testkit.WaitFor(t, 5*time.Second, "v"+v+" health check with a LOCAL header", func() error {
 			healthMu.Lock()
 			defer healthMu.Unlock()
 			for desc := range healthSeen {
@@ -211,7 +212,7 @@ func TestProxyProtocolToUpstreams(t *testing.T) {
 		for _, mode := range []string{"tcp", "pass"} {
 			name := "pp" + v + "-" + mode + ".test"
 			t.Run(name, func(t *testing.T) {
-				c, err := dialTLS(e.httpsAddr(), name, e.roots)
+				c, err := testkit.DialTLS(e.httpsAddr(), name, e.roots)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -255,7 +256,7 @@ func TestProxyProtocolToUpstreams(t *testing.T) {
 				}
 				// the client's upstream connection closes with the client's
 				c1.CloseIdleConnections()
-				waitFor(t, 5*time.Second, "upstream connection of a closed client closed", func() error {
+				testkit.WaitFor(t, 5*time.Second, "upstream connection of a closed client closed", func() error {
 					closedMu.Lock()
 					defer closedMu.Unlock()
 					if !closed[local1()] {
@@ -686,7 +687,7 @@ upstream = %q
 	}
 
 	for i := range 6 {
-		conn, err := dialTLS(e.httpsAddr(), "tcp.test", e.roots)
+		conn, err := testkit.DialTLS(e.httpsAddr(), "tcp.test", e.roots)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -993,7 +994,7 @@ upstream = %q
 
 	t.Run("hop-by-hop headers stripped both ways", func(t *testing.T) {
 		// raw HTTP/1.1, so exactly these headers are sent
-		conn, err := dialTLS(e.httpsAddr(), "d.test", e.roots, "http/1.1")
+		conn, err := testkit.DialTLS(e.httpsAddr(), "d.test", e.roots, "http/1.1")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1168,7 +1169,7 @@ upstream = %q
 // refuse to send it), and returns the response's :status.
 func h2Status(t *testing.T, addr, name string, roots *x509.CertPool, n, size int) string {
 	t.Helper()
-	conn, err := dialTLS(addr, name, roots, "h2")
+	conn, err := testkit.DialTLS(addr, name, roots, "h2")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1249,7 +1250,7 @@ func TestHealthChecksStopOnReload(t *testing.T) {
 	}
 	keep, gone := route("keep.test", a), route("gone.test", b)
 	in := e.start(e.config(keep + gone))
-	waitFor(t, 5*time.Second, "both checked", func() error {
+	testkit.WaitFor(t, 5*time.Second, "both checked", func() error {
 		if aChecks.Load() < 2 || bChecks.Load() < 2 {
 			return fmt.Errorf("checks: A %d, B %d", aChecks.Load(), bChecks.Load())
 		}

@@ -23,26 +23,9 @@ import (
 
 	"golang.org/x/crypto/acme"
 	"golang.org/x/crypto/ocsp"
+
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 )
-
-// syncBuffer collects Pebble's log; it is printed only when a test fails
-// (Pebble's goroutines may log after the test ends, so no t.Log writer).
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // challengeServer serves HTTP-01 key authorizations on one address.
 type challengeServer struct {
@@ -94,12 +77,12 @@ type env struct {
 	chal   *challengeServer
 	tokens *sync.Map
 	ocsp   *OCSPResponder
-	log    *syncBuffer
+	log    *testkit.SyncBuffer // Pebble's log, printed only when a test fails (its goroutines may log after the test ends, so no t.Log writer)
 	client *acme.Client
 }
 
 func setup(t *testing.T) *env {
-	e := &env{tokens: new(sync.Map), log: new(syncBuffer)}
+	e := &env{tokens: new(sync.Map), log: new(testkit.SyncBuffer)}
 	var err error
 	if e.dns, err = StartDNS(nil); err != nil {
 		t.Fatal(err)

@@ -3,7 +3,6 @@ package etcdstore
 import (
 	"bytes"
 	"errors"
-	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -12,29 +11,9 @@ import (
 	"time"
 
 	"github.com/caddyserver/certmagic"
-)
 
-// readTree returns every regular file under root by slash path.
-func readTree(t *testing.T, root string) map[string][]byte {
-	t.Helper()
-	files := make(map[string][]byte)
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		rel, err := filepath.Rel(root, p)
-		if err != nil {
-			return err
-		}
-		b, err := os.ReadFile(p)
-		files[filepath.ToSlash(rel)] = b
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return files
-}
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
+)
 
 // A directory tree survives FileStorage -> etcd -> FileStorage byte for
 // byte, as `gatehouse storage copy` does it.
@@ -96,7 +75,7 @@ func TestCopyRoundTrip(t *testing.T) {
 		t.Errorf("copy etcd -> dir copied %d keys, want %d", n, len(want))
 	}
 
-	got := readTree(t, dst)
+	got := testkit.ReadTree(t, dst)
 	if len(got) != len(want) {
 		t.Errorf("restored tree has %d files, want %d", len(got), len(want))
 	}
