@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 
@@ -701,6 +702,7 @@ func TestH3AccessLog(t *testing.T) {
 	up := startCountingUpstream(t, answerOK)
 	w := startH3World(t, h3Opts{access: &log}, up.url())
 	_, cc := h3Conn(t, w, nil)
+	ok0, mis0 := h3Requests(t, "2xx"), h3Requests(t, "4xx")
 	for _, p := range []string{"/one", "/two"} {
 		if res, err := h3Get(cc, p, nil); err != nil || res.StatusCode != 200 {
 			t.Fatalf("%s: %v %v", p, res, err)
@@ -727,6 +729,41 @@ func TestH3AccessLog(t *testing.T) {
 	if !strings.Contains(lines[0], "status=200") || !strings.Contains(lines[2], "status=421") {
 		t.Errorf("statuses:\n%s", log.String())
 	}
+	// and counted in gatehouse_http_requests_total (which has no proto
+	// label: HTTP/3 requests are counted with the TCP ones)
+	if ok, mis := h3Requests(t, "2xx")-ok0, h3Requests(t, "4xx")-mis0; ok != 2 || mis != 1 {
+		t.Errorf("gatehouse_http_requests_total{route=\"web.test\"} grew by %v 2xx and %v 4xx, want 2 and 1", ok, mis)
+	}
+}
+
+// h3Requests sums gatehouse_http_requests_total for route web.test and
+// one status class, as a scrape sees it.
+func h3Requests(t *testing.T, class string) float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	for _, c := range Collectors() {
+		reg.MustRegister(c)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != "gatehouse_http_requests_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			l := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				l[lp.GetName()] = lp.GetValue()
+			}
+			if l["route"] == "web.test" && l["code_class"] == class {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
 }
 
 // 0-RTT is refused: a quic-go client holding a session ticket from an
