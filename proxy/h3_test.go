@@ -841,3 +841,48 @@ func TestH3ZeroRTTRefused(t *testing.T) {
 		t.Fatalf("upstream saw %d requests, want 2", n)
 	}
 }
+
+// A client that vanishes mid-request (its socket gone, no
+// CONNECTION_CLOSE) while the upstream has not answered: the QUIC
+// connection dies of [timeouts] idle (MaxIdleTimeout; HTTP/3's own idle
+// timer does not run while a request is open), the request is canceled
+// and its upstream connection closed.
+func TestH3VanishedClient(t *testing.T) {
+	up := startCountingUpstream(t, func(c net.Conn, br *bufio.Reader, u *countingUpstream) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		_, _ = io.Copy(io.Discard, br) // never answers; returns when gatehouse closes
+	})
+	w := startH3World(t, h3Opts{idle: time.Second}, up.url())
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ua, _ := net.ResolveUDPAddr("udp", w.addr)
+	qt := &quic.Transport{Conn: udp}
+	defer qt.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := qt.Dial(ctx, ua, &tls.Config{ServerName: "web.test", RootCAs: w.roots, NextProtos: []string{http3.NextProtoH3}},
+		&quic.Config{MaxIdleTimeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := (&http3.Transport{}).NewClientConn(conn)
+	req, _ := http.NewRequest("GET", "https://web.test/hang", nil)
+	go func() {
+		if res, err := cc.RoundTrip(req.WithContext(ctx)); err == nil {
+			res.Body.Close()
+		}
+	}()
+	h3WaitUntil(t, 5*time.Second, "request at the upstream", func() bool { return up.open.Load() == 1 })
+	udp.Close() // the client is gone: nothing more leaves or arrives
+	h3WaitUntil(t, 5*time.Second, "client-side connection gone", func() bool { return conn.Context().Err() != nil })
+	began := time.Now()
+	h3WaitUntil(t, 6*time.Second, "upstream connection released after the client vanished (idle = 1s; quic-go's default would be 30s)", func() bool {
+		return up.open.Load() == 0
+	})
+	h3WaitUntil(t, 5*time.Second, "server-side QUIC connection released", func() bool { return quicConns() == 0 })
+	t.Logf("upstream connection released %v after the client vanished", time.Since(began).Round(100*time.Millisecond))
+}
