@@ -162,6 +162,14 @@ func (b *bench) main(only, proxyList string, names []int, perRoute bool) int {
 	}
 	b.upstream = up
 	b.logf("upstream on %s (CPU 1); work dir %s", up, b.work)
+	if want("bulk-nginx-up") {
+		if nginxUpstream, err = spawnNginxUpstream(b.work); err != nil {
+			fatal(err)
+		}
+		b.logf("nginx upstream (sendfile, /1m) on %s (CPU 1)", nginxUpstream)
+	} else {
+		nginxUpstream = "127.0.0.1:9" // routed, never used
+	}
 
 	var proxies []*proxy
 	for _, name := range strings.Split(proxyList, ",") {

@@ -356,6 +356,9 @@ func (b *bench) scenarios() []*scenario {
 				// cpu_us is per 1 MiB response: ×1024 per GiB, /1000 to ms
 				return map[string]float64{"mib_s": r.ok / r.seconds, "cpu_ms_gib": m["cpu_us"] * 1024 / 1000, "cpu_pct": m["cpu_pct"], "failures": m["failures"]}, nil
 			}},
+		{key: "bulk-nginx-up", title: "bulk: 1 MiB file from an nginx upstream (sendfile), HTTP/1.1 keep-alive, 8 connections (wrk -t1 -c8)",
+			metrics: []metricDef{{"mib_s", "MiB/s", false}, {"cpu_ms_gib", "CPU ms/GiB", true}, {"cpu_pct", "% CPU", false}},
+			run:     (*bench).bulkNginxUp},
 		{key: "latency", title: "open-loop 1,000 req/s, HTTP/1.1 keep-alive, 32 connections (latency from scheduled send)",
 			metrics: []metricDef{{"p50_us", "p50 µs", true}, {"p99_us", "p99 µs", true}, {"p999_us", "p99.9 µs", true}, {"cpu_pct", "% CPU", true},
 				{"send_late_p50_us", "client send lateness p50 µs", false}, {"send_late_p99_us", "client send lateness p99 µs", false}},
