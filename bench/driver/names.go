@@ -124,7 +124,7 @@ func (b *bench) namesProxy(kind string, s *namesSet, work string, perRoute bool)
 	if err != nil {
 		return nil, "", err
 	}
-	p := &proxy{name: kind, port: port, log: filepath.Join(work, "stderr.log")}
+	p := &proxy{name: kind, port: port, log: filepath.Join(work, "stderr-a.log")}
 	switch kind {
 	case "gatehouse":
 		admin, _ := freePort()
@@ -407,9 +407,13 @@ func (b *bench) namesRun(kind string, s *namesSet, perRoute bool) (map[string]fl
 	m["fresh_spread_conns_s"], m["fresh_one_conns_s"] = spreadA["conns_s"], oneA["conns_s"]
 	m["fresh_spread_vs_one_cpu"] = spreadA["cpu_us"] / oneA["cpu_us"]
 
+	m["fresh_hs_errors"] = spreadA["errors"] + oneA["errors"]
+	logA, _ := os.ReadFile(p.log)
+
 	// start B: the sweep (every name's first handshake), then spread and
 	// one name once every name was loaded
 	time.Sleep(time.Second)
+	p.log = filepath.Join(work, "stderr-b.log")
 	readyB, err := b.namesStart(p, admin, s)
 	if err != nil {
 		stop(p.cmd)
@@ -450,10 +454,14 @@ func (b *bench) namesRun(kind string, s *namesSet, perRoute bool) (map[string]fl
 	m["spread_vs_one"] = spread["conns_s"] / one["conns_s"]
 	m["spread_vs_one_cpu"] = spread["cpu_us"] / one["cpu_us"]
 	m["first_vs_warm_cpu"] = m["sweep_cpu_us"] / one["cpu_us"]
-	logb, _ := os.ReadFile(p.log)
-	m["log_lines"] = float64(strings.Count(string(logb), "\n"))
+	m["hs_errors"] = spread["errors"] + one["errors"]
+	logB, _ := os.ReadFile(p.log)
+	logs := string(logA) + string(logB)
+	// kept beside the results (the work directory goes)
+	_ = os.WriteFile(filepath.Join(b.out, fmt.Sprintf("names-%d-%s.log", n, kind)), []byte(logs), 0o644)
+	m["log_lines"] = float64(strings.Count(logs, "\n"))
 	if gh {
-		m["log_error_lines"] = float64(strings.Count(string(logb), "level=ERROR"))
+		m["log_error_lines"] = float64(strings.Count(logs, "level=ERROR"))
 	}
 	return m, nil
 }
@@ -491,7 +499,9 @@ func namesReport(sb *strings.Builder, res []result, skipped []string, perRoute b
 		{"sweep_ok", "names served (verified handshake)", "every name", false, nil},
 		{"sweep_missing", "names not served", "0", false, func(v float64) bool { return v == 0 }},
 		{"sweep_s", "sweep time (s, 16 clients)", "", false, nil},
-		{"log_error_lines", "ERROR lines in gatehouse's log", "0", false, func(v float64) bool { return v == 0 }},
+		{"fresh_hs_errors", "failed handshakes soon after start (spread + one name)", "0", false, func(v float64) bool { return v == 0 }},
+		{"hs_errors", "failed handshakes once loaded (spread + one name)", "0", false, func(v float64) bool { return v == 0 }},
+		{"log_error_lines", "ERROR lines in gatehouse's log (both starts)", "0", false, func(v float64) bool { return v == 0 }},
 	}
 	label := func(r result) string {
 		n, _ := strconv.Atoi(strings.TrimPrefix(r.Scenario, "names-"))
