@@ -8,6 +8,8 @@
 #   --only=h1,h2,names scenarios to run (hs-ecdsa hs-rsa hs-mlkem h1 h2 bulk bulk-nginx-up
 #                      latency idle hostile hostile-latency names)
 #   --rounds=N  --d=8s  --names=10000,100000  --names-layout=hosts|routes
+#   --only=names --names=10000,100000   issue 15's many-names table: gatehouse
+#                      beside Caddy (and nginx, HAProxy at <= 10k), goals beside
 # Results: bench/results/<time>/ (results.md, results.json, driver.log, profiles/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
