@@ -549,7 +549,7 @@ func namesReport(sb *strings.Builder, res []result, skipped []string, perRoute b
 		}
 	}
 	if len(skipped) > 0 {
-		fmt.Fprintf(sb, "\nskipped: %s (nginx and HAProxy run at ≤ %d names only: minutes to start beyond).\n", strings.Join(skipped, "; "), namesMaxPeers)
+		fmt.Fprintf(sb, "\nskipped: %s (nginx and HAProxy run at ≤ %d names only, as issue 15 asks).\n", strings.Join(skipped, "; "), namesMaxPeers)
 	}
 	sb.WriteString("\n")
 }
