@@ -549,7 +549,11 @@ func namesReport(sb *strings.Builder, res []result, skipped []string, perRoute b
 		}
 	}
 	if len(skipped) > 0 {
-		fmt.Fprintf(sb, "\nskipped: %s (nginx and HAProxy run at ≤ %d names only, as issue 15 asks).\n", strings.Join(skipped, "; "), namesMaxPeers)
+		fmt.Fprintf(sb, "\nskipped: %s", strings.Join(skipped, "; "))
+		if strings.Contains(strings.Join(skipped, ";"), "above") {
+			fmt.Fprintf(sb, " (nginx and HAProxy run at ≤ %d names only, as issue 15 asks)", namesMaxPeers)
+		}
+		sb.WriteString(".\n")
 	}
 	sb.WriteString("\n")
 }
