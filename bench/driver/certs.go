@@ -137,7 +137,7 @@ func siteCerts(dir string) (*ca, error) {
 	for i, leaf := range []struct {
 		name string
 		rsa  bool
-	}{{nameEC, false}, {nameRSA, true}} {
+	}{{nameEC, false}, {nameRSA, true}, {nameUp, false}} {
 		cp, kp, err := c.issue([]string{leaf.name}, leaf.rsa, int64(i+2), 90*24*time.Hour)
 		if err != nil {
 			return nil, err

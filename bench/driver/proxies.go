@@ -15,7 +15,14 @@ import (
 const (
 	nameEC  = "ec.bench.test"  // ECDSA P-256 certificate
 	nameRSA = "rsa.bench.test" // RSA-2048 certificate
+	// nameUp is an ECDSA P-256 name whose route goes to the nginx
+	// upstream (bulk-nginx-up) instead of the bench's own
+	nameUp = "nginxup.bench.test"
 )
+
+// nginxUpstream is the address of the nginx upstream serving /1m from a
+// file with sendfile (bulk-nginx-up); every proxy routes nameUp to it.
+var nginxUpstream string
 
 // proxy is one proxy under test: started once, pinned to CPU 0, serving
 // nameEC and nameRSA with the same certificates and upstream as the
@@ -80,7 +87,7 @@ func nginxProxy(work, certs, upstream string) (*proxy, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
 		return nil, err
 	}
-	server := func(name string) string {
+	server := func(name, up string) string {
 		return fmt.Sprintf(`
     server {
         listen 127.0.0.1:%d ssl http2;
@@ -88,14 +95,14 @@ func nginxProxy(work, certs, upstream string) (*proxy, error) {
         ssl_certificate %s/%s.crt;
         ssl_certificate_key %s/%s.key;
         location / {
-            proxy_pass http://up;
+            proxy_pass http://%s;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
         }
-    }`, port, name, certs, name, certs, name)
+    }`, port, name, certs, name, certs, name, up)
 	}
 	conf := fmt.Sprintf(`
 user root;
@@ -119,12 +126,16 @@ http {
         server %[2]s;
         keepalive 256;
     }
+    upstream upng {
+        server %[6]s;
+        keepalive 256;
+    }
     server {
         listen 127.0.0.1:%[3]d ssl default_server;
         ssl_reject_handshake on;
     }%[4]s%[5]s
 }
-`, dir, upstream, port, server(nameEC), server(nameRSA))
+`, dir, upstream, port, server(nameEC, "up"), server(nameRSA, "up")+server(nameUp, "upng"), nginxUpstream)
 	path := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, err
@@ -142,7 +153,7 @@ func haproxyProxy(work, certs, upstream string) (*proxy, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	list := fmt.Sprintf("%s/%s.pem %s\n%s/%s.pem %s\n", certs, nameEC, nameEC, certs, nameRSA, nameRSA)
+	list := fmt.Sprintf("%s/%s.pem %s\n%s/%s.pem %s\n%s/%s.pem %s\n", certs, nameEC, nameEC, certs, nameRSA, nameRSA, certs, nameUp, nameUp)
 	if err := os.WriteFile(filepath.Join(dir, "crt-list"), []byte(list), 0o644); err != nil {
 		return nil, err
 	}
@@ -160,11 +171,15 @@ defaults
     option forwardfor
 frontend fe
     bind 127.0.0.1:%d ssl crt-list %s/crt-list strict-sni alpn h2,http/1.1
+    use_backend be_ng if { ssl_fc_sni %s }
     default_backend be
 backend be
     http-reuse always
     server up %s
-`, port, dir, upstream)
+backend be_ng
+    http-reuse always
+    server upng %s
+`, port, dir, nameUp, upstream, nginxUpstream)
 	path := filepath.Join(dir, "haproxy.cfg")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, err
@@ -182,7 +197,7 @@ func caddyProxy(work, certs, upstream string) (*proxy, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	site := func(name string) string {
+	site := func(name, upstream string) string {
 		return fmt.Sprintf(`
 https://%s:%d {
     tls %s/%s.crt %s/%s.key
@@ -201,7 +216,7 @@ https://%s:%d {
         }
     }
 }
-%s%s`, site(nameEC), site(nameRSA))
+%s%s%s`, site(nameEC, upstream), site(nameRSA, upstream), site(nameUp, nginxUpstream))
 	path := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, err
@@ -248,8 +263,15 @@ hosts    = [%q]
 cert     = "%s/%s.crt"
 key      = "%s/%s.key"
 upstream = "http://%s"
+
+[[route]]
+hosts    = [%q]
+cert     = "%s/%s.crt"
+key      = "%s/%s.key"
+upstream = "http://%s"
 `, port, filepath.Join(dir, "storage"), nameEC, certs, nameEC, certs, nameEC, upstream,
-		nameRSA, certs, nameRSA, certs, nameRSA, upstream)
+		nameRSA, certs, nameRSA, certs, nameRSA, upstream,
+		nameUp, certs, nameUp, certs, nameUp, nginxUpstream)
 	path := filepath.Join(dir, "gatehouse.toml")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, err

@@ -3,8 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"os"
 	"os/exec"
 	"regexp"
 	"slices"
@@ -356,6 +354,9 @@ func (b *bench) scenarios() []*scenario {
 				// cpu_us is per 1 MiB response: ×1024 per GiB, /1000 to ms
 				return map[string]float64{"mib_s": r.ok / r.seconds, "cpu_ms_gib": m["cpu_us"] * 1024 / 1000, "cpu_pct": m["cpu_pct"], "failures": m["failures"]}, nil
 			}},
+		{key: "bulk-nginx-up", title: "bulk: 1 MiB file from an nginx upstream (sendfile), HTTP/1.1 keep-alive, 8 connections (wrk -t1 -c8)",
+			metrics: []metricDef{{"mib_s", "MiB/s", false}, {"cpu_ms_gib", "CPU ms/GiB", true}, {"cpu_pct", "% CPU", false}},
+			run:     (*bench).bulkNginxUp},
 		{key: "latency", title: "open-loop 1,000 req/s, HTTP/1.1 keep-alive, 32 connections (latency from scheduled send)",
 			metrics: []metricDef{{"p50_us", "p50 µs", true}, {"p99_us", "p99 µs", true}, {"p999_us", "p99.9 µs", true}, {"cpu_pct", "% CPU", true},
 				{"send_late_p50_us", "client send lateness p50 µs", false}, {"send_late_p99_us", "client send lateness p99 µs", false}},
@@ -379,131 +380,4 @@ func (b *bench) scenarios() []*scenario {
 			metrics: []metricDef{{"conns_s", "Initials/s", false}, {"cpu_us", "µs/Initial", true}, {"cpu_pct", "% CPU", false}, {"served", "served (must be 0)", false}},
 			run:     (*bench).h3Hostile},
 	}
-}
-
-// namesRun measures gatehouse with n ACME-managed names whose
-// certificates are already in storage and whose CA is unreachable.
-func (b *bench) namesRun(n int, perRoute bool) (map[string]float64, error) {
-	dir, err := ensureNames(b.cache, n, b.logf)
-	if err != nil {
-		return nil, err
-	}
-	all, err := os.ReadFile(dir + "/names.txt")
-	if err != nil {
-		return nil, err
-	}
-	names := strings.Fields(string(all))
-	work, err := os.MkdirTemp(b.work, "names-")
-	if err != nil {
-		return nil, err
-	}
-	port, _ := freePort()
-	admin, _ := freePort()
-	cfg, err := namesConfig(work, dir+"/storage", names, perRoute, port, admin, b.upstream)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(work+"/names.txt", all, 0o644); err != nil {
-		return nil, err
-	}
-	p := &proxy{name: "gatehouse", port: port, bin: b.gatehouseBin, args: []string{"run", "--config", cfg}, log: work + "/stderr.log"}
-	if b.profile {
-		p.bin = b.gatehousePprofBin
-		pp, _ := freePort()
-		p.env = []string{"GATEHOUSE_PPROF=127.0.0.1:" + strconv.Itoa(pp)}
-		b.pprofAddr = "127.0.0.1:" + strconv.Itoa(pp)
-	}
-	t0 := time.Now()
-	cmd, err := spawn("0", p.env, p.log, p.bin, p.args...)
-	if err != nil {
-		return nil, err
-	}
-	p.cmd = cmd
-	defer stop(cmd)
-	var profDone chan struct{}
-	if b.profile {
-		// over the startup: about 1 s per 2,000 names, 5 s at least
-		profDone = b.fetchProfile(fmt.Sprintf("names-%d-startup", n), max(5*time.Second, time.Duration(n/2000)*time.Second), true)
-	}
-	limit := 10 * time.Minute
-	var ready time.Duration
-	client := newHTTPClient()
-	for {
-		if time.Since(t0) > limit {
-			return nil, fmt.Errorf("%d names: /readyz not 200 within %s", n, limit)
-		}
-		if cmd.ProcessState != nil {
-			return nil, fmt.Errorf("gatehouse exited: see %s", p.log)
-		}
-		res, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", admin))
-		if err == nil {
-			_, _ = io.Copy(io.Discard, res.Body)
-			res.Body.Close()
-			if res.StatusCode == 200 {
-				ready = time.Since(t0)
-				break
-			}
-		}
-		// each not-ready /readyz lists every waiting name: poll gently
-		time.Sleep(250 * time.Millisecond)
-	}
-	cpuReady := cpuSeconds(p.pid())
-	rssReady := rssKiB(p.pid())
-	if profDone != nil {
-		<-profDone
-		b.fetchHeap(fmt.Sprintf("names-%d", n))
-	}
-	// every name served, with its own certificate (verified against the CA)
-	var sw hsOut
-	sweepLimit := 20 * time.Minute
-	t1 := time.Now()
-	cpuS, _, err := measure(p, func() error {
-		return b.loadgen(false, sweepLimit+time.Minute, &sw, "-addr", p.addr(), "-names", work+"/names.txt", "-ca", dir+"/ca.crt", "-c", "16", "-d", sweepLimit.String(), "sweep")
-	})
-	if err != nil {
-		return nil, err
-	}
-	sweepTime := time.Since(t1)
-	if sw.Errors > 0 {
-		b.logf("names %d: %d names not served: %s", n, sw.Errors, sw.FirstError)
-	}
-	rssSweep := rssKiB(p.pid())
-	profiled := func(name string, run func() (map[string]float64, error)) (map[string]float64, error) {
-		if !b.profile {
-			return run()
-		}
-		done := b.fetchProfile(fmt.Sprintf("names-%d-%s", n, name), b.dur-time.Second, false)
-		defer func() { <-done }()
-		return run()
-	}
-	spread, err := profiled("spread", func() (map[string]float64, error) {
-		return b.handshakes(p, "x25519", "-names", work+"/names.txt")
-	})
-	if err != nil {
-		return nil, err
-	}
-	one, err := profiled("one", func() (map[string]float64, error) { return b.handshakes(p, "x25519", "-sni", names[0]) })
-	if err != nil {
-		return nil, err
-	}
-	logb, _ := os.ReadFile(p.log)
-	return map[string]float64{
-		"ready_s":         ready.Seconds(),
-		"cpu_to_ready_s":  cpuReady,
-		"rss_ready_mib":   rssReady / 1024,
-		"rss_sweep_mib":   rssSweep / 1024,
-		"sweep_s":         sweepTime.Seconds(),
-		"sweep_ok":        float64(sw.Conns),
-		"sweep_missing":   float64(sw.Errors),
-		"sweep_cpu_us":    cpuS / float64(max(sw.Conns, 1)) * 1e6,
-		"spread_conns_s":  spread["conns_s"],
-		"spread_cpu_us":   spread["cpu_us"],
-		"spread_cpu_pct":  spread["cpu_pct"],
-		"one_cpu_pct":     one["cpu_pct"],
-		"one_conns_s":     one["conns_s"],
-		"one_cpu_us":      one["cpu_us"],
-		"spread_vs_one":   spread["conns_s"] / one["conns_s"],
-		"log_lines":       float64(strings.Count(string(logb), "\n")),
-		"log_error_lines": float64(strings.Count(string(logb), "level=ERROR")),
-	}, nil
 }
