@@ -174,3 +174,19 @@ func (m *Manager) publishECH() {
 	}
 	m.echPub.Store(&st)
 }
+
+// ReadECH reads the stored ECH key set without making one (for
+// `gatehouse certs`, which only reads storage): the published config
+// list and its public name, nil when there is none.
+func ReadECH(ctx context.Context, storage certmagic.Storage) ([]byte, string, error) {
+	k := newECHKeyring(storage, nil)
+	f, err := k.load(ctx)
+	if err != nil || len(f.Keys) == 0 {
+		return nil, "", err
+	}
+	if err := k.install(f); err != nil {
+		return nil, "", err
+	}
+	list, name := k.ConfigList()
+	return list, name, nil
+}

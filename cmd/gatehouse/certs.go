@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/caddyserver/certmagic"
 	"github.com/gatehouse-proxy/gatehouse/routes"
 	"github.com/gatehouse-proxy/gatehouse/tlsconfig"
 )
@@ -83,7 +84,37 @@ func cmdCerts(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "no certificates in %s\n", cfg.Storage.Dir)
 	}
 	printAccounts(stdout, infos, accounts)
+	if cfg.ECH.Enabled() {
+		printECH(ctx, stdout, storage)
+	}
 	return 0
+}
+
+// printECH says what ECH serves and whether its HTTPS records are in DNS.
+func printECH(ctx context.Context, w io.Writer, storage certmagic.Storage) {
+	list, public, err := tlsconfig.ReadECH(ctx, storage)
+	switch {
+	case err != nil:
+		fmt.Fprintf(w, "\nECH: cannot read the keys: %v\n", err)
+		return
+	case list == nil:
+		fmt.Fprintln(w, "\nECH: no keys yet (gatehouse run or gatehouse ech makes them)")
+		return
+	}
+	fmt.Fprintf(w, "\nECH: public name %s; ", public)
+	p, err := tlsconfig.LoadECHPublished(ctx, storage, list)
+	switch {
+	case err != nil:
+		fmt.Fprintf(w, "publication state unreadable: %v\n", err)
+	case p == nil:
+		fmt.Fprintln(w, "HTTPS records not published by gatehouse (no [acme.dns] provider): see gatehouse ech")
+	case p.Current:
+		fmt.Fprintf(w, "HTTPS records for %d names published %s\n", len(p.Names), p.At.UTC().Format(time.RFC3339))
+	case p.Error != "":
+		fmt.Fprintf(w, "publishing the HTTPS records failed at %s: %s\n", p.ErrorAt.UTC().Format(time.RFC3339), p.Error)
+	default:
+		fmt.Fprintln(w, "the HTTPS records in DNS carry an older config (publication pending)")
+	}
 }
 
 // certsConfig is the config `gatehouse certs` reads storage through:

@@ -262,24 +262,36 @@ func TestECHPublishedByRFC2136(t *testing.T) {
 			return nil
 		})
 	}
-	res, err := http.Get("http://" + d.admLn.Addr().String() + "/readyz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ready struct {
-		Detail struct {
-			ECH *struct {
-				Current bool     `json:"current"`
-				Names   []string `json:"names"`
-			} `json:"ech_dns"`
-		} `json:"detail"`
-	}
-	body := readAll(t, res)
-	if err := json.Unmarshal([]byte(body), &ready); err != nil || ready.Detail.ECH == nil || !ready.Detail.ECH.Current || len(ready.Detail.ECH.Names) != 2 {
-		t.Fatalf("/readyz does not show the published ECH records (%v): %s", err, body)
-	}
+	// the records are in DNS a moment before the state is stored
+	testkit.WaitFor(t, 10*time.Second, "/readyz showing the published ECH records", func() error {
+		res, err := http.Get("http://" + d.admLn.Addr().String() + "/readyz")
+		if err != nil {
+			return err
+		}
+		var ready struct {
+			Detail struct {
+				ECH *struct {
+					Current bool     `json:"current"`
+					Names   []string `json:"names"`
+				} `json:"ech_dns"`
+			} `json:"detail"`
+		}
+		body := readAll(t, res)
+		if err := json.Unmarshal([]byte(body), &ready); err != nil || ready.Detail.ECH == nil || !ready.Detail.ECH.Current || len(ready.Detail.ECH.Names) != 2 {
+			return fmt.Errorf("(%v): %s", err, body)
+		}
+		return nil
+	})
 	if again, _ := runECH(t, cfgPath); again.Published == nil || !again.Published.Current {
 		t.Fatalf("gatehouse ech --json: published = %+v", again.Published)
+	}
+
+	var certsOut, certsErr bytes.Buffer
+	if code := realMain([]string{"certs", "--config", cfgPath}, &certsOut, &certsErr); code != 0 {
+		t.Fatalf("gatehouse certs: exit %d: %s", code, certsErr.String())
+	}
+	if !strings.Contains(certsOut.String(), "ECH: public name a.example.test; HTTPS records for 2 names published") {
+		t.Fatalf("gatehouse certs does not show the published ECH records:\n%s", certsOut.String())
 	}
 
 	d.topExtra = "[ech]\npublic_name = \"b.example.test\"\n"
