@@ -316,10 +316,15 @@ type ECH struct {
 	PublicName string `toml:"public_name"`
 	// Rotate is how often a new key is made (default 720h).
 	Rotate Duration `toml:"rotate"`
+
+	// Table: the config has an [ech] table. An [ech] table without
+	// public_name turns ECH on too, with the first exact name of the
+	// first route that terminates TLS as the public name.
+	Table bool `toml:"-"`
 }
 
 // Enabled reports whether ECH is on.
-func (e ECH) Enabled() bool { return e.PublicName != "" }
+func (e ECH) Enabled() bool { return e.PublicName != "" || e.Table }
 
 // Timeouts bound every wait the proxy does on a peer. Zero means the default.
 type Timeouts struct {

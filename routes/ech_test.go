@@ -27,7 +27,6 @@ upstream = "127.0.0.1:2"
 		{`public_name = "*.w.example"`, `line 3: public_name = "*.w.example": want one exact host name`},
 		{`public_name = "A.example"`, `line 3: public_name = "A.example": write it as "a.example"`},
 		{"public_name = \"a.example\"\nrotate = \"10m\"", `line 4: rotate = 10m0s: want 1h or more`},
-		{`rotate = "24h"`, `line 3: [ech] rotate has no effect without public_name`},
 	} {
 		cfg, err := Parse([]byte("\n[ech]\n" + tc.ech + "\n" + routesTOML))
 		if tc.want == "" {
@@ -41,5 +40,38 @@ upstream = "127.0.0.1:2"
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: got %v, want %q", tc.ech, err, tc.want)
 		}
+	}
+}
+
+// An [ech] table without public_name turns ECH on with the first exact
+// name of the first route gatehouse terminates; with none, it says so.
+func TestECHDefaultPublicName(t *testing.T) {
+	cfg, err := Parse([]byte(`
+[ech]
+rotate = "24h"
+
+[[route]]
+hosts = ["pass.example"]
+mode = "passthrough"
+upstream = "127.0.0.1:2"
+
+[[route]]
+hosts = ["*.w.example", "b.example", "c.example"]
+upstream = "http://127.0.0.1:1"
+tls = "internal"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.ECH.Enabled() || cfg.ECH.PublicName != "b.example" {
+		t.Fatalf("ECH on=%v public name %q, want b.example", cfg.ECH.Enabled(), cfg.ECH.PublicName)
+	}
+	_, err = Parse([]byte("[ech]\n\n[[route]]\nhosts = [\"pass.example\"]\nmode = \"passthrough\"\nupstream = \"127.0.0.1:2\"\n"))
+	if err == nil || !strings.Contains(err.Error(), "[ech] needs a public name") {
+		t.Fatalf("[ech] with only passthrough routes: %v", err)
+	}
+	cfg, err = Parse([]byte("[[route]]\nhosts = [\"b.example\"]\nupstream = \"http://127.0.0.1:1\"\ntls = \"internal\"\n"))
+	if err != nil || cfg.ECH.Enabled() {
+		t.Fatalf("no [ech] table: ECH on=%v err=%v", cfg != nil && cfg.ECH.Enabled(), err)
 	}
 }

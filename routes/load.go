@@ -110,6 +110,7 @@ func Parse(data []byte) (*Config, error) {
 	if !md.IsDefined("listen", "admin") {
 		cfg.Listen.Admin = "127.0.0.1:2019"
 	}
+	cfg.ECH.Table = md.IsDefined("ech")
 	for i := range cfg.Routes {
 		cfg.Routes[i].Line = idx.table(fmt.Sprintf("route.%d", i))
 	}

@@ -245,12 +245,31 @@ func (c *Config) validate(idx lineIndex) Errors {
 // that terminates TLS serves, because a client whose keys are stale
 // gets retry configs under that name's certificate and must be able
 // to authenticate it.
-func (e ECH) validate(c *Config, owner map[string]int, bad func(string, string, ...any)) {
-	if e.PublicName == "" {
-		if e.Rotate != 0 {
-			bad("ech.rotate", "[ech] rotate has no effect without public_name; set public_name = \"<a name gatehouse serves>\" to turn ECH on")
-		}
+func (e *ECH) validate(c *Config, owner map[string]int, bad func(string, string, ...any)) {
+	if !e.Enabled() {
 		return
+	}
+	if e.PublicName == "" {
+		// [ech] without public_name: the first exact name of the first
+		// route that terminates TLS
+		for _, r := range c.Routes {
+			if r.ModeOrDefault() == ModePassthrough {
+				continue
+			}
+			for _, h := range r.Hosts {
+				if n, err := NormalizeHost(h); err == nil && !isPattern(n) {
+					e.PublicName = n
+					break
+				}
+			}
+			if e.PublicName != "" {
+				break
+			}
+		}
+		if e.PublicName == "" {
+			bad("ech", "[ech] needs a public name and no route that terminates TLS has an exact host: set public_name = \"<a name gatehouse serves>\"")
+			return
+		}
 	}
 	name, err := NormalizeHost(e.PublicName)
 	switch {
