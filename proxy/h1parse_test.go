@@ -159,3 +159,80 @@ func readAllBody(req *http.Request) ([]byte, error) {
 	_, err := buf.ReadFrom(req.Body)
 	return buf.Bytes(), err
 }
+
+// FuzzRespHead: the upstream response-head parser (respHead.parse)
+// never panics, and whatever it accepts http.ReadResponse accepts too,
+// with the same status, and the same framing of the body for a GET or a
+// HEAD: none (HEAD, 1xx, 204, 304), Content-Length n, chunked, or until
+// the connection closes. gatehouse may close where net/http would keep
+// the connection, never the reverse.
+//
+//	go test -run '^$' -fuzz '^FuzzRespHead$' -fuzztime 30s ./proxy
+func FuzzRespHead(f *testing.F) {
+	for _, s := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+		"HTTP/1.1 200\r\n\r\n",
+		"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+		"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+		"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+		"HTTP/1.1 100 Continue\r\n\r\n",
+		"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+		"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n",
+		"HTTP/1.1 404 \xff\r\nX: a\r\n\r\n",
+	} {
+		f.Add([]byte(s), false)
+		f.Add([]byte(s), true)
+	}
+	f.Fuzz(func(t *testing.T, b []byte, head bool) {
+		end, _, err := headEnd(b, 0)
+		if err != nil || end == 0 {
+			return
+		}
+		var h respHead
+		if h.parse(b[:end]) != nil {
+			return
+		}
+		kind, n := h.bodyKind(head)
+		method := "GET"
+		if head {
+			method = "HEAD"
+		}
+		res, rerr := http.ReadResponse(bufio.NewReader(bytes.NewReader(b[:end])), &http.Request{Method: method})
+		if rerr != nil {
+			t.Fatalf("gatehouse accepted what net/http refuses (%v):\n%q", rerr, b[:end])
+		}
+		if res.StatusCode != h.status {
+			t.Fatalf("status %d vs net/http %d:\n%q", h.status, res.StatusCode, b[:end])
+		}
+		if res.StatusCode == 101 {
+			return // the connection is handed over: no body framing
+		}
+		chunked := len(res.TransferEncoding) > 0 && res.TransferEncoding[len(res.TransferEncoding)-1] == "chunked"
+		switch kind {
+		case bodyNone:
+			if res.Body != http.NoBody {
+				t.Fatalf("no body vs net/http reading one (cl %d, te %q):\n%q", res.ContentLength, res.TransferEncoding, b[:end])
+			}
+		case bodyLength:
+			if chunked || res.ContentLength != n || (n == 0) != (res.Body == http.NoBody) {
+				t.Fatalf("Content-Length %d vs net/http %d (te %q):\n%q", n, res.ContentLength, res.TransferEncoding, b[:end])
+			}
+		case bodyChunked:
+			if !chunked || res.Body == http.NoBody {
+				t.Fatalf("chunked vs net/http te %q cl %d:\n%q", res.TransferEncoding, res.ContentLength, b[:end])
+			}
+		case bodyClose:
+			if chunked || res.ContentLength != -1 || !res.Close || res.Body == http.NoBody {
+				t.Fatalf("read to close vs net/http te %q cl %d close %v:\n%q", res.TransferEncoding, res.ContentLength, res.Close, b[:end])
+			}
+		}
+		if !h.close && kind != bodyClose && res.Close { // a body read to close ends the connection anyway
+			t.Fatalf("gatehouse keeps the connection, net/http closes it:\n%q", b[:end])
+		}
+	})
+}

@@ -382,12 +382,23 @@ func (h *respHead) parse(b []byte) error {
 					}
 					h.contentLength = n
 				})
-				if bad || len(value) == 0 {
+				// one value per field, as net/http takes it: "," or
+				// "1, 1" are refused (found by FuzzRespHead)
+				if bad || len(value) == 0 || bytes.IndexByte(value, ',') >= 0 {
 					return errBadResponse
 				}
 			}
 		case 17:
 			if eqFold(name, "transfer-encoding") {
+				// only a single "chunked" (as net/http and nginx take
+				// it): another coding would reach the client without
+				// its Transfer-Encoding, undecoded; in HTTP/1.0 the
+				// framing is faulty (RFC 9112 6.1: net/http reads to
+				// close there, gatehouse decoded chunks) (found by
+				// FuzzRespHead)
+				if h.te || !eqFold(value, "chunked") || h.minor == 0 {
+					return errBadResponse
+				}
 				h.te = true
 				// the final coding decides the framing
 				last := value
