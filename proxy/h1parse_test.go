@@ -3,10 +3,13 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"io"
 	"net/http"
+	"net/http/httputil"
 	"reflect"
 	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 // parseHead runs the fast path's head scan and parse over b as the
@@ -112,27 +115,63 @@ func FuzzReqHead(f *testing.F) {
 	})
 }
 
-// FuzzChunked: the chunked decoder never panics, never returns more
-// data than it was given, and agrees with net/http's decoder on what a
-// valid body holds.
+// FuzzChunked: the chunked decoder (bodyFramer) never panics, never
+// returns more data than it was given, decodes the same whether the
+// bytes arrive at once or one at a time, and on a body it accepts
+// agrees with net/http — httputil.NewChunkedReader on the body bytes,
+// http.ReadRequest on the trailer fields and on where the body ends
+// (the next request on the connection starts at the same byte).
+//
+//	go test -run '^$' -fuzz '^FuzzChunked$' -fuzztime 30s ./proxy
 func FuzzChunked(f *testing.F) {
-	for _, s := range []string{"3\r\nabc\r\n0\r\n\r\n", "1;x=y\r\na\r\n0\r\nT: v\r\n\r\n", "0\r\n\r\n"} {
+	for _, s := range []string{
+		"3\r\nabc\r\n0\r\n\r\n", "1;x=y\r\na\r\n0\r\nT: v\r\n\r\n", "0\r\n\r\n",
+		"A\r\n0123456789\r\n0\r\nX-A: 1\r\nx-a: 2\r\nY:\r\n\r\nGET / HTTP/1.1\r\n",
+		"1 \r\na\r\n0\r\n\r\n", "1\r\na\n0\r\n\r\n", "fffffffffffffff\r\n",
+	} {
 		f.Add([]byte(s))
 	}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		br := bufReader{buf: append([]byte(nil), b...), w: len(b)}
-		var fr bodyFramer
+	// decode runs the framer over b, all in the buffer at once or (one)
+	// fed a byte per read; used: the bytes of b the body took
+	decode := func(b []byte, one bool) (body []byte, fr bodyFramer, used int, err error) {
+		br := bufReader{buf: make([]byte, len(b)+maxChunkLine)}
+		var src *bytes.Reader
+		if !one {
+			br.w = copy(br.buf, b)
+		} else {
+			src = bytes.NewReader(b)
+			br.src = iotest.OneByteReader(src)
+		}
+		unread := func() int {
+			if src == nil {
+				return br.w - br.r
+			}
+			return br.w - br.r + src.Len()
+		}
 		fr.init(bodyChunked, 0)
-		var got []byte
-		for {
+		for !fr.done {
 			data, err := fr.next(&br)
 			if err != nil {
-				return
+				return nil, fr, 0, err
 			}
-			if data == nil {
+			if data != nil {
+				body = append(body, data...)
+				continue
+			}
+			if fr.done || !one {
 				break
 			}
-			got = append(got, data...)
+			if err := br.fill(); err != nil {
+				return body, fr, len(b) - unread(), err
+			}
+		}
+		fr.trailers = append([]byte(nil), fr.trailers...)
+		return body, fr, len(b) - unread(), nil
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, fr, used, err := decode(b, false)
+		if err != nil {
+			return
 		}
 		if len(got) > len(b) {
 			t.Fatalf("decoded %d bytes from %d", len(got), len(b))
@@ -140,16 +179,52 @@ func FuzzChunked(f *testing.F) {
 		if !fr.done {
 			return
 		}
-		req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(append([]byte("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"), b...))))
+		// the same, a byte at a time (state kept across reads)
+		got1, fr1, used1, err1 := decode(b, true)
+		if err1 != nil || !bytes.Equal(got, got1) || used != used1 || !bytes.Equal(fr.trailers, fr1.trailers) {
+			t.Fatalf("byte at a time: %q/%d/%q/%v, at once: %q/%d/%q:\n%q", got1, used1, fr1.trailers, err1, got, used, fr.trailers, b)
+		}
+
+		want, err := io.ReadAll(httputil.NewChunkedReader(bytes.NewReader(b)))
+		if err != nil {
+			t.Fatalf("gatehouse decoded %q, httputil.NewChunkedReader refused: %v (input %q)", got, err, b)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("decoded %q, httputil.NewChunkedReader %q (input %q)", got, want, b)
+		}
+
+		const head = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+		full := append([]byte(head), b...)
+		rd := bytes.NewReader(full)
+		bufr := bufio.NewReader(rd)
+		req, err := http.ReadRequest(bufr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		want, err := readAllBody(req)
+		want, err = readAllBody(req)
 		if err != nil {
-			t.Fatalf("gatehouse decoded %q, net/http refused: %v (input %q)", got, err, b)
+			t.Fatalf("gatehouse decoded %q (trailers %q), net/http refused: %v (input %q)", got, fr.trailers, err, b)
 		}
 		if !bytes.Equal(got, want) {
 			t.Fatalf("decoded %q, net/http %q", got, want)
+		}
+		if rest := bufr.Buffered() + rd.Len(); len(b)-rest != used {
+			t.Fatalf("body ends after %d bytes, net/http after %d:\n%q", used, len(b)-rest, b)
+		}
+		trailer := http.Header{}
+		for tl := fr.trailers; len(tl) > 0; {
+			nl := bytes.IndexByte(tl, '\n')
+			line := tl[:nl-1]
+			tl = tl[nl+1:]
+			colon := bytes.IndexByte(line, ':')
+			k := http.CanonicalHeaderKey(string(line[:colon]))
+			trailer[k] = append(trailer[k], string(trimOWS(line[colon+1:])))
+		}
+		if len(trailer) == 0 && len(req.Trailer) == 0 {
+			return
+		}
+		if !reflect.DeepEqual(trailer, req.Trailer) {
+			t.Fatalf("trailers %q, net/http %q:\n%q", trailer, req.Trailer, b)
 		}
 	})
 }
