@@ -244,6 +244,7 @@ func (h *reqHead) parse(b []byte) error {
 	}
 
 	var hosts, tes int
+	var clRaw []byte // the first Content-Length value
 	for len(rest) > 2 { // the final CRLF is left
 		nl := bytes.IndexByte(rest, '\n')
 		line := rest[:nl-1]
@@ -309,10 +310,16 @@ func (h *reqHead) parse(b []byte) error {
 				}
 				// one value per field: a list ("1, 1", which RFC 9110
 				// 8.6 lets a recipient accept) is refused, as net/http
-				// and nginx refuse it (found by FuzzReqHead)
+				// and nginx refuse it (found by FuzzReqHead); a
+				// repeated field must be spelled the same: "03" then
+				// "3" is refused, as net/http does (found by FuzzRespHead)
 				if len(value) == 0 || bytes.IndexByte(value, ',') >= 0 {
 					return bad("invalid Content-Length")
 				}
+				if clRaw != nil && !bytes.Equal(clRaw, value) {
+					return bad("conflicting Content-Length values")
+				}
+				clRaw = value
 			}
 		case 17:
 			if eqFold(name, "transfer-encoding") {

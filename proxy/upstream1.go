@@ -346,6 +346,7 @@ func (h *respHead) parse(b []byte) error {
 		return errBadResponse
 	}
 	keepAlive := false
+	var clRaw []byte // the first Content-Length value
 	for len(rest) > 2 {
 		nl := bytes.IndexByte(rest, '\n')
 		line := rest[:nl-1]
@@ -383,10 +384,14 @@ func (h *respHead) parse(b []byte) error {
 					h.contentLength = n
 				})
 				// one value per field, as net/http takes it: "," or
-				// "1, 1" are refused (found by FuzzRespHead)
-				if bad || len(value) == 0 || bytes.IndexByte(value, ',') >= 0 {
+				// "1, 1" are refused, and a repeated field must be
+				// spelled the same ("03" then "3" is refused)
+				// (found by FuzzRespHead)
+				if bad || len(value) == 0 || bytes.IndexByte(value, ',') >= 0 ||
+					clRaw != nil && !bytes.Equal(clRaw, value) {
 					return errBadResponse
 				}
+				clRaw = value
 			}
 		case 17:
 			if eqFold(name, "transfer-encoding") {
