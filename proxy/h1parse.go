@@ -244,7 +244,7 @@ func (h *reqHead) parse(b []byte) error {
 	}
 
 	var hosts, tes int
-	var clRaw []byte // the first Content-Length value
+	var clRaw []byte    // the first Content-Length value
 	for len(rest) > 2 { // the final CRLF is left
 		nl := bytes.IndexByte(rest, '\n')
 		line := rest[:nl-1]
