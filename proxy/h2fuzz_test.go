@@ -271,6 +271,9 @@ func runH2Frames(t *testing.T, w *h1World, b []byte) {
 			if errors.Is(err, errNoFrame) {
 				continue
 			}
+			if !closedCleanly(err) {
+				t.Fatalf("reading the server's frames: %v\ninput %q", err, b)
+			}
 			closed = true
 			break
 		}
@@ -312,6 +315,9 @@ func runH2Frames(t *testing.T, w *h1World, b []byte) {
 					s.status = v
 				}
 			case http2.FrameData:
+				if s.status == "" {
+					t.Fatalf("DATA on stream %d before a final response HEADERS\ninput %q", fr.StreamID, b)
+				}
 				s.body = append(s.body, fr.Data...)
 			case http2.FrameRSTStream:
 				s.ended, s.reset = true, true

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -110,6 +111,7 @@ func newH2Tester(t testing.TB, w *h1World) *h2Tester {
 	rfr := http2.NewFramer(nil, c)
 	rfr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	rfr.MaxHeaderListSize = 1 << 20
+	rfr.SetMaxReadFrameSize(1<<24 - 1) // a test may advertise more than 16 KiB
 	go st.readLoop(rfr)
 	t.Cleanup(st.close)
 	return st
@@ -231,6 +233,13 @@ func (st *h2Tester) readFrame(d time.Duration) (h2Frame, error) {
 	case <-t.C:
 		return h2Frame{}, fmt.Errorf("%w within %v", errNoFrame, d)
 	}
+}
+
+// closedCleanly reports whether err (from readFrame) is the server
+// closing the connection, not a frame the client could not parse.
+func closedCleanly(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE)
 }
 
 // wantFrame is readFrame that fails the test on an error.
