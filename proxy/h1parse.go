@@ -245,6 +245,7 @@ func (h *reqHead) parse(b []byte) error {
 
 	var hosts, tes int
 	var clRaw []byte    // the first Content-Length value
+	closeTok := false   // Connection: close
 	for len(rest) > 2 { // the final CRLF is left
 		nl := bytes.IndexByte(rest, '\n')
 		line := rest[:nl-1]
@@ -282,7 +283,7 @@ func (h *reqHead) parse(b []byte) error {
 				forEachToken(value, func(tok []byte) {
 					switch {
 					case eqFold(tok, "close"):
-						h.close = true
+						h.close, closeTok = true, true
 					case eqFold(tok, "keep-alive"):
 						h.keepAlive = true
 					case eqFold(tok, "upgrade"):
@@ -331,7 +332,8 @@ func (h *reqHead) parse(b []byte) error {
 			}
 		}
 	}
-	if h.minor == 0 && h.keepAlive && !h.upgrade {
+	// close wins over keep-alive, as in net/http (found by FuzzReqHead)
+	if h.minor == 0 && h.keepAlive && !h.upgrade && !closeTok {
 		h.close = false
 	}
 	if h.minor == 1 && !h.close {

@@ -48,6 +48,7 @@ func FuzzReqHead(f *testing.F) {
 		"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: [::1]:80\r\nX-A: 1\r\nx-a:\t2 \r\nEmpty:\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: a\r\nX: \x80\xff\r\n\r\n",
+		"GET / HTTP/1.0\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -96,6 +97,9 @@ func FuzzReqHead(f *testing.F) {
 		}
 		if req.ContentLength != want {
 			t.Fatalf("Content-Length %d (body %d) vs net/http %d:\n%q", h.contentLength, want, req.ContentLength, head)
+		}
+		if req.Close && !h.close && !h.upgrade {
+			t.Fatalf("gatehouse keeps the connection, net/http closes it:\n%q", head)
 		}
 		// field values, in order, per name; net/http takes Host out
 		// of the header, Transfer-Encoding into its own field and
@@ -260,6 +264,7 @@ func FuzzRespHead(f *testing.F) {
 		"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
 		"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n",
 		"HTTP/1.1 404 \xff\r\nX: a\r\n\r\n",
+		"HTTP/1.0 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n",
 	} {
 		f.Add([]byte(s), false)
 		f.Add([]byte(s), true)

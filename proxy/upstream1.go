@@ -345,7 +345,7 @@ func (h *respHead) parse(b []byte) error {
 	if !validValue(h.statusLine) {
 		return errBadResponse
 	}
-	keepAlive := false
+	keepAlive, closeTok := false, false
 	var clRaw []byte // the first Content-Length value
 	for len(rest) > 2 {
 		nl := bytes.IndexByte(rest, '\n')
@@ -366,7 +366,7 @@ func (h *respHead) parse(b []byte) error {
 				forEachToken(value, func(tok []byte) {
 					switch {
 					case eqFold(tok, "close"):
-						h.close = true
+						h.close, closeTok = true, true
 					case eqFold(tok, "keep-alive"):
 						keepAlive = true
 					}
@@ -414,7 +414,8 @@ func (h *respHead) parse(b []byte) error {
 			}
 		}
 	}
-	if h.minor == 0 && keepAlive {
+	// close wins over keep-alive, as in net/http (found by FuzzRespHead)
+	if h.minor == 0 && keepAlive && !closeTok {
 		h.close = false
 	}
 	if h.te {
