@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -85,15 +86,16 @@ func FuzzH2Frames(f *testing.F) {
 		{1, 0x20, 0, 1, 3, 'a', '=', 'b', 0}, // GET with a query
 		{1, 1, 0, 4, 0, 3, 1, 161},           // POST, a 40-byte body, END_STREAM on DATA
 		{1, 1, 0, 4, 0, 1, 1, 1, 4, 0, 3, 1, 80, 3, 3, 161, 3, 1, 83}, // two POSTs interleaved
-		{1, 0, 0, 3, 0, 2, 2},                                 // a header block split into HEADERS + CONTINUATION
-		{0, 1, 3, 0, 1, 0, 0, 1, 0},                           // SETTINGS INITIAL_WINDOW_SIZE 0, then a GET
-		{1, 0, 0, 1, 0, 5, 1, 8},                              // GET, RST_STREAM it
-		{1, 0, 0, 1, 0, 8, 0, 0},                              // GET, GOAWAY
-		{9, 0x0a, 0, 1, 3, 'x', 'y', 'z', 1, 0, 0, 1, 0},      // unknown frame type, then a GET
-		{1, 1, 0, 4, 0, 3, 1, 80, 4, 1, 0, 0, 1, 0, 3, 1, 83}, // POST, body, WINDOW_UPDATE, body
-		{7, 1, 1, 0, 0, 1, 0, 0, 1, 0},                        // PRIORITY on itself, then a GET
-		{1, 0x80, 0, 1, 4, 0, 1, 1, 5, 2, 7, 3, 10},           // HEADERS of vocabulary fields only
-		{6, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 0, 0, 1, 0},         // PING, GET
+		{1, 0, 0, 3, 0, 2, 2},                                              // a header block split into HEADERS + CONTINUATION
+		{0, 1, 3, 0, 1, 0, 0, 1, 0},                                        // SETTINGS INITIAL_WINDOW_SIZE 0, then a GET
+		{1, 0, 0, 1, 0, 5, 1, 8},                                           // GET, RST_STREAM it
+		{1, 0, 0, 1, 0, 8, 0, 0},                                           // GET, GOAWAY
+		{9, 0x0a, 0, 1, 3, 'x', 'y', 'z', 1, 0, 0, 1, 0},                   // unknown frame type, then a GET
+		{1, 1, 0, 4, 0, 3, 1, 80, 4, 1, 0, 0, 1, 0, 3, 1, 83},              // POST, body, WINDOW_UPDATE, body
+		{7, 1, 1, 0, 0, 1, 0, 0, 1, 0},                                     // PRIORITY on itself, then a GET
+		{1, 0x80, 0, 1, 4, 0, 1, 1, 5, 2, 7, 3, 10},                        // HEADERS of vocabulary fields only
+		{6, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 0, 0, 1, 0},                      // PING, GET
+		{1, 0, 0, 1, 4, 12, 199, 12, 199, 12, 199, 12, 199, 1, 0, 1, 1, 0}, // a GET with 80 KiB of fields (431), then a GET
 	} {
 		f.Add(s)
 	}
@@ -156,8 +158,11 @@ func runH2Frames(t *testing.T, w *h1World, b []byte) {
 				name := h2FuzzNames[int(in.byte())%len(h2FuzzNames)]
 				v := in.byte()
 				val := h2FuzzValues[int(v)%len(h2FuzzValues)]
-				if v >= 200 {
+				switch {
+				case v >= 200:
 					val = string(in.bytes(int(v - 200)))
+				case v == 199:
+					val = strings.Repeat("x", 20<<10) // four are past the 64 KiB header list limit: 431
 				}
 				kv = append(kv, name, val)
 				if name == ":path" {
