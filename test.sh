@@ -11,8 +11,12 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
-command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)     # browser tests (TestStatusPageInChromium, HTTP/3)
 command -v certutil >/dev/null 2>&1 || need+=(libnss3-tools)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)   # deploy/monitoring (TestMonitoringDashboardQueries)
+# DNS-01 tests: a real authoritative server (named) and nsupdate for hooks
+command -v named >/dev/null 2>&1 || [ -x /usr/sbin/named ] || need+=(bind9)
+command -v nsupdate >/dev/null 2>&1 || need+=(bind9-dnsutils)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi

@@ -370,6 +370,33 @@ func (c *h1conn) linger() {
 	}
 }
 
+// lingerBodyTime bounds lingerBody, as nginx's lingering_time (30 s);
+// a variable for tests.
+var lingerBodyTime = 30 * time.Second
+
+// lingerBody is linger after an answer to a request whose body is
+// still coming (an upstream's early 413, a 502): like nginx's lingering
+// close, the rest is read and dropped for as long as it keeps coming
+// (each read within lingerTime), up to lingerBodyTime, so the client
+// can finish sending and read the answer instead of meeting a reset.
+func (c *h1conn) lingerBody() {
+	_ = c.tc.CloseWrite()
+	if c.br.pb == nil {
+		return
+	}
+	end := time.Now().Add(lingerBodyTime)
+	for !c.s.closed.Load() {
+		d := time.Now().Add(lingerTime)
+		if d.After(end) {
+			d = end
+		}
+		_ = c.tc.SetReadDeadline(d)
+		if _, err := c.tc.Read(c.br.buf); err != nil {
+			return
+		}
+	}
+}
+
 func statusText(code int) string {
 	switch code {
 	case 400:
@@ -556,6 +583,12 @@ func (c *h1conn) serveRequest(snap *snapshot, began time.Time) bool {
 	}
 	if x.bodyLeft {
 		x.closeAfter = true
+		if x.status != 0 && !c.upgraded {
+			// answered before the body was all read (an early
+			// response): closing with its bytes unread would reset the
+			// connection, and the client might lose the answer
+			c.lingerBody()
+		}
 	}
 	return !x.closeAfter && !c.upgraded
 }
@@ -600,8 +633,7 @@ func (c *h1conn) getConn(rs *routeState, up *upstream, fresh bool) (*upConn, err
 		return up.pool.get(rs, up)
 	}
 	if p := c.pinned; p != nil {
-		if p.up == up && !fresh {
-			p.reused = true
+		if p.up == up && !fresh && p.reuse() {
 			return p, nil
 		}
 		p.close()
@@ -695,6 +727,9 @@ func (c *h1conn) proxy(snap *snapshot, x *exchange, ob []byte) []byte {
 		if err == nil && resp == nil {
 			resp, err = c.readHead(uc, time.Now().Add(snap.tm.respHeader))
 		}
+		if early := c.earlyResponse(snap, x, err); early != nil {
+			resp, err = early, nil
+		}
 		if err == nil {
 			break
 		}
@@ -706,7 +741,7 @@ func (c *h1conn) proxy(snap *snapshot, x *exchange, ob []byte) []byte {
 			c.release(x, false)
 			return c.clientBodyFailed(x, ob[:0], cbe)
 		}
-		if uc.reused && uc.gotNothing() && retryable && !retried {
+		if uc.retryable() && retryable && !retried {
 			// a pooled connection the upstream had closed: once more on a new one
 			c.release(x, false)
 			retried = true
@@ -718,6 +753,25 @@ func (c *h1conn) proxy(snap *snapshot, x *exchange, ob []byte) []byte {
 		return c.fail(x, ob[:0], &upstreamError{up: up, err: err})
 	}
 	return c.relay(snap, x, resp, ob[:0])
+}
+
+// earlyResponse is the upstream's answer to a request it stopped
+// reading (it answered, then closed before taking the whole body: a
+// 413, a redirect, an auth failure): when writing the request failed
+// and a response head can still be read, that response is relayed, as
+// nginx does, instead of a 502; neither connection is reused after it.
+func (c *h1conn) earlyResponse(snap *snapshot, x *exchange, err error) *respHead {
+	var we *upWriteError
+	if !errors.As(err, &we) {
+		return nil
+	}
+	resp, rerr := c.readHead(x.uc, time.Now().Add(snap.tm.respHeader))
+	if rerr != nil {
+		return nil
+	}
+	resp.close = true
+	x.closeAfter = true
+	return resp
 }
 
 // awaitContinue handles a client's Expect: 100-continue whose body has
@@ -767,7 +821,7 @@ func (c *h1conn) sendBody(x *exchange, ob []byte) ([]byte, error) {
 		if len(ob) == 0 {
 			return nil
 		}
-		_, err := uc.nc.Write(ob)
+		err := uc.write(ob)
 		ob = ob[:0]
 		return err
 	}

@@ -456,6 +456,9 @@ func (st *h2Stream) serve(in h2Request) {
 	}
 	if h2Native(rs) {
 		up, err := st.forward(rs, in)
+		if up == nil {
+			up = failedUpstream(err) // every upstream failed: name the last one tried
+		}
 		if err != nil {
 			st.failNative(rs, in, up, err)
 		}

@@ -18,12 +18,12 @@ import (
 // gatehouse's own HTTP/1.1 client (upstream1.go), as the HTTP/1.1 fast
 // path (h1.go) does it: the stream's goroutine writes the request head
 // (and a small body) in one write and reads the response itself, with
-// no Transport read/write loop goroutines and no http.Request. Routes
-// with PROXY protocol to their upstreams keep the Transport path (their
-// connections are pinned per client connection).
+// no Transport read/write loop goroutines and no http.Request. With
+// PROXY protocol to the upstreams, the connections are pinned to the
+// client connection (pinnedConn, proxyproto.go).
 
 // h2Native reports whether requests routed to rs use the own client.
-func h2Native(rs *routeState) bool { return rs.fast && rs.ppVersion == 0 }
+func h2Native(rs *routeState) bool { return rs.fast }
 
 // bstr views s as bytes without a copy; the bytes are only read.
 func bstr(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
@@ -155,9 +155,12 @@ func (st *h2Stream) forward(rs *routeState, in h2Request) (*upstream, error) {
 		up.active.Add(1)
 		var uc *upConn
 		var err error
-		if retried {
+		switch {
+		case rs.ppVersion != 0:
+			uc, err = pinnedConn(c.rc, rs, up, retried)
+		case retried:
 			uc, err = dialUp(rs, up, up.pool)
-		} else {
+		default:
 			uc, err = up.pool.get(rs, up)
 		}
 		if err != nil {
@@ -178,7 +181,17 @@ func (st *h2Stream) forward(rs *routeState, in h2Request) (*upstream, error) {
 			err = st.sendBodyUp(uc, bodyLen)
 		}
 		var resp *respHead
-		if err == nil {
+		early := false
+		var we *upWriteError
+		if errors.As(err, &we) {
+			// the upstream may have answered and closed before taking
+			// the whole request (a 413, a redirect): relay that answer
+			// (streamDone then resets the rest of the upload with
+			// NO_ERROR), as nginx does, instead of a 502
+			if r, rerr := uc.readHead(time.Now().Add(c.tm.respHeader)); rerr == nil {
+				resp, err, early = r, nil, true
+			}
+		} else if err == nil {
 			resp, err = uc.readHead(time.Now().Add(c.tm.respHeader))
 		}
 		for err == nil && resp.status < 200 {
@@ -189,17 +202,19 @@ func (st *h2Stream) forward(rs *routeState, in h2Request) (*upstream, error) {
 			resp, err = uc.readHead(time.Now().Add(c.tm.respHeader)) // 1xx: not passed on
 		}
 		if err == nil {
+			resp.close = resp.close || early
 			st.relay(rs, up, uc, resp, in.method == "HEAD")
 			return up, nil
 		}
 		broken := st.detach()
+		again := uc.retryable() // before done, which starts the next exchange's count
 		uc.done(false)
 		up.active.Add(-1)
 		var cbe *clientBodyError
 		if broken || errors.As(err, &cbe) {
 			return up, context.Canceled // the client went away or reset the stream
 		}
-		if uc.reused && uc.gotNothing() && retryable && !retried {
+		if again && retryable && !retried {
 			// a pooled connection the upstream had closed: once more on a new one
 			retried = true
 			rs.log.Debug("pooled upstream connection was closed; retrying on a new one", "upstream", up.Raw, "error", err)
@@ -255,14 +270,27 @@ func (st *h2Stream) relay(rs *routeState, up *upstream, uc *upConn, resp *respHe
 	kind, n := resp.bodyKind(head)
 	uc.body.init(kind, n)
 	st.wroteHeader, st.status = true, resp.status
-	reusable := false
-	defer func() {
-		broken := st.detach()
-		uc.done(reusable && !broken)
-		up.active.Add(-1)
-	}()
-	if err := st.sendRespHead(rs, resp, kind, uc.body.done); err != nil || uc.body.done {
-		reusable = err == nil && !resp.close
+	// A connection pinned to this client goes back to the client's pool
+	// before the stream's last frame is queued: the client's next
+	// request, sent as soon as it has the answer, finds it there (as the
+	// Transport's pool did). It costs an empty END_STREAM frame.
+	pinned := uc.pin != nil
+	released := false
+	release := func(reusable bool) {
+		if !released {
+			released = true
+			broken := st.detach()
+			uc.done(reusable && !broken)
+			up.active.Add(-1)
+		}
+	}
+	defer release(false)
+	if err := st.sendRespHead(rs, resp, kind, uc.body.done && !pinned); err != nil || uc.body.done {
+		if err == nil && pinned {
+			release(!resp.close)
+			_ = st.sendData(nil, true)
+		}
+		release(err == nil && !resp.close)
 		return
 	}
 	for {
@@ -272,7 +300,7 @@ func (st *h2Stream) relay(rs *routeState, up *upstream, uc *upConn, resp *respHe
 			return // streamDone resets the stream
 		}
 		if len(data) > 0 {
-			last := uc.body.done && len(uc.body.trailers) == 0
+			last := uc.body.done && len(uc.body.trailers) == 0 && !pinned
 			if err := st.sendData(data, last); err != nil {
 				return
 			}
@@ -295,12 +323,17 @@ func (st *h2Stream) relay(rs *routeState, up *upstream, uc *upConn, resp *respHe
 			return
 		}
 	}
-	if t := uc.body.trailers; len(t) > 0 {
+	t := uc.body.trailers
+	if pinned {
+		t = append([]byte(nil), t...) // they alias the connection's buffer
+		release(!resp.close && kind != bodyClose)
+	}
+	if len(t) > 0 {
 		_ = st.sendRawTrailers(t)
 	} else if !st.ended {
 		_ = st.sendData(nil, true)
 	}
-	reusable = !resp.close && kind != bodyClose
+	release(!resp.close && kind != bodyClose)
 }
 
 // canceled reports whether the stream has ended (a client reset).
@@ -417,6 +450,15 @@ func init() {
 		h2LowerBytes[k] = l
 		h2LowerBytes[l] = l
 	}
+}
+
+// failedUpstream is the upstream an upstreamError names, or nil.
+func failedUpstream(err error) *upstream {
+	var ue *upstreamError
+	if errors.As(err, &ue) {
+		return ue.up
+	}
+	return nil
 }
 
 // failNative answers a failed exchange as proxyError does: nothing when

@@ -197,6 +197,100 @@ type pinnedPool struct {
 	rs     *routeState // the route tr was made for (a reload may route later requests elsewhere)
 	tr     *http.Transport
 	closed bool
+	// the own HTTP/1.1 client's connections (HTTP/2 streams to plain
+	// http:// upstreams, h2up.go), idle and watched; made for ownRS
+	own   []*upConn
+	ownRS *routeState
+}
+
+// maxPinnedIdle bounds the idle own-client connections of one client
+// connection (as the Transport's MaxIdleConnsPerHost did).
+const maxPinnedIdle = 4
+
+// pinnedConn returns an upstream connection to up for requests of the
+// client connection rc on route rs: an idle one it opened before
+// (checked: nothing unsolicited came), else a new one that starts with
+// the client's PROXY header (a failure is a *dialError).
+func pinnedConn(rc *replayConn, rs *routeState, up *upstream, fresh bool) (*upConn, error) {
+	p := rc.pin.Load()
+	if p == nil {
+		rc.pin.CompareAndSwap(nil, new(pinnedPool))
+		p = rc.pin.Load()
+	}
+	for !fresh {
+		c, err := p.takeOwn(rs, up)
+		if err != nil {
+			return nil, &dialError{err}
+		}
+		if c == nil {
+			break
+		}
+		if c.reuse() {
+			return c, nil
+		}
+		c.close()
+	}
+	uc, err := dialUp(rs, up, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := sendPROXY(uc.nc, rs.ppVersion, rc.RemoteAddr(), rc.LocalAddr(), rs.dial); err != nil {
+		uc.close()
+		return nil, &dialError{err}
+	}
+	uc.pin = p
+	return uc, nil
+}
+
+// takeOwn removes an idle connection to up from the pool (nil: none).
+func (p *pinnedPool) takeOwn(rs *routeState, up *upstream) (*upConn, error) {
+	p.mu.Lock()
+	if p.closed || p == pinClosed {
+		p.mu.Unlock()
+		return nil, errClientGone
+	}
+	var stale []*upConn
+	if p.ownRS != rs {
+		// a reload moved this connection's requests to a new route state
+		stale, p.own, p.ownRS = p.own, nil, rs
+	}
+	var c *upConn
+	for i := len(p.own) - 1; i >= 0; i-- {
+		if p.own[i].up == up {
+			c = p.own[i]
+			p.own = append(p.own[:i], p.own[i+1:]...)
+			break
+		}
+	}
+	p.mu.Unlock()
+	for _, x := range stale {
+		x.close()
+	}
+	return c, nil
+}
+
+// putOwn keeps c (idle, watched) for the client's next requests.
+func (p *pinnedPool) putOwn(c *upConn) {
+	p.mu.Lock()
+	if p.closed || len(p.own) >= maxPinnedIdle {
+		p.mu.Unlock()
+		c.close()
+		return
+	}
+	p.own = append(p.own, c)
+	p.mu.Unlock()
+}
+
+// removeOwn drops c from the idle list (the watcher closed it).
+func (p *pinnedPool) removeOwn(c *upConn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, x := range p.own {
+		if x == c {
+			p.own = append(p.own[:i], p.own[i+1:]...)
+			return
+		}
+	}
 }
 
 // pinClosed marks a client connection closed before it had a pool.
@@ -247,9 +341,14 @@ func (rs *routeState) pinnedTransport(req *http.Request) (*http.Transport, error
 
 func (p *pinnedPool) close() {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.closed = true
 	if p.tr != nil {
 		p.tr.CloseIdleConnections()
+	}
+	own := p.own
+	p.own = nil
+	p.mu.Unlock()
+	for _, c := range own {
+		c.close()
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -99,7 +100,7 @@ func releaseUpPool(p *upPool) {
 		p.idle = nil
 		p.mu.Unlock()
 		for _, c := range idle {
-			c.nc.Close()
+			c.close()
 		}
 	}
 }
@@ -107,7 +108,8 @@ func releaseUpPool(p *upPool) {
 // upConn is one connection to an upstream.
 type upConn struct {
 	nc       net.Conn
-	pool     *upPool // nil: pinned to a client connection (PROXY protocol), never pooled
+	pool     *upPool     // nil: pinned to a client connection (PROXY protocol), never pooled
+	pin      *pinnedPool // pinned, for HTTP/2 streams: kept there between exchanges
 	up       *upstream
 	br       bufReader
 	resp     respHead
@@ -115,7 +117,43 @@ type upConn struct {
 	reused   bool // it served a request before (it may have been closed by the upstream meanwhile)
 	idleFrom time.Time
 	deadline bool // a read deadline is set (the response header timeout)
+
+	// per exchange, reset by done
+	recv    bool // a byte of a response came in this exchange
+	garbled bool // the first response head of this exchange was malformed
+	n1xx    int  // informational heads read in this exchange
+
+	// While idle the connection is watched (idlewatch_linux.go): watch
+	// is watchID then, 0 while in use, watchDead once the watcher (or a
+	// failed watch) closed it. watchID and fd belong to the owner.
+	watch   atomic.Uint64
+	watchID uint64
+	fd      int // the socket's descriptor, -1 until looked up
 }
+
+// watchDead marks a connection closed while idle.
+const watchDead = ^uint64(0)
+
+// unsolicitedClosed counts idle connections closed because they became
+// readable (stray bytes, or the upstream closing them).
+var unsolicitedClosed atomic.Int64
+
+// max1xx bounds the informational (1xx) heads an upstream may send
+// before its final answer: each restarts the response header timer, so
+// without a bound an upstream could hold the exchange forever. Go's
+// transport had the same bound (max1xxResponses, before it bounded the
+// heads' total size instead).
+const max1xx = 5
+
+var errTooMany1xx = errors.New("upstream sent more than 5 informational (1xx) responses")
+
+// upWriteError is a failed write of a request (head or body) to the
+// upstream: the upstream may have answered already and closed (an
+// early response, relayed when it came whole).
+type upWriteError struct{ err error }
+
+func (e *upWriteError) Error() string { return "writing the request upstream: " + e.err.Error() }
+func (e *upWriteError) Unwrap() error { return e.err }
 
 // noDeadline clears the response header timeout before reading a body,
 // which may take as long as the upstream streams. Left set while the
@@ -137,17 +175,45 @@ func (p *upPool) get(rs *routeState, up *upstream) (*upConn, error) {
 		c := p.idle[n-1]
 		p.idle[n-1] = nil
 		p.idle = p.idle[:n-1]
-		idle := now.Sub(c.idleFrom)
-		if idle < upIdleTimeout && (idle < time.Second || alive(c.nc)) {
-			p.mu.Unlock()
-			c.up = up
-			c.reused = true
-			return c, nil
+		p.mu.Unlock()
+		// every reuse is checked: the watcher may not have seen bytes
+		// that came just now
+		if c.take() {
+			if now.Sub(c.idleFrom) < upIdleTimeout && alive(c.nc) {
+				c.up = up
+				c.reused = true
+				return c, nil
+			}
+			c.close()
 		}
-		c.nc.Close()
+		p.mu.Lock()
 	}
 	p.mu.Unlock()
 	return dialUp(rs, up, p)
+}
+
+// remove drops c from the idle list (the watcher closed it).
+func (p *upPool) remove(c *upConn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, x := range p.idle {
+		if x == c {
+			copy(p.idle[i:], p.idle[i+1:])
+			p.idle[len(p.idle)-1] = nil
+			p.idle = p.idle[:len(p.idle)-1]
+			return
+		}
+	}
+}
+
+// reuse checks a connection kept for a client (pinned) before its next
+// exchange, as get checks a pooled one.
+func (c *upConn) reuse() bool {
+	if !c.take() || !alive(c.nc) {
+		return false
+	}
+	c.reused = true
+	return true
 }
 
 // alive reports whether an idle upstream connection is still open and
@@ -180,17 +246,20 @@ func dialUp(rs *routeState, up *upstream, p *upPool) (*upConn, error) {
 	if err != nil {
 		return nil, &dialError{err}
 	}
-	return &upConn{nc: nc, pool: p, up: up}, nil
+	return &upConn{nc: nc, pool: p, up: up, fd: -1}, nil
 }
 
 // put returns c to the idle pool (it must have no unread bytes).
 func (p *upPool) put(c *upConn) {
 	c.br.release()
 	c.idleFrom = time.Now()
+	if !c.watchIdle() {
+		return // closed
+	}
 	p.mu.Lock()
 	if p.closed || len(p.idle) >= maxIdlePerAddr {
 		p.mu.Unlock()
-		c.nc.Close()
+		c.close()
 		return
 	}
 	p.idle = append(p.idle, c)
@@ -225,7 +294,7 @@ func (p *upPool) sweep() {
 	}
 	p.mu.Unlock()
 	for _, c := range expired {
-		c.nc.Close()
+		c.close()
 	}
 }
 
@@ -238,27 +307,39 @@ func (p *upPool) idleCount() int {
 
 // done ends c's use for one exchange: back to its pool when the
 // exchange left it clean and reusable, else closed.
+// A response that ended by its framing (HEAD, 204, 304, a
+// Content-Length reached) with more bytes already read behind it is
+// from an upstream that sends what nobody asked for: closed, not kept.
 func (c *upConn) done(reusable bool) {
+	c.recv, c.garbled, c.n1xx = false, false, 0
 	if reusable && c.pool != nil && c.br.buffered() == 0 {
 		c.pool.put(c)
 		return
 	}
 	if reusable && c.pool == nil && c.br.buffered() == 0 {
-		c.br.release() // pinned: kept by its client connection
+		c.br.release() // pinned: kept by its client connection, watched
+		c.idleFrom = time.Now()
+		if c.watchIdle() && c.pin != nil {
+			c.pin.putOwn(c)
+		}
 		return
 	}
 	c.close()
 }
 
+// close closes c (idle or not).
 func (c *upConn) close() {
+	c.take()
 	c.br.release()
 	c.nc.Close()
 }
 
 // write sends b (a request head, maybe with its body) in one write.
 func (c *upConn) write(b []byte) error {
-	_, err := c.nc.Write(b)
-	return err
+	if _, err := c.nc.Write(b); err != nil {
+		return &upWriteError{err}
+	}
+	return nil
 }
 
 // respHead is a parsed upstream response head; fields alias uc.br.
@@ -299,24 +380,43 @@ func (c *upConn) readHead(deadline time.Time) (*respHead, error) {
 		if end > 0 {
 			h := &c.resp
 			if err := h.parse(c.br.buf[c.br.r : c.br.r+end]); err != nil {
+				c.garbled = c.n1xx == 0
 				return nil, err
 			}
 			c.br.r += end
+			if h.status < 200 && h.status != 101 {
+				if c.n1xx++; c.n1xx > max1xx {
+					return nil, errTooMany1xx
+				}
+			}
 			return h, nil
 		}
 		scan = next // relative to br.r, which fill's compaction keeps
 		if err := c.br.fill(); err != nil {
 			if err == errBufFull {
+				c.garbled = c.n1xx == 0
 				return nil, errors.New("upstream response head larger than 32 KiB")
 			}
 			return nil, err
 		}
+		c.recv = true
 	}
 }
 
-// gotNothing reports whether a failed readHead got no byte at all:
-// the signature of a pooled connection the upstream had already closed.
-func (c *upConn) gotNothing() bool { return c.br.w == 0 }
+// gotNothing reports whether a failed readHead got no byte at all in
+// this exchange: the signature of a pooled connection the upstream had
+// already closed. (Not the buffer's fill level: reading past a 1xx head
+// empties it, though the upstream had answered.)
+func (c *upConn) gotNothing() bool { return !c.recv }
+
+// retryable reports whether a failed exchange on c may be tried once
+// more on a new connection, for a request that is safe to send again:
+// a reused connection that the upstream had closed (no byte came), or
+// whose first bytes were no response head at all — left over from the
+// exchange before (an upstream that sent a body after a HEAD, 204 or
+// 304 head just after the watch's last look), not an answer to this
+// request.
+func (c *upConn) retryable() bool { return c.reused && (!c.recv || c.garbled) }
 
 func (h *respHead) parse(b []byte) error {
 	fields, conn := h.fields[:0], h.conn[:0]

@@ -8,6 +8,7 @@ package routes
 
 import (
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -44,6 +45,8 @@ type Listen struct {
 	HTTPS string `toml:"https"` // TLS listener; SNI decides the route
 	HTTP  string `toml:"http"`  // ACME HTTP-01 and the 308 redirect; "" disables
 	Admin string `toml:"admin"` // /healthz /readyz /metrics; "" disables
+	// AdminAuth protects the status page and /metrics (adminauth.go).
+	AdminAuth string `toml:"admin_auth"`
 	// HTTP3 serves HTTP/3 on the https address's UDP port for http
 	// routes (default true); false turns it off everywhere.
 	HTTP3 *bool `toml:"http3"`
@@ -58,7 +61,7 @@ type ACME struct {
 	Email      string   `toml:"email"`
 	Directory  string   `toml:"directory"`
 	CARoot     string   `toml:"ca_root"`    // extra root trusted for the ACME server's own HTTPS
-	Challenges []string `toml:"challenges"` // "http-01", "tls-alpn-01"
+	Challenges []string `toml:"challenges"` // "http-01", "tls-alpn-01", "dns-01", "dns-persist-01"
 	Profile    string   `toml:"profile"`    // ACME profile, e.g. "shortlived"
 
 	// Before each order gatehouse checks that the name's DNS leads back
@@ -78,10 +81,71 @@ type ACME struct {
 	HTTPChallengePort int `toml:"http_challenge_port"`
 	TLSChallengePort  int `toml:"tls_challenge_port"`
 
+	// DNS is the DNS-01 provider, [acme.dns]: how gatehouse puts the
+	// challenge's TXT record into the zone.
+	DNS *DNSProvider `toml:"dns"`
+
 	// Issuer is either a word, issuer = "internal" (sign from a local
 	// root) or "acme" (the default), or a list of CAs to try in order,
 	// [[acme.issuer]], which replaces Directory/Email/CARoot above.
 	Issuer IssuerSpec `toml:"issuer"`
+}
+
+// DNSProvider is [acme.dns]: where DNS-01 challenge records go.
+type DNSProvider struct {
+	// Provider is "rfc2136" (dynamic update with TSIG) or "exec" (a hook
+	// run as COMMAND present|cleanup FQDN VALUE).
+	Provider string `toml:"provider"`
+	// Server is "host:port" of the zone's primary: where rfc2136 updates
+	// go. With either provider, the zone is looked up and the record's
+	// propagation checked there as well as at the zone's NS servers.
+	Server        string   `toml:"server"`
+	TSIGKey       string   `toml:"tsig_key"`       // TSIG key name
+	TSIGSecret    string   `toml:"tsig_secret"`    // base64
+	TSIGAlgorithm string   `toml:"tsig_algorithm"` // default hmac-sha256
+	Zone          string   `toml:"zone"`           // default: found from the SOA
+	Command       []string `toml:"command"`        // exec provider
+}
+
+// DNS-01 provider defaults.
+const DefaultTSIGAlgorithm = "hmac-sha256"
+
+// TSIGAlgorithms are the TSIG algorithms gatehouse signs updates with.
+var TSIGAlgorithms = []string{"hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1"}
+
+// ServerAddr returns Server with port 53 added when it has none.
+func (d *DNSProvider) ServerAddr() string {
+	if d.Server == "" {
+		return ""
+	}
+	if _, _, err := net.SplitHostPort(d.Server); err == nil {
+		return d.Server
+	}
+	return net.JoinHostPort(strings.Trim(d.Server, "[]"), "53")
+}
+
+// HasChallenge reports whether [acme] challenges lists ch.
+func (a *ACME) HasChallenge(ch string) bool {
+	for _, c := range a.Challenges {
+		if c == ch {
+			return true
+		}
+	}
+	return false
+}
+
+// WildcardByDNS reports whether "*.suffix" hosts of ACME routes get one
+// wildcard certificate by DNS-01 or dns-persist-01 (instead of a
+// certificate per name on demand).
+func (a *ACME) WildcardByDNS() bool {
+	return a.HasChallenge("dns-01") && a.DNS != nil || a.HasChallenge("dns-persist-01")
+}
+
+// DNSOnly reports whether every name is ordered by DNS-01: it is the
+// only ACME challenge listed. With http-01 or tls-alpn-01 listed too,
+// only wildcard names use DNS-01.
+func (a *ACME) DNSOnly() bool {
+	return a.WildcardByDNS() && !a.HasChallenge("http-01") && !a.HasChallenge("tls-alpn-01")
 }
 
 // IssuerSpec holds [acme] issuer in either of its two spellings.

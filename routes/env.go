@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/caddyserver/certmagic"
 )
@@ -17,6 +18,9 @@ const (
 	EnvACMEEmail     = "GATEHOUSE_ACME_EMAIL"
 	EnvACMEDirectory = "GATEHOUSE_ACME_DIRECTORY"
 	EnvStorageDir    = "GATEHOUSE_STORAGE_DIR"
+	// EnvDNSTSIGSecret sets [acme.dns] tsig_secret, so the secret need
+	// not be written into the config file.
+	EnvDNSTSIGSecret = "GATEHOUSE_ACME_DNS_TSIG_SECRET"
 )
 
 func (c *Config) applyEnv() {
@@ -28,6 +32,12 @@ func (c *Config) applyEnv() {
 	}
 	if v := os.Getenv(EnvStorageDir); v != "" {
 		c.Storage.Dir = v
+	}
+	if v := os.Getenv(EnvDNSTSIGSecret); v != "" && c.ACME.DNS != nil {
+		c.ACME.DNS.TSIGSecret = v
+	}
+	if v := os.Getenv(EnvAdminAuth); v != "" {
+		c.Listen.AdminAuth = v
 	}
 }
 
@@ -55,7 +65,9 @@ func Quick(o QuickOptions) (*Config, error) {
 		c.ACME.Challenges = []string{"tls-alpn-01"}
 	}
 	c.ACME.Email = o.Email
-	c.Storage.Dir = defaultStorageDir()
+	if os.Getenv(EnvStorageDir) == "" { // applyEnv sets it; create nothing elsewhere
+		c.Storage.Dir = defaultStorageDir()
+	}
 	byUpstream := map[string]int{}
 	for i, from := range o.From {
 		to := o.To[i]
@@ -85,6 +97,20 @@ func Quick(o QuickOptions) (*Config, error) {
 		return nil, fmt.Errorf("quick start: %w", err)
 	}
 	return cfg, nil
+}
+
+// QuickStorageDir is where a quick start keeps its certificates, for
+// readers (gatehouse certs): /var/lib/gatehouse when it exists and this
+// user may write there, else ~/.local/share/gatehouse. It creates nothing.
+func QuickStorageDir() string {
+	const system = "/var/lib/gatehouse"
+	if st, err := os.Stat(system); err == nil && st.IsDir() && syscall.Access(system, 2 /* W_OK */) == nil {
+		return system
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "share", "gatehouse")
+	}
+	return filepath.Join(os.TempDir(), "gatehouse")
 }
 
 // defaultStorageDir is /var/lib/gatehouse when it can be used, else a

@@ -20,6 +20,7 @@ type Error struct {
 
 	missing string // key path a "missing" error is about, e.g. "acme.email"
 	suggest string // key path an unknown-key error suggests instead
+	typeErr bool   // a value of the wrong type (types.go): other errors on its line follow from it
 }
 
 func (e *Error) Error() string {
@@ -69,31 +70,40 @@ func Load(path string) (*Config, error) {
 
 // Parse decodes and validates a config held in memory.
 func Parse(data []byte) (*Config, error) {
-	var cfg Config
-	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&cfg)
-	if err != nil {
+	idx := indexLines(data)
+	// The shape of every value first (types.go): a wrong type gets its
+	// line and the line to write, and is dropped so that the rest of the
+	// file is still checked.
+	var raw map[string]any
+	if _, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&raw); err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
 			return nil, Errors{{Line: pe.Position.Line, Msg: pe.Message}}
 		}
 		return nil, Errors{{Msg: err.Error()}}
 	}
-	idx := indexLines(data)
-	var errs Errors
-	for _, k := range md.Undecoded() {
-		// Keys inside [[acme.issuer]] are decoded by IssuerSpec itself.
-		if len(k) > 2 && k[0] == "acme" && k[1] == "issuer" {
-			continue
+	typeErrs := checkTypes(raw, idx)
+	decodeFrom := data
+	if len(typeErrs) > 0 {
+		var buf bytes.Buffer
+		if err := toml.NewEncoder(&buf).Encode(raw); err != nil {
+			return nil, typeErrs
 		}
-		lines := idx.find(k)
-		if len(lines) == 0 {
-			lines = []int{0}
-		}
-		for _, ln := range lines {
-			msg, suggest := unknownKeyMsg(k)
-			errs = append(errs, &Error{Line: ln, Msg: msg, suggest: suggest})
-		}
+		decodeFrom = buf.Bytes()
 	}
+	var cfg Config
+	md, err := toml.NewDecoder(bytes.NewReader(decodeFrom)).Decode(&cfg)
+	if err != nil {
+		if len(typeErrs) > 0 {
+			return nil, typeErrs
+		}
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return nil, Errors{{Line: pe.Position.Line, Msg: pe.Message}}
+		}
+		return nil, Errors{{Msg: err.Error()}}
+	}
+	errs := append(typeErrs, unknownKeys(md, idx)...)
 	if !md.IsDefined("listen", "http") {
 		cfg.Listen.HTTP = ":80"
 	}
@@ -104,6 +114,47 @@ func Parse(data []byte) (*Config, error) {
 		cfg.Routes[i].Line = idx.table(fmt.Sprintf("route.%d", i))
 	}
 	return cfg.finish(idx, errs)
+}
+
+// unknownKeys reports each key the decoder did not use, once per line
+// it is on. The keys inside an unknown table are not listed: the table's
+// name is the mistake ([[routes]] for [[route]]).
+func unknownKeys(md toml.MetaData, idx lineIndex) Errors {
+	unknown := map[string]bool{}
+	var keys []toml.Key
+	for _, k := range md.Undecoded() {
+		// Keys inside [[acme.issuer]] are decoded by IssuerSpec itself.
+		if len(k) > 2 && k[0] == "acme" && k[1] == "issuer" {
+			continue
+		}
+		if !unknown[k.String()] {
+			unknown[k.String()] = true
+			keys = append(keys, k)
+		}
+	}
+	var errs Errors
+	seen := map[string]bool{}
+	for _, k := range keys {
+		inUnknown := false
+		for i := 1; i < len(k); i++ {
+			inUnknown = inUnknown || unknown[k[:i].String()]
+		}
+		if inUnknown {
+			continue
+		}
+		lines := idx.find(k)
+		if len(lines) == 0 {
+			lines = []int{0}
+		}
+		msg, suggest := unknownKeyMsg(k, idx.tableSpelling(k.String()))
+		for _, ln := range lines {
+			if id := fmt.Sprint(ln, msg); !seen[id] {
+				seen[id] = true
+				errs = append(errs, &Error{Line: ln, Msg: msg, suggest: suggest})
+			}
+		}
+	}
+	return errs
 }
 
 // finish applies environment overrides and defaults, then validates.
@@ -126,6 +177,21 @@ func (cfg *Config) finish(idx lineIndex, errs Errors) (*Config, error) {
 		}
 	}
 	errs = kept
+	// A value of the wrong type was dropped to check the rest: what
+	// validation then says on its line (hosts missing) follows from it.
+	typeLines := map[int]bool{}
+	for _, e := range errs {
+		if e.typeErr && e.Line > 0 {
+			typeLines[e.Line] = true
+		}
+	}
+	kept = errs[:0]
+	for _, e := range errs {
+		if e.typeErr || !typeLines[e.Line] {
+			kept = append(kept, e)
+		}
+	}
+	errs = kept
 	if len(errs) > 0 {
 		sort.SliceStable(errs, func(i, j int) bool { return errs[i].Line < errs[j].Line })
 		return nil, errs
@@ -136,8 +202,9 @@ func (cfg *Config) finish(idx lineIndex, errs Errors) (*Config, error) {
 // known lists the keys of each table, for "did you mean" hints.
 var known = map[string][]string{
 	"":          {"listen", "acme", "storage", "on_demand", "log", "timeouts", "route"},
-	"listen":    {"https", "http", "admin", "proxy_protocol_from"},
-	"acme":      {"email", "directory", "ca_root", "challenges", "profile", "issuer", "self_check", "resolver", "http_challenge_port", "tls_challenge_port"},
+	"listen":    {"https", "http", "admin", "admin_auth", "proxy_protocol_from"},
+	"acme":      {"email", "directory", "ca_root", "challenges", "profile", "issuer", "self_check", "resolver", "http_challenge_port", "tls_challenge_port", "dns"},
+	"acme.dns":  {"provider", "server", "tsig_key", "tsig_secret", "tsig_algorithm", "zone", "command"},
 	"storage":   {"backend", "dir", "endpoints", "prefix", "username", "password", "ca_cert", "cert", "key", "lock_ttl", "sync_interval", "health_interval"},
 	"on_demand": {"ask", "ask_timeout", "rate", "max_concurrent", "deny_cache"},
 	"log":       {"format", "level", "access"},
@@ -146,17 +213,33 @@ var known = map[string][]string{
 		"proxy_protocol", "hsts", "upstream_ca", "balance", "health_path", "health_interval", "health_timeout"},
 }
 
-func unknownKeyMsg(k toml.Key) (msg, suggest string) {
+// unknownKeyMsg says what is unknown; spelling is "[x]" or "[[x]]" when
+// k is a table header in the file, else "".
+func unknownKeyMsg(k toml.Key, spelling string) (msg, suggest string) {
 	table := strings.Join(k[:len(k)-1], ".")
 	name := k[len(k)-1]
 	where := "at the top level"
 	if table != "" {
 		where = "in [" + table + "]"
 	}
-	msg = fmt.Sprintf("unknown key %q %s", name, where)
-	if best := closest(name, known[table]); best != "" {
-		msg += fmt.Sprintf(" (did you mean %q?)", best)
+	best := closest(name, known[table])
+	if best != "" {
 		suggest = strings.TrimPrefix(table+"."+best, ".")
+	}
+	if spelling != "" {
+		msg = "unknown table " + spelling
+		if best != "" {
+			want := strings.Replace(spelling, name, best, 1)
+			if best == "route" {
+				want = "[[route]]" // the one array of tables
+			}
+			msg += fmt.Sprintf(" (did you mean %s?)", want)
+		}
+		return msg, suggest
+	}
+	msg = fmt.Sprintf("unknown key %q %s", name, where)
+	if best != "" {
+		msg += fmt.Sprintf(" (did you mean %q?)", best)
 	}
 	return msg, suggest
 }
@@ -270,6 +353,24 @@ func (idx lineIndex) find(k toml.Key) []int {
 	}
 	sort.Ints(lines)
 	return lines
+}
+
+// tableSpelling returns how the file writes table path (no indexes):
+// "[[name]]" for an array of tables, "[name]" for a table, "" when it
+// is not a table header in the file.
+func (idx lineIndex) tableSpelling(path string) string {
+	spelling := ""
+	for p := range idx.tables {
+		if stripIndexes(p) != path {
+			continue
+		}
+		last := p[strings.LastIndexByte(p, '.')+1:]
+		if strings.Trim(last, "0123456789") == "" {
+			return "[[" + stripIndexes(p) + "]]"
+		}
+		spelling = "[" + p + "]"
+	}
+	return spelling
 }
 
 func stripIndexes(path string) string {

@@ -34,6 +34,9 @@ func (c *Config) validate(idx lineIndex) Errors {
 	checkAddr("listen.https", c.Listen.HTTPS, false)
 	checkAddr("listen.http", c.Listen.HTTP, true)
 	checkAddr("listen.admin", c.Listen.Admin, true)
+	if _, err := ParseAdminAuth(c.Listen.AdminAuth); err != nil {
+		bad("listen.admin_auth", "%v", err)
+	}
 	for _, p := range c.Listen.ProxyProtocolFrom {
 		if _, err := netip.ParsePrefix(p); err != nil {
 			if _, err2 := netip.ParseAddr(p); err2 != nil {
@@ -83,9 +86,17 @@ func (c *Config) validate(idx lineIndex) Errors {
 				bad("acme.challenges", "challenge \"http-01\" needs [listen] http; set http = \":80\" or drop \"http-01\"")
 			}
 		case "tls-alpn-01":
+		case "dns-01":
+			if c.ACME.DNS == nil {
+				bad("acme.challenges", "challenge \"dns-01\" needs an [acme.dns] table naming the provider: provider = \"rfc2136\" (with server, tsig_key, tsig_secret) or \"exec\" (with command)")
+			}
+		case "dns-persist-01":
 		default:
-			bad("acme.challenges", "unknown challenge %q: want \"http-01\" and/or \"tls-alpn-01\"", ch)
+			bad("acme.challenges", "unknown challenge %q: want \"http-01\", \"tls-alpn-01\", \"dns-01\" and/or \"dns-persist-01\"", ch)
 		}
+	}
+	if c.ACME.DNS != nil {
+		c.ACME.DNS.validate(bad, c.ACME.HasChallenge("dns-01"))
 	}
 
 	if r := c.ACME.Resolver; r != "" {
@@ -140,7 +151,7 @@ func (c *Config) validate(idx lineIndex) Errors {
 
 	// [[route]]
 	if len(c.Routes) == 0 {
-		errs = append(errs, &Error{Msg: "no [[route]] defined: add at least one with hosts and upstream"})
+		errs = append(errs, &Error{Msg: "no [[route]] defined: add at least one with hosts and upstream", missing: "route"})
 	}
 	owner := map[string]int{} // host -> route index
 	for i := range c.Routes {
@@ -162,9 +173,17 @@ func (c *Config) validate(idx lineIndex) Errors {
 				continue
 			}
 			owner[norm] = i
-			if isPattern(norm) && r.usesACME(c) && c.OnDemand.Ask == "" {
-				bad(key("hosts"), "%s: %q needs a certificate per name: ACME cannot issue wildcards without DNS-01; "+
+			if norm == "*" && r.usesACME(c) && c.OnDemand.Ask == "" {
+				bad(key("hosts"), "%s: %q needs a certificate per name, ordered on demand: "+
 					"set [on_demand] ask, or give the route cert/key, or tls = \"internal\"", where, norm)
+			}
+			if _, err := netip.ParseAddr(norm); err == nil && r.usesACME(c) && c.ACME.DNSOnly() {
+				bad(key("hosts"), "%s: %q: a CA cannot validate an IP address by DNS; add \"http-01\" or \"tls-alpn-01\" to [acme] challenges, or use tls = \"internal\"", where, norm)
+			}
+			if isPattern(norm) && norm != "*" && r.usesACME(c) && c.OnDemand.Ask == "" && !c.ACME.WildcardByDNS() {
+				bad(key("hosts"), "%s: %q needs a wildcard certificate, which ACME issues only by DNS-01: "+
+					"add \"dns-01\" to [acme] challenges with an [acme.dns] provider (or \"dns-persist-01\"); or set [on_demand] ask "+
+					"(a certificate per name), give the route cert/key, or tls = \"internal\"", where, norm)
 			}
 		}
 		switch r.Mode {

@@ -191,6 +191,28 @@ func (m *Manager) setSelfCheck(cfg *routes.Config) {
 		m.selfCheck = newSelfChecker(m.storage)
 	}
 	m.selfCheck.configure(cfg.ACME.Resolver, httpPort, tlsPort)
+	m.dns01.configure(cfg)
+	switch {
+	case cfg.ACME.HasChallenge("dns-persist-01") && cfg.ACME.HasChallenge("dns-01") && cfg.ACME.DNS != nil:
+		// either challenge will do: the persistent record, or a zone
+		// that takes the dns-01 record
+		m.selfCheck.configureDNS(func(ctx context.Context, name string) error {
+			perr := m.persistCheck(ctx, name)
+			if perr == nil {
+				return nil
+			}
+			if err := m.dns01.probe(ctx, name); err != nil {
+				return fmt.Errorf("%w; and %w", perr, err)
+			}
+			return nil
+		}, cfg.ACME.DNSOnly())
+	case cfg.ACME.HasChallenge("dns-persist-01"):
+		m.selfCheck.configureDNS(m.persistCheck, cfg.ACME.DNSOnly())
+	case cfg.ACME.WildcardByDNS():
+		m.selfCheck.configureDNS(m.dns01.probe, cfg.ACME.DNSOnly())
+	default:
+		m.selfCheck.configureDNS(nil, false)
+	}
 	m.checkOn = cfg.ACME.SelfCheckOn()
 }
 
@@ -276,7 +298,7 @@ func (m *Manager) beforeOrder(ctx context.Context, name string) error {
 			if perr := m.attempts.put(ctx, rec); perr != nil {
 				m.log.Warn("could not record the self-check result", "name", name, "error", perr)
 			}
-			m.log.Error("not ordering: the name does not lead to this gatehouse; will check again with backoff", "name", name, "error", err)
+			m.log.Error("not ordering: the self-check before the order failed (the name does not lead here, or its DNS zone is not ready); will check again with backoff", "name", name, "error", err)
 			m.status.fail(name, err)
 			metricOrderHeld.WithLabelValues("self_check").Inc()
 			return err

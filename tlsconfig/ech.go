@@ -81,6 +81,10 @@ type echKeyring struct {
 
 	keys atomic.Pointer[echState]
 
+	// changed, when set, runs after each background refresh (ECH's
+	// HTTPS records are published again after a rotation: echdns.go).
+	changed func()
+
 	stop chan struct{}
 	done chan struct{}
 }
@@ -135,6 +139,8 @@ func (k *echKeyring) loop() {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			if err := k.refresh(ctx); err != nil {
 				k.log.Warn("ECH keys: refresh failed; the keys in memory go on serving", "error", err)
+			} else if k.changed != nil {
+				k.changed()
 			}
 			cancel()
 		}
@@ -338,6 +344,7 @@ func (m *Manager) applyECH(cfg *routes.Config) error {
 	}
 	if m.ech == nil {
 		m.ech = newECHKeyring(m.storage, m.log)
+		m.ech.changed = m.publishECH
 	}
 	ctx, cancel := context.WithTimeout(m.ctx, 30*time.Second)
 	defer cancel()

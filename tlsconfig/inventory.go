@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -34,6 +35,8 @@ type CertInfo struct {
 	// Source is how the name gets certificates: acme, on_demand,
 	// internal, manual.
 	Source string `json:"source"`
+	// Profile is the ACME profile the route orders with ("" = the CA's default).
+	Profile string `json:"profile,omitempty"`
 	// State: ok, renewal_due, expired, missing (no certificate in
 	// storage yet), pattern (an on-demand pattern; its names follow).
 	State string `json:"state"`
@@ -52,6 +55,18 @@ type CertInfo struct {
 	LastError  string    `json:"last_error,omitempty"` // last failed order or renewal
 	NextRetry  time.Time `json:"next_retry,omitzero"`
 	StorageKey string    `json:"storage_key,omitempty"` // certificate file key, or the manual cert path
+	// Challenge lists the ACME challenge types the name is ordered
+	// with ("dns-01", "http-01,tls-alpn-01"); AccountURI is the ACME
+	// account it is ordered under; CAA the RFC 8657 record that pins
+	// the name to that account (filled by `gatehouse certs`, which
+	// fetches the CA's CAA identity).
+	Challenge  string `json:"challenge,omitempty"`
+	AccountURI string `json:"account_uri,omitempty"`
+	CAA        string `json:"caa,omitempty"`
+	// DNSPersist is the dns-persist-01 record to create for the name
+	// (`gatehouse dns-record NAME` prints the same), when it is ordered
+	// that way and the account is registered.
+	DNSPersist *PersistRecord `json:"dns_persist,omitempty"`
 }
 
 // ARIInfo is the ACME Renewal Information stored with a certificate.
@@ -150,7 +165,7 @@ func Inventory(ctx context.Context, storage certmagic.Storage, cfg *routes.Confi
 			manual, manualErr = readChainFile(e.Route.Cert)
 		}
 		for _, h := range e.Hosts {
-			ci := CertInfo{Name: h, Route: e.Index + 1, Source: e.Issuer}
+			ci := CertInfo{Name: h, Route: e.Index + 1, Source: e.Issuer, Profile: routeProfile(cfg, e)}
 			switch {
 			case e.Issuer == "manual":
 				ci.Issuer, ci.StorageKey = "manual", e.Route.Cert
@@ -159,7 +174,7 @@ func Inventory(ctx context.Context, storage certmagic.Storage, cfg *routes.Confi
 				} else {
 					fillCert(&ci, manual, now)
 				}
-			case h == "*" || (strings.HasPrefix(h, "*.") && e.Issuer == "acme"):
+			case h == "*" || (strings.HasPrefix(h, "*.") && e.Issuer == "acme" && !cfg.ACME.WildcardByDNS()):
 				ci.Source, ci.State = "on_demand", "pattern"
 			default:
 				if sc := best[h]; sc != nil {
@@ -205,7 +220,40 @@ func Inventory(ctx context.Context, storage certmagic.Storage, cfg *routes.Confi
 		}
 		out = append(out, ci)
 	}
+	addAccounts(out, cfg, Accounts(ctx, storage, cfg, false))
 	return out, nil
+}
+
+// addAccounts fills the challenge and account of every ACME name, and
+// with the CA's CAA identity known, the CAA record that pins it.
+func addAccounts(infos []CertInfo, cfg *routes.Config, accounts []AccountInfo) {
+	for i := range infos {
+		ci := &infos[i]
+		if ci.Source != "acme" && ci.Source != "on_demand" || len(accounts) == 0 {
+			continue
+		}
+		ci.Challenge = strings.Join(Challenges(cfg, ci.Name), ",")
+		acct := accounts[0] // the first issuer orders first
+		for _, a := range accounts {
+			if a.IssuerKey == ci.Issuer {
+				acct = a // the issuer of the certificate held
+			}
+		}
+		ci.AccountURI = acct.AccountURI
+		if len(acct.CAAIdentities) > 0 && ci.State != "pattern" {
+			ci.CAA = CAARecord(ci.Name, acct.CAAIdentities[0], acct.AccountURI, Challenges(cfg, ci.Name))
+			if slices.Contains(Challenges(cfg, ci.Name), "dns-persist-01") && acct.AccountURI != "" {
+				rec := persistRecordFor(persistName(cfg, ci.Name), acct.CAAIdentities[0], acct.AccountURI)
+				ci.DNSPersist = &rec
+			}
+		}
+	}
+}
+
+// AddCAA fills the CAA record of every ACME name from accounts fetched
+// with their CA's CAA identity (Accounts with fetch).
+func AddCAA(infos []CertInfo, cfg *routes.Config, accounts []AccountInfo) {
+	addAccounts(infos, cfg, accounts)
 }
 
 // fillAttempt adds the stored order record (attempts.go): the last
@@ -500,6 +548,9 @@ func (m *Manager) observeCertEvent(_ context.Context, event string, data map[str
 
 func (c *liveCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- notAfterDesc
+	ch <- notBeforeDesc
+	ch <- stapleExpiryDesc
+	ch <- renewingDesc
 	ch <- stapleAgeDesc
 }
 
@@ -518,7 +569,10 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Unlock()
 	now := time.Now()
 	expiry := map[string]time.Time{}     // name -> newest NotAfter
+	begins := map[string]time.Time{}     // name -> that certificate's NotBefore (loaded ones only)
+	ordering := map[string]bool{}        // name -> an order attempt is running (overview.go)
 	thisUpdate := map[string]time.Time{} // name -> newest staple ThisUpdate
+	nextUpdate := map[string]time.Time{} // name -> that staple's NextUpdate
 	for m, names := range live {
 		m.mu.RLock()
 		for n := range m.byName {
@@ -529,6 +583,7 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 			for _, cert := range m.cache.AllMatchingCertificates(n) {
 				if cert.Leaf != nil && cert.Leaf.NotAfter.After(expiry[n]) {
 					expiry[n] = cert.Leaf.NotAfter
+					begins[n] = cert.Leaf.NotBefore
 				}
 			}
 		}
@@ -540,6 +595,9 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 		m.stored.mu.RUnlock()
+		for n := range m.status.orderingNow(now) {
+			ordering[n] = true
+		}
 		s := m.staples
 		s.mu.RLock()
 		for _, e := range s.entries {
@@ -549,14 +607,26 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			if sp.resp.ThisUpdate.After(thisUpdate[e.names[0]]) {
 				thisUpdate[e.names[0]] = sp.resp.ThisUpdate
+				nextUpdate[e.names[0]] = sp.resp.NextUpdate
 			}
 		}
 		s.mu.RUnlock()
 	}
 	for n, t := range expiry {
 		ch <- prometheus.MustNewConstMetric(notAfterDesc, prometheus.GaugeValue, float64(t.Unix()), n)
+		if b, ok := begins[n]; ok && !b.After(t) {
+			ch <- prometheus.MustNewConstMetric(notBeforeDesc, prometheus.GaugeValue, float64(b.Unix()), n)
+		}
+		v := 0.0
+		if ordering[n] {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(renewingDesc, prometheus.GaugeValue, v, n)
 	}
 	for n, t := range thisUpdate {
 		ch <- prometheus.MustNewConstMetric(stapleAgeDesc, prometheus.GaugeValue, now.Sub(t).Seconds(), n)
+		if nu := nextUpdate[n]; !nu.IsZero() {
+			ch <- prometheus.MustNewConstMetric(stapleExpiryDesc, prometheus.GaugeValue, float64(nu.Unix()), n)
+		}
 	}
 }

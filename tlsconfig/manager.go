@@ -75,6 +75,11 @@ type Options struct {
 	// next handshake (lazy.go). Default DefaultReleaseIdle; negative:
 	// never.
 	ReleaseIdle time.Duration
+
+	// DNSPropagationTimeout bounds the wait for a DNS-01 challenge
+	// record to be visible on the zone's servers (dns01.go); default
+	// DefaultDNSPropagationTimeout.
+	DNSPropagationTimeout time.Duration
 }
 
 // Manager holds every certificate gatehouse serves.
@@ -85,6 +90,7 @@ type Manager struct {
 	owned   bool // storage opened by New: Close closes it
 	cache   *certmagic.Cache
 	staples *stapler
+	crls    *crlWatcher // revocation through CRLs (crl.go), fed by staples
 	status  *statusBook
 	health  storeHealth
 
@@ -109,6 +115,7 @@ type Manager struct {
 
 	attempts  *attempts    // per-name order pacing kept in storage (attempts.go)
 	selfCheck *selfChecker // does a name lead here? (selfcheck.go)
+	dns01     *dnsSolver   // [acme.dns]: DNS-01 challenges (dns01.go)
 	checkOn   bool         // [acme] self_check
 
 	stored    *storedIndex  // certificates in storage not loaded yet (lazy.go)
@@ -121,6 +128,9 @@ type Manager struct {
 	echMu sync.Mutex
 	ech   *echKeyring // [ech] keys (ech.go); nil while ECH is off
 	echOn atomic.Pointer[echKeyring]
+	// ECH's HTTPS records in DNS (echdns.go)
+	echPub        atomic.Pointer[ECHPublished]
+	echPublishing atomic.Bool
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -167,6 +177,7 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 		attempts:  newAttempts(storage),
 		stored:    newStoredIndex(),
 		renewKick: make(chan struct{}, 1),
+		dns01:     newDNSSolver(opts.Logger, opts.DNSPropagationTimeout),
 		ctx:       ctx,
 		cancel:    cancel,
 	}
@@ -181,7 +192,11 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 	m.setSelfCheck(cfg)
 	m.staples = newStapler(storage, opts.Logger, opts.OCSPCheckInterval, m.onRevoked)
 	m.staples.live = m.cached
+	m.crls = newCRLWatcher(storage, opts.Logger, opts.OCSPCheckInterval, m.onRevoked)
+	m.crls.live = m.cached
+	m.staples.crl = m.crls
 	go m.staples.run(ctx)
+	go m.crls.run(ctx)
 	probeEvery := time.Minute
 	if opts.RenewCheckInterval > 0 {
 		probeEvery = min(probeEvery, opts.RenewCheckInterval)
@@ -316,9 +331,15 @@ func (m *Manager) newConfig() *certmagic.Config {
 	})
 }
 
-// acmeConfig returns (creating once) the certmagic config for an ACME profile.
-func (m *Manager) acmeConfig(cfg *routes.Config, profile string) (*certmagic.Config, error) {
-	if c, ok := m.acme[profile]; ok {
+// acmeConfig returns (creating once) the certmagic config for an ACME
+// profile; byDNS selects the one whose issuers solve DNS-01 (certmagic
+// uses a DNS-01 solver to the exclusion of the other challenges).
+func (m *Manager) acmeConfig(cfg *routes.Config, profile string, byDNS bool) (*certmagic.Config, error) {
+	key := profile
+	if byDNS {
+		key = profile + "\x00dns-01"
+	}
+	if c, ok := m.acme[key]; ok {
 		return c, nil
 	}
 	c := m.newConfig()
@@ -353,6 +374,9 @@ func (m *Manager) acmeConfig(cfg *routes.Config, profile string) (*certmagic.Con
 			Resolver:                cfg.ACME.Resolver,
 			Logger:                  zapLogger(m.log),
 		}
+		if byDNS {
+			ai.DNS01Solver = m.dns01
+		}
 		if is.CARoot != "" {
 			pool, err := loadPool(is.CARoot)
 			if err != nil {
@@ -364,11 +388,17 @@ func (m *Manager) acmeConfig(cfg *routes.Config, profile string) (*certmagic.Con
 			ai.ExternalAccount = &acme.EAB{KeyID: is.EABKeyID, MACKey: is.EABHMAC}
 		}
 		issuer := certmagic.NewACMEIssuer(c, ai)
+		if byDNS && hasChallenge(cfg, "dns-persist-01") {
+			// dns-persist-01 orders run outside certmagic's ACME
+			// issuer (persist.go); it still names the storage and ARI
+			issuers = append(issuers, m.persistIssuer(cfg, issuer, is, email, prof))
+			continue
+		}
 		issuers = append(issuers, issuer)
 		m.issuers = append(m.issuers, issuer)
 	}
 	c.Issuers = issuers
-	m.acme[profile] = c
+	m.acme[key] = c
 
 	// certmagic's renewal window is one ratio per config; certificates
 	// of one profile share a lifetime, but which lifetime a profile
@@ -429,6 +459,9 @@ func (m *Manager) Apply(t *routes.Table) error {
 	if err := m.applyECH(cfg); err != nil {
 		return err
 	}
+	if cfg.ECH.Enabled() {
+		defer func() { go m.publishECH() }() // runs after the unlock below, with m.cfg set
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.cfg = cfg
@@ -447,13 +480,16 @@ func (m *Manager) Apply(t *routes.Table) error {
 				errs = append(errs, err)
 			}
 		case "acme":
-			c, err := m.acmeConfig(cfg, e.Route.Profile)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
 			for _, h := range e.Hosts {
-				if prev, seen := m.byName[h]; seen && prev == c || isPattern(h) {
+				if isPattern(h) && !wildcardByDNS(cfg, h) {
+					continue // on demand (ondemand.go)
+				}
+				c, err := m.acmeConfig(cfg, e.Route.Profile, orderByDNS(cfg, h))
+				if err != nil {
+					errs = append(errs, err)
+					break
+				}
+				if prev, seen := m.byName[h]; seen && prev == c {
 					continue // managed already: left to its renewal
 				}
 				m.byName[h] = c
@@ -701,11 +737,13 @@ func (m *Manager) onEvent(ctx context.Context, event string, data map[string]any
 	switch event {
 	case "cert_obtaining":
 		name, _ := data["identifier"].(string)
+		m.status.orderStarted(name)
 		m.log.Info("obtaining certificate", "name", name)
 	case "cert_obtained":
 		name, _ := data["identifier"].(string)
 		renewal, _ := data["renewal"].(bool)
 		issuer, _ := data["issuer"].(string)
+		m.status.orderDone(name)
 		m.status.set(name, "acme", stateReady, nil)
 		m.log.Info("certificate obtained", "name", name, "renewal", renewal, "issuer", issuer)
 		metricObtain(issuer, renewal, nil)
@@ -716,6 +754,7 @@ func (m *Manager) onEvent(ctx context.Context, event string, data map[string]any
 		renewal, _ := data["renewal"].(bool)
 		err, _ := data["error"].(error)
 		issuers, _ := data["issuers"].([]string)
+		m.status.orderDone(name)
 		m.status.fail(name, err)
 		m.log.Error("certificate order failed; will retry with backoff, existing certificate (if any) keeps serving",
 			"name", name, "renewal", renewal, "issuers", issuers, "error", err)

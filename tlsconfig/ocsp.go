@@ -40,6 +40,9 @@ type stapler struct {
 	onRevoked func(leaf *x509.Certificate, names []string)
 	live      func(leaf *x509.Certificate) bool // still served? nil: always
 	client    *http.Client
+	// crl watches the certificates that name a CRL and no responder
+	// (crl.go); nil: none.
+	crl *crlWatcher
 
 	mu      sync.RWMutex
 	entries map[*x509.Certificate]*stapleEntry
@@ -92,6 +95,8 @@ func (s *stapler) staple(cert *tls.Certificate) *tls.Certificate {
 	if e == nil {
 		if len(cert.Leaf.OCSPServer) > 0 {
 			go s.register(*cert, cert.Leaf.DNSNames)
+		} else if s.crl != nil && s.crl.wants(cert.Leaf) {
+			go s.crl.register(*cert, cert.Leaf.DNSNames)
 		}
 		return withoutStaple(cert)
 	}
@@ -116,6 +121,10 @@ func withoutStaple(cert *tls.Certificate) *tls.Certificate {
 // from storage (no network), then asks the refresher to fetch a fresh one.
 func (s *stapler) register(cert tls.Certificate, names []string) {
 	leaf := cert.Leaf
+	if leaf != nil && len(leaf.OCSPServer) == 0 && s.crl != nil {
+		s.crl.register(cert, names) // no responder: its CRL, if any
+		return
+	}
 	if leaf == nil || len(leaf.OCSPServer) == 0 {
 		return
 	}
@@ -160,6 +169,9 @@ func (s *stapler) unregister(leaf *x509.Certificate) {
 	s.mu.Lock()
 	delete(s.entries, leaf)
 	s.mu.Unlock()
+	if s.crl != nil {
+		s.crl.unregister(leaf)
+	}
 }
 
 func (s *stapler) accept(e *stapleEntry, der []byte) (*ocsp.Response, error) {

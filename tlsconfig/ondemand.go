@@ -168,7 +168,7 @@ func (m *Manager) prepareOnDemand(cfg *routes.Config, e *routes.Entry) {
 	case "internal":
 		base = m.internalConfig()
 	case "acme":
-		c, err := m.acmeConfig(cfg, e.Route.Profile)
+		c, err := m.acmeConfig(cfg, e.Route.Profile, false)
 		if err != nil {
 			m.log.Error("on-demand: no ACME config", "route", e.Index+1, "error", err)
 			return
@@ -225,7 +225,7 @@ func (m *Manager) applyPatterns(cfg *routes.Config, t *routes.Table) {
 			continue // internal routes are prepared by applyInternal
 		}
 		for _, h := range e.Hosts {
-			if isPattern(h) {
+			if isPattern(h) && !wildcardByDNS(cfg, h) {
 				m.prepareOnDemand(cfg, e)
 				break
 			}
@@ -286,6 +286,17 @@ func (m *Manager) patternCertificate(e *routes.Entry, name string, hello *tls.Cl
 			c = m.onDemand.configs["internal"]
 		}
 	case "acme":
+		// with DNS-01, a "*.suffix" route has one wildcard certificate
+		if dot := strings.IndexByte(name, '.'); dot > 0 {
+			if wild := "*" + name[dot:]; m.byName[wild] != nil {
+				c = m.byName[wild]
+				m.mu.RUnlock()
+				if !isChallenge(hello) && m.stored.pending(wild) {
+					m.awaitStored(hello, c, wild)
+				}
+				return c.GetCertificate(hello)
+			}
+		}
 		c = m.onDemand.configs[onDemandKey(e)]
 	}
 	m.mu.RUnlock()

@@ -82,6 +82,12 @@ type checkSettings struct {
 	resolverName string // for messages
 	httpPort     int    // 0: HTTP-01 path not used
 	tlsPort      int    // 0: TLS-ALPN-01 path not used
+
+	// dnsCheck checks a name ordered by DNS-01 (the zone takes a probe
+	// record, dns01.go) or dns-persist-01 (its record exists,
+	// persist.go); nil: no name is.
+	dnsCheck func(context.Context, string) error
+	dnsOnly  bool // every name is ordered by DNS, not only wildcards
 }
 
 func newSelfChecker(storage certmagic.Storage) *selfChecker {
@@ -93,7 +99,11 @@ func newSelfChecker(storage certmagic.Storage) *selfChecker {
 // configure sets the resolver ("host:port", "" for the system's) and
 // the ports the CA validates on (0: that challenge is not used).
 func (sc *selfChecker) configure(resolver string, httpPort, tlsPort int) {
-	set := checkSettings{resolver: net.DefaultResolver, resolverName: "the system resolver", httpPort: httpPort, tlsPort: tlsPort}
+	sc.setMu.Lock()
+	dnsCheck, dnsOnly := sc.set.dnsCheck, sc.set.dnsOnly
+	sc.setMu.Unlock()
+	set := checkSettings{resolver: net.DefaultResolver, resolverName: "the system resolver", httpPort: httpPort, tlsPort: tlsPort,
+		dnsCheck: dnsCheck, dnsOnly: dnsOnly}
 	if resolver != "" {
 		set.resolverName = resolver
 		set.resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
@@ -103,6 +113,14 @@ func (sc *selfChecker) configure(resolver string, httpPort, tlsPort int) {
 	}
 	sc.setMu.Lock()
 	sc.set = set
+	sc.setMu.Unlock()
+}
+
+// configureDNS sets the check of names ordered by DNS (nil: none), and
+// whether that is every name or only wildcards.
+func (sc *selfChecker) configureDNS(check func(context.Context, string) error, dnsOnly bool) {
+	sc.setMu.Lock()
+	sc.set.dnsCheck, sc.set.dnsOnly = check, dnsOnly
 	sc.setMu.Unlock()
 }
 
@@ -211,6 +229,11 @@ func tlsCheckKey(name string) string {
 // says what the DNS answered and what each address did.
 func (sc *selfChecker) check(ctx context.Context, name string) error {
 	set := sc.settings()
+	if set.dnsCheck != nil && (set.dnsOnly || strings.HasPrefix(name, "*.")) {
+		// ordered by DNS: the name need not lead here; the zone must
+		// take the challenge record, or hold the persistent one
+		return set.dnsCheck(ctx, name)
+	}
 	if set.httpPort == 0 && set.tlsPort == 0 {
 		return nil // no challenge this process answers: nothing to check
 	}

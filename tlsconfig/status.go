@@ -32,6 +32,9 @@ type NameStatus struct {
 	// backoff, attempts.go).
 	NextOrder time.Time `json:"next_order,omitzero"`
 	Since     time.Time `json:"since"`
+	// FailedAt is when LastError was recorded (the status page lists
+	// the most recent failures first).
+	FailedAt time.Time `json:"failed_at,omitzero"`
 }
 
 // statusBook records each name's certificate state as events arrive.
@@ -43,11 +46,16 @@ type statusBook struct {
 	names    map[string]*NameStatus
 	waiting  map[string]*NameStatus // State waiting or expired
 	inFlight int                    // of waiting: no LastError yet
+	failing  map[string]*NameStatus // State ready with a LastError: renewals failing
 	stored   int                    // State stored
+	// ordering: names with an order attempt running (certmagic's
+	// cert_obtaining seen, cert_obtained/cert_failed not yet), and
+	// since when; overview.go.
+	ordering map[string]time.Time
 }
 
 func newStatusBook() *statusBook {
-	return &statusBook{names: map[string]*NameStatus{}, waiting: map[string]*NameStatus{}}
+	return &statusBook{names: map[string]*NameStatus{}, waiting: map[string]*NameStatus{}, failing: map[string]*NameStatus{}}
 }
 
 func isWaiting(state string) bool { return state == stateWaiting || state == stateExpired }
@@ -64,6 +72,7 @@ func (b *statusBook) unaccount(st *NameStatus) {
 	if st.State == stateStored {
 		b.stored--
 	}
+	delete(b.failing, st.Name)
 }
 
 func (b *statusBook) account(st *NameStatus) {
@@ -75,6 +84,9 @@ func (b *statusBook) account(st *NameStatus) {
 	}
 	if st.State == stateStored {
 		b.stored++
+	}
+	if st.State == stateReady && st.LastError != "" {
+		b.failing[st.Name] = st
 	}
 }
 
@@ -112,9 +124,11 @@ func (b *statusBook) put(name, issuer, state string, err error, force bool) {
 	st.State = state
 	if err != nil {
 		st.LastError = err.Error()
+		st.FailedAt = time.Now()
 	} else if state == stateReady || state == stateStored {
 		st.LastError = ""
 		st.NextOrder = time.Time{}
+		st.FailedAt = time.Time{}
 	}
 }
 
@@ -191,6 +205,23 @@ func (m *Manager) Readiness(limit int) (total, waiting, inFlight int, sample []N
 	}
 	sort.Slice(sample, func(i, j int) bool { return sample[i].Name < sample[j].Name })
 	return len(b.names), len(b.waiting), b.inFlight, sample
+}
+
+// Failing returns how many names serve a valid certificate while their
+// renewal fails, and up to limit of them sorted by name, for /readyz:
+// ready, but with the reason an operator has until expiry to act on.
+func (m *Manager) Failing(limit int) (n int, sample []NameStatus) {
+	b := m.status
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, st := range b.failing {
+		if len(sample) >= limit {
+			break
+		}
+		sample = append(sample, *st)
+	}
+	sort.Slice(sample, func(i, j int) bool { return sample[i].Name < sample[j].Name })
+	return len(b.failing), sample
 }
 
 // StoredUnchecked is how many names have a certificate in storage that

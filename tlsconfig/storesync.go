@@ -51,8 +51,8 @@ type StorageHealth struct {
 	Backend   string    `json:"backend"`
 	Up        bool      `json:"up"`
 	Error     string    `json:"error,omitempty"`
-	Since     time.Time `json:"since"`      // when Up last changed
-	LastCheck time.Time `json:"last_check"` // zero before the first probe
+	Since     time.Time `json:"since"`               // when Up last changed
+	LastCheck time.Time `json:"last_check,omitzero"` // zero (left out) before the first probe
 }
 
 type storeHealth struct {
@@ -175,11 +175,12 @@ func (m *Manager) syncFromStorage(ctx context.Context, spread time.Duration) {
 	m.mu.RLock()
 	jobs := make([]job, 0, len(m.byName))
 	for name, c := range m.byName {
-		// Pattern routes' certificates are on-demand: certmagic loads
-		// them from storage per name at the handshake. Names in the
-		// lazy index (lazy.go) are read from the store when loaded,
-		// so they get the newest then.
-		if c != m.manual && !isPattern(name) && !m.stored.pending(name) {
+		// On-demand names are not in byName: certmagic loads them
+		// from storage per name at the handshake. A "*.suffix" here is
+		// one wildcard certificate (DNS-01, internal CA) and is synced
+		// like any name. Names in the lazy index (lazy.go) are read
+		// from the store when loaded, so they get the newest then.
+		if c != m.manual && name != "*" && !m.stored.pending(name) {
 			jobs = append(jobs, job{name, c})
 		}
 	}

@@ -211,7 +211,7 @@ func (b *bench) main(only, proxyList string, names []int, perRoute bool) int {
 					continue
 				}
 				for _, p := range order {
-					if s.only != "" && p.name != s.only {
+					if !s.runs(p.name) {
 						continue
 					}
 					if s.restart {
@@ -384,7 +384,7 @@ func (b *bench) report(scens []*scenario, proxies []*proxy, results, namesRes []
 		fmt.Fprintf(&sb, "| metric |")
 		var ps []*proxy
 		for _, p := range proxies {
-			if s.only == "" || p.name == s.only {
+			if s.runs(p.name) {
 				ps = append(ps, p)
 				fmt.Fprintf(&sb, " %s |", p.name)
 			}
@@ -402,11 +402,11 @@ func (b *bench) report(scens []*scenario, proxies []*proxy, results, namesRes []
 			}
 			sb.WriteString("\n")
 			if m.ratio && s.only == "" {
-				nv, nr := get(s.key, "nginx", m.key)
+				nv, nr := get(s.key, s.base(), m.key)
 				if len(nv) == 0 {
 					continue
 				}
-				fmt.Fprintf(&sb, "| ↳ ÷ nginx |")
+				fmt.Fprintf(&sb, "| ↳ ÷ %s |", s.base())
 				for _, p := range ps {
 					v, br := get(s.key, p.name, m.key)
 					if len(v) == 0 || median(nv) == 0 {
@@ -448,6 +448,19 @@ func (b *bench) report(scens []*scenario, proxies []*proxy, results, namesRes []
 		if l, _ := get("latency", p.name, "p99_us"); len(l) > 0 {
 			if hl, _ := get("hostile-latency", p.name, "p99_us"); len(hl) > 0 {
 				extra = append(extra, fmt.Sprintf("| %s | good-traffic p99 with hostile load ÷ without | %s× |", p.name, num(median(hl)/median(l))))
+			}
+		}
+		if h3, _ := get("h3", p.name, "cpu_us"); len(h3) > 0 {
+			if h2, _ := get("h2", p.name, "cpu_us"); len(h2) > 0 {
+				extra = append(extra, fmt.Sprintf("| %s | HTTP/3 CPU per request ÷ HTTP/2 | %s× |", p.name, num(median(h3)/median(h2))))
+			}
+		}
+		if h3, _ := get("h3-hs", p.name, "cpu_us"); len(h3) > 0 {
+			if hs, _ := get("hs-ecdsa", p.name, "cpu_us"); len(hs) > 0 {
+				extra = append(extra, fmt.Sprintf("| %s | QUIC handshake CPU ÷ TCP+TLS handshake | %s× |", p.name, num(median(h3)/median(hs))))
+			}
+			if ho, _ := get("h3-hostile", p.name, "cpu_us"); len(ho) > 0 {
+				extra = append(extra, fmt.Sprintf("| %s | refused QUIC Initial CPU ÷ good QUIC handshake | %s× |", p.name, num(median(ho)/median(h3))))
 			}
 		}
 		if mk, _ := get("hs-mlkem", p.name, "cpu_us"); len(mk) > 0 {

@@ -195,7 +195,7 @@ https://%s:%d {
     auto_https off
     default_bind 127.0.0.1
     servers {
-        protocols h1 h2
+        protocols h1 h2 h3
         timeouts {
             idle 10m
         }

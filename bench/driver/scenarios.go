@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -24,8 +25,13 @@ type scenario struct {
 	key, title string
 	metrics    []metricDef
 	only       string // run on this proxy only ("gatehouse")
-	restart    bool   // restart the proxy first (memory scenarios)
-	run        func(b *bench, p *proxy) (map[string]float64, error)
+	// proxies, when set, are the only proxies that run it (HTTP/3:
+	// gatehouse and Caddy; nginx 1.22 and HAProxy 2.6 here have none),
+	// and vs the proxy ratios are taken against (default nginx).
+	proxies []string
+	vs      string
+	restart bool // restart the proxy first (memory scenarios)
+	run     func(b *bench, p *proxy) (map[string]float64, error)
 }
 
 // measure runs load while sampling the proxy's CPU time (all its
@@ -249,6 +255,72 @@ func (b *bench) hostileLatency(p *proxy) (map[string]float64, error) {
 	return m, nil
 }
 
+// runs reports whether s runs on proxy name.
+func (s *scenario) runs(name string) bool {
+	if s.only != "" {
+		return name == s.only
+	}
+	return len(s.proxies) == 0 || slices.Contains(s.proxies, name)
+}
+
+// base is the proxy s's ratios are taken against.
+func (s *scenario) base() string {
+	if s.vs != "" {
+		return s.vs
+	}
+	return "nginx"
+}
+
+// h3 runs the loadgen's HTTP/3 request mode (-c connections × -m
+// streams, as the h2 scenario's h2load shape).
+func (b *bench) h3(p *proxy) (map[string]float64, error) {
+	var r struct {
+		Requests, Errors int64
+		Seconds, Rate    float64
+		FirstError       string `json:"first_error"`
+	}
+	args := []string{"-addr", p.addr(), "-sni", nameEC, "-c", "16", "-m", "16", "-d", b.dur.String(), "h3"}
+	cpu, wall, err := measure(p, func() error { return b.loadgen(false, b.dur+30*time.Second, &r, args...) })
+	if err != nil {
+		return nil, err
+	}
+	if r.Requests == 0 {
+		return nil, fmt.Errorf("h3: no request succeeded: %s", r.FirstError)
+	}
+	return map[string]float64{"rps": r.Rate, "cpu_us": cpu / float64(r.Requests) * 1e6, "cpu_pct": cpu / wall * 100, "errors": float64(r.Errors)}, nil
+}
+
+func (b *bench) h3Handshakes(p *proxy) (map[string]float64, error) {
+	var r hsOut
+	args := []string{"-addr", p.addr(), "-sni", nameEC, "-c", "16", "-d", b.dur.String(), "h3hs"}
+	cpu, wall, err := measure(p, func() error { return b.loadgen(false, b.dur+30*time.Second, &r, args...) })
+	if err != nil {
+		return nil, err
+	}
+	if r.Conns == 0 {
+		return nil, fmt.Errorf("h3: no handshake succeeded: %s", r.FirstError)
+	}
+	return map[string]float64{"conns_s": r.Rate, "cpu_us": cpu / float64(r.Conns) * 1e6, "cpu_pct": cpu / wall * 100, "errors": float64(r.Errors)}, nil
+}
+
+func (b *bench) h3Hostile(p *proxy) (map[string]float64, error) {
+	var r struct {
+		Conns, Served, Timeouts int64
+		Rate                    float64
+		FirstError              string `json:"first_error"`
+	}
+	args := []string{"-addr", p.addr(), "-c", "16", "-d", b.dur.String(), "h3hostile"}
+	cpu, wall, err := measure(p, func() error { return b.loadgen(false, b.dur+30*time.Second, &r, args...) })
+	if err != nil {
+		return nil, err
+	}
+	if r.Conns == 0 {
+		return nil, fmt.Errorf("h3 hostile: no Initial was refused (%d timeouts): %s", r.Timeouts, r.FirstError)
+	}
+	return map[string]float64{"conns_s": r.Rate, "cpu_us": cpu / float64(r.Conns) * 1e6, "cpu_pct": cpu / wall * 100,
+		"served": float64(r.Served), "timeouts": float64(r.Timeouts)}, nil
+}
+
 func (b *bench) scenarios() []*scenario {
 	return []*scenario{
 		{key: "hs-ecdsa", title: "TLS 1.3 full handshake, X25519, ECDSA P-256, 1 request each",
@@ -297,6 +369,15 @@ func (b *bench) scenarios() []*scenario {
 		{key: "hostile-latency", title: "open-loop 1,000 req/s good traffic beside full-rate hostile handshakes",
 			metrics: []metricDef{{"p50_us", "p50 µs", true}, {"p99_us", "p99 µs", true}, {"p999_us", "p99.9 µs", true}, {"cpu_pct", "% CPU", false}, {"hostile_conns_s", "hostile conn/s", false}},
 			run:     (*bench).hostileLatency},
+		{key: "h3", title: "HTTP/3, 16 QUIC connections x 16 streams, 100-byte body (quic-go client)", proxies: []string{"gatehouse", "caddy"}, vs: "caddy",
+			metrics: []metricDef{{"rps", "req/s", false}, {"cpu_us", "µs/req", true}, {"cpu_pct", "% CPU", false}},
+			run:     (*bench).h3},
+		{key: "h3-hs", title: "HTTP/3 full QUIC handshake (TLS 1.3, X25519, ECDSA), 1 request each", proxies: []string{"gatehouse", "caddy"}, vs: "caddy",
+			metrics: []metricDef{{"conns_s", "conn/s", false}, {"cpu_us", "µs/conn", true}, {"cpu_pct", "% CPU", false}},
+			run:     (*bench).h3Handshakes},
+		{key: "h3-hostile", title: "hostile: QUIC Initials with unknown SNI at full rate (refused)", proxies: []string{"gatehouse", "caddy"}, vs: "caddy",
+			metrics: []metricDef{{"conns_s", "Initials/s", false}, {"cpu_us", "µs/Initial", true}, {"cpu_pct", "% CPU", false}, {"served", "served (must be 0)", false}},
+			run:     (*bench).h3Hostile},
 	}
 }
 

@@ -14,6 +14,8 @@
 //	           counted from each request's scheduled send time, so a
 //	           stalled proxy cannot hide by slowing the client down
 //	idle       open N TLS connections, one request each, then hold them
+//	h3, h3hs, h3hostile: HTTP/3 requests, handshakes and refused
+//	           Initials (h3.go)
 //
 // Every mode is bounded in time and prints one JSON object on stdout.
 package main
@@ -58,7 +60,7 @@ var (
 func main() {
 	flag.Parse()
 	if flag.NArg() != 1 || *addr == "" {
-		fmt.Fprintln(os.Stderr, "usage: loadgen [flags] handshake|sweep|hostile|latency|idle")
+		fmt.Fprintln(os.Stderr, "usage: loadgen [flags] handshake|sweep|hostile|latency|idle|h3|h3hs|h3hostile")
 		os.Exit(2)
 	}
 	var out any
@@ -74,6 +76,12 @@ func main() {
 		out, err = runLatency()
 	case "idle":
 		out, err = runIdle()
+	case "h3":
+		out, err = runH3()
+	case "h3hs":
+		out, err = runH3Handshake()
+	case "h3hostile":
+		out, err = runH3Hostile()
 	default:
 		err = fmt.Errorf("unknown mode %q", flag.Arg(0))
 	}

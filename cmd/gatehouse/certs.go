@@ -3,13 +3,18 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/gatehouse-proxy/gatehouse/routes"
 	"github.com/gatehouse-proxy/gatehouse/tlsconfig"
 )
 
@@ -18,14 +23,14 @@ import (
 // none runs.
 func cmdCerts(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("certs", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	cfgFlag := fs.String("config", "", "config file")
+	storageDir := fs.String("storage", "", "read this storage directory; no config file needed (a quick start's)")
 	asJSON := fs.Bool("json", false, "print JSON (an array, one object per name) for scripts")
 	root := fs.Bool("root", false, "print the internal CA's root certificate (PEM) and exit")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
 	}
-	cfg, err := loadConfig(configPath(*cfgFlag))
+	cfg, err := certsConfig(*cfgFlag, *storageDir)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
@@ -51,6 +56,16 @@ func cmdCerts(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "gatehouse certs:", err)
 		return 1
 	}
+	// the ACME accounts, and the CAA record pinning each name to its
+	// account: the CA's issuer domain comes from its directory (one GET)
+	var accounts []tlsconfig.AccountInfo
+	for _, ci := range infos {
+		if ci.Source == "acme" || ci.Source == "on_demand" {
+			accounts = tlsconfig.Accounts(ctx, storage, cfg, true)
+			tlsconfig.AddCAA(infos, cfg, accounts)
+			break
+		}
+	}
 	if *asJSON {
 		if infos == nil {
 			infos = []tlsconfig.CertInfo{}
@@ -64,7 +79,73 @@ func cmdCerts(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	printCerts(stdout, infos, time.Now())
+	if len(infos) == 0 && cfg.Storage.Backend == "file" {
+		fmt.Fprintf(stderr, "no certificates in %s\n", cfg.Storage.Dir)
+	}
+	printAccounts(stdout, infos, accounts)
 	return 0
+}
+
+// certsConfig is the config `gatehouse certs` reads storage through:
+// --storage DIR alone; else the config file; else, when no file was named
+// and ./gatehouse.toml does not exist, the quick start's storage.
+func certsConfig(cfgFlag, storageDir string) (*routes.Config, error) {
+	if storageDir != "" && cfgFlag != "" {
+		return nil, fmt.Errorf("gatehouse certs: pass --config or --storage, not both")
+	}
+	path := configPath(cfgFlag)
+	if storageDir == "" && cfgFlag == "" && os.Getenv("GATEHOUSE_CONFIG") == "" {
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			storageDir = routes.QuickStorageDir()
+			if env := os.Getenv(routes.EnvStorageDir); env != "" {
+				storageDir = env
+			}
+		}
+	}
+	if storageDir == "" {
+		return loadConfig(path)
+	}
+	cfg := &routes.Config{}
+	cfg.Storage.Dir = storageDir
+	cfg.ApplyDefaults()
+	return cfg, nil
+}
+
+// printAccounts writes each ACME account and the CAA records (RFC 8657)
+// that let only it issue for the configured names.
+func printAccounts(w io.Writer, infos []tlsconfig.CertInfo, accounts []tlsconfig.AccountInfo) {
+	for _, a := range accounts {
+		fmt.Fprintf(w, "\nACME account at %s (%s): %s\n", a.Directory, dash(a.Email), dash(a.AccountURI))
+		if a.Error != "" {
+			fmt.Fprintf(w, "  (%s)\n", a.Error)
+		}
+		var lines []string
+		for _, ci := range infos {
+			if ci.CAA != "" && ci.Issuer == a.IssuerKey || ci.CAA != "" && ci.Issuer == "" && a.IssuerKey == accounts[0].IssuerKey {
+				lines = append(lines, ci.CAA)
+			}
+		}
+		if len(lines) > 0 {
+			fmt.Fprintln(w, "  CAA records that let only this account issue for each name (RFC 8657):")
+			for _, l := range lines {
+				fmt.Fprintln(w, "  "+l)
+			}
+		}
+		var persist []string
+		for _, ci := range infos {
+			if ci.DNSPersist != nil && (ci.Issuer == a.IssuerKey || ci.Issuer == "" && a.IssuerKey == accounts[0].IssuerKey) {
+				if l := ci.DNSPersist.String(); !slices.Contains(persist, l) {
+					persist = append(persist, l)
+				}
+			}
+		}
+		if len(persist) > 0 {
+			fmt.Fprintln(w, "  dns-persist-01 records to create once (they bind the names to this account):")
+			for _, l := range persist {
+				fmt.Fprintln(w, "  "+l)
+			}
+		}
+	}
 }
 
 // printCerts writes the table for humans: one line per name, times in

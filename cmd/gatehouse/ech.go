@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/gatehouse-proxy/gatehouse/routes"
 	"github.com/gatehouse-proxy/gatehouse/tlsconfig"
 )
 
@@ -20,11 +19,10 @@ import (
 // before the first run.
 func cmdECH(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("ech", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	cfgFlag := fs.String("config", "", "config file")
 	asJSON := fs.Bool("json", false, "print JSON: public_name, config_list, https_record, records")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
 	}
 	cfg, err := loadConfig(configPath(*cfgFlag))
 	if err != nil {
@@ -47,16 +45,20 @@ func cmdECH(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "gatehouse ech:", err)
 		return 1
 	}
-	alpn := []string{"h2", "http/1.1"}
+	alpn := tlsconfig.ECHALPN(cfg)
 	type out struct {
 		PublicName  string   `json:"public_name"`
 		ConfigList  string   `json:"config_list"`
 		HTTPSRecord string   `json:"https_record"`
 		Records     []string `json:"records"` // one HTTPS record per name ECH hides
+		// Published is what gatehouse put into DNS itself through the
+		// [acme.dns] provider; absent when it publishes nothing.
+		Published *tlsconfig.ECHPublished `json:"published,omitempty"`
 	}
 	o := out{PublicName: public, ConfigList: base64.StdEncoding.EncodeToString(list),
 		HTTPSRecord: tlsconfig.HTTPSRecord(public, alpn, list)}
-	for _, name := range echNames(cfg) {
+	o.Published, _ = tlsconfig.LoadECHPublished(ctx, storage, list)
+	for _, name := range tlsconfig.ECHNames(cfg) {
 		o.Records = append(o.Records, tlsconfig.HTTPSRecord(name, alpn, list))
 	}
 	if *asJSON {
@@ -69,23 +71,15 @@ func cmdECH(args []string, stdout, stderr io.Writer) int {
 	for _, r := range o.Records {
 		fmt.Fprintln(stdout, r)
 	}
-	return 0
-}
-
-// echNames are the exact names of routes that terminate TLS: the names
-// an HTTPS record with ech= hides. Passthrough routes are routed by the
-// outer name only and cannot use ECH.
-func echNames(cfg *routes.Config) []string {
-	var names []string
-	for _, e := range routes.NewTable(cfg).Entries() {
-		if e.Mode() == routes.ModePassthrough {
-			continue
-		}
-		for _, h := range e.Hosts {
-			if h != "*" && (len(h) < 2 || h[:2] != "*.") {
-				names = append(names, h)
-			}
+	if p := o.Published; p != nil {
+		switch {
+		case p.Current:
+			fmt.Fprintf(stdout, "\ngatehouse published these records itself ([acme.dns]), last at %s.\n", p.At.UTC().Format(time.RFC3339))
+		case p.Error != "":
+			fmt.Fprintf(stdout, "\ngatehouse could not publish them ([acme.dns]) at %s: %s\n", p.ErrorAt.UTC().Format(time.RFC3339), p.Error)
+		default:
+			fmt.Fprintln(stdout, "\nthe records in DNS carry an older config; gatehouse publishes the current one within a minute ([acme.dns])")
 		}
 	}
-	return names
+	return 0
 }

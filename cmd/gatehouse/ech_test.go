@@ -17,6 +17,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
 )
 
 // echOut is what `gatehouse ech --json` prints.
@@ -25,6 +29,10 @@ type echOut struct {
 	ConfigList  string   `json:"config_list"`
 	HTTPSRecord string   `json:"https_record"`
 	Records     []string `json:"records"`
+	Published   *struct {
+		Current bool   `json:"current"`
+		Error   string `json:"error"`
+	} `json:"published"`
 }
 
 func runECH(t *testing.T, cfgPath string) (echOut, []byte) {
@@ -207,4 +215,85 @@ func rewriteStorage(t *testing.T, cfgPath, dir string) {
 	if err := os.WriteFile(cfgPath, []byte(b), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// httpsRecord asks the test's BIND for the HTTPS record at name and
+// returns its ech= value (base64), "" when there is none.
+func httpsRecord(t *testing.T, server, name string) string {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), dns.TypeHTTPS)
+	c := dns.Client{Net: "tcp", Timeout: 2 * time.Second}
+	r, _, err := c.Exchange(m, server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rr := range r.Answer {
+		if h, ok := rr.(*dns.HTTPS); ok {
+			for _, kv := range h.Value {
+				if e, ok := kv.(*dns.SVCBECHConfig); ok {
+					return base64.StdEncoding.EncodeToString(e.ECH)
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// With an [acme.dns] provider gatehouse publishes the HTTPS records
+// itself, into a real BIND by RFC 2136: each ECH name's record carries
+// the config `gatehouse ech` prints, /readyz says so, and a new key (a
+// changed public name here; a rotation takes the same path) is
+// published again, replacing the old record.
+func TestECHPublishedByRFC2136(t *testing.T) {
+	d := newDNSEnv(t, acmetest.PebbleOptions{})
+	d.acmeExtra = d.rfc2136(d.bind.Secret)
+	routesTOML := "[[route]]\nhosts = [\"a.example.test\", \"b.example.test\"]\nupstream = \"http://127.0.0.1:1\"\ntls = \"internal\"\n"
+	d.topExtra = "[ech]\npublic_name = \"a.example.test\"\n"
+	cfgPath := d.config(routesTOML)
+	in := d.start(cfgPath)
+	o, _ := runECH(t, cfgPath)
+	for _, name := range []string{"a.example.test", "b.example.test"} {
+		waitFor(t, 30*time.Second, "HTTPS record of "+name, func() error {
+			if got := httpsRecord(t, d.bind.Addr, name); got != o.ConfigList {
+				return fmt.Errorf("ech=%q, want %q", got, o.ConfigList)
+			}
+			return nil
+		})
+	}
+	res, err := http.Get("http://" + d.admLn.Addr().String() + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ready struct {
+		Detail struct {
+			ECH *struct {
+				Current bool     `json:"current"`
+				Names   []string `json:"names"`
+			} `json:"ech_dns"`
+		} `json:"detail"`
+	}
+	body := readAll(t, res)
+	if err := json.Unmarshal([]byte(body), &ready); err != nil || ready.Detail.ECH == nil || !ready.Detail.ECH.Current || len(ready.Detail.ECH.Names) != 2 {
+		t.Fatalf("/readyz does not show the published ECH records (%v): %s", err, body)
+	}
+	if again, _ := runECH(t, cfgPath); again.Published == nil || !again.Published.Current {
+		t.Fatalf("gatehouse ech --json: published = %+v", again.Published)
+	}
+
+	d.topExtra = "[ech]\npublic_name = \"b.example.test\"\n"
+	cfgPath = d.config(routesTOML)
+	if err := in.reload(cfgPath); err != nil {
+		t.Fatal(err)
+	}
+	o2, _ := runECH(t, cfgPath)
+	if o2.ConfigList == o.ConfigList {
+		t.Fatal("a new public name kept the old ECH config")
+	}
+	waitFor(t, 30*time.Second, "the new config in DNS", func() error {
+		if got := httpsRecord(t, d.bind.Addr, "a.example.test"); got != o2.ConfigList {
+			return fmt.Errorf("ech=%q, want the new %q", got, o2.ConfigList)
+		}
+		return nil
+	})
 }

@@ -120,3 +120,46 @@ func TestHTTP3Bodies(t *testing.T) {
 		t.Fatalf("3 MiB upload over h3: %q", b)
 	}
 }
+
+// A reload treats QUIC connections as it treats TCP ones: requests on an
+// open connection follow the new config for their name; when the name
+// has no route any more, the open connection keeps its old route while
+// new connections for the name are refused.
+func TestHTTP3Reload(t *testing.T) {
+	e := newCAEnv(t)
+	upA, upB, other := upstream(t, "A"), upstream(t, "B"), upstream(t, "other")
+	cert := e.certFor("a.test")
+	route := func(up string) string {
+		return fmt.Sprintf("[[route]]\nhosts = [\"a.test\"]\nupstream = %q\n%s\n", up, cert)
+	}
+	otherRoute := fmt.Sprintf("[[route]]\nhosts = [\"other.test\"]\nupstream = %q\n%s\n", other.URL, e.certFor("other.test"))
+	in := e.start(e.config(route(upA.URL) + otherRoute))
+	c, tr := h3Client(e.httpsAddr(), e.roots)
+	defer tr.Close()
+	expect := func(want string) {
+		t.Helper()
+		res, err := c.Get("https://a.test/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if body := readAll(t, res); !strings.Contains(body, "upstream="+want+" ") {
+			t.Fatalf("want upstream %s, got %q", want, body)
+		}
+	}
+	expect("A")
+	if err := in.reload(e.config(route(upB.URL) + otherRoute)); err != nil {
+		t.Fatal(err)
+	}
+	expect("B") // same QUIC connection, new upstream
+	if err := in.reload(e.config(otherRoute)); err != nil {
+		t.Fatal(err)
+	}
+	expect("A") // the open connection keeps the route it was accepted with, as TCP ones do
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := quic.DialAddr(ctx, e.httpsAddr(), &tls.Config{ServerName: "a.test", RootCAs: e.roots, NextProtos: []string{"h3"}}, nil)
+	var te *quic.TransportError
+	if !errors.As(err, &te) || te.ErrorCode != 0x170 {
+		t.Fatalf("new QUIC connection for a removed name: %v, want unrecognized_name", err)
+	}
+}

@@ -26,13 +26,16 @@ for are left alone.
 // cmdImport moves certificates in from autocert or Caddy:
 // `gatehouse import autocert|caddy DIR`.
 func cmdImport(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && isHelp(args[0]) {
+		fmt.Fprint(stdout, importUsage)
+		return 0
+	}
 	if len(args) < 1 || (args[0] != "autocert" && args[0] != "caddy") {
 		fmt.Fprint(stderr, importUsage)
 		return 2
 	}
 	kind := args[0]
 	fs := flag.NewFlagSet("import "+kind, flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	cfgFlag := fs.String("config", "", "config file (its [storage] and [acme] say where certificates go)")
 	dryRun := fs.Bool("dry-run", false, "show what would be imported; write nothing")
 	asJSON := fs.Bool("json", false, "print the results as JSON")
@@ -40,8 +43,8 @@ func cmdImport(args []string, stdout, stderr io.Writer) int {
 	var dirs []string
 	rest := args[1:]
 	for {
-		if err := fs.Parse(rest); err != nil {
-			return 2
+		if code, ok := parseFlags(fs, rest, stdout, stderr); !ok {
+			return code
 		}
 		if fs.NArg() == 0 {
 			break

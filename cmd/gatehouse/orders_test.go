@@ -490,8 +490,18 @@ func readOnly(t *testing.T, dir string) {
 		t.Skipf("cannot bind-mount (needs root with CAP_SYS_ADMIN): %v %s", err, out)
 	}
 	t.Cleanup(func() { _ = exec.Command("umount", dir).Run() })
-	if out, err := exec.Command("mount", "-o", "remount,bind,ro", dir).CombinedOutput(); err != nil {
-		t.Fatalf("remount read-only: %v %s", err, out)
+	// a file gatehouse holds open for writing at that instant (a save,
+	// the storage probe) makes the remount fail with "busy": try again,
+	// a bounded number of times
+	for i := 0; ; i++ {
+		out, err := exec.Command("mount", "-o", "remount,bind,ro", dir).CombinedOutput()
+		if err == nil {
+			break
+		}
+		if i == 50 || !strings.Contains(string(out), "busy") {
+			t.Fatalf("remount read-only: %v %s", err, out)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "probe"), nil, 0o600); err == nil {
 		t.Fatalf("%s is still writable after the read-only remount", dir)

@@ -39,6 +39,7 @@ type instance struct {
 	path    string // the config file the last reload (or start) read; the watcher follows it
 	applied string // fingerprint of the files the last reload (or start) read
 
+	started  time.Time
 	served   chan error
 	stop     chan struct{} // closed by shutdown: stops the config watcher
 	stopOnce sync.Once
@@ -57,6 +58,9 @@ type startOptions struct {
 	watchEvery time.Duration
 	// renewInterval is certmagic's renewal/ARI scan; tests shorten it.
 	renewInterval time.Duration
+	// dnsPropagation bounds the wait for a DNS-01 record to be visible;
+	// tests shorten it.
+	dnsPropagation time.Duration
 }
 
 // start brings gatehouse up: listeners first (so certmagic finds the
@@ -68,7 +72,7 @@ func start(cfg *routes.Config, o startOptions) (*instance, error) {
 	if log == nil {
 		log = newLogger(cfg.Log, nil)
 	}
-	in := &instance{log: log, cfg: cfg, served: make(chan error, 1), stop: make(chan struct{})}
+	in := &instance{log: log, cfg: cfg, started: time.Now(), served: make(chan error, 1), stop: make(chan struct{})}
 	popts := proxy.Options{Logger: log}
 	if cfg.Log.AccessEnabled() {
 		popts.AccessLog = log.With("log", "access")
@@ -82,6 +86,7 @@ func start(cfg *routes.Config, o startOptions) (*instance, error) {
 	}
 	httpsAddr, httpAddr := in.proxy.Addrs()
 	opts := tlsconfig.Options{Logger: log, OCSPCheckInterval: o.ocspInterval, Storage: o.storage, RenewCheckInterval: o.renewInterval}
+	opts.DNSPropagationTimeout = o.dnsPropagation
 	opts.ListenHost, opts.TLSPort = hostPort(httpsAddr)
 	if httpAddr != nil {
 		_, opts.HTTPPort = hostPort(httpAddr)
@@ -120,7 +125,17 @@ func start(cfg *routes.Config, o startOptions) (*instance, error) {
 		}
 	}
 	if in.adminLn != nil {
-		in.admin = &http.Server{Handler: proxy.AdminHandler(in.ready, reg), ReadHeaderTimeout: 5 * time.Second}
+		auth, err := routes.ParseAdminAuth(cfg.Listen.AdminAuth)
+		if err != nil { // validated with the config; a quick start has none
+			in.closeListeners()
+			certs.Close()
+			return nil, err
+		}
+		for _, w := range cfg.Warnings() {
+			log.Warn(w)
+		}
+		in.admin = &http.Server{Handler: proxy.NewAdminHandler(proxy.AdminOptions{Ready: in.ready, Registry: reg, Status: in.status, Auth: auth}),
+			ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = in.admin.Serve(in.adminLn) }()
 	}
 
@@ -139,13 +154,17 @@ func start(cfg *routes.Config, o startOptions) (*instance, error) {
 		}
 		go in.watch(every)
 	}
-	log.Info("gatehouse serving", "https", httpsAddr, "http", httpAddr, "admin", adminAddr(in.adminLn), "routes", len(cfg.Routes))
+	httpShown := "disabled"
+	if httpAddr != nil {
+		httpShown = httpAddr.String()
+	}
+	log.Info("gatehouse serving", "https", httpsAddr, "http", httpShown, "admin", adminAddr(in.adminLn), "routes", len(cfg.Routes))
 	return in, nil
 }
 
 func adminAddr(l net.Listener) string {
 	if l == nil {
-		return ""
+		return "disabled"
 	}
 	return l.Addr().String()
 }
@@ -178,12 +197,27 @@ func (in *instance) ready() (bool, any) {
 		// certificates in storage not read yet: served on first
 		// handshake, checked by a background walk (tlsconfig/lazy.go)
 		"stored_unchecked": in.certs.StoredUnchecked()}
+	// ready (a valid certificate serves), but renewals fail: say why
+	if n, failing := in.certs.Failing(50); n > 0 {
+		details["renewal_failing_count"], details["renewal_failing"] = n, failing
+	}
+	if p := in.certs.ECHPublishState(); p != nil {
+		details["ech_dns"] = p // ECH's HTTPS records, published through [acme.dns]
+	}
 	// still ready (certificates serve from memory), but say so
 	if err, since := in.certs.StorageWriteError(); err != nil {
 		details["storage_write_error"] = err.Error()
 		details["storage_write_failing_since"] = since
 	}
 	return ok, details
+}
+
+// status is the status page's data (proxy/statuspage.go): the routes in
+// force, and the certificates as `gatehouse certs` and /readyz see them.
+func (in *instance) status(ctx context.Context) proxy.StatusData {
+	ready, _ := in.ready()
+	return proxy.StatusData{Version: versionString(), Started: in.started, Ready: ready,
+		Routes: in.proxy.Routes(), Overview: in.certs.Overview(ctx, proxy.StatusLimit)}
 }
 
 // reload applies a new config: a bad one is refused and the old one

@@ -35,21 +35,20 @@ STORE is one of:
 `
 
 func cmdStorage(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && isHelp(args[0]) {
+		fmt.Fprint(stdout, storageUsage)
+		return 0
+	}
 	if len(args) == 0 || args[0] != "copy" {
 		fmt.Fprint(stderr, storageUsage)
-		if len(args) > 0 && (args[0] == "help" || args[0] == "-h" || args[0] == "--help") {
-			return 0
-		}
 		return 2
 	}
 	fs := flag.NewFlagSet("storage copy", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, storageUsage) }
 	from := fs.String("from", "", "source store")
 	to := fs.String("to", "", "destination store")
 	overwrite := fs.Bool("overwrite", false, "replace keys that differ in the destination")
-	if err := fs.Parse(args[1:]); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args[1:], stdout, stderr); !ok {
+		return code
 	}
 	if *from == "" || *to == "" || fs.NArg() > 0 {
 		fmt.Fprint(stderr, storageUsage)

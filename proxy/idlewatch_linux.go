@@ -1,0 +1,174 @@
+//go:build linux
+
+package proxy
+
+import (
+	"os"
+	"sync"
+	"syscall"
+)
+
+// Idle upstream connections (pooled, and pinned to a PROXY-protocol
+// client) are watched while idle: an upstream that sends bytes nobody
+// asked for (a body after a HEAD, 204 or 304 head, bytes after a
+// Content-Length body, arriving after the exchange ended) must not
+// leave them for the next request, which may be another client's.
+// net/http's transport keeps a read loop goroutine on every connection
+// for this ("Unsolicited response received on idle HTTP channel");
+// nginx has its event loop. Here every idle connection is in one epoll
+// set (EPOLLIN|EPOLLRDHUP, one-shot), read by one goroutine parked in
+// Go's own poller on that set's descriptor: an idle connection costs no
+// goroutine and no buffer, an exchange two epoll_ctl calls (add when
+// it goes idle, delete when it is taken), and a connection that turns
+// readable while idle — stray bytes, or the upstream closing it — is
+// closed at once. A reuse also peeks at the socket (alive), for bytes
+// that came after the watcher's last look.
+
+type idleWatcher struct {
+	once  sync.Once
+	epfd  int
+	f     *os.File // keeps epfd open (and registered with Go's poller)
+	ok    bool
+	mu    sync.Mutex
+	conns map[uint64]*upConn // watched connections by watch id
+	next  uint64
+}
+
+var idleW idleWatcher
+
+func (w *idleWatcher) start() {
+	fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return
+	}
+	if err := syscall.SetNonblock(fd, true); err != nil {
+		syscall.Close(fd)
+		return
+	}
+	f := os.NewFile(uintptr(fd), "upstream-idle-epoll")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return
+	}
+	w.epfd, w.f, w.ok = fd, f, true
+	w.conns = make(map[uint64]*upConn)
+	go w.run(rc)
+}
+
+func (w *idleWatcher) run(rc syscall.RawConn) {
+	var evs [64]syscall.EpollEvent
+	var ids []uint64
+	for {
+		ids = ids[:0]
+		err := rc.Read(func(fd uintptr) bool {
+			for {
+				n, err := syscall.EpollWait(int(fd), evs[:], 0)
+				if err == syscall.EINTR {
+					continue
+				}
+				if n <= 0 {
+					return false // nothing ready: park in Go's poller
+				}
+				for _, ev := range evs[:n] {
+					ids = append(ids, uint64(uint32(ev.Fd))|uint64(uint32(ev.Pad))<<32)
+				}
+				return true
+			}
+		})
+		if err != nil {
+			return // not pollable: reuse still checks each connection (alive)
+		}
+		for _, id := range ids {
+			w.kill(id)
+		}
+	}
+}
+
+// kill closes the idle connection watched under id, unless it was
+// taken for an exchange meanwhile.
+func (w *idleWatcher) kill(id uint64) {
+	w.mu.Lock()
+	c := w.conns[id]
+	delete(w.conns, id)
+	w.mu.Unlock()
+	if c == nil || !c.watch.CompareAndSwap(id, watchDead) {
+		return
+	}
+	unsolicitedClosed.Add(1)
+	if p := c.pool; p != nil {
+		p.remove(c)
+	}
+	if p := c.pin; p != nil {
+		p.removeOwn(c)
+	}
+	c.nc.Close()
+}
+
+// watchIdle puts c (idle now, holding no buffer) under watch. false:
+// it could not be watched and is closed.
+func (c *upConn) watchIdle() bool {
+	w := &idleW
+	w.once.Do(w.start)
+	if c.fd < 0 {
+		c.fd = connFD(c)
+	}
+	if !w.ok || c.fd < 0 {
+		c.watch.Store(watchDead)
+		c.nc.Close()
+		return false
+	}
+	w.mu.Lock()
+	w.next++
+	id := w.next
+	w.conns[id] = c
+	w.mu.Unlock()
+	c.watchID = id
+	c.watch.Store(id) // before the add: an event may come at once
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT,
+		Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
+	if err := syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_ADD, c.fd, &ev); err != nil {
+		c.take()
+		c.watch.Store(watchDead)
+		c.nc.Close()
+		return false
+	}
+	return true
+}
+
+// take ends c's watch for an exchange: false when the watcher found it
+// readable while idle and closed it.
+func (c *upConn) take() bool {
+	id := c.watchID
+	if id == 0 {
+		return c.watch.Load() != watchDead
+	}
+	if !c.watch.CompareAndSwap(id, 0) {
+		return false
+	}
+	c.watchID = 0
+	w := &idleW
+	_ = syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_DEL, c.fd, nil)
+	w.mu.Lock()
+	delete(w.conns, id)
+	w.mu.Unlock()
+	return true
+}
+
+// connFD is c's socket descriptor (-1: none). It is used only while c
+// is open and owned by gatehouse.
+func connFD(c *upConn) int {
+	sc, ok := c.nc.(syscall.Conn)
+	if !ok {
+		return -1
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return -1
+	}
+	fd := -1
+	if raw.Control(func(u uintptr) { fd = int(u) }) != nil {
+		return -1
+	}
+	return fd
+}
