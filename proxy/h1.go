@@ -427,7 +427,9 @@ func appendSimple(ob []byte, status int, body string, close bool, hsts string) [
 	ob = strconv.AppendInt(ob, int64(status), 10)
 	ob = append(ob, ' ')
 	ob = append(ob, statusText(status)...)
-	ob = append(ob, "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n"...)
+	ob = append(ob, "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nDate: "...)
+	ob = append(ob, httpDate()...)
+	ob = append(ob, "\r\n"...)
 	if hsts != "" {
 		ob = append(ob, "Strict-Transport-Security: "...)
 		ob = append(ob, hsts...)
@@ -1069,6 +1071,7 @@ func (c *h1conn) appendRespHead(ob []byte, x *exchange, resp *respHead, kind int
 	ob = append(ob, "\r\n"...)
 	hsts := x.rs.hsts
 	upgrade := resp.status == 101
+	date := false
 	for _, f := range resp.fields {
 		if isRespHop(f.name, resp.conn, chunked) && !(upgrade && eqFold(f.name, "upgrade")) {
 			continue
@@ -1076,6 +1079,7 @@ func (c *h1conn) appendRespHead(ob []byte, x *exchange, resp *respHead, kind int
 		if hsts != "" && eqFold(f.name, "strict-transport-security") {
 			continue
 		}
+		date = date || eqFold(f.name, "date")
 		ob = append(ob, f.name...)
 		ob = append(ob, ": "...)
 		ob = append(ob, f.value...)
@@ -1097,8 +1101,15 @@ func (c *h1conn) appendRespHead(ob []byte, x *exchange, resp *respHead, kind int
 		ob = append(ob, v...)
 		ob = append(ob, "\r\n"...)
 	}
+	if !date { // RFC 9110 §6.6.1, as every engine (behaviour_test.go)
+		ob = append(ob, "Date: "...)
+		ob = append(ob, httpDate()...)
+		ob = append(ob, "\r\n"...)
+	}
 	switch {
-	case kind == bodyLength || kind == bodyNone && resp.contentLength >= 0 && resp.status != 204:
+	// a 304 carries no Content-Length, as on every engine (net/http's
+	// server drops it): the 200's length, which a 304 need not send
+	case kind == bodyLength || kind == bodyNone && resp.contentLength >= 0 && resp.status != 204 && resp.status != 304:
 		ob = append(ob, "Content-Length: "...)
 		ob = strconv.AppendInt(ob, resp.contentLength, 10)
 		ob = append(ob, "\r\n"...)

@@ -369,6 +369,8 @@ func (h *reqHead) parse(b []byte) error {
 func (h *reqHead) normalizeTarget() error {
 	t := h.target
 	switch {
+	case string(h.method) == "CONNECT": // any target form (origin-form too)
+		return &parseError{status: 405, msg: "CONNECT is not supported"}
 	case t[0] == '/':
 		return nil
 	case len(t) == 1 && t[0] == '*':
@@ -376,8 +378,6 @@ func (h *reqHead) normalizeTarget() error {
 			return bad("asterisk-form target for a method other than OPTIONS")
 		}
 		return nil
-	case string(h.method) == "CONNECT":
-		return &parseError{status: 405, msg: "CONNECT is not supported"}
 	}
 	var rest []byte
 	switch {

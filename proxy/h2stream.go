@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"net/url"
 	"strconv"
 	"strings"
@@ -491,6 +493,13 @@ func (st *h2Stream) serve(in h2Request) {
 		*a = accessRecord{}
 		ctx = context.WithValue(ctx, accessKey{}, a)
 	}
+	// 1xx but 100 (the body read sends that) relayed as they come
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+		if code != 100 {
+			_ = st.sendInterim(code, func(c *h2Conn) { encodeFields(c.enc, http.Header(h)) })
+		}
+		return nil
+	}})
 	r = r.WithContext(ctx)
 	if res, err := rs.RoundTrip(r); err != nil {
 		rs.proxyError(st, r, err)
@@ -699,6 +708,27 @@ func (st *h2Stream) queueBlock(end bool, fill func(c *h2Conn)) error {
 	if end {
 		st.ended = true
 	}
+	c.wake()
+	return nil
+}
+
+// sendInterim queues an informational response other than 100 (103
+// Early Hints …) as HEADERS without END_STREAM, as the other engines
+// relay it (behaviour_test.go); fill encodes its fields.
+func (st *h2Stream) sendInterim(status int, fill func(c *h2Conn)) error {
+	c := st.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.waitRoomLocked(st); err != nil {
+		return err
+	}
+	if st.err != nil || st.headed {
+		return st.err
+	}
+	c.hbuf.Reset()
+	c.enc.WriteField(hpack.HeaderField{Name: ":status", Value: statusString(status)})
+	fill(c)
+	c.writeBlockLocked(st.id, false)
 	c.wake()
 	return nil
 }

@@ -199,7 +199,17 @@ func (st *h2Stream) forward(rs *routeState, in h2Request) (*upstream, error) {
 				err = errors.New("101 Switching Protocols to a request without Upgrade")
 				break
 			}
-			resp, err = uc.readHead(time.Now().Add(c.tm.respHeader)) // 1xx: not passed on
+			if resp.status != 100 { // 103 Early Hints …: relayed (100: the body read sends it)
+				r := resp
+				_ = st.sendInterim(r.status, func(c *h2Conn) {
+					for _, f := range r.fields {
+						if !isRespHop(f.name, r.conn, false) {
+							c.enc.WriteField(hpack.HeaderField{Name: c.lowerName(f.name), Value: c.intern(f.value)})
+						}
+					}
+				})
+			}
+			resp, err = uc.readHead(time.Now().Add(c.tm.respHeader))
 		}
 		if err == nil {
 			resp.close = resp.close || early

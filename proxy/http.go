@@ -40,6 +40,14 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.ProtoMajor >= 2 && h2HeaderMalformed(r.Header): // HTTP/2 and HTTP/3 (RFC 9114 §4.2 points to the same rule)
 		badRequest(w, r, "malformed header field value")
 		return
+	case r.Method == http.MethodConnect:
+		// no tunnels, extended CONNECT (WebSocket over HTTP/3) included:
+		// 405, as the own engines answer
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.WriteHeader(http.StatusMethodNotAllowed)
+		_, _ = w.Write([]byte("405 Method Not Allowed: CONNECT is not proxied\n"))
+		return
 	}
 	// A browser reuses one connection for every name the certificate
 	// covers; a request for a name this connection's route does not

@@ -132,6 +132,13 @@ type ppConn struct {
 func (c *ppConn) Read(p []byte) (int, error) {
 	if !c.seen {
 		c.seen = true
+		if sig, err := c.br.Peek(16); err == nil && string(sig[:12]) == "\r\n\r\n\x00\r\nQUIT\n" {
+			// v2: a 16-byte header and its address block
+			if _, err := c.br.Discard(16 + int(sig[14])<<8 + int(sig[15])); err != nil {
+				return 0, err
+			}
+			return c.br.Read(p)
+		}
 		line, err := c.br.ReadString('\n')
 		if err != nil || !strings.HasPrefix(line, "PROXY ") {
 			return 0, fmt.Errorf("no PROXY line: %q %v", line, err)
@@ -140,17 +147,34 @@ func (c *ppConn) Read(p []byte) (int, error) {
 	return c.br.Read(p)
 }
 
+// worldOpts vary a policyWorld: the upstreams' handler, the PROXY
+// protocol version pp.test sends, the routes' hsts, and routes whose
+// upstreams are down ("down-" + each policy name).
+type worldOpts struct {
+	handler http.Handler
+	pp      string
+	hsts    string
+	down    bool
+}
+
 func startPolicyWorld(t *testing.T) *policyWorld {
 	t.Helper()
-	plain := httptest.NewServer(http.HandlerFunc(policyHandler))
+	return startWorld(t, worldOpts{handler: http.HandlerFunc(policyHandler), pp: "v1"})
+}
+
+func startWorld(t *testing.T, o worldOpts) *policyWorld {
+	t.Helper()
+	plain := httptest.NewServer(o.handler)
 	t.Cleanup(plain.Close)
-	pp := httptest.NewUnstartedServer(http.HandlerFunc(policyHandler))
+	pp := httptest.NewUnstartedServer(o.handler)
 	pp.Listener = ppListener{pp.Listener}
 	pp.Start()
 	t.Cleanup(pp.Close)
-	secure := httptest.NewTLSServer(http.HandlerFunc(policyHandler))
+	secure := httptest.NewUnstartedServer(o.handler)
+	secure.Config.ErrorLog = log.New(io.Discard, "", 0)
+	secure.StartTLS()
 	t.Cleanup(secure.Close)
-	h2c := httptest.NewUnstartedServer(http.HandlerFunc(policyHandler))
+	h2c := httptest.NewUnstartedServer(o.handler)
 	h2c.Config.Protocols = new(http.Protocols)
 	h2c.Config.Protocols.SetUnencryptedHTTP2(true)
 	h2c.Config.ErrorLog = log.New(io.Discard, "", 0) // the aborted handlers
@@ -165,7 +189,11 @@ func startPolicyWorld(t *testing.T) *policyWorld {
 	if err != nil {
 		t.Fatal(err)
 	}
-	certPEM, keyPEM, _, err := ca.Issue(append([]string{"other.test"}, policyNames...), "", time.Hour)
+	names := append([]string{"other.test"}, policyNames...)
+	for _, n := range policyNames {
+		names = append(names, "down-"+n)
+	}
+	certPEM, keyPEM, _, err := ca.Issue(names, "", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,11 +205,21 @@ func startPolicyWorld(t *testing.T) *policyWorld {
 	roots.AddCert(ca.Cert)
 	cfg := &routes.Config{Routes: []routes.Route{
 		{Hosts: []string{"web.test"}, Upstream: plain.URL},
-		{Hosts: []string{"pp.test"}, Upstream: "http://" + pp.Listener.Addr().String(), ProxyProtocol: "v1"},
+		{Hosts: []string{"pp.test"}, Upstream: "http://" + pp.Listener.Addr().String(), ProxyProtocol: o.pp},
 		{Hosts: []string{"tls.test"}, Upstream: secure.URL, UpstreamCA: caFile},
 		{Hosts: []string{"h2c.test"}, Upstream: "h2c://" + h2c.Listener.Addr().String()},
 		{Hosts: []string{"other.test"}, Upstream: "http://127.0.0.1:1"},
 	}}
+	if o.down {
+		cfg.Routes = append(cfg.Routes,
+			routes.Route{Hosts: []string{"down-web.test"}, Upstream: "http://127.0.0.1:1"},
+			routes.Route{Hosts: []string{"down-pp.test"}, Upstream: "http://127.0.0.1:1", ProxyProtocol: o.pp},
+			routes.Route{Hosts: []string{"down-tls.test"}, Upstream: "https://127.0.0.1:1", UpstreamCA: caFile},
+			routes.Route{Hosts: []string{"down-h2c.test"}, Upstream: "h2c://127.0.0.1:1"})
+	}
+	for i := range cfg.Routes {
+		cfg.Routes[i].HSTS = o.hsts
+	}
 	cfg.Timeouts.ReadHeader = routes.Duration(2 * time.Second)
 	cfg.Timeouts.UpstreamHeader = routes.Duration(500 * time.Millisecond)
 	cfg.ApplyDefaults()

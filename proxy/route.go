@@ -91,11 +91,12 @@ func newRouteState(e *routes.Entry, tm timeouts, prev *routeState, log *slog.Log
 		}
 		rs.transport = tr
 		rs.proxy = &httputil.ReverseProxy{
-			Rewrite:      rs.rewrite,
-			Transport:    rs, // balancing, retries, PROXY-pinned connections: balance.go
-			ErrorHandler: rs.proxyError,
-			ErrorLog:     slogWarnLog(rs.log, "reverseproxy"), // only upstream failures reach it
-			BufferPool:   bufferPool{},
+			Rewrite:        rs.rewrite,
+			ModifyResponse: rs.modifyResponse,
+			Transport:      rs, // balancing, retries, PROXY-pinned connections: balance.go
+			ErrorHandler:   rs.proxyError,
+			ErrorLog:       slogWarnLog(rs.log, "reverseproxy"), // only upstream failures reach it
+			BufferPool:     bufferPool{},
 		}
 	}
 	return rs, nil
@@ -274,6 +275,23 @@ func (rs *routeState) rewrite(pr *httputil.ProxyRequest) {
 	dropFoldedFields(out.Header) // X_Forwarded_For and the like (policy.go)
 	pr.SetXForwarded()
 	out.Header["Forwarded"] = []string{forwardedValue(pr.In)}
+}
+
+// modifyResponse applies the response rules the own engines apply
+// (behaviour_test.go): the route's hsts replaces the upstream's
+// (serveHTTP has set it), and a 304 carries no Content-Length and no
+// body: x/net's HTTP/2 client (h2c:// upstreams) otherwise waits for the
+// 304's Content-Length in body bytes and fails the response.
+func (rs *routeState) modifyResponse(res *http.Response) error {
+	if rs.hsts != "" {
+		res.Header.Del("Strict-Transport-Security")
+	}
+	if res.StatusCode == http.StatusNotModified {
+		res.Header.Del("Content-Length")
+		res.Body.Close()
+		res.Body, res.ContentLength = http.NoBody, 0
+	}
+	return nil
 }
 
 // forwardedValue is the RFC 7239 Forwarded element for r:

@@ -71,9 +71,7 @@ func Quick(o QuickOptions) (*Config, error) {
 	byUpstream := map[string]int{}
 	for i, from := range o.From {
 		to := o.To[i]
-		if !strings.Contains(to, "://") {
-			to = "http://" + to // --to 127.0.0.1:8080, as caddy accepts
-		}
+		to = BareUpstreamToURL(to) // --to 127.0.0.1:8080, as caddy accepts
 		if u, err := url.Parse(to); err == nil && u.Path == "/" {
 			to = strings.TrimSuffix(to, "/")
 		}

@@ -365,19 +365,24 @@ type Upstream struct {
 }
 
 // ParseUpstream parses an upstream for a route of the given mode.
-// HTTP routes take http://, https:// or h2c:// URLs; tcp and
-// passthrough routes take host:port or tcp://host:port.
+// HTTP routes take http://, https:// or h2c:// URLs, and a bare host:port,
+// which means http://host:port (the same rule as `run --to`); tcp and
+// passthrough routes take host:port or tcp://host:port. Ports are 1-65535.
 func ParseUpstream(mode, raw string) (Upstream, error) {
 	if mode == ModeTCP || mode == ModePassthrough {
 		hostport := strings.TrimPrefix(raw, "tcp://")
-		if _, port, err := net.SplitHostPort(hostport); err != nil || port == "" {
+		host, port, err := net.SplitHostPort(hostport)
+		if err != nil || port == "" || host == "" {
 			return Upstream{}, fmt.Errorf("upstream %q: a %s route needs host:port (or tcp://host:port)", raw, mode)
+		}
+		if err := checkPort(port); err != nil {
+			return Upstream{}, fmt.Errorf("upstream %q: %v", raw, err)
 		}
 		return Upstream{Raw: raw, Scheme: "tcp", Host: hostport}, nil
 	}
-	u, err := url.Parse(raw)
+	u, err := url.Parse(BareUpstreamToURL(raw))
 	if err != nil {
-		return Upstream{}, fmt.Errorf("upstream %q is not a URL: %v", raw, err)
+		return Upstream{}, fmt.Errorf("upstream %q is not a URL like \"http://127.0.0.1:8080\"", raw)
 	}
 	switch u.Scheme {
 	case "http", "https", "h2c":
@@ -392,11 +397,41 @@ func ParseUpstream(mode, raw string) (Upstream, error) {
 	}
 	host := u.Host
 	if u.Port() == "" {
+		if strings.HasSuffix(u.Host, ":") {
+			return Upstream{}, fmt.Errorf("upstream %q: empty port", raw)
+		}
 		port := "80"
 		if u.Scheme == "https" {
 			port = "443"
 		}
 		host = net.JoinHostPort(u.Hostname(), port)
+	} else if err := checkPort(u.Port()); err != nil {
+		return Upstream{}, fmt.Errorf("upstream %q: %v", raw, err)
 	}
 	return Upstream{Raw: raw, Scheme: u.Scheme, Host: host, URL: u}, nil
+}
+
+// BareUpstreamToURL turns an http route's upstream written as host:port
+// (no scheme) into http://host:port, the rule shared by the config file's
+// upstream/upstreams and `run --to`. Anything with a scheme is returned as is.
+func BareUpstreamToURL(raw string) string {
+	if raw == "" || strings.Contains(raw, "://") {
+		return raw
+	}
+	return "http://" + raw
+}
+
+// checkPort accepts a decimal port 1-65535.
+func checkPort(p string) error {
+	n := 0
+	for _, c := range p {
+		if c < '0' || c > '9' || n > 65535 {
+			return fmt.Errorf("port %q is not a number 1-65535", p)
+		}
+		n = n*10 + int(c-'0')
+	}
+	if p == "" || n < 1 || n > 65535 {
+		return fmt.Errorf("port %s is out of range: ports are 1-65535", p)
+	}
+	return nil
 }

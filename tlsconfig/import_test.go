@@ -5,12 +5,17 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -163,5 +168,332 @@ upstream = "http://127.0.0.1:1"
 	}
 	if keys, _ := dry.List(ctx, "certificates", true); len(keys) != 0 {
 		t.Errorf("dry run wrote %v", keys)
+	}
+}
+
+// autocertCache writes an autocert DirCache holding n names (by format)
+// with a certificate each from a fresh test CA (the key, then the chain,
+// in one file, as autocert writes them), and returns the serials (hex).
+func autocertCache(t *testing.T, n int, format string) (dir string, names []string, serials map[string]string, ca *acmetest.TestCA) {
+	t.Helper()
+	ca, err := acmetest.NewTestCA("import test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir = t.TempDir()
+	serials = map[string]string{}
+	for i := range n {
+		name := fmt.Sprintf(format, i)
+		certPEM, keyPEM, leaf, err := ca.Issue([]string{name}, "", 30*24*time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), append(keyPEM, certPEM...), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, name)
+		serials[name] = leaf.SerialNumber.Text(16)
+	}
+	return dir, names, serials, ca
+}
+
+// checkStoredPair verifies that storage holds name's complete
+// certificate resource: key (0600) and chain go together and the chain
+// is serial's.
+func checkStoredPair(t *testing.T, root, issuerKey, name, serial string) {
+	t.Helper()
+	fst := &certmagic.FileStorage{Path: root}
+	keyFile := fst.Filename(certmagic.StorageKeys.SitePrivateKey(issuerKey, name))
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	if fi, _ := os.Stat(keyFile); fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s: key mode %v, want 0600", name, fi.Mode().Perm())
+	}
+	chainPEM, err := os.ReadFile(fst.Filename(certmagic.StorageKeys.SiteCert(issuerKey, name)))
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	if _, err := os.Stat(fst.Filename(certmagic.StorageKeys.SiteMeta(issuerKey, name))); err != nil {
+		t.Errorf("%s: no metadata: %v", name, err)
+	}
+	pair, err := tls.X509KeyPair(chainPEM, keyPEM)
+	if err != nil {
+		t.Fatalf("%s: stored pair does not verify: %v", name, err)
+	}
+	if got := pair.Leaf.SerialNumber.Text(16); got != serial {
+		t.Errorf("%s: stored serial %s, want %s", name, got, serial)
+	}
+}
+
+// resultCounts counts import results by outcome.
+func resultCounts(results []ImportResult) map[string]int {
+	n := map[string]int{}
+	for _, r := range results {
+		n[r.Result]++
+	}
+	return n
+}
+
+// Many names in one import: every good pair is imported whole, in
+// batches whose flushes do not grow with the names (no fsync per
+// file); names gatehouse holds are left as they are; a pair whose key
+// is not its certificate's, and a file too large to be one, are
+// reported and the rest imported; a second import replaces nothing.
+func TestImportManyNames(t *testing.T) {
+	const n = 2000
+	defer func(b int) { importBatch = b }(importBatch)
+	importBatch = 256
+	src, names, serials, ca := autocertCache(t, n, "m%04d.import.test")
+	dstDir := t.TempDir()
+	cfg := manyNamesConfig(t, fmt.Sprintf("[storage]\ndir = %q\n", dstDir), append(names, "bad.import.test", "huge.import.test"))
+	target := acmeIssuerKeys(cfg)[0]
+	dst := &certmagic.FileStorage{Path: dstDir}
+	// names gatehouse holds already: another certificate each
+	held := map[string][]byte{}
+	for _, name := range names[:5] {
+		held[name] = []byte(plantWith(t, dst, target, name, ca, 60*24*time.Hour).SerialNumber.Text(16))
+	}
+	// a certificate with another certificate's key
+	badCert, _, _, _ := ca.Issue([]string{"bad.import.test"}, "", time.Hour)
+	_, otherKey, _, _ := ca.Issue([]string{"other.import.test"}, "", time.Hour)
+	os.WriteFile(filepath.Join(src, "bad.import.test"), append(otherKey, badCert...), 0o600)
+	os.WriteFile(filepath.Join(src, "huge.import.test"), make([]byte, maxImportFile+1), 0o600)
+
+	syncsBefore := importSyncs.Load()
+	results, err := ImportAutocert(context.Background(), src, dst, cfg, ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	syncs := importSyncs.Load() - syncsBefore
+	got := map[string]ImportResult{}
+	for _, r := range results {
+		got[r.Name] = r
+	}
+	if c := resultCounts(results); c["imported"] != n-5 || c["skipped"] != 5 || c["failed"] != 2 {
+		t.Errorf("results %v, want %d imported, 5 skipped, 2 failed", c, n-5)
+	}
+	if r := got["bad.import.test"]; r.Result != "failed" || !strings.Contains(r.Reason, "not a certificate and its key") {
+		t.Errorf("bad pair: %+v", r)
+	}
+	if r := got["huge.import.test"]; r.Result != "failed" || !strings.Contains(r.Reason, "larger than") {
+		t.Errorf("huge file: %+v", r)
+	}
+	for name, serial := range held {
+		if r := got[name]; r.Result != "skipped" || !strings.Contains(r.Reason, "already has a certificate") {
+			t.Errorf("%s (held): %+v", name, r)
+		}
+		checkStoredPair(t, dstDir, target, name, string(serial)) // still its own
+	}
+	for _, name := range names[5:] {
+		if got[name].Result != "imported" {
+			t.Fatalf("%s: %+v", name, got[name])
+		}
+		checkStoredPair(t, dstDir, target, name, serials[name])
+	}
+	for _, name := range []string{"bad.import.test", "huge.import.test"} {
+		if _, err := os.Stat(dst.Filename(certmagic.StorageKeys.CertsSitePrefix(target, name))); err == nil {
+			t.Errorf("%s: something stored for a failed pair", name)
+		}
+	}
+	// 8 batches: a flush each and a few folder syncs, not 4 per name
+	batches := int64((n + 2 + importBatch - 1) / importBatch)
+	if syncs > 4*batches {
+		t.Errorf("%d flushes and syncs for %d names in %d batches, want at most %d", syncs, n, batches, 4*batches)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dstDir, stagingPrefix+"*")); len(left) != 0 {
+		t.Errorf("staging folders left behind: %v", left)
+	}
+	// gatehouse's own reader finds every name
+	stored, err := listStored(context.Background(), dst)
+	if err != nil || len(stored) != n {
+		t.Errorf("gatehouse lists %d stored certificates (%v), want %d", len(stored), err, n)
+	}
+
+	again, err := ImportAutocert(context.Background(), src, dst, cfg, ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := resultCounts(again); c["skipped"] != n || c["imported"] != 0 {
+		t.Errorf("second import: %v, want all %d skipped", c, n)
+	}
+	for _, r := range again {
+		if r.Name == names[9] && !strings.Contains(r.Reason, "from an earlier import") {
+			t.Errorf("second import of %s: %q, want it recognised as imported before", r.Name, r.Reason)
+		}
+	}
+}
+
+// plainStore hides the file store's type: the import writes through the
+// certmagic.Storage interface, as it does to etcd.
+type plainStore struct{ certmagic.Storage }
+
+// stuckStore is a store whose writes for one name never finish on
+// their own.
+type stuckStore struct {
+	certmagic.Storage
+	stuck string
+}
+
+func (s stuckStore) Store(ctx context.Context, key string, value []byte) error {
+	if strings.Contains(key, "/"+s.stuck+"/") {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return s.Storage.Store(ctx, key, value)
+}
+
+// Through another store than the file store (etcd's path): each
+// storage operation is bounded by OpTimeout, not the import as a
+// whole: a write that hangs fails its name, the others are imported;
+// held names are left alone.
+func TestImportOtherStoreOpTimeout(t *testing.T) {
+	const n = 100
+	src, names, serials, ca := autocertCache(t, n, "o%03d.import.test")
+	dstDir := t.TempDir()
+	cfg := manyNamesConfig(t, fmt.Sprintf("[storage]\ndir = %q\n", dstDir), names)
+	target := acmeIssuerKeys(cfg)[0]
+	fst := &certmagic.FileStorage{Path: dstDir}
+	heldSerial := plantWith(t, fst, target, names[0], ca, 60*24*time.Hour).SerialNumber.Text(16)
+	dst := stuckStore{Storage: plainStore{fst}, stuck: names[1]}
+	results, err := ImportAutocert(context.Background(), src, dst, cfg, ImportOptions{OpTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]ImportResult{}
+	for _, r := range results {
+		got[r.Name] = r
+	}
+	if c := resultCounts(results); c["imported"] != n-2 || c["skipped"] != 1 || c["failed"] != 1 {
+		t.Errorf("results %v, want %d imported, 1 skipped, 1 failed", c, n-2)
+	}
+	if r := got[names[1]]; r.Result != "failed" || !strings.Contains(r.Reason, "deadline exceeded") {
+		t.Errorf("%s (store hangs): %+v", names[1], r)
+	}
+	checkStoredPair(t, dstDir, target, names[0], heldSerial)
+	for _, name := range names[2:] {
+		checkStoredPair(t, dstDir, target, name, serials[name])
+	}
+}
+
+// The crash test's child: imports the cache named by the environment
+// and dies (exit 3) after the 20th name is moved into place, the way a
+// killed process does: no cleanup.
+func TestImportCrashChild(t *testing.T) {
+	src, dstDir := os.Getenv("GATEHOUSE_TEST_IMPORT_SRC"), os.Getenv("GATEHOUSE_TEST_IMPORT_DST")
+	if src == "" {
+		return // run by TestImportCrashLeavesNoHalfName only
+	}
+	names := crashNames()
+	cfg := manyNamesConfig(t, fmt.Sprintf("[storage]\ndir = %q\n", dstDir), names)
+	importBatch = 16
+	moved := 0
+	importHook = func(stage string, _ int) {
+		if stage == "renamed" {
+			if moved++; moved == 20 {
+				os.Exit(3)
+			}
+		}
+	}
+	_, _ = ImportAutocert(context.Background(), src, &certmagic.FileStorage{Path: dstDir}, cfg, ImportOptions{})
+	t.Fatal("the import finished without reaching the crash point")
+}
+
+func crashNames() []string {
+	var names []string
+	for i := range 50 {
+		names = append(names, fmt.Sprintf("c%02d.crash.test", i))
+	}
+	return names
+}
+
+// An import killed half-way leaves no half-written name: what is in
+// certificates/ is complete (key, chain, metadata, the pair verifies),
+// what was only staged is invisible to gatehouse, and the next import
+// finishes the rest and removes the dead import's staging folder.
+func TestImportCrashLeavesNoHalfName(t *testing.T) {
+	src, names, serials, _ := autocertCache(t, 50, "c%02d.crash.test")
+	if !slices.Equal(names, crashNames()) {
+		t.Fatal("the child would import other names")
+	}
+	dstDir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestImportCrashChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "GATEHOUSE_TEST_IMPORT_SRC="+src, "GATEHOUSE_TEST_IMPORT_DST="+dstDir)
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 3 {
+		t.Fatalf("child import: %v, want it to die at the crash point (exit 3)\n%s", err, out)
+	}
+	cfg := manyNamesConfig(t, fmt.Sprintf("[storage]\ndir = %q\n", dstDir), names)
+	target := acmeIssuerKeys(cfg)[0]
+	dst := &certmagic.FileStorage{Path: dstDir}
+	sites, err := os.ReadDir(dst.Filename(certmagic.StorageKeys.CertsPrefix(target)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sites) != 20 {
+		t.Errorf("%d names in storage after the crash, want the 20 moved into place", len(sites))
+	}
+	for _, s := range sites {
+		checkStoredPair(t, dstDir, target, s.Name(), serials[s.Name()])
+	}
+	stored, err := listStored(context.Background(), dst)
+	if err != nil || len(stored) != 20 {
+		t.Errorf("gatehouse lists %d stored certificates (%v), want 20", len(stored), err)
+	}
+	left, _ := filepath.Glob(filepath.Join(dstDir, stagingPrefix+"*", "*", "*.key"))
+	if len(left) == 0 {
+		t.Errorf("no staged name left by the crash: the test did not crash mid-batch")
+	}
+
+	results, err := ImportAutocert(context.Background(), src, dst, cfg, ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := resultCounts(results); c["imported"] != 30 || c["skipped"] != 20 {
+		t.Errorf("import after the crash: %v, want 30 imported, 20 skipped", c)
+	}
+	for _, name := range names {
+		checkStoredPair(t, dstDir, target, name, serials[name])
+	}
+	if left, _ := filepath.Glob(filepath.Join(dstDir, stagingPrefix+"*")); len(left) != 0 {
+		t.Errorf("the dead import's staging folder is still there: %v", left)
+	}
+}
+
+// A name a running gatehouse writes between the import's listing and
+// its moving the name into place keeps gatehouse's certificate: the
+// folder rename does not replace it.
+func TestImportNeverReplacesANameWrittenMeanwhile(t *testing.T) {
+	src, names, serials, ca := autocertCache(t, 20, "w%02d.import.test")
+	dstDir := t.TempDir()
+	cfg := manyNamesConfig(t, fmt.Sprintf("[storage]\ndir = %q\n", dstDir), names)
+	target := acmeIssuerKeys(cfg)[0]
+	dst := &certmagic.FileStorage{Path: dstDir}
+	var theirs string
+	defer func() { importHook = nil }()
+	importHook = func(stage string, _ int) {
+		if stage == "flushed" && theirs == "" { // staged and durable, not in place yet
+			theirs = plantWith(t, dst, target, names[3], ca, 60*24*time.Hour).SerialNumber.Text(16)
+		}
+	}
+	results, err := ImportAutocert(context.Background(), src, dst, cfg, ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range results {
+		switch {
+		case r.Name == names[3]:
+			if r.Result != "skipped" || !strings.Contains(r.Reason, "meanwhile") {
+				t.Errorf("%s (written meanwhile): %+v", r.Name, r)
+			}
+		case r.Result != "imported":
+			t.Errorf("%s: %+v", r.Name, r)
+		}
+	}
+	checkStoredPair(t, dstDir, target, names[3], theirs)
+	for _, name := range names[4:] {
+		checkStoredPair(t, dstDir, target, name, serials[name])
 	}
 }

@@ -35,7 +35,9 @@ type CertInfo struct {
 	// Source is how the name gets certificates: acme, on_demand,
 	// internal, manual.
 	Source string `json:"source"`
-	// Profile is the ACME profile the route orders with ("" = the CA's default).
+	// Profile is the ACME profile the certificate was ordered with, as
+	// stored beside it (profile.go); before one is stored, the profile the
+	// route orders with ("" = the CA's default).
 	Profile string `json:"profile,omitempty"`
 	// State: ok, renewal_due, expired, missing (no certificate in
 	// storage yet), pattern (an on-demand pattern; its names follow).
@@ -395,6 +397,9 @@ func fillStored(ctx context.Context, storage certmagic.Storage, ci *CertInfo, sc
 		_ = json.Unmarshal(sc.meta.IssuerData, &data)
 	}
 	ci.RenewAt, ci.RenewBy = renewalTime(leaf, sc.issuerKey, data.RenewalInfo)
+	if p, _ := storedProfile(ctx, storage, strings.TrimSuffix(sc.certKey, ".crt")+".json"); p != "" {
+		ci.Profile = p
+	}
 	if ri := data.RenewalInfo; ri != nil && (ri.HasWindow() || !ri.SelectedTime.IsZero()) {
 		ci.ARI = &ARIInfo{
 			WindowStart: ri.SuggestedWindow.Start, WindowEnd: ri.SuggestedWindow.End,
@@ -410,21 +415,27 @@ func fillStored(ctx context.Context, storage certmagic.Storage, ci *CertInfo, sc
 	ci.Staple = readStaple(ctx, storage, sc.chain, now)
 }
 
-// renewalTime mirrors certmagic's rule: an ARI selected time (or the
-// window's start) when the CA gave one, else when the remaining
-// lifetime falls to the renewal ratio.
+// renewalTime is when gatehouse renews a stored certificate, by the rule
+// its scheduler follows (renew.go): the lifetime rule (renewalRatio), or
+// earlier the ARI selected time (else the window's start) less one check
+// interval, as certmagic acts on it, with the check interval a running
+// gatehouse holding only this certificate would use. It reports "ari"
+// when the CA's window decides, else "lifetime".
 func renewalTime(leaf *x509.Certificate, issuerKey string, ri *acme.RenewalInfo) (time.Time, string) {
-	life := leaf.NotAfter.Sub(leaf.NotBefore)
-	byLife := leaf.NotAfter.Add(-time.Duration(float64(life) * renewalRatio(leaf, issuerKey)))
+	ratio := renewalRatio(leaf, issuerKey)
+	iv := checkInterval(certmagic.DefaultRenewCheckInterval, expiresAt(leaf).Sub(leaf.NotBefore))
+	byLife := dueAt(leaf, acme.RenewalInfo{}, ratio, iv)
 	if ri != nil {
-		if !ri.SelectedTime.IsZero() {
-			return ri.SelectedTime, "ari"
-		}
-		if ri.HasWindow() {
-			return ri.SuggestedWindow.Start, "ari"
+		if byARI := dueAt(leaf, *ri, ratio, iv); byARI.Before(byLife) {
+			return byARI, "ari"
 		}
 	}
 	return byLife, "lifetime"
+}
+
+// expiresAt is certmagic's end of validity: NotAfter's second included.
+func expiresAt(leaf *x509.Certificate) time.Time {
+	return leaf.NotAfter.Truncate(time.Second).Add(time.Second)
 }
 
 // renewalRatio is the remaining:total lifetime at which a certificate

@@ -375,19 +375,18 @@ func (m *Manager) walkStored(ctx context.Context) {
 	if rate <= 0 {
 		rate = DefaultStoredCheckRate
 	}
-	interval := m.opts.RenewCheckInterval
-	if interval <= 0 {
-		interval = certmagic.DefaultRenewCheckInterval
-	}
 	tick := time.NewTicker(time.Second / time.Duration(rate))
 	defer tick.Stop()
 	for {
 		now := time.Now().Unix()
+		var nextCheck int64 // earliest checkAt ahead (renew.go: no sleeping past a due time)
 		m.stored.mu.RLock()
 		var due []string
 		for n, e := range m.stored.names {
 			if e.checkAt <= now {
 				due = append(due, n)
+			} else if nextCheck == 0 || e.checkAt < nextCheck {
+				nextCheck = e.checkAt
 			}
 		}
 		m.stored.mu.RUnlock()
@@ -408,6 +407,10 @@ func (m *Manager) walkStored(ctx context.Context) {
 		}
 		if checked > 0 {
 			m.log.Info("stored certificates checked", "names", checked, "took", time.Since(start).Round(time.Millisecond))
+		}
+		interval := m.renewCheckInterval()
+		if nextCheck != 0 {
+			interval = min(interval, max(time.Until(time.Unix(nextCheck, 0)), time.Second))
 		}
 		select {
 		case <-ctx.Done():
@@ -452,10 +455,7 @@ func (m *Manager) checkStored(ctx context.Context, name string) error {
 		// unparsable: let the load report it and fall back to ordering
 		return m.loadChecked(ctx, c, name)
 	}
-	interval := m.opts.RenewCheckInterval
-	if interval <= 0 {
-		interval = certmagic.DefaultRenewCheckInterval
-	}
+	interval := m.renewCheckInterval()
 	ratio := c.RenewalWindowRatio
 	if ratio == 0 {
 		ratio = certmagic.DefaultRenewalWindowRatio

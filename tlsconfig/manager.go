@@ -106,6 +106,9 @@ type Manager struct {
 	issuers  []*certmagic.ACMEIssuer                 // for HTTP-01 answers
 	cfg      *routes.Config
 
+	ipProfileMu sync.Mutex
+	ipProfile   map[string]bool // directories -> whether all offer IPProfile (profile.go)
+
 	internal   *certmagic.Config // tls = "internal" (internal.go)
 	internalCA *internalIssuer
 	onDemand   *onDemand // pattern routes: hosts = ["*"], "*.suffix" (ondemand.go)
@@ -119,8 +122,11 @@ type Manager struct {
 	checkOn   bool         // [acme] self_check
 
 	stored    *storedIndex  // certificates in storage not loaded yet (lazy.go)
+	indexing  indexing      // index builds in flight (indexready.go)
 	used      sync.Map      // name -> *atomic.Int64, last handshake (Unix s) (lazy.go)
 	renewKick chan struct{} // run certmagic's renewal scan soon (lazy.go)
+	plan      *renewPlan    // renewal schedule and handshake backstop (renew.go)
+	cacheOpts certmagic.CacheOptions
 
 	writeHealth writeHealth       // latest storage write probe (storagecheck.go)
 	certStore   certmagic.Storage // what certmagic's configs write through (safestore.go)
@@ -178,17 +184,19 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 		stored:    newStoredIndex(),
 		renewKick: make(chan struct{}, 1),
 		dns01:     newDNSSolver(opts.Logger, opts.DNSPropagationTimeout),
+		plan:      newRenewPlan(),
 		ctx:       ctx,
 		cancel:    cancel,
 	}
-	m.cache = certmagic.NewCache(certmagic.CacheOptions{
+	m.cacheOpts = certmagic.CacheOptions{
 		GetConfigForCert: m.configForCert,
 		Logger:           zapLogger(opts.Logger),
 		// Size the cache on purpose: certmagic scans the whole cache for
 		// each certificate added past capacity (see field notes).
 		Capacity:           0,
 		RenewCheckInterval: opts.RenewCheckInterval,
-	})
+	}
+	m.cache = certmagic.NewCache(m.cacheOpts)
 	m.setSelfCheck(cfg)
 	m.staples = newStapler(storage, opts.Logger, opts.OCSPCheckInterval, m.onRevoked)
 	m.staples.live = m.cached
@@ -209,6 +217,7 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 	go m.runStorageHealth(ctx, opts.HealthInterval)
 	go m.runStoreSync(ctx, opts.SyncInterval)
 	go m.runRenewKicks(ctx)
+	go m.runRenewSchedule(ctx)
 	go m.runRelease(ctx)
 	return m, nil
 }
@@ -343,7 +352,13 @@ func (m *Manager) acmeConfig(cfg *routes.Config, profile string, byDNS bool) (*c
 		return c, nil
 	}
 	c := m.newConfig()
-	c.OnEvent = m.onACMEEvent
+	profiles := map[string]string{} // issuer key -> profile ordered (profile.go)
+	c.OnEvent = func(ctx context.Context, event string, data map[string]any) error {
+		if event == "cert_obtained" {
+			m.recordProfile(ctx, data, profiles)
+		}
+		return m.onACMEEvent(ctx, event, data)
+	}
 	list := cfg.ACME.Issuer.List
 	if len(list) == 0 {
 		list = []routes.Issuer{{Directory: cfg.ACME.Directory, Email: cfg.ACME.Email, CARoot: cfg.ACME.CARoot}}
@@ -388,6 +403,7 @@ func (m *Manager) acmeConfig(cfg *routes.Config, profile string, byDNS bool) (*c
 			ai.ExternalAccount = &acme.EAB{KeyID: is.EABKeyID, MACKey: is.EABHMAC}
 		}
 		issuer := certmagic.NewACMEIssuer(c, ai)
+		profiles[issuer.IssuerKey()] = prof
 		if byDNS && hasChallenge(cfg, "dns-persist-01") {
 			// dns-persist-01 orders run outside certmagic's ACME
 			// issuer (persist.go); it still names the storage and ARI
@@ -472,6 +488,7 @@ func (m *Manager) Apply(t *routes.Table) error {
 
 	var errs []error
 	var toManage = map[*certmagic.Config][]string{}
+	deferIP := map[*certmagic.Config][]string{} // IP names waiting for the CA's profile list (profile.go)
 	before := maps.Clone(m.byName)
 	for _, e := range t.Entries() {
 		switch e.Issuer {
@@ -489,12 +506,26 @@ func (m *Manager) Apply(t *routes.Table) error {
 					errs = append(errs, err)
 					break
 				}
-				if prev, seen := m.byName[h]; seen && prev == c {
+				hc, decided := c, true
+				if isIPName(h) && !profileSet(cfg, e.Route) { // profile.go
+					var ipc *certmagic.Config
+					if ipc, decided, err = m.ipConfig(cfg); err != nil {
+						errs = append(errs, err)
+						continue
+					} else if ipc != nil {
+						hc = ipc
+					}
+				}
+				if prev, seen := m.byName[h]; seen && prev == hc {
 					continue // managed already: left to its renewal
 				}
-				m.byName[h] = c
+				m.byName[h] = hc
 				m.status.set(h, "acme", stateWaiting, nil)
-				toManage[c] = append(toManage[c], h)
+				if !decided {
+					deferIP[hc] = append(deferIP[hc], h)
+					continue
+				}
+				toManage[hc] = append(toManage[hc], h)
 			}
 		case "internal":
 			if err := m.applyInternal(cfg, e, toManage); err != nil {
@@ -506,7 +537,12 @@ func (m *Manager) Apply(t *routes.Table) error {
 	m.forget(t, before)
 	for c, names := range toManage {
 		sort.Strings(names)
+		m.indexing.begin() // ended by manage once its names are indexed
 		go m.manage(c, names)
+	}
+	for c, names := range deferIP {
+		sort.Strings(names)
+		go m.manageIPs(cfg, c, names)
 	}
 	return errors.Join(errs...)
 }
@@ -524,8 +560,11 @@ func (m *Manager) Apply(t *routes.Table) error {
 // name: at 100,000 names they all queued on the cache and storage
 // locks, and the garbage collector spent a third of the startup
 // shrinking their stacks (bench/README.md, many names).
+//
+// The caller has called m.indexing.begin(); manage ends it.
 func (m *Manager) manage(c *certmagic.Config, names []string) {
 	names = m.indexStored(c, names)
+	m.indexing.end()
 	if len(names) == 0 {
 		return
 	}
@@ -692,14 +731,26 @@ func (m *Manager) GetCertificate(e *routes.Entry, hello *tls.ClientHelloInfo) (*
 			m.awaitStored(hello, c, name)
 		}
 		cert, err = c.GetCertificate(hello)
-		if !challenge && (err != nil || cert == nil || cert.Leaf == nil) && m.stored.pending(name) {
-			// released from memory between the check and the cache
-			// lookup (releaseIdle, lazy.go): load it again
-			m.awaitStored(hello, c, name)
-			cert, err = c.GetCertificate(hello)
+		if !challenge && (err != nil || cert == nil || cert.Leaf == nil) {
+			// right after a start or reload the index of stored
+			// certificates may still be being built (indexready.go)
+			waited := m.awaitIndexed(hello, name)
+			if m.stored.pending(name) {
+				// indexed meanwhile, or released from memory between
+				// the check and the cache lookup (releaseIdle,
+				// lazy.go): load it
+				m.awaitStored(hello, c, name)
+				waited = true
+			}
+			if waited {
+				cert, err = c.GetCertificate(hello)
+			}
 		}
 		if err == nil && c != m.manual {
 			m.markUsed(name)
+			if !challenge && cert != nil && cert.Leaf != nil && time.Now().After(cert.Leaf.NotAfter) {
+				cert = m.renewExpired(hello, c, name, cert) // renew.go
+			}
 		}
 	} else {
 		cert, err = m.patternCertificate(e, name, hello)
@@ -761,6 +812,9 @@ func (m *Manager) onEvent(ctx context.Context, event string, data map[string]any
 		metricObtain(fmt.Sprint(issuers), renewal, err)
 	case "cached_managed_cert", "cached_unmanaged_cert":
 		sans, _ := data["sans"].([]string)
+		if event == "cached_managed_cert" {
+			m.noteCached(sans) // renew.go
+		}
 		for _, name := range sans {
 			if event == "cached_managed_cert" {
 				m.replaced(name)

@@ -1,11 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -66,8 +70,12 @@ func cmdImport(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "gatehouse import:", err)
 		return 1
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	// no deadline for the whole import (100,000 names take what they
+	// take); each storage operation is bounded (ImportOptions.OpTimeout),
+	// and an interrupt stops it between names
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
+	start := time.Now()
 	opts := tlsconfig.ImportOptions{DryRun: *dryRun}
 	var results []tlsconfig.ImportResult
 	if kind == "autocert" {
@@ -75,16 +83,26 @@ func cmdImport(args []string, stdout, stderr io.Writer) int {
 	} else {
 		results, err = tlsconfig.ImportCaddy(ctx, dirs[0], storage, cfg, opts)
 	}
-	if err != nil {
+	if err != nil && len(results) == 0 {
 		fmt.Fprintln(stderr, "gatehouse import:", err)
 		return 1
 	}
-	failed := 0
+	failed, imported, skipped, would := 0, 0, 0, 0
 	for _, r := range results {
-		if r.Result == "failed" {
+		switch r.Result {
+		case "failed":
 			failed++
+		case "imported":
+			imported++
+		case "would import":
+			would++
+		case "skipped":
+			skipped++
 		}
 	}
+	bw := bufio.NewWriter(stdout) // a table row is many small writes
+	defer bw.Flush()
+	stdout = bw
 	if *asJSON {
 		if results == nil {
 			results = []tlsconfig.ImportResult{}
@@ -106,6 +124,16 @@ func cmdImport(args []string, stdout, stderr io.Writer) int {
 		if len(results) == 0 {
 			fmt.Fprintf(stdout, "no certificates found in %s\n", dirs[0])
 		}
+	}
+	took := time.Since(start).Round(time.Millisecond)
+	if *dryRun {
+		fmt.Fprintf(stderr, "gatehouse import: dry run: %d would be imported, %d skipped, %d failed (%s)\n", would, skipped, failed, took)
+	} else {
+		fmt.Fprintf(stderr, "gatehouse import: %d imported, %d skipped, %d failed in %s\n", imported, skipped, failed, took)
+	}
+	if err != nil { // interrupted: what was done is above
+		fmt.Fprintln(stderr, "gatehouse import:", err)
+		return 1
 	}
 	if failed > 0 {
 		fmt.Fprintf(stderr, "gatehouse import: %d certificate(s) could not be imported\n", failed)

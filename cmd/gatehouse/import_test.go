@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -126,6 +128,18 @@ func TestImportAutocert(t *testing.T) {
 	if _, err := servedSerial(e.httpsAddr(), "late.test", e.roots); err == nil {
 		t.Fatal("late.test served before its import")
 	}
+	// its order attempt against the stopped CA has failed (an attempt
+	// still retrying its requests when the CA comes back would go on)
+	waitFor(t, 60*time.Second, "late.test's failed order reported", func() error {
+		res, err := http.Get("http://" + e.admLn.Addr().String() + "/readyz")
+		if err != nil {
+			return err
+		}
+		if body := readAll(t, res); !strings.Contains(body, `"name": "late.test"`) || !strings.Contains(body, "last_error") {
+			return fmt.Errorf("readyz: %s", body)
+		}
+		return nil
+	})
 	out.Reset()
 	if code := realMain([]string{"import", "autocert", lateDir, "--config", cfgPath}, &out, &errOut); code != 0 {
 		t.Fatalf("import into a running gatehouse: exit %d\n%s%s", code, out.String(), errOut.String())
@@ -237,7 +251,8 @@ func TestImportCaddy(t *testing.T) {
 	}
 	// the ACME data Caddy stored (ARI window) came along
 	infos, _, _ := runCerts(t, "--config", cfgPath, "--json")
-	if !strings.Contains(infos, `"renew_by": "ari"`) {
+	// (renew_by is "ari" only when its time comes before the lifetime rule)
+	if !strings.Contains(infos, `"window_start"`) {
 		t.Errorf("imported certificate lost its ARI data:\n%s", infos)
 	}
 }
@@ -254,5 +269,113 @@ func pemBlocks(t *testing.T, data []byte) []byte {
 			return der
 		}
 		der = append(der, b.Bytes...)
+	}
+}
+
+// `gatehouse import autocert` of 2,000 names: one pass, no deadline on
+// the whole import; a pair whose key is not its certificate's is
+// reported (exit 1) and every other name imported; names gatehouse holds
+// keep their own certificate; gatehouse then serves the imported ones
+// with the CA down.
+func TestImportManyNamesCommand(t *testing.T) {
+	const n = 2000
+	e := newEnv(t, acmetest.PebbleOptions{AlwaysValid: true})
+	ca, err := acmetest.NewTestCA("autocert's CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cacheDir := t.TempDir()
+	serials := map[string]string{}
+	var names []string
+	var hosts []string
+	for i := range n {
+		name := fmt.Sprintf("a%04d.import.test", i)
+		certPEM, keyPEM, leaf, err := ca.Issue([]string{name}, "", 30*24*time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(cacheDir, name), append(keyPEM, certPEM...), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, name)
+		hosts = append(hosts, fmt.Sprintf("%q", name))
+		serials[name] = leaf.SerialNumber.Text(16)
+	}
+	badCert, _, _, _ := ca.Issue([]string{"bad.import.test"}, "", time.Hour)
+	_, otherKey, _, _ := ca.Issue([]string{"other.import.test"}, "", time.Hour)
+	os.WriteFile(filepath.Join(cacheDir, "bad.import.test"), append(otherKey, badCert...), 0o600)
+	// three names gatehouse holds already, with another certificate
+	st := &certmagic.FileStorage{Path: e.storage}
+	ik := issuerDir(e)
+	held := map[string][]byte{}
+	for _, name := range names[:3] {
+		certPEM, keyPEM, _, err := ca.Issue([]string{name}, "", 60*24*time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for key, v := range map[string][]byte{
+			certmagic.StorageKeys.SitePrivateKey(ik, name): keyPEM,
+			certmagic.StorageKeys.SiteCert(ik, name):       certPEM,
+		} {
+			if err := st.Store(context.Background(), key, v); err != nil {
+				t.Fatal(err)
+			}
+		}
+		held[name] = certPEM
+	}
+	up := upstream(t, "M")
+	// (bad.import.test has no route: gatehouse would order it)
+	cfgPath := e.config(fmt.Sprintf("[[route]]\nhosts = [%s]\nupstream = %q\n", strings.Join(hosts, ", "), up.URL))
+
+	var out, errOut strings.Builder
+	code := realMain([]string{"import", "autocert", cacheDir, "--config", cfgPath, "--json"}, &out, &errOut)
+	if code != 1 {
+		t.Fatalf("import: exit %d, want 1 (one bad pair)\n%s", code, errOut.String())
+	}
+	var results []struct{ Name, Result, Reason string }
+	if err := json.Unmarshal([]byte(out.String()), &results); err != nil {
+		t.Fatal(err)
+	}
+	count := map[string]int{}
+	for _, r := range results {
+		count[r.Result]++
+		switch {
+		case r.Name == "bad.import.test":
+			if r.Result != "failed" {
+				t.Errorf("bad pair: %+v", r)
+			}
+		case held[r.Name] != nil:
+			if r.Result != "skipped" {
+				t.Errorf("%s (held): %+v", r.Name, r)
+			}
+		case r.Result != "imported":
+			t.Errorf("%s: %+v", r.Name, r)
+		}
+	}
+	if count["imported"] != n-3 || count["skipped"] != 3 || count["failed"] != 1 {
+		t.Errorf("results %v", count)
+	}
+	if want := fmt.Sprintf("%d imported, 3 skipped, 1 failed", n-3); !strings.Contains(errOut.String(), want) {
+		t.Errorf("summary: %q, want %q", errOut.String(), want)
+	}
+	for name, certPEM := range held {
+		if b, _ := st.Load(context.Background(), certmagic.StorageKeys.SiteCert(ik, name)); string(b) != string(certPEM) {
+			t.Errorf("%s: the import replaced the certificate gatehouse had", name)
+		}
+	}
+
+	e.pebble.Stop()
+	e.start(cfgPath)
+	for _, name := range []string{names[3], names[n/2], names[n-1]} {
+		waitFor(t, 10*time.Second, "imported certificate for "+name, func() error {
+			got, err := servedSerial(e.httpsAddr(), name, ca.Pool())
+			if err != nil {
+				return err
+			}
+			if got != serials[name] {
+				return fmt.Errorf("serves serial %s, want the imported %s", got, serials[name])
+			}
+			return nil
+		})
 	}
 }

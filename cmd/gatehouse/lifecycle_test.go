@@ -1,9 +1,13 @@
 package main
 
 import (
+	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
+	"log/slog"
 	"math/big"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -315,5 +319,163 @@ func TestRevokedByOCSPReplaced(t *testing.T) {
 	}
 	if n := e.pebble.Issued("revocsp.test"); n != 2 {
 		t.Errorf("Pebble issued %d certificates, want 2", n)
+	}
+}
+
+// Certificates that live a minute, with the CA's ARI window spanning the
+// whole lifetime (Pebble's window for so short a certificate), and
+// gatehouse's renewal check left at its default: each is renewed before
+// it expires, three times in a row, under steady load without one failed
+// request (issue 12 point 1: a 119 s certificate was served expired for
+// 40 s with certmagic's 10-minute check).
+func TestRenewalMinuteCertificatesUnderLoad(t *testing.T) {
+	const life = 60 * time.Second
+	e := newEnv(t, acmetest.PebbleOptions{Profiles: map[string]time.Duration{"minute": life}})
+	e.acmeExtra = `profile = "minute"`
+	up := upstream(t, "A")
+	e.start(e.config(routeTOML("minute.test", up.URL))) // default renewal check interval
+	first := waitLeaf(t, e, "minute.test", 60*time.Second)
+	if got := first.NotAfter.Sub(first.NotBefore) + time.Second; got != life {
+		t.Fatalf("certificate lifetime %v, want the profile's %v", got, life)
+	}
+
+	l := startLoad(t, e, "minute.test", 4, 4*life, nil)
+	prev := first
+	for i := 1; i <= 3; i++ {
+		serial, seen := l.waitServed(life, prev.SerialNumber)
+		certs := e.pebble.Certificates("minute.test")
+		var next *x509.Certificate
+		for _, c := range certs {
+			if c.SerialNumber.Cmp(serial) == 0 {
+				next = c
+			}
+		}
+		if next == nil {
+			t.Fatalf("renewal %d: served serial %x was not issued by Pebble", i, serial)
+		}
+		t.Logf("renewal %d: issued %v into the previous certificate's %v life, served %v before it expired",
+			i, next.NotBefore.Sub(prev.NotBefore), life, prev.NotAfter.Sub(seen).Round(time.Millisecond))
+		if !seen.Before(prev.NotAfter) {
+			t.Errorf("renewal %d: new certificate first served at %s, after the old one expired at %s", i, seen, prev.NotAfter)
+		}
+		prev = next
+		l.mu.Lock()
+		l.serials, l.firstAt = l.serials[:0], l.firstAt[:0]
+		l.mu.Unlock()
+	}
+	l.end()
+	if n := e.pebble.Issued("minute.test"); n < 4 {
+		t.Errorf("Pebble issued %d certificates, want at least 4", n)
+	}
+}
+
+// The handshake backstop: gatehouse restarts after its stored
+// certificate expired (it was down meanwhile). The first handshake does
+// not get the expired certificate: it waits, within the handshake
+// timeout, for the renewal it triggers.
+func TestExpiredCertificateRenewedForHandshake(t *testing.T) {
+	const life = 10 * time.Second
+	e := newEnv(t, acmetest.PebbleOptions{Profiles: map[string]time.Duration{"brief": life}, NoARI: true})
+	e.acmeExtra = `profile = "brief"`
+	up := upstream(t, "A")
+	cfg := e.config(routeTOML("lapsed.test", up.URL))
+	in := e.start(cfg)
+	first := waitLeaf(t, e, "lapsed.test", 60*time.Second)
+	if err := in.shutdown(2 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(first.NotAfter) + 1500*time.Millisecond)
+	if n := e.pebble.Issued("lapsed.test"); n != 1 {
+		t.Fatalf("Pebble issued %d certificates while gatehouse was down, want 1", n)
+	}
+	e.rebind()
+	e.start(cfg)
+	// the first handshake that gets a certificate at all (the name is
+	// indexed from storage a moment after the start) must get a valid one
+	var leaf *x509.Certificate
+	inters := x509.NewCertPool()
+	waitFor(t, 20*time.Second, "a certificate served after the restart", func() error {
+		d := &net.Dialer{Timeout: 20 * time.Second}
+		c, err := tls.DialWithDialer(d, "tcp", e.httpsAddr(), &tls.Config{ServerName: "lapsed.test", InsecureSkipVerify: true})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		chain := c.ConnectionState().PeerCertificates
+		leaf = chain[0]
+		for _, ic := range chain[1:] {
+			inters.AddCert(ic)
+		}
+		return nil
+	})
+	if leaf.SerialNumber.Cmp(first.SerialNumber) == 0 || !time.Now().Before(leaf.NotAfter) {
+		t.Fatalf("served serial %x valid until %s; want a renewed certificate (the stored one, %x, expired at %s)",
+			leaf.SerialNumber, leaf.NotAfter, first.SerialNumber, first.NotAfter)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{DNSName: "lapsed.test", Roots: e.roots, Intermediates: inters}); err != nil {
+		t.Fatalf("served certificate does not verify: %v", err)
+	}
+}
+
+// countingWriter counts log lines containing a message.
+type countingWriter struct {
+	msg string
+	n   atomic.Int64
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	w.n.Add(int64(strings.Count(string(p), w.msg)))
+	return len(p), nil
+}
+
+// The handshake backstop with the CA down: handshakes that find the
+// certificate expired trigger one renewal attempt per name and 30 s, not
+// one each, and get the expired certificate (the only one there is)
+// within the handshake timeout instead of hanging.
+func TestExpiredCertificateBackstopPaced(t *testing.T) {
+	const life = 5 * time.Second
+	e := newEnv(t, acmetest.PebbleOptions{Profiles: map[string]time.Duration{"brief": life}, NoARI: true})
+	e.acmeExtra = `profile = "brief"`
+	e.topExtra = "[timeouts]\nhandshake = \"2s\"\n"
+	up := upstream(t, "A")
+	cfg := e.config(routeTOML("down.test", up.URL))
+	in := e.start(cfg)
+	first := waitLeaf(t, e, "down.test", 60*time.Second)
+	if err := in.shutdown(2 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.pebble.Stop()
+	time.Sleep(time.Until(first.NotAfter) + 1500*time.Millisecond)
+	e.rebind()
+	attempts := &countingWriter{msg: "renewing it now for the waiting handshake"}
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(&tWriter{t: t}, attempts), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	e.start(cfg, func(o *startOptions) { o.logger = log })
+	waitFor(t, 10*time.Second, "the name indexed from storage", func() error {
+		c, err := tls.Dial("tcp", e.httpsAddr(), &tls.Config{ServerName: "down.test", InsecureSkipVerify: true})
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+	for i := range 8 {
+		began := time.Now()
+		d := &net.Dialer{Timeout: 10 * time.Second}
+		c, err := tls.DialWithDialer(d, "tcp", e.httpsAddr(), &tls.Config{ServerName: "down.test", InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatalf("handshake %d with the CA down: %v", i, err)
+		}
+		took := time.Since(began)
+		leaf := c.ConnectionState().PeerCertificates[0]
+		c.Close()
+		if leaf.SerialNumber.Cmp(first.SerialNumber) != 0 {
+			t.Fatalf("handshake %d: serial %x, want the expired %x", i, leaf.SerialNumber, first.SerialNumber)
+		}
+		if took > 5*time.Second {
+			t.Errorf("handshake %d took %v: longer than the 2 s handshake timeout allows", i, took)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if n := attempts.n.Load(); n != 1 {
+		t.Errorf("%d handshake-triggered renewal attempts, want 1 (paced at one per 30 s)", n)
 	}
 }
