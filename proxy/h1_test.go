@@ -36,7 +36,7 @@ func (f fixedCerts) GetCertificate(*routes.Entry, *tls.ClientHelloInfo) (*tls.Ce
 func (fixedCerts) HandleHTTPChallenge(http.ResponseWriter, *http.Request) bool { return false }
 
 type h1World struct {
-	t     *testing.T
+	t     testing.TB
 	s     *Server
 	addr  string
 	roots *x509.CertPool
@@ -44,13 +44,13 @@ type h1World struct {
 }
 
 // startH1World serves web.test (and any extra routes) forwarding to upstream.
-func startH1World(t *testing.T, upstream string, extra ...routes.Route) *h1World {
+func startH1World(t testing.TB, upstream string, extra ...routes.Route) *h1World {
 	t.Helper()
 	return startH1WorldIdle(t, 0, upstream, extra...)
 }
 
 // startH1WorldIdle is startH1World with [timeouts] idle set (0: default).
-func startH1WorldIdle(t *testing.T, idle time.Duration, upstream string, extra ...routes.Route) *h1World {
+func startH1WorldIdle(t testing.TB, idle time.Duration, upstream string, extra ...routes.Route) *h1World {
 	t.Helper()
 	ca, err := acmetest.NewTestCA("h1 test root")
 	if err != nil {

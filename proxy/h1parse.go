@@ -244,6 +244,8 @@ func (h *reqHead) parse(b []byte) error {
 	}
 
 	var hosts, tes int
+	var clRaw []byte    // the first Content-Length value
+	closeTok := false   // Connection: close
 	for len(rest) > 2 { // the final CRLF is left
 		nl := bytes.IndexByte(rest, '\n')
 		line := rest[:nl-1]
@@ -281,7 +283,7 @@ func (h *reqHead) parse(b []byte) error {
 				forEachToken(value, func(tok []byte) {
 					switch {
 					case eqFold(tok, "close"):
-						h.close = true
+						h.close, closeTok = true, true
 					case eqFold(tok, "keep-alive"):
 						h.keepAlive = true
 					case eqFold(tok, "upgrade"):
@@ -307,9 +309,18 @@ func (h *reqHead) parse(b []byte) error {
 				if err != nil {
 					return err
 				}
-				if len(value) == 0 {
+				// one value per field: a list ("1, 1", which RFC 9110
+				// 8.6 lets a recipient accept) is refused, as net/http
+				// and nginx refuse it (found by FuzzReqHead); a
+				// repeated field must be spelled the same: "03" then
+				// "3" is refused, as net/http does (found by FuzzRespHead)
+				if len(value) == 0 || bytes.IndexByte(value, ',') >= 0 {
 					return bad("invalid Content-Length")
 				}
+				if clRaw != nil && !bytes.Equal(clRaw, value) {
+					return bad("conflicting Content-Length values")
+				}
+				clRaw = value
 			}
 		case 17:
 			if eqFold(name, "transfer-encoding") {
@@ -321,7 +332,8 @@ func (h *reqHead) parse(b []byte) error {
 			}
 		}
 	}
-	if h.minor == 0 && h.keepAlive && !h.upgrade {
+	// close wins over keep-alive, as in net/http (found by FuzzReqHead)
+	if h.minor == 0 && h.keepAlive && !h.upgrade && !closeTok {
 		h.close = false
 	}
 	if h.minor == 1 && !h.close {

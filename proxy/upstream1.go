@@ -445,7 +445,8 @@ func (h *respHead) parse(b []byte) error {
 	if !validValue(h.statusLine) {
 		return errBadResponse
 	}
-	keepAlive := false
+	keepAlive, closeTok := false, false
+	var clRaw []byte // the first Content-Length value
 	for len(rest) > 2 {
 		nl := bytes.IndexByte(rest, '\n')
 		line := rest[:nl-1]
@@ -465,7 +466,7 @@ func (h *respHead) parse(b []byte) error {
 				forEachToken(value, func(tok []byte) {
 					switch {
 					case eqFold(tok, "close"):
-						h.close = true
+						h.close, closeTok = true, true
 					case eqFold(tok, "keep-alive"):
 						keepAlive = true
 					}
@@ -482,12 +483,27 @@ func (h *respHead) parse(b []byte) error {
 					}
 					h.contentLength = n
 				})
-				if bad || len(value) == 0 {
+				// one value per field, as net/http takes it: "," or
+				// "1, 1" are refused, and a repeated field must be
+				// spelled the same ("03" then "3" is refused)
+				// (found by FuzzRespHead)
+				if bad || len(value) == 0 || bytes.IndexByte(value, ',') >= 0 ||
+					clRaw != nil && !bytes.Equal(clRaw, value) {
 					return errBadResponse
 				}
+				clRaw = value
 			}
 		case 17:
 			if eqFold(name, "transfer-encoding") {
+				// only a single "chunked" (as net/http and nginx take
+				// it): another coding would reach the client without
+				// its Transfer-Encoding, undecoded; in HTTP/1.0 the
+				// framing is faulty (RFC 9112 6.1: net/http reads to
+				// close there, gatehouse decoded chunks) (found by
+				// FuzzRespHead)
+				if h.te || !eqFold(value, "chunked") || h.minor == 0 {
+					return errBadResponse
+				}
 				h.te = true
 				// the final coding decides the framing
 				last := value
@@ -498,7 +514,8 @@ func (h *respHead) parse(b []byte) error {
 			}
 		}
 	}
-	if h.minor == 0 && keepAlive {
+	// close wins over keep-alive, as in net/http (found by FuzzRespHead)
+	if h.minor == 0 && keepAlive && !closeTok {
 		h.close = false
 	}
 	if h.te {

@@ -1,0 +1,353 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// h2FuzzInput reads a fuzz input as a stream of small numbers; past
+// its end it yields zeros.
+type h2FuzzInput struct{ b []byte }
+
+func (in *h2FuzzInput) byte() byte {
+	if len(in.b) == 0 {
+		return 0
+	}
+	c := in.b[0]
+	in.b = in.b[1:]
+	return c
+}
+
+func (in *h2FuzzInput) u32() uint32 {
+	var v [4]byte
+	for i := range v {
+		v[i] = in.byte()
+	}
+	return binary.BigEndian.Uint32(v[:])
+}
+
+func (in *h2FuzzInput) bytes(n int) []byte {
+	n = min(n, len(in.b))
+	p := in.b[:n]
+	in.b = in.b[n:]
+	return p
+}
+
+// vocabulary of the header blocks the fuzzer builds
+var (
+	h2FuzzNames = []string{":method", ":scheme", ":authority", ":path", ":status", ":protocol",
+		"content-length", "te", "host", "connection", "expect", "cookie", "x-a", "transfer-encoding",
+		"user-agent", "X-Upper", "trailer", "upgrade"}
+	h2FuzzValues = []string{"GET", "POST", "HEAD", "OPTIONS", "CONNECT", "https", "http", "web.test",
+		"other.test", "web.test:443", "/", "*", "/a?b", "0", "5", "-1", "trailers", "100-continue",
+		"close", "chunked", "", "a b", "a\x00b", "a\r\nb", " lead", "v\x7f"}
+	h2FuzzMethods  = []string{"GET", "POST", "HEAD", "OPTIONS"}
+	h2FuzzSettings = []uint32{0, 1, 100, 16383, 16384, 65535, 1 << 20, 1<<24 - 1, 1 << 24, 1<<31 - 1, 1 << 31, 1<<32 - 1}
+)
+
+// h2FuzzStream is what the fuzzer sent on a stream and what came back.
+type h2FuzzStream struct {
+	path, method string
+	wellFormed   bool // a request the generator built to be forwarded
+	clientDone   bool // END_STREAM sent (on HEADERS or DATA)
+	clientReset  bool
+	status       string
+	body         []byte
+	ended        bool // END_STREAM or RST_STREAM from the server
+	reset        bool
+}
+
+// FuzzH2Frames drives gatehouse's own HTTP/2 server with a frame
+// sequence decoded from the input — SETTINGS, HEADERS (HPACK blocks of
+// fields from a small vocabulary and fuzzed bytes, maybe split into
+// CONTINUATIONs), CONTINUATION, DATA, WINDOW_UPDATE, RST_STREAM, PING,
+// PRIORITY, GOAWAY, raw frames of any type — and checks: no panic (it
+// would end the process); after the sequence (and a SETTINGS that
+// restores the stream window, and a PING) the server acks the PING and
+// ends every stream the client half-closed, or closes the connection,
+// within 10 s; no frame on a stream the client never opened; every
+// response the upstream (which echoes the request-target) gave arrives
+// on the stream that asked for it; and after the connection closes no
+// goroutine of the HTTP/2 server is left (10 s bound).
+//
+//	go test -run '^$' -fuzz '^FuzzH2Frames$' -fuzztime 60s ./proxy
+func FuzzH2Frames(f *testing.F) {
+	// op bytes: see runH2Frames (HEADERS: 1, mode, id, flags, extra fields, ...)
+	for _, s := range [][]byte{
+		{1, 0, 0, 1, 0}, // one GET, END_STREAM
+		{1, 0, 0, 1, 0, 1, 0, 1, 1, 0, 1, 0, 2, 1, 0}, // three GETs
+		{1, 2, 0, 1, 0},                      // HEAD
+		{1, 0x20, 0, 1, 3, 'a', '=', 'b', 0}, // GET with a query
+		{1, 1, 0, 4, 0, 3, 1, 161},           // POST, a 40-byte body, END_STREAM on DATA
+		{1, 1, 0, 4, 0, 1, 1, 1, 4, 0, 3, 1, 80, 3, 3, 161, 3, 1, 83}, // two POSTs interleaved
+		{1, 0, 0, 3, 0, 2, 2},                                              // a header block split into HEADERS + CONTINUATION
+		{0, 1, 3, 0, 1, 0, 0, 1, 0},                                        // SETTINGS INITIAL_WINDOW_SIZE 0, then a GET
+		{1, 0, 0, 1, 0, 5, 1, 8},                                           // GET, RST_STREAM it
+		{1, 0, 0, 1, 0, 8, 0, 0},                                           // GET, GOAWAY
+		{9, 0x0a, 0, 1, 3, 'x', 'y', 'z', 1, 0, 0, 1, 0},                   // unknown frame type, then a GET
+		{1, 1, 0, 4, 0, 3, 1, 80, 4, 1, 0, 0, 1, 0, 3, 1, 83},              // POST, body, WINDOW_UPDATE, body
+		{7, 1, 1, 0, 0, 1, 0, 0, 1, 0},                                     // PRIORITY on itself, then a GET
+		{1, 0x80, 0, 1, 4, 0, 1, 1, 5, 2, 7, 3, 10},                        // HEADERS of vocabulary fields only
+		{6, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 0, 0, 1, 0},                      // PING, GET
+		{1, 0, 0, 1, 4, 12, 199, 12, 199, 12, 199, 12, 199, 1, 0, 1, 1, 0}, // a GET with 80 KiB of fields (431), then a GET
+	} {
+		f.Add(s)
+	}
+	w := startH2World(f)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) > 512 {
+			return // long sequences add little but time
+		}
+		runH2Frames(t, w, b)
+	})
+}
+
+func runH2Frames(t *testing.T, w *h1World, b []byte) {
+	in := &h2FuzzInput{b: b}
+	st := newH2Tester(t, w)
+	streams := map[uint32]*h2FuzzStream{}
+	var maxID uint32
+	var pending []byte // rest of a header block, for the next CONTINUATION
+	var pendingID uint32
+	nth := 0
+
+	write := func() error {
+		switch op := in.byte() % 11; op {
+		case 0: // SETTINGS
+			n := int(in.byte() % 4)
+			var ss []http2.Setting
+			for range n {
+				id := http2.SettingID(in.byte()%7 + 1)
+				v := in.byte()
+				val := h2FuzzSettings[int(v)%len(h2FuzzSettings)]
+				if v >= 128 {
+					val = in.u32()
+				}
+				ss = append(ss, http2.Setting{ID: id, Val: val})
+			}
+			return st.writeSettings(ss...)
+		case 1: // HEADERS
+			mode := in.byte()
+			id := uint32(in.byte()%8)*2 + 1
+			if mode&0x40 != 0 {
+				id-- // even, or 0
+			}
+			flags := in.byte()
+			var kv []string
+			s := &h2FuzzStream{}
+			if mode&0x80 == 0 {
+				nth++
+				s.method = h2FuzzMethods[int(mode)%len(h2FuzzMethods)]
+				s.path = fmt.Sprintf("/s%d/%d", id, nth)
+				if mode&0x20 != 0 {
+					s.path += "?" + string(in.bytes(int(in.byte()%8)))
+				}
+				s.wellFormed = true
+				kv = []string{":method", s.method, ":scheme", "https", ":authority", "web.test", ":path", s.path}
+				if s.method == "POST" && flags&4 != 0 {
+					kv = append(kv, "content-length", "40")
+				}
+			}
+			for range int(in.byte() % 6) {
+				name := h2FuzzNames[int(in.byte())%len(h2FuzzNames)]
+				v := in.byte()
+				val := h2FuzzValues[int(v)%len(h2FuzzValues)]
+				switch {
+				case v >= 200:
+					val = string(in.bytes(int(v - 200)))
+				case v == 199:
+					val = strings.Repeat("x", 20<<10) // four are past the 64 KiB header list limit: 431
+				}
+				kv = append(kv, name, val)
+				if name == ":path" {
+					s.path, s.wellFormed = val, false
+				}
+				if name == ":method" {
+					s.method = val
+				}
+			}
+			block := st.encode(kv...)
+			endStream, endHeaders := flags&1 != 0, flags&2 == 0
+			if !endHeaders && len(block) > 1 {
+				cut := 1 + int(in.byte())%(len(block)-1)
+				block, pending, pendingID = block[:cut], block[cut:], id
+			} else {
+				endHeaders = true
+			}
+			if id > maxID && id%2 == 1 {
+				maxID = id
+				s.clientDone = endStream
+				streams[id] = s
+			} else if s0 := streams[id]; s0 != nil && endStream {
+				s0.clientDone = true // trailers
+			}
+			return st.writeHeaders(id, endStream, endHeaders, block)
+		case 2: // CONTINUATION
+			id, frag, end := pendingID, pending, true
+			if frag == nil {
+				id = uint32(in.byte() % 16)
+				frag = in.bytes(int(in.byte() % 16))
+				end = in.byte()&1 == 0
+			}
+			pending = nil
+			return st.writeContinuation(id, end, frag)
+		case 3: // DATA
+			id := uint32(in.byte() % 16)
+			n := in.byte()
+			end := n&1 != 0
+			p := make([]byte, int(n)/4)
+			for i := range p {
+				p[i] = 'd'
+			}
+			if s := streams[id]; s != nil && end {
+				s.clientDone = true
+			}
+			return st.writeData(id, end, p)
+		case 4: // WINDOW_UPDATE
+			id := uint32(in.byte() % 16)
+			return st.writeWindowUpdate(id, in.u32()&(1<<31-1))
+		case 5: // RST_STREAM
+			id := uint32(in.byte() % 16)
+			if s := streams[id]; s != nil {
+				s.clientReset = true
+			}
+			return st.writeRST(id, http2.ErrCode(in.byte()%14))
+		case 6: // PING
+			var d [8]byte
+			copy(d[:], in.bytes(8))
+			return st.writePing(in.byte()&1 == 1, d)
+		case 7: // PRIORITY
+			id := uint32(in.byte() % 16)
+			dep := uint32(in.byte() % 16)
+			return st.fr.WritePriority(id, http2.PriorityParam{StreamDep: dep, Exclusive: in.byte()&1 == 1, Weight: in.byte()})
+		case 8: // GOAWAY
+			return st.fr.WriteGoAway(maxID, http2.ErrCode(in.byte()%14), in.bytes(int(in.byte()%8)))
+		case 9: // a raw frame of any type
+			typ, flags, id := in.byte(), in.byte(), uint32(in.byte()%16)
+			return st.writeRaw(http2.FrameType(typ), http2.Flags(flags), id, in.bytes(int(in.byte()%32)))
+		default: // SETTINGS ack
+			return st.writeSettingsAck()
+		}
+	}
+
+	var werr error
+	if werr = st.writeSettings(); werr == nil {
+		for ops := 0; len(in.b) > 0 && ops < 64 && werr == nil; ops++ {
+			werr = write()
+		}
+	}
+	marker := [8]byte{'g', 'a', 't', 'e', 'f', 'u', 'z', 'z'}
+	if werr == nil {
+		// a stream window the sequence set to 0 is restored (RFC 9113
+		// 6.9.2 moves every stream's window by the difference)
+		werr = st.writeSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 65535})
+	}
+	if werr == nil {
+		werr = st.writePing(false, marker)
+	}
+
+	// read until the server acked the PING and ended each stream the
+	// client half-closed, or closed the connection
+	pinged, closed := false, false
+	goAwayID := uint32(1<<31 - 1)
+	deadline := time.Now().Add(10 * time.Second)
+	waiting := func() []uint32 {
+		var ids []uint32
+		for id, s := range streams {
+			if s.clientDone && !s.clientReset && !s.ended && id <= goAwayID {
+				ids = append(ids, id)
+			}
+		}
+		return ids
+	}
+	for !closed && (!pinged && werr == nil || len(waiting()) > 0) {
+		left := time.Until(deadline)
+		if left <= 0 {
+			t.Fatalf("server neither answered nor closed within 10s: ping acked %v, streams waiting %v (write error %v)\ninput %q", pinged, waiting(), werr, b)
+		}
+		fr, err := st.readFrame(left)
+		if err != nil {
+			if errors.Is(err, errNoFrame) {
+				continue
+			}
+			if !closedCleanly(err) {
+				t.Fatalf("reading the server's frames: %v\ninput %q", err, b)
+			}
+			closed = true
+			break
+		}
+		switch fr.Type {
+		case http2.FrameSettings:
+			if !fr.Flags.Has(http2.FlagSettingsAck) {
+				_ = st.writeSettingsAck()
+			}
+		case http2.FramePing:
+			if fr.Flags.Has(http2.FlagPingAck) && fr.Ping == marker {
+				pinged = true
+			}
+		case http2.FrameGoAway:
+			goAwayID = fr.LastID
+		case http2.FrameHeaders, http2.FrameData, http2.FrameRSTStream:
+			s := streams[fr.StreamID]
+			if s == nil {
+				if fr.Type == http2.FrameRSTStream {
+					break // refusing a stream the server never took is fine
+				}
+				t.Fatalf("%v on stream %d, which the client never opened\ninput %q", fr.Type, fr.StreamID, b)
+			}
+			if s.ended && s.reset && s.status == "" && len(s.body) == 0 && fr.Type == http2.FrameHeaders {
+				// the reset was for the idle stream (a PRIORITY frame
+				// that made it depend on itself), sent before the
+				// client opened it: the frames are read after the
+				// whole sequence was written
+				s.ended, s.reset = false, false
+			}
+			if s.ended {
+				if fr.Type == http2.FrameRSTStream {
+					break
+				}
+				t.Fatalf("%v on stream %d after it ended\ninput %q", fr.Type, fr.StreamID, b)
+			}
+			switch fr.Type {
+			case http2.FrameHeaders:
+				if v := fr.header(":status"); v != "" && v[0] != '1' {
+					s.status = v
+				}
+			case http2.FrameData:
+				if s.status == "" {
+					t.Fatalf("DATA on stream %d before a final response HEADERS\ninput %q", fr.StreamID, b)
+				}
+				s.body = append(s.body, fr.Data...)
+			case http2.FrameRSTStream:
+				s.ended, s.reset = true, true
+			}
+			if fr.endStream() {
+				s.ended = true
+			}
+		}
+	}
+	for id, s := range streams {
+		t.Logf("stream %d: %s %q done %v reset %v -> status %q ended %v reset %v body %q", id, s.method, s.path, s.clientDone, s.clientReset, s.status, s.ended, s.reset, s.body)
+	}
+	t.Logf("ping acked %v, closed %v, goaway %d, write error %v", pinged, closed, goAwayID, werr)
+	for id, s := range streams {
+		// a response from the upstream (200, the echo) must be this
+		// stream's own: the echo of its request-target
+		if s.ended && !s.reset && s.status == "200" && s.method != "HEAD" && s.path != "" {
+			if want := "path=" + s.path; string(s.body) != want {
+				t.Fatalf("stream %d (%s %q) got %q\ninput %q", id, s.method, s.path, s.body, b)
+			}
+		}
+		if s.wellFormed && s.ended && !s.reset && s.status == "" {
+			t.Fatalf("stream %d ended without a final status\ninput %q", id, b)
+		}
+	}
+	st.close()
+	waitNoH2Goroutines(t, 10*time.Second)
+}
