@@ -48,29 +48,45 @@ func main() {
 	keyFile := flag.String("tls-key", "", "the key of -tls-cert")
 	h2c := flag.Bool("h2c", false, "serve cleartext HTTP/2 (prior knowledge) instead of HTTP/1.1")
 	flag.Parse()
-	if (*certFile == "") != (*keyFile == "") || (*certFile != "" && *h2c) {
-		log.Fatal("upstream: -tls-cert and -tls-key go together, and not with -h2c")
-	}
-	ln, err := net.Listen("tcp", *addr)
+	ln, err := listen(*addr, *certFile, *keyFile, *h2c)
 	if err != nil {
 		log.Fatal(err)
-	}
-	if *certFile != "" {
-		cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
-		if err != nil {
-			log.Fatal(err)
-		}
-		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}, MinVersion: tls.VersionTLS12})
 	}
 	// the bench reads the bound address from the first line
 	fmt.Fprintln(os.Stdout, ln.Addr().String())
 	if *h2c {
 		log.Fatal(serveH2C(ln))
 	}
+	log.Fatal(serveH1(ln))
+}
+
+// listen opens the listener: TLS (ALPN http/1.1) when certFile is set.
+func listen(addr, certFile, keyFile string, h2c bool) (net.Listener, error) {
+	if (certFile == "") != (keyFile == "") || (certFile != "" && h2c) {
+		return nil, fmt.Errorf("upstream: -tls-cert and -tls-key go together, and not with -h2c")
+	}
+	var cert tls.Certificate
+	if certFile != "" {
+		var err error
+		if cert, err = tls.LoadX509KeyPair(certFile, keyFile); err != nil {
+			return nil, err
+		}
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if certFile != "" {
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}, MinVersion: tls.VersionTLS12})
+	}
+	return ln, nil
+}
+
+func serveH1(ln net.Listener) error {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			log.Fatal(err)
+			return err
 		}
 		go serve(c)
 	}
