@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -102,11 +103,17 @@ func (c *ca) issue(names []string, rsaKey bool, serial int64, validity time.Dura
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(serial),
 		Subject:      pkix.Name{CommonName: names[0]},
-		DNSNames:     names,
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(validity),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, n := range names {
+		if ip := net.ParseIP(n); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, n)
+		}
 	}
 	if rsaKey {
 		tmpl.KeyUsage |= x509.KeyUsageKeyEncipherment
@@ -125,7 +132,9 @@ func (c *ca) issue(names []string, rsaKey bool, serial int64, validity time.Dura
 
 // siteCerts writes the CA, an ECDSA and an RSA leaf for the main
 // scenarios into dir: <name>.crt, <name>.key and <name>.pem (both, for
-// HAProxy).
+// HAProxy); and the TLS upstream's leaf (nameUpstreamTLS, for that name
+// and 127.0.0.1: each proxy dials 127.0.0.1 and verifies one or the
+// other).
 func siteCerts(dir string) (*ca, error) {
 	c, err := newCA()
 	if err != nil {
@@ -137,8 +146,12 @@ func siteCerts(dir string) (*ca, error) {
 	for i, leaf := range []struct {
 		name string
 		rsa  bool
-	}{{nameEC, false}, {nameRSA, true}, {nameUp, false}} {
-		cp, kp, err := c.issue([]string{leaf.name}, leaf.rsa, int64(i+2), 90*24*time.Hour)
+	}{{nameEC, false}, {nameRSA, true}, {nameUp, false}, {nameTLSUp, false}, {nameH2CUp, false}, {nameUpstreamTLS, false}} {
+		names := []string{leaf.name}
+		if leaf.name == nameUpstreamTLS {
+			names = append(names, "127.0.0.1")
+		}
+		cp, kp, err := c.issue(names, leaf.rsa, int64(i+2), 90*24*time.Hour)
 		if err != nil {
 			return nil, err
 		}

@@ -170,6 +170,22 @@ func (b *bench) main(only, proxyList string, names []int, perRoute bool) int {
 	} else {
 		nginxUpstream = "127.0.0.1:9" // routed, never used
 	}
+	// the https:// and h2c:// upstreams: the same upstream behind TLS
+	// (the bench CA's certificate) and speaking h2c; routed, and started
+	// only when their scenario runs
+	if want("h1-tls-up") {
+		if tlsUpstream, err = spawnUpstream(b.work, filepath.Dir(b.loadgenBin),
+			"-tls-cert", filepath.Join(certs, nameUpstreamTLS+".crt"), "-tls-key", filepath.Join(certs, nameUpstreamTLS+".key")); err != nil {
+			fatal(err)
+		}
+		b.logf("TLS upstream on %s (CPU 1)", tlsUpstream)
+	}
+	if want("h2-h2c-up") {
+		if h2cUpstream, err = spawnUpstream(b.work, filepath.Dir(b.loadgenBin), "-h2c"); err != nil {
+			fatal(err)
+		}
+		b.logf("h2c upstream on %s (CPU 1)", h2cUpstream)
+	}
 
 	var proxies []*proxy
 	for _, name := range strings.Split(proxyList, ",") {
@@ -344,14 +360,18 @@ func num(v float64) string {
 	}
 }
 
-func spawnUpstream(work, binDir string) (string, error) {
-	cmd := exec.Command("taskset", "-c", "1", filepath.Join(binDir, "upstream"), "-addr", "127.0.0.1:0")
+func spawnUpstream(work, binDir string, extra ...string) (string, error) {
+	cmd := exec.Command("taskset", append([]string{"-c", "1", filepath.Join(binDir, "upstream"), "-addr", "127.0.0.1:0"}, extra...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return "", err
 	}
-	f, _ := os.Create(filepath.Join(work, "upstream.log"))
+	logName := "upstream.log"
+	if len(extra) > 0 {
+		logName = "upstream" + strings.TrimLeft(extra[0], "-") + ".log"
+	}
+	f, _ := os.Create(filepath.Join(work, logName))
 	cmd.Stderr = f
 	if err := cmd.Start(); err != nil {
 		return "", err

@@ -88,17 +88,20 @@ func TestNamesReportMarksGatehouseAgainstGoals(t *testing.T) {
 }
 
 // The main scenarios' configs, with the route of nameUp to the nginx
-// upstream (bulk-nginx-up), pass each proxy's own checker; gatehouse's
-// through `gatehouse validate` of a binary built from this checkout.
+// upstream (bulk-nginx-up), of nameTLSUp to the https:// upstream
+// (h1-tls-up: verified against the bench CA) and of nameH2CUp to the
+// h2c:// upstream (h2-h2c-up), pass each proxy's own checker;
+// gatehouse's through `gatehouse validate` of a binary built from this
+// checkout.
 func TestProxyConfigsAcceptedByTheProxies(t *testing.T) {
 	work := t.TempDir()
 	certs := t.TempDir()
 	if _, err := siteCerts(certs); err != nil {
 		t.Fatal(err)
 	}
-	old := nginxUpstream
-	nginxUpstream = "127.0.0.1:9"
-	defer func() { nginxUpstream = old }()
+	old, oldTLS, oldH2C := nginxUpstream, tlsUpstream, h2cUpstream
+	nginxUpstream, tlsUpstream, h2cUpstream = "127.0.0.1:9", "127.0.0.1:10", "127.0.0.1:11"
+	defer func() { nginxUpstream, tlsUpstream, h2cUpstream = old, oldTLS, oldH2C }()
 	gh := t.TempDir() + "/gatehouse"
 	if out, err := exec.Command("go", "build", "-o", gh, "../../cmd/gatehouse").CombinedOutput(); err != nil {
 		t.Fatalf("building gatehouse: %v\n%s", err, out)
@@ -135,8 +138,14 @@ func TestProxyConfigsAcceptedByTheProxies(t *testing.T) {
 					path = p.args[i+1]
 				}
 			}
-			if cfg, err := os.ReadFile(path); err != nil || !strings.Contains(string(cfg), nameUp) {
-				t.Errorf("%s config has no route for %s", c.kind, nameUp)
+			cfg, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, want := range []string{nameUp, nameTLSUp, nameH2CUp, tlsUpstream, h2cUpstream, certs + "/ca.crt"} {
+				if !strings.Contains(string(cfg), want) {
+					t.Errorf("%s config lacks %s (routes of bulk-nginx-up, h1-tls-up, h2-h2c-up)", c.kind, want)
+				}
 			}
 			cmd := c.check(p)
 			cmd.Env = append(cmd.Environ(), p.env...)

@@ -18,7 +18,18 @@ const (
 	// nameUp is an ECDSA P-256 name whose route goes to the nginx
 	// upstream (bulk-nginx-up) instead of the bench's own
 	nameUp = "nginxup.bench.test"
+	// nameTLSUp routes to the TLS upstream (h1-tls-up), nameH2CUp to
+	// the h2c upstream (h2-h2c-up); nameUpstreamTLS is the name in the
+	// TLS upstream's certificate (which also holds IP 127.0.0.1)
+	nameTLSUp       = "tlsup.bench.test"
+	nameH2CUp       = "h2cup.bench.test"
+	nameUpstreamTLS = "upstream.bench.test"
 )
+
+// tlsUpstream and h2cUpstream are the addresses of the bench's upstream
+// behind TLS (verified against the bench CA, certs/ca.crt) and speaking
+// cleartext HTTP/2; every proxy routes nameTLSUp and nameH2CUp to them.
+var tlsUpstream, h2cUpstream = "127.0.0.1:9", "127.0.0.1:9"
 
 // nginxUpstream is the address of the nginx upstream serving /1m from a
 // file with sendfile (bulk-nginx-up); every proxy routes nameUp to it.
@@ -87,23 +98,46 @@ func nginxProxy(work, certs, upstream string) (*proxy, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
 		return nil, err
 	}
-	server := func(name, up string) string {
+	serverLoc := func(name, loc string) string {
 		return fmt.Sprintf(`
     server {
         listen 127.0.0.1:%d ssl http2;
         server_name %s;
         ssl_certificate %s/%s.crt;
         ssl_certificate_key %s/%s.key;
-        location / {
+        location / {%s
+        }
+    }`, port, name, certs, name, certs, name, loc)
+	}
+	server := func(name, up string) string {
+		return serverLoc(name, fmt.Sprintf(`
             proxy_pass http://%s;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-        }
-    }`, port, name, certs, name, certs, name, up)
+            proxy_set_header X-Forwarded-Proto $scheme;`, up))
 	}
+	// https:// upstream: keep-alive and TLS session reuse, verified
+	tlsServer := serverLoc(nameTLSUp, fmt.Sprintf(`
+            proxy_pass https://uptls;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_ssl_session_reuse on;
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate %s/ca.crt;
+            proxy_ssl_name %s;
+            proxy_ssl_server_name on;`, certs, nameUpstreamTLS))
+	// h2c:// upstream: the grpc module speaks HTTP/2 with prior
+	// knowledge to its upstream, for any request (h2-h2c-up)
+	h2cServer := serverLoc(nameH2CUp, `
+            grpc_pass grpc://uph2c;
+            grpc_set_header Host $host;
+            grpc_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            grpc_set_header X-Forwarded-Proto $scheme;`)
 	conf := fmt.Sprintf(`
 user root;
 worker_processes 1;
@@ -130,12 +164,20 @@ http {
         server %[6]s;
         keepalive 256;
     }
+    upstream uptls {
+        server %[7]s;
+        keepalive 256;
+    }
+    upstream uph2c {
+        server %[8]s;
+        keepalive 256;
+    }
     server {
         listen 127.0.0.1:%[3]d ssl default_server;
         ssl_reject_handshake on;
     }%[4]s%[5]s
 }
-`, dir, upstream, port, server(nameEC, "up"), server(nameRSA, "up")+server(nameUp, "upng"), nginxUpstream)
+`, dir, upstream, port, server(nameEC, "up"), server(nameRSA, "up")+server(nameUp, "upng")+tlsServer+h2cServer, nginxUpstream, tlsUpstream, h2cUpstream)
 	path := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, err
@@ -153,7 +195,10 @@ func haproxyProxy(work, certs, upstream string) (*proxy, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	list := fmt.Sprintf("%s/%s.pem %s\n%s/%s.pem %s\n%s/%s.pem %s\n", certs, nameEC, nameEC, certs, nameRSA, nameRSA, certs, nameUp, nameUp)
+	var list string
+	for _, n := range []string{nameEC, nameRSA, nameUp, nameTLSUp, nameH2CUp} {
+		list += fmt.Sprintf("%s/%s.pem %s\n", certs, n, n)
+	}
 	if err := os.WriteFile(filepath.Join(dir, "crt-list"), []byte(list), 0o644); err != nil {
 		return nil, err
 	}
@@ -171,15 +216,23 @@ defaults
     option forwardfor
 frontend fe
     bind 127.0.0.1:%d ssl crt-list %s/crt-list strict-sni alpn h2,http/1.1
-    use_backend be_ng if { ssl_fc_sni %s }
+    use_backend be_ng if { ssl_fc_sni %[3]s }
+    use_backend be_tls if { ssl_fc_sni %[6]s }
+    use_backend be_h2c if { ssl_fc_sni %[7]s }
     default_backend be
 backend be
     http-reuse always
-    server up %s
+    server up %[4]s
 backend be_ng
     http-reuse always
-    server upng %s
-`, port, dir, nameUp, upstream, nginxUpstream)
+    server upng %[5]s
+backend be_tls
+    http-reuse always
+    server uptls %[8]s ssl verify required ca-file %[10]s/ca.crt sni str(%[11]s) verifyhost %[11]s alpn http/1.1
+backend be_h2c
+    http-reuse always
+    server uph2c %[9]s proto h2
+`, port, dir, nameUp, upstream, nginxUpstream, nameTLSUp, nameH2CUp, tlsUpstream, h2cUpstream, certs, nameUpstreamTLS)
 	path := filepath.Join(dir, "haproxy.cfg")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, err
@@ -216,7 +269,14 @@ https://%s:%d {
         }
     }
 }
-%s%s%s`, site(nameEC, upstream), site(nameRSA, upstream), site(nameUp, nginxUpstream))
+%s%s%s%s%s`, site(nameEC, upstream), site(nameRSA, upstream), site(nameUp, nginxUpstream),
+		site(nameTLSUp, fmt.Sprintf(`https://%s {
+        transport http {
+            tls_trusted_ca_certs %s/ca.crt
+            tls_server_name %s
+        }
+    }`, tlsUpstream, certs, nameUpstreamTLS)),
+		site(nameH2CUp, "h2c://"+h2cUpstream))
 	path := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, err
@@ -269,9 +329,24 @@ hosts    = [%q]
 cert     = "%s/%s.crt"
 key      = "%s/%s.key"
 upstream = "http://%s"
+
+[[route]]
+hosts       = [%q]
+cert        = "%s/%s.crt"
+key         = "%s/%s.key"
+upstream    = "https://%s"
+upstream_ca = "%s/ca.crt"
+
+[[route]]
+hosts    = [%q]
+cert     = "%s/%s.crt"
+key      = "%s/%s.key"
+upstream = "h2c://%s"
 `, port, filepath.Join(dir, "storage"), nameEC, certs, nameEC, certs, nameEC, upstream,
 		nameRSA, certs, nameRSA, certs, nameRSA, upstream,
-		nameUp, certs, nameUp, certs, nameUp, nginxUpstream)
+		nameUp, certs, nameUp, certs, nameUp, nginxUpstream,
+		nameTLSUp, certs, nameTLSUp, certs, nameTLSUp, tlsUpstream, certs,
+		nameH2CUp, certs, nameH2CUp, certs, nameH2CUp, h2cUpstream)
 	path := filepath.Join(dir, "gatehouse.toml")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, err

@@ -344,6 +344,18 @@ func (b *bench) scenarios() []*scenario {
 				m, _, err := b.h2load(p, nameEC, "/", "-c", "16", "-m", "16")
 				return m, err
 			}},
+		{key: "h1-tls-up", title: "HTTP/1.1 keep-alive as h1, to an https:// upstream (TLS, verified, kept alive) (h2load --h1)",
+			metrics: []metricDef{{"rps", "req/s", false}, {"cpu_us", "µs/req", true}, {"cpu_pct", "% CPU", false}},
+			run: func(b *bench, p *proxy) (map[string]float64, error) {
+				m, _, err := b.h2load(p, nameTLSUp, "/", "--h1", "-c", "32", "-m", "1")
+				return m, err
+			}},
+		{key: "h2-h2c-up", title: "HTTP/2 as h2, to an h2c:// upstream (cleartext HTTP/2, kept alive) (h2load)",
+			metrics: []metricDef{{"rps", "req/s", false}, {"cpu_us", "µs/req", true}, {"cpu_pct", "% CPU", false}},
+			run: func(b *bench, p *proxy) (map[string]float64, error) {
+				m, _, err := b.h2load(p, nameH2CUp, "/", "-c", "16", "-m", "16")
+				return m, err
+			}},
 		{key: "bulk", title: "bulk: 1 MiB responses, HTTP/1.1, 4 connections (h2load --h1)",
 			metrics: []metricDef{{"mib_s", "MiB/s", false}, {"cpu_ms_gib", "CPU ms/GiB", true}, {"cpu_pct", "% CPU", false}},
 			run: func(b *bench, p *proxy) (map[string]float64, error) {

@@ -6,18 +6,26 @@
 //
 // It parses only what a proxy sends (request line, headers, a
 // Content-Length body); it is not a general HTTP server.
+//
+// -tls-cert/-tls-key put the same HTTP/1.1 server behind TLS (ALPN
+// http/1.1 only): the https:// upstream of h1-tls-up. -h2c serves
+// cleartext HTTP/2 (prior knowledge) instead, with the same bodies,
+// through net/http: the h2c:// upstream of h2-h2c-up.
 package main
 
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
 	"log"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
+	"time"
 )
 
 func response(n int) []byte {
@@ -36,17 +44,49 @@ var (
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
+	certFile := flag.String("tls-cert", "", "serve HTTP/1.1 over TLS with this certificate (PEM chain)")
+	keyFile := flag.String("tls-key", "", "the key of -tls-cert")
+	h2c := flag.Bool("h2c", false, "serve cleartext HTTP/2 (prior knowledge) instead of HTTP/1.1")
 	flag.Parse()
-	ln, err := net.Listen("tcp", *addr)
+	ln, err := listen(*addr, *certFile, *keyFile, *h2c)
 	if err != nil {
 		log.Fatal(err)
 	}
 	// the bench reads the bound address from the first line
 	fmt.Fprintln(os.Stdout, ln.Addr().String())
+	if *h2c {
+		log.Fatal(serveH2C(ln))
+	}
+	log.Fatal(serveH1(ln))
+}
+
+// listen opens the listener: TLS (ALPN http/1.1) when certFile is set.
+func listen(addr, certFile, keyFile string, h2c bool) (net.Listener, error) {
+	if (certFile == "") != (keyFile == "") || (certFile != "" && h2c) {
+		return nil, fmt.Errorf("upstream: -tls-cert and -tls-key go together, and not with -h2c")
+	}
+	var cert tls.Certificate
+	if certFile != "" {
+		var err error
+		if cert, err = tls.LoadX509KeyPair(certFile, keyFile); err != nil {
+			return nil, err
+		}
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if certFile != "" {
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}, MinVersion: tls.VersionTLS12})
+	}
+	return ln, nil
+}
+
+func serveH1(ln net.Listener) error {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			log.Fatal(err)
+			return err
 		}
 		go serve(c)
 	}
@@ -118,4 +158,29 @@ func asciiHasPrefixFold(s, prefix []byte) bool {
 		}
 	}
 	return true
+}
+
+// serveH2C answers cleartext HTTP/2 with the HTTP/1.1 server's bodies.
+func serveH2C(ln net.Listener) error {
+	smallBody := small[bytes.Index(small, []byte("\r\n\r\n"))+4:]
+	bigBody := big[bytes.Index(big, []byte("\r\n\r\n"))+4:]
+	srv := &http.Server{
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       10 * time.Minute,
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 1000},
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body)
+			body := smallBody
+			if r.URL.Path == "/1m" {
+				body = bigBody
+			}
+			h := w.Header()
+			h["Content-Type"] = []string{"text/plain"}
+			h["Content-Length"] = []string{strconv.Itoa(len(body))}
+			_, _ = w.Write(body)
+		}),
+	}
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetUnencryptedHTTP2(true)
+	return srv.Serve(ln)
 }
