@@ -168,7 +168,7 @@ func (l *load) end() {
 	if n := l.fails.Load(); n > 0 {
 		l.t.Errorf("%d of %d requests failed through the certificate change; first errors: %v", n, l.reqs.Load(), l.errs)
 	}
-	if l.reqs.Load() < 50 {
+	if l.reqs.Load() < 20 { // under -race on a busy 2-core machine a loop makes ~10 a second
 		l.t.Errorf("only %d requests: the load loop did not cover the change", l.reqs.Load())
 	}
 }
@@ -343,17 +343,22 @@ func TestRenewalMinuteCertificatesUnderLoad(t *testing.T) {
 	l := startLoad(t, e, "minute.test", 4, 4*life, nil)
 	prev := first
 	for i := 1; i <= 3; i++ {
-		serial, seen := l.waitServed(life, prev.SerialNumber)
-		certs := e.pebble.Certificates("minute.test")
+		// a certificate issued after prev: a request that was in flight
+		// across the previous swap may still report an older one
 		var next *x509.Certificate
-		for _, c := range certs {
-			if c.SerialNumber.Cmp(serial) == 0 {
-				next = c
+		var seen time.Time
+		testkit.WaitFor(t, life, fmt.Sprintf("renewal %d served", i), func() error {
+			serials, times := l.served()
+			for j, x := range serials {
+				for _, c := range e.pebble.Certificates("minute.test") {
+					if c.SerialNumber.Cmp(x) == 0 && c.NotBefore.After(prev.NotBefore) {
+						next, seen = c, times[j]
+						return nil
+					}
+				}
 			}
-		}
-		if next == nil {
-			t.Fatalf("renewal %d: served serial %x was not issued by Pebble", i, serial)
-		}
+			return fmt.Errorf("still serving %x (%d requests, %d failed)", prev.SerialNumber, l.reqs.Load(), l.fails.Load())
+		})
 		t.Logf("renewal %d: issued %v into the previous certificate's %v life, served %v before it expired",
 			i, next.NotBefore.Sub(prev.NotBefore), life, prev.NotAfter.Sub(seen).Round(time.Millisecond))
 		if !seen.Before(prev.NotAfter) {
