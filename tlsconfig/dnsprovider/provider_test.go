@@ -118,6 +118,36 @@ func TestRFC2136Refusals(t *testing.T) {
 	}
 }
 
+// A server that cannot apply an update (here: named cannot write the
+// zone's journal) answers SERVFAIL: the error names it and says where to
+// look, and the zone is unchanged.
+func TestRFC2136ServFail(t *testing.T) {
+	if acmetest.NamedPath() == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("named (bind9) is not installed: ./test.sh installs it in CI")
+		}
+		t.Skip("named (bind9) not installed: apt-get install bind9 bind9-dnsutils")
+	}
+	b, err := acmetest.StartBind(acmetest.BindOptions{Zones: []string{"broken.test"}, Updatable: []string{"broken.test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	// the zone is loaded; its journal, opened at the first update, cannot be
+	if err := os.Mkdir(filepath.Join(b.Dir, "broken.test.db.jnl"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := &RFC2136{Server: b.Addr, KeyName: b.KeyName, Secret: b.Secret}
+	_, err = p.AppendRecords(context.Background(), "broken.test.", txt("_acme-challenge", "x"))
+	var ue *UpdateError
+	if !asUpdateError(err, &ue) || ue.Rcode != dns.RcodeServerFailure || !strings.Contains(err.Error(), "SERVFAIL") || !strings.Contains(err.Error(), "see its log") {
+		t.Fatalf("update the server cannot apply: %v\nnamed's log:\n%s", err, b.Log())
+	}
+	if got, _ := b.TXT("_acme-challenge.broken.test"); len(got) != 0 {
+		t.Errorf("a failed update changed the zone: %v", got)
+	}
+}
+
 func asUpdateError(err error, target **UpdateError) bool {
 	ue, ok := err.(*UpdateError)
 	if ok {
