@@ -78,6 +78,24 @@ type h1conn struct {
 	identMethod int
 	idleEnd     time.Time // while idle: when the idle timeout closes the connection
 	upgraded    bool      // handed over to a WebSocket pipe
+
+	sendTO  time.Duration // [timeouts] send of the request being served
+	writeDL time.Time     // the write deadline last set (see write)
+}
+
+// write sends b to the client within [timeouts] send of no progress:
+// a client that stops reading the response is cut off, and the
+// upstream connection its exchange holds is released. The deadline
+// is moved only when a quarter of it has passed, so a response of
+// many writes sets it a few times, not once per write; each write
+// then has at least three quarters of send to make progress.
+func (c *h1conn) write(b []byte) (int, error) {
+	now := time.Now()
+	if c.writeDL.Sub(now) < c.sendTO-c.sendTO/4 {
+		c.writeDL = now.Add(c.sendTO)
+		_ = c.tc.SetWriteDeadline(c.writeDL)
+	}
+	return c.tc.Write(b)
 }
 
 // serveH1 serves tc on the fast path until it closes.
@@ -221,6 +239,7 @@ func (c *h1conn) putOut(ob []byte) {
 // connection (h1Done), or hands it over while idle (h1Handoff).
 func (c *h1conn) serveOne() int {
 	snap := c.s.state.Load()
+	c.sendTO = snap.tm.send
 	if c.br.buffered() == 0 {
 		c.br.release()
 		c.state.Store(h1Idle)
@@ -334,7 +353,7 @@ func (c *h1conn) refuse(snap *snapshot, err error) {
 	ob := c.out()
 	body := strconv.Itoa(status) + " " + statusText(status) + ": " + msg + "\n"
 	ob = appendSimple(ob, status, body, true, "")
-	_, _ = c.tc.Write(ob)
+	_, _ = c.write(ob)
 	c.putOut(ob)
 	if c.s.access != nil {
 		rs, _ := c.routeFor(snap)
@@ -403,6 +422,8 @@ func statusText(code int) string {
 		return "Bad Request"
 	case 405:
 		return "Method Not Allowed"
+	case 408:
+		return "Request Timeout"
 	case 417:
 		return "Expectation Failed"
 	case 421:
@@ -572,7 +593,7 @@ func (c *h1conn) serveRequest(snap *snapshot, began time.Time) bool {
 		x.closeAfter = x.closeAfter || x.bodyLeft
 		ob = appendSimple(ob, 421, body, x.closeAfter, "")
 		x.bytes = int64(len(body))
-		if _, err := c.tc.Write(ob); err != nil {
+		if _, err := c.write(ob); err != nil {
 			x.closeAfter = true
 		}
 	default:
@@ -724,7 +745,7 @@ func (c *h1conn) proxy(snap *snapshot, x *exchange, ob []byte) []byte {
 			resp, err = c.awaitContinue(snap, x)
 		}
 		if err == nil && resp == nil && stream {
-			ob, err = c.sendBody(x, ob[:0])
+			ob, err = c.sendBody(snap, x, ob[:0])
 		}
 		if err == nil && resp == nil {
 			resp, err = c.readHead(uc, time.Now().Add(snap.tm.respHeader))
@@ -800,7 +821,7 @@ func (c *h1conn) awaitContinue(snap *snapshot, x *exchange) (*respHead, error) {
 	}
 	if c.req.minor == 1 {
 		x.sent100 = true
-		if _, err := c.tc.Write([]byte("HTTP/1.1 100 Continue\r\n\r\n")); err != nil {
+		if _, err := c.write([]byte("HTTP/1.1 100 Continue\r\n\r\n")); err != nil {
 			return nil, &clientBodyError{err}
 		}
 	}
@@ -811,7 +832,7 @@ func (c *h1conn) awaitContinue(snap *snapshot, x *exchange) (*respHead, error) {
 // as the upstream head declared (Content-Length as is; chunked decoded
 // strictly and re-encoded, so a malformed chunk never reaches the
 // upstream as the start of another request).
-func (c *h1conn) sendBody(x *exchange, ob []byte) ([]byte, error) {
+func (c *h1conn) sendBody(snap *snapshot, x *exchange, ob []byte) ([]byte, error) {
 	var f bodyFramer
 	if c.req.chunked {
 		f.init(bodyChunked, 0)
@@ -827,7 +848,6 @@ func (c *h1conn) sendBody(x *exchange, ob []byte) ([]byte, error) {
 		ob = ob[:0]
 		return err
 	}
-	cleared := false
 	for {
 		data, err := f.next(&c.br)
 		if err != nil {
@@ -856,11 +876,10 @@ func (c *h1conn) sendBody(x *exchange, ob []byte) ([]byte, error) {
 		if err := flush(); err != nil {
 			return ob, err
 		}
-		if !cleared {
-			// a body may take longer than read_header to arrive (net/http has no body timeout either)
-			_ = c.tc.SetReadDeadline(time.Time{})
-			cleared = true
-		}
+		// each wait for more body is bounded by [timeouts] client_body
+		// (nginx's client_body_timeout): a client that sends the head
+		// and then stalls does not hold the upstream connection
+		_ = c.tc.SetReadDeadline(time.Now().Add(snap.tm.clientBody))
 		if err := c.br.fill(); err != nil {
 			if err == errBufFull {
 				err = errBadChunk
@@ -874,12 +893,27 @@ func (c *h1conn) sendBody(x *exchange, ob []byte) ([]byte, error) {
 // malformed chunk gets 400, a client that went away nothing.
 func (c *h1conn) clientBodyFailed(x *exchange, ob []byte, cbe *clientBodyError) []byte {
 	x.closeAfter = true
+	if errors.Is(cbe.err, os.ErrDeadlineExceeded) {
+		// [timeouts] client_body ran out: 408, as nginx answers
+		reqs := &x.rs.metrics.none
+		if x.up != nil {
+			reqs = &x.up.reqs
+		}
+		reqs[classOf(408)].Inc()
+		x.status = 408
+		body := "408 Request Timeout: the request body stopped arriving\n"
+		x.bytes = int64(len(body))
+		ob = appendSimple(ob, 408, body, true, "")
+		_, _ = c.write(ob)
+		x.rs.log.Debug("client request body timed out", "client", c.remote)
+		return ob
+	}
 	if errors.Is(cbe.err, errBadChunk) {
 		x.rs.metrics.none[classOf(400)].Inc()
 		x.status = 400
 		body := "400 Bad Request: " + errBadChunk.Error() + "\n"
 		ob = appendSimple(ob, 400, body, true, "")
-		_, _ = c.tc.Write(ob)
+		_, _ = c.write(ob)
 		return ob
 	}
 	reqs := &x.rs.metrics.none
@@ -920,7 +954,7 @@ func (c *h1conn) fail(x *exchange, ob []byte, err error) []byte {
 	x.status = status
 	x.bytes = int64(len(body))
 	ob = appendSimple(ob, status, body, x.closeAfter || x.bodyLeft, rs.hsts)
-	if _, err := c.tc.Write(ob); err != nil {
+	if _, err := c.write(ob); err != nil {
 		x.closeAfter = true
 	}
 	return ob
@@ -936,7 +970,7 @@ func (c *h1conn) relay(snap *snapshot, x *exchange, resp *respHead, ob []byte) [
 	for resp.status < 200 && resp.status != 101 {
 		if c.req.minor == 1 && !(resp.status == 100 && x.sent100) {
 			ob = c.appendRespHead(ob, x, resp, bodyNone, false)
-			if _, err := c.tc.Write(ob); err != nil {
+			if _, err := c.write(ob); err != nil {
 				c.release(x, false)
 				x.closeAfter = true
 				return ob
@@ -992,7 +1026,7 @@ func (c *h1conn) relay(snap *snapshot, x *exchange, resp *respHead, ob []byte) [
 				ob = appendChunk(ob, data)
 			case len(ob) == 0:
 				// nothing assembled: send from the upstream buffer itself
-				if _, err := c.tc.Write(data); err != nil {
+				if _, err := c.write(data); err != nil {
 					return c.abort(x, ob)
 				}
 				continue
@@ -1000,7 +1034,7 @@ func (c *h1conn) relay(snap *snapshot, x *exchange, resp *respHead, ob []byte) [
 				ob = append(ob, data...)
 			}
 			if len(ob) >= upBuf {
-				if _, err := c.tc.Write(ob); err != nil {
+				if _, err := c.write(ob); err != nil {
 					return c.abort(x, ob)
 				}
 				ob = ob[:0]
@@ -1015,7 +1049,7 @@ func (c *h1conn) relay(snap *snapshot, x *exchange, resp *respHead, ob []byte) [
 		}
 		// more is coming: send what is here first (streams must not wait)
 		if len(ob) > 0 {
-			if _, err := c.tc.Write(ob); err != nil {
+			if _, err := c.write(ob); err != nil {
 				return c.abort(x, ob)
 			}
 			ob = ob[:0]
@@ -1048,7 +1082,7 @@ func (c *h1conn) relay(snap *snapshot, x *exchange, resp *respHead, ob []byte) [
 		}
 	}
 	if len(ob) > 0 {
-		if _, err := c.tc.Write(ob); err != nil {
+		if _, err := c.write(ob); err != nil {
 			return c.abort(x, ob)
 		}
 	}
@@ -1133,7 +1167,7 @@ func (c *h1conn) upgrade(x *exchange, resp *respHead, ob []byte) []byte {
 	uc := x.uc
 	ob = c.appendRespHead(ob, x, resp, bodyNone, false)
 	ob = append(ob, uc.br.buf[uc.br.r:uc.br.w]...) // the upstream's first bytes of the new protocol
-	if _, err := c.tc.Write(ob); err != nil {
+	if _, err := c.write(ob); err != nil {
 		return c.abort(x, ob)
 	}
 	if n := c.br.buffered(); n > 0 {
@@ -1145,6 +1179,7 @@ func (c *h1conn) upgrade(x *exchange, resp *respHead, ob []byte) []byte {
 	uc.br.release()
 	uc.noDeadline()
 	_ = c.tc.SetReadDeadline(time.Time{})
+	_ = c.tc.SetWriteDeadline(time.Time{}) // a WebSocket may be quiet for long
 	// the upstream connection is the stream's now
 	x.uc = nil
 	if uc.pool == nil {

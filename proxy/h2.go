@@ -55,6 +55,9 @@ const (
 	// waits for the client to close first, so the GOAWAY is not lost to
 	// a TCP reset of unread data.
 	h2CloseWait = time.Second
+	// h2ResetMemory is how many of the streams gatehouse reset last a
+	// connection remembers, to ignore the frames in flight on them.
+	h2ResetMemory = 64
 )
 
 var h2Preface = []byte(http2.ClientPreface)
@@ -120,6 +123,24 @@ type h2Conn struct {
 	done      chan struct{}  // closed with the connection
 	wdone     chan struct{}  // closed when the writer has stopped
 	idleTimer *time.Timer
+	idleOn    bool      // idleTimer is armed
+	idleSince time.Time // when it was
+
+	// Streams waiting on the client (for request body, window or
+	// queue room) are "stalled": each is reset when it made no
+	// progress for [timeouts] client_body or send (stallTimer checks
+	// them), and a connection whose streams are all stalled is idle:
+	// the idle timer runs.
+	stalled    int
+	stallTimer *time.Timer
+	stallNext  time.Time // when stallTimer fires; zero: not armed
+
+	// resetIDs are the last streams gatehouse reset (RST_STREAM sent):
+	// frames the client sent on them before it saw the reset are
+	// ignored (RFC 9113 §5.1), not answered or charged to the reset
+	// budget. A ring, allocated on the first reset.
+	resetIDs  []uint32
+	resetNext int
 }
 
 // serveH2 serves one TLS connection that negotiated "h2" until it closes.
@@ -414,6 +435,22 @@ func (c *h2Conn) writeResetLocked(id uint32, code http2.ErrCode) {
 	}
 	_ = c.wfr.WriteRSTStream(id, code)
 	c.wake()
+	if c.resetIDs == nil {
+		c.resetIDs = make([]uint32, h2ResetMemory)
+	}
+	c.resetIDs[c.resetNext] = id
+	c.resetNext = (c.resetNext + 1) % h2ResetMemory
+}
+
+// wasResetLocked reports whether gatehouse reset stream id lately: a
+// frame on it was in flight when the client got the RST_STREAM.
+func (c *h2Conn) wasResetLocked(id uint32) bool {
+	for _, r := range c.resetIDs {
+		if r == id {
+			return true
+		}
+	}
+	return false
 }
 
 // fail ends the connection for a connection error: GOAWAY with the
@@ -464,15 +501,21 @@ func (c *h2Conn) finishLocked() {
 	c.wake()
 }
 
-// idleLocked arms the idle timer when no stream is open.
+// idleLocked arms the idle timer when no stream is open, or every
+// open one is stalled on the client (a connection whose streams all
+// wait for window or body is not busy).
 func (c *h2Conn) idleLocked() {
-	if len(c.streams) != 0 || c.closed {
+	if len(c.streams) != c.stalled || c.closed {
 		return
 	}
-	if c.goAway {
+	if c.goAway && len(c.streams) == 0 {
 		c.finishLocked()
 		return
 	}
+	if c.idleOn {
+		return // running since the connection went idle
+	}
+	c.idleOn, c.idleSince = true, time.Now()
 	if c.idleTimer == nil {
 		c.idleTimer = time.AfterFunc(c.tm.idle, c.onIdle)
 	} else {
@@ -480,12 +523,99 @@ func (c *h2Conn) idleLocked() {
 	}
 }
 
+// busyLocked stops the idle timer: a stream is open and not stalled.
+func (c *h2Conn) busyLocked() {
+	if c.idleOn {
+		c.idleOn = false
+		c.idleTimer.Stop()
+	}
+}
+
 func (c *h2Conn) onIdle() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if !c.idleOn || len(c.streams) != c.stalled {
+		return // busy again meanwhile
+	}
+	if left := c.tm.idle - time.Since(c.idleSince); left > 0 {
+		c.idleTimer.Reset(left) // a stale fire: idle again since
+		return
+	}
+	c.idleOn = false
 	if len(c.streams) == 0 {
 		c.goAwayLocked(http2.ErrCodeNo)
+		return
 	}
+	// every stream has waited on the client for the whole idle time
+	c.s.log.Debug("HTTP/2 connection idle with every stream stalled; closing", "client", c.addr, "streams", len(c.streams))
+	c.goAwayCodeLocked(http2.ErrCodeNo)
+	c.finishLocked()
+}
+
+// stallLocked marks st as waiting on the client, for at most limit
+// without progress.
+func (st *h2Stream) stallLocked(limit time.Duration) {
+	if !st.stallAt.IsZero() {
+		return
+	}
+	c := st.c
+	now := time.Now()
+	st.stallAt, st.stallLimit = now, limit
+	c.stalled++
+	if at := now.Add(limit); c.stallNext.IsZero() || at.Before(c.stallNext) {
+		c.stallNext = at
+		if c.stallTimer == nil {
+			c.stallTimer = time.AfterFunc(limit, c.onStall)
+		} else {
+			c.stallTimer.Reset(limit)
+		}
+	}
+	c.idleLocked()
+}
+
+// unstallLocked marks st as making progress (or done waiting).
+func (st *h2Stream) unstallLocked() {
+	if st.stallAt.IsZero() {
+		return
+	}
+	st.stallAt = time.Time{}
+	st.c.stalled--
+	st.c.busyLocked()
+}
+
+var errH2Stalled = errors.New("http2: stream made no progress for [timeouts] client_body/send")
+
+// onStall resets the streams stalled for longer than their limit and
+// re-arms for the next one.
+func (c *h2Conn) onStall() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	now := time.Now()
+	var next time.Time
+	for _, st := range c.streams {
+		if st.stallAt.IsZero() {
+			continue
+		}
+		at := st.stallAt.Add(st.stallLimit)
+		if !at.After(now) {
+			c.s.log.Debug("HTTP/2 stream stalled on the client; reset", "client", c.addr, "stream", st.id, "waited", now.Sub(st.stallAt))
+			st.unstallLocked()
+			st.endLocked(errH2Stalled)
+			c.writeResetLocked(st.id, http2.ErrCodeCancel)
+			continue
+		}
+		if next.IsZero() || at.Before(next) {
+			next = at
+		}
+	}
+	c.stallNext = next
+	if !next.IsZero() {
+		c.stallTimer.Reset(next.Sub(now))
+	}
+	c.idleLocked()
 }
 
 // drain is Server.Shutdown's graceful GOAWAY.
@@ -507,6 +637,9 @@ func (c *h2Conn) wake() {
 // it is sent), so neither a slow reader nor a flood of PINGs grows it
 // without bound. st, if set, is woken on a reset too.
 func (c *h2Conn) waitRoomLocked(st *h2Stream) error {
+	if st != nil {
+		defer st.unstallLocked()
+	}
 	for len(c.out) >= h2MaxPending {
 		if c.closed || c.finishing {
 			return errH2Closed
@@ -516,12 +649,12 @@ func (c *h2Conn) waitRoomLocked(st *h2Stream) error {
 		}
 		if st == nil {
 			// the read loop: wait on the connection's own waiter
-			st = c.readWaiter()
-			c.blocked = append(c.blocked, st)
-			st.cond.Wait()
-			st = nil
+			w := c.readWaiter()
+			c.blocked = append(c.blocked, w)
+			w.cond.Wait()
 			continue
 		}
+		st.stallLocked(c.tm.send) // the client is not reading
 		c.blocked = append(c.blocked, st)
 		st.cond.Wait()
 	}
@@ -584,7 +717,8 @@ func (c *h2Conn) writeLoop() {
 			c.flushing = true
 			c.unblockLocked()
 			c.mu.Unlock()
-			_ = c.tc.SetWriteDeadline(time.Now().Add(c.tm.idle))
+			// a client that stops reading for [timeouts] send is closed
+			_ = c.tc.SetWriteDeadline(time.Now().Add(c.tm.send))
 			_, err := c.tc.Write(buf)
 			if cap(buf) > 32<<10 {
 				buf = nil // a burst's buffer is not kept by an idle connection
@@ -627,6 +761,9 @@ func (c *h2Conn) close() {
 	c.unblockLocked()
 	if c.idleTimer != nil {
 		c.idleTimer.Stop()
+	}
+	if c.stallTimer != nil {
+		c.stallTimer.Stop()
 	}
 	close(c.done)
 	c.mu.Unlock()

@@ -46,6 +46,9 @@ type h2Stream struct {
 	uc         *upConn // the upstream connection of the exchange in progress (h2up.go)
 	ucBroken   bool    // the stream ended while uc was attached: uc's deadline is past
 
+	stallAt    time.Time     // waiting on the client since (see h2Conn.stalled); zero: not
+	stallLimit time.Duration // [timeouts] client_body or send for that wait
+
 	hdr         http.Header // response header for the ResponseWriter methods
 	wroteHeader bool
 	status      int
@@ -148,6 +151,9 @@ func (c *h2Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	if id <= c.maxID {
 		st := c.streams[id]
 		if st == nil {
+			if c.wasResetLocked(id) {
+				return nil // trailers in flight on a stream gatehouse reset (RFC 9113 §5.1)
+			}
 			// a closed stream's id used again (RFC 9113 §5.1, §5.1.1)
 			return http2.ConnectionError(http2.ErrCodeStreamClosed)
 		}
@@ -206,9 +212,7 @@ func (c *h2Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	st.cond.L = &c.mu
 	st.ctx, st.cancel = context.WithCancel(c.ctx)
 	c.streams[id] = st
-	if c.idleTimer != nil && len(c.streams) == 1 {
-		c.idleTimer.Stop()
-	}
+	c.busyLocked()
 	c.handlers.Add(1)
 	startStream(h2Job{st, req, f.Truncated})
 	return nil
@@ -230,8 +234,12 @@ func (c *h2Conn) onData(f *http2.DataFrame) error {
 		switch {
 		case st == nil && id > c.maxID:
 			return http2.ConnectionError(http2.ErrCodeProtocol) // idle stream
-		case st != nil && st.err != nil && st.err != errH2StreamReset:
-			return nil // gatehouse reset it: frames in flight are ignored
+		case st != nil && st.err != nil && st.err != errH2StreamReset,
+			st == nil && c.wasResetLocked(id):
+			// gatehouse reset it (an early answer ends with
+			// RST_STREAM(NO_ERROR)): frames in flight are ignored, and
+			// not charged to the reset budget (RFC 9113 §5.1)
+			return nil
 		}
 		// half-closed or closed, or reset by the client (RFC 9113 §5.1)
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
@@ -300,8 +308,10 @@ func (b h2Body) Read(p []byte) (int, error) {
 	for st.bodyOff == len(st.body) {
 		switch {
 		case st.err != nil:
+			st.unstallLocked()
 			return 0, errH2BodyGone
 		case st.remoteDone:
+			st.unstallLocked()
 			return 0, io.EOF
 		}
 		if st.expect && !st.headed {
@@ -313,8 +323,10 @@ func (b h2Body) Read(p []byte) (int, error) {
 			c.writeBlockLocked(st.id, false)
 			c.wake()
 		}
+		st.stallLocked(c.tm.clientBody) // no progress for client_body resets the stream
 		st.cond.Wait()
 	}
+	st.unstallLocked()
 	if st.err != nil {
 		return 0, errH2BodyGone
 	}
@@ -412,6 +424,7 @@ func (c *h2Conn) streamDone(st *h2Stream) {
 	}
 	c.creditLocked(nil, int64(len(st.body)-st.bodyOff))
 	st.body = nil
+	st.unstallLocked()
 	delete(c.streams, st.id)
 	if completed && c.budget < h2ResetBudget {
 		c.budget++
@@ -456,6 +469,10 @@ func (st *h2Stream) serve(in h2Request) {
 	if v := s.altSvc(rs); v != "" {
 		st.Header().Set("Alt-Svc", v)
 	}
+	if !st.holdUpstream(rs) {
+		return
+	}
+	defer rc.upLimit.release()
 	if h2Native(rs) {
 		up, err := st.forward(rs, in)
 		if up == nil {
@@ -513,6 +530,27 @@ func (st *h2Stream) serve(in h2Request) {
 		*a = accessRecord{}
 		accessPool.Put(a)
 	}
+}
+
+// holdUpstream takes one of the connection's upstream slots
+// (connlimit.go) for the stream's exchange; false when none came free
+// in time (answered 503) or the stream ended while it waited.
+func (st *h2Stream) holdUpstream(rs *routeState) bool {
+	err := st.c.rc.upLimit.acquire(st.ctx, st.c.tm.respHeader)
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, errUpstreamLimit):
+		rs.metrics.none[classOf(http.StatusServiceUnavailable)].Inc()
+		rs.log.Warn("client connection holds too many upstream exchanges; request refused",
+			"client", st.c.addr, "limit", maxUpstreamPerConn)
+		st.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		st.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = st.Write([]byte("503 Service Unavailable: too many requests in progress on this connection\n"))
+	default:
+		rs.metrics.none[classCanceled].Inc()
+	}
+	return false
 }
 
 // routeForStream is routeFor (http.go) for a stream: after a reload
@@ -789,6 +827,7 @@ func (st *h2Stream) sendData(p []byte, end bool) error {
 	c := st.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	defer st.unstallLocked()
 	for {
 		if st.err != nil {
 			return st.err
@@ -810,9 +849,13 @@ func (st *h2Stream) sendData(p []byte, end bool) error {
 				c.blocked = append(c.blocked, st)
 			}
 			c.wake()
+			// waiting for the client's window or for it to read: no
+			// progress for [timeouts] send resets the stream
+			st.stallLocked(c.tm.send)
 			st.cond.Wait()
 			continue
 		}
+		st.unstallLocked()
 		last := end && n == int64(len(p))
 		_ = c.wfr.WriteData(st.id, last, p[:n])
 		st.sendWin -= n

@@ -115,6 +115,7 @@ type replayConn struct {
 	snap    *snapshot // the config the route was looked up in
 	hello   Hello
 	pin     atomic.Pointer[pinnedPool] // proxy_protocol http routes: this client's upstream pool
+	upLimit upLimit                    // HTTP/2: upstream exchanges held at once (connlimit.go)
 
 	// onClose runs once when the connection closes, for connections
 	// tracked after net/http let go of them (hijacked).

@@ -64,6 +64,17 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Alt-Svc", v)
 		}
 	}
+	// no-progress bounds and the upstream-exchange cap (connlimit.go)
+	tm := s.state.Load().tm
+	if r.ProtoMajor >= 2 {
+		if err := rc.upLimit.acquire(r.Context(), tm.respHeader); err != nil {
+			rs.limited(w, rc, err)
+			return
+		}
+		defer rc.upLimit.release()
+	}
+	w, r, done := bounded(w, r, tm)
+	defer done()
 	if a != nil {
 		r = r.WithContext(context.WithValue(r.Context(), accessKey{}, a))
 	}

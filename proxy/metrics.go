@@ -55,7 +55,7 @@ func Collectors() []prometheus.Collector {
 	metricECHHandshakes.WithLabelValues("accepted") // both series exist from the start
 	metricECHHandshakes.WithLabelValues("rejected")
 	return []prometheus.Collector{metricConnsAccepted, metricHandshakes, metricECHHandshakes, metricHandshakeFailures, metricActiveConns,
-		metricRequests, metricDuration, healthCollector{}}
+		metricRequests, metricDuration, healthCollector{}, metricConnUpstreamLimit}
 }
 
 func metricHandshakeFail(reason string) { metricHandshakeFailures.WithLabelValues(reason).Inc() }

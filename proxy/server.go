@@ -114,6 +114,11 @@ const maxHeaderBytes = 64 << 10
 
 type timeouts struct {
 	handshake, readHeader, idle, dial, respHeader time.Duration
+	// clientBody and send bound each wait on a client while an upstream
+	// exchange is held: for more request body, and for it to take more
+	// response (socket or HTTP/2 window); no progress for this long
+	// ends the exchange.
+	clientBody, send time.Duration
 }
 
 func timeoutsOf(c *routes.Config) timeouts {
@@ -124,6 +129,8 @@ func timeoutsOf(c *routes.Config) timeouts {
 		idle:       t.Idle.Or(2 * time.Minute),
 		dial:       t.UpstreamDial.Or(5 * time.Second),
 		respHeader: t.UpstreamHeader.Or(60 * time.Second),
+		clientBody: t.ClientBodyTimeout(),
+		send:       t.SendTimeout(),
 	}
 }
 

@@ -334,7 +334,28 @@ type Timeouts struct {
 	UpstreamHeader Duration `toml:"upstream_response_header"`
 	Handshake      Duration `toml:"handshake"`
 	ShutdownDrain  Duration `toml:"shutdown_drain"`
+	// ClientBody bounds each wait for more of a client's request body
+	// (no progress for this long ends the request: nginx's
+	// client_body_timeout); Send each wait for the client to take more
+	// of a response, HTTP/2 flow-control window included (nginx's
+	// send_timeout). Both run while an upstream connection is held.
+	ClientBody Duration `toml:"client_body"`
+	Send       Duration `toml:"send"`
 }
+
+// Defaults of [timeouts] client_body and send.
+const (
+	DefaultClientBodyTimeout = 60 * time.Second
+	DefaultSendTimeout       = 60 * time.Second
+)
+
+// ClientBodyTimeout is [timeouts] client_body with its default applied.
+func (t Timeouts) ClientBodyTimeout() time.Duration {
+	return t.ClientBody.Or(DefaultClientBodyTimeout)
+}
+
+// SendTimeout is [timeouts] send with its default applied.
+func (t Timeouts) SendTimeout() time.Duration { return t.Send.Or(DefaultSendTimeout) }
 
 // Route maps host names to an upstream.
 type Route struct {

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func writeFile(t *testing.T, name, content string) string {
@@ -256,5 +257,46 @@ func TestQuick(t *testing.T) {
 	}
 	if _, err := Quick(QuickOptions{From: []string{"a.example.com"}, To: []string{"x"}}); err == nil || !strings.Contains(err.Error(), "email") {
 		t.Errorf("missing email: %v", err)
+	}
+}
+
+// [timeouts] client_body and send: defaults up to a minute, the value
+// given when set, and a negative one refused at its line.
+func TestTimeoutsClientBodySend(t *testing.T) {
+	var d Timeouts
+	if d.ClientBodyTimeout() != DefaultClientBodyTimeout || d.SendTimeout() != DefaultSendTimeout ||
+		DefaultClientBodyTimeout > time.Minute || DefaultSendTimeout > time.Minute {
+		t.Errorf("defaults: client_body %s, send %s", d.ClientBodyTimeout(), d.SendTimeout())
+	}
+	p := writeFile(t, "g.toml", `[acme]
+email = "a@b.c"
+[timeouts]
+client_body = "15s"
+send = "20s"
+[[route]]
+hosts = ["a.example"]
+upstream = "http://127.0.0.1:1"
+`)
+	cfg, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Timeouts.ClientBodyTimeout() != 15*time.Second || cfg.Timeouts.SendTimeout() != 20*time.Second {
+		t.Errorf("client_body %s, send %s", cfg.Timeouts.ClientBodyTimeout(), cfg.Timeouts.SendTimeout())
+	}
+	p = writeFile(t, "g.toml", `[acme]
+email = "a@b.c"
+[timeouts]
+idle = "1m"
+client_body = "-1s"
+send = "-5s"
+[[route]]
+hosts = ["a.example"]
+upstream = "http://127.0.0.1:1"
+`)
+	_, err = Load(p)
+	if err == nil || !strings.Contains(err.Error(), p+":5: client_body = -1s must not be negative") ||
+		!strings.Contains(err.Error(), p+":6: send = -5s must not be negative") {
+		t.Errorf("negative timeouts: %v", err)
 	}
 }

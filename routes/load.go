@@ -209,7 +209,7 @@ var known = map[string][]string{
 	"storage":   {"backend", "dir", "endpoints", "prefix", "username", "password", "ca_cert", "cert", "key", "lock_ttl", "sync_interval", "health_interval"},
 	"on_demand": {"ask", "ask_timeout", "rate", "max_concurrent", "deny_cache"},
 	"log":       {"format", "level", "access"},
-	"timeouts":  {"read_header", "idle", "upstream_dial", "upstream_response_header", "handshake", "shutdown_drain"},
+	"timeouts":  {"read_header", "idle", "upstream_dial", "upstream_response_header", "handshake", "shutdown_drain", "client_body", "send"},
 	"route": {"hosts", "upstream", "upstreams", "mode", "cert", "key", "tls", "profile", "alpn",
 		"proxy_protocol", "hsts", "upstream_ca", "balance", "health_path", "health_interval", "health_timeout"},
 }

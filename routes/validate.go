@@ -139,6 +139,16 @@ func (c *Config) validate(idx lineIndex) Errors {
 	if t := time.Duration(c.OnDemand.AskTimeout); t < 0 || t > time.Minute {
 		bad("on_demand.ask_timeout", "ask_timeout = %s: want a duration up to 1m (a handshake waits on it)", t)
 	}
+	for _, t := range []struct {
+		key string
+		d   Duration
+	}{{"read_header", c.Timeouts.ReadHeader}, {"idle", c.Timeouts.Idle}, {"upstream_dial", c.Timeouts.UpstreamDial},
+		{"upstream_response_header", c.Timeouts.UpstreamHeader}, {"handshake", c.Timeouts.Handshake},
+		{"shutdown_drain", c.Timeouts.ShutdownDrain}, {"client_body", c.Timeouts.ClientBody}, {"send", c.Timeouts.Send}} {
+		if t.d < 0 {
+			bad("timeouts."+t.key, "%s = %s must not be negative (leave it out for the default)", t.key, time.Duration(t.d))
+		}
+	}
 	if d := time.Duration(c.OnDemand.DenyCache); d < 0 {
 		bad("on_demand.deny_cache", "deny_cache = %s must not be negative", d)
 	}
