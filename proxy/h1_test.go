@@ -52,6 +52,16 @@ func startH1World(t testing.TB, upstream string, extra ...routes.Route) *h1World
 // startH1WorldIdle is startH1World with [timeouts] idle set (0: default).
 func startH1WorldIdle(t testing.TB, idle time.Duration, upstream string, extra ...routes.Route) *h1World {
 	t.Helper()
+	return startH1WorldWith(t, func(c *routes.Config) {
+		if idle > 0 {
+			c.Timeouts.Idle = routes.Duration(idle)
+		}
+	}, upstream, extra...)
+}
+
+// startH1WorldWith is startH1World with tweak applied to the config.
+func startH1WorldWith(t *testing.T, tweak func(*routes.Config), upstream string, extra ...routes.Route) *h1World {
+	t.Helper()
 	ca, err := acmetest.NewTestCA("h1 test root")
 	if err != nil {
 		t.Fatal(err)
@@ -68,8 +78,8 @@ func startH1WorldIdle(t testing.TB, idle time.Duration, upstream string, extra .
 	roots.AddCert(ca.Cert)
 	cfg := &routes.Config{Routes: append([]routes.Route{{Hosts: []string{"web.test"}, Upstream: upstream}}, extra...)}
 	cfg.Timeouts.ReadHeader = routes.Duration(2 * time.Second)
-	if idle > 0 {
-		cfg.Timeouts.Idle = routes.Duration(idle)
+	if tweak != nil {
+		tweak(cfg)
 	}
 	cfg.ApplyDefaults()
 	s := New(Options{Certs: fixedCerts{&kp}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
