@@ -270,8 +270,8 @@ func capReached(t *testing.T, open, peak *atomic.Int32, before float64, waiting 
 			break
 		}
 		if i == 2000 {
-			t.Fatalf("upstream connections open: %d; metric grew by %v; want %d and %d",
-				open.Load(), limitCount(t)-before, maxUpstreamPerConn, waiting)
+			t.Fatalf("upstream connections open: %d (at most %d); metric grew by %v; want %d and %d",
+				open.Load(), peak.Load(), limitCount(t)-before, maxUpstreamPerConn, waiting)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
