@@ -117,11 +117,21 @@ type boundedBody struct {
 	ctl  *http.ResponseController
 	wait time.Duration
 	dl   time.Time
+	done bool // the body ended (or failed): the deadline is not touched again
 }
 
 func (b *boundedBody) Read(p []byte) (int, error) {
+	if b.done {
+		return b.ReadCloser.Read(p)
+	}
 	boundWait(&b.dl, b.wait, b.ctl.SetReadDeadline)
-	return b.ReadCloser.Read(p)
+	n, err := b.ReadCloser.Read(p)
+	// At the body's end net/http's HTTP/1.1 server starts a background
+	// read of the connection with no deadline, to notice a client that
+	// leaves while the response is coming; a deadline set now would
+	// end it, and cancel the request, after client_body.
+	b.done = err != nil
+	return n, err
 }
 
 // bounded wraps a net/http request's writer and body with the

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"encoding/pem"
 	"errors"
@@ -577,4 +578,52 @@ func TestNetHTTPPathTimeouts(t *testing.T) {
 		}
 		up.waitOpen(t, 0)
 	})
+}
+
+// The bounds are waits on the client, not on the upstream: a request
+// whose body came whole, answered after more than client_body and
+// send, is served on every engine (own HTTP/1.1 and HTTP/2, net/http's
+// server for an https:// upstream), over HTTP/1.1 and HTTP/2.
+func TestSlowAnswerAfterBody(t *testing.T) {
+	slow := func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		time.Sleep(time.Second) // longer than client_body and send
+		fmt.Fprintf(w, "got %d", len(b))
+	}
+	plain := httptest.NewServer(http.HandlerFunc(slow))
+	t.Cleanup(plain.Close)
+	tlsUp := httptest.NewTLSServer(http.HandlerFunc(slow))
+	t.Cleanup(tlsUp.Close)
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tlsUp.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, up := range []string{plain.URL, tlsUp.URL} {
+		w := startH1WorldWith(t, func(c *routes.Config) {
+			tinyTimeouts(c)
+			c.Routes[0].UpstreamCA = caFile
+		}, up)
+		for _, proto := range []string{"http/1.1", "h2"} {
+			t.Run(up[:5]+" "+proto, func(t *testing.T) {
+				tr := &http.Transport{
+					TLSClientConfig:   &tls.Config{ServerName: "web.test", RootCAs: w.roots, NextProtos: []string{proto}},
+					ForceAttemptHTTP2: proto == "h2",
+					DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+						return (&net.Dialer{}).DialContext(ctx, network, w.addr)
+					},
+				}
+				defer tr.CloseIdleConnections()
+				cl := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+				res, err := cl.Post("https://web.test/slow", "text/plain", strings.NewReader(strings.Repeat("b", 5000)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				if res.StatusCode != 200 || string(body) != "got 5000" || res.ProtoMajor != map[string]int{"http/1.1": 1, "h2": 2}[proto] {
+					t.Errorf("%s %d %q", res.Proto, res.StatusCode, body)
+				}
+			})
+		}
+	}
 }
