@@ -336,10 +336,27 @@ func TestH2WindowStallCapped(t *testing.T) {
 }
 
 // HTTP/2: a stream that sends part of its body and stalls is reset
-// after client_body; the upstream sees its request aborted.
+// after client_body; the upstream sees its request aborted. With
+// proxy_protocol the stream goes through net/http's Transport (the
+// hybrid path), without through the own upstream client.
 func TestH2ClientBodyTimeout(t *testing.T) {
-	up := startHeldUpstream(t, readsBody)
-	w := startH1WorldWith(t, tinyTimeouts, up.url())
+	t.Run("own client", func(t *testing.T) { h2BodyStall(t, "", readsBody) })
+	t.Run("proxy_protocol, Transport", func(t *testing.T) {
+		h2BodyStall(t, "v1", func(c net.Conn, br *bufio.Reader) error {
+			if line, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(line, "PROXY TCP4 127.0.0.1 ") {
+				return fmt.Errorf("PROXY header %q: %v", line, err)
+			}
+			return readsBody(c, br)
+		})
+	})
+}
+
+func h2BodyStall(t *testing.T, pp string, handle func(net.Conn, *bufio.Reader) error) {
+	up := startHeldUpstream(t, handle)
+	w := startH1WorldWith(t, func(c *routes.Config) {
+		tinyTimeouts(c)
+		c.Routes[0].ProxyProtocol = pp
+	}, up.url())
 	h := w.dialH2()
 	h.request(1, "POST", "web.test", "/upload", false, "content-length", "100000")
 	if err := h.fr.WriteData(1, false, bytes.Repeat([]byte("a"), 1000)); err != nil {
@@ -360,6 +377,28 @@ func TestH2ClientBodyTimeout(t *testing.T) {
 	}
 	abortedByGatehouse(t, up.next(t))
 	up.waitOpen(t, 0)
+}
+
+// HTTP/2: a client that stops reading the connection (its windows are
+// wide open, the socket fills) is closed after send, and the upstream
+// connection is released.
+func TestH2SendTimeout(t *testing.T) {
+	up := startHeldUpstream(t, sendsForever)
+	w := startH1WorldWith(t, tinyTimeouts, up.url())
+	h := w.dialH2(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
+	if err := h.fr.WriteWindowUpdate(0, 1<<31-1-65535); err != nil {
+		t.Fatal(err)
+	}
+	h.request(1, "GET", "web.test", "/big", true)
+	// the client reads nothing
+	abortedByGatehouse(t, up.next(t))
+	up.waitOpen(t, 0)
+	// and the connection itself was closed: what the socket holds, then the end
+	_ = h.c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	_, err := io.Copy(io.Discard, h.c)
+	if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
+		t.Errorf("the connection stayed open: %v", err)
+	}
 }
 
 // HTTP/2: with every stream stalled on the client's window, the
@@ -558,6 +597,19 @@ func TestNetHTTPPathTimeouts(t *testing.T) {
 		}
 		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		_, _ = io.Copy(io.Discard, br) // an answer, then the close
+		up.waitOpen(t, 0)
+	})
+
+	t.Run("HTTP/2 body stall", func(t *testing.T) {
+		h := w.dialH2()
+		h.request(1, "POST", "web.test", "/upload", false, "content-length", "100000")
+		if err := h.fr.WriteData(1, false, bytes.Repeat([]byte("a"), 1000)); err != nil {
+			t.Fatal(err)
+		}
+		go func() { _ = h.read(func(http2.Frame) bool { return false }) }() // SETTINGS acks
+		if got := up.next(t); got == "body: <nil>" {
+			t.Errorf("upstream: %s", got)
+		}
 		up.waitOpen(t, 0)
 	})
 
