@@ -434,10 +434,10 @@ func TestH2IdleWhileStalled(t *testing.T) {
 	up.waitOpen(t, 0)
 }
 
-// RFC 9113 §5.1: DATA the client sent on a stream gatehouse answered
-// itself (421 for another route's :authority, then RST_STREAM(NO_ERROR))
-// is ignored, not charged to the reset budget: far more of them than
-// the budget leave the connection serving.
+// RFC 9113 §5.1: DATA (and trailers) the client sent on a stream
+// gatehouse answered itself (421 for another route's :authority, then
+// RST_STREAM(NO_ERROR)) are ignored, not charged to the reset budget:
+// far more of them than the budget leave the connection serving.
 func TestH2DataAfterOwnAnswerIgnored(t *testing.T) {
 	w := startH1World(t, echoUpstream(t).URL)
 	h := w.dialH2()
@@ -474,9 +474,17 @@ func TestH2DataAfterOwnAnswerIgnored(t *testing.T) {
 		if status != "421" {
 			t.Fatalf("round %d: status %q, want 421", i, status)
 		}
-		// the rest of the body, as a browser still sending it would
+		// the rest of the body, as a browser still sending it would,
+		// and in every other round trailers that end it
 		for range 5 {
 			if err := h.fr.WriteData(id, false, chunk); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if i%2 == 1 {
+			h.buf.Reset()
+			_ = h.enc.WriteField(hpack.HeaderField{Name: "x-checksum", Value: "abc"})
+			if err := h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: h.buf.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
 				t.Fatal(err)
 			}
 		}
