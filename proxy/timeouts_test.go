@@ -537,6 +537,13 @@ func startTLSUpstream(t *testing.T) *tlsUpstream {
 			}
 			<-r.Context().Done() // held until gatehouse lets go
 			u.ended <- fmt.Sprint("big: ", err)
+		case "/huge":
+			chunk := bytes.Repeat([]byte("x"), 64<<10)
+			var err error
+			for i := 0; i < 1<<14 && err == nil; i++ {
+				_, err = w.Write(chunk)
+			}
+			u.ended <- fmt.Sprint("huge: ", err)
 		default:
 			_, _ = io.WriteString(w, "ok")
 		}
@@ -605,6 +612,17 @@ func TestNetHTTPPathTimeouts(t *testing.T) {
 		}
 		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		_, _ = io.Copy(io.Discard, br) // an answer, then the close
+		up.waitOpen(t, 0)
+	})
+
+	t.Run("HTTP/1.1 client not reading", func(t *testing.T) {
+		c, _ := w.dial()
+		if _, err := io.WriteString(c, "GET /huge HTTP/1.1\r\nHost: web.test\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		if got := up.next(t); got == "huge: <nil>" {
+			t.Errorf("upstream: %s", got)
+		}
 		up.waitOpen(t, 0)
 	})
 
