@@ -598,6 +598,9 @@ func TestNetHTTPPathTimeouts(t *testing.T) {
 	route := func(c *routes.Config) {
 		c.Timeouts.ClientBody = routes.Duration(300 * time.Millisecond)
 		c.Timeouts.Send = routes.Duration(3 * time.Second) // see capReached
+		// 100 TLS handshakes with the upstream at once, under -race on a
+		// loaded machine, can take longer than the 5 s default
+		c.Timeouts.UpstreamDial = routes.Duration(30 * time.Second)
 		c.Routes[0].UpstreamCA = up.caFile
 	}
 	w := startH1WorldWith(t, route, "https://"+up.srv.Listener.Addr().String())
