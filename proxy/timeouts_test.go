@@ -20,6 +20,8 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
@@ -707,4 +709,55 @@ func TestSlowAnswerAfterBody(t *testing.T) {
 			})
 		}
 	}
+}
+
+// HTTP/3 (quic-go's server, through serveHTTP): a request body that
+// stalls, and a response the client stops reading, end the upstream
+// exchange after client_body and send.
+func TestH3Timeouts(t *testing.T) {
+	client := func(w *h1World) *http.Client {
+		tr := &http3.Transport{
+			TLSClientConfig: &tls.Config{ServerName: "web.test", RootCAs: w.roots},
+			Dial: func(ctx context.Context, _ string, tlsCfg *tls.Config, cfg *quic.Config) (*quic.Conn, error) {
+				return quic.DialAddr(ctx, w.addr, tlsCfg, cfg)
+			},
+		}
+		t.Cleanup(func() { tr.Close() })
+		return &http.Client{Transport: tr, Timeout: 20 * time.Second}
+	}
+	t.Run("body stall", func(t *testing.T) {
+		up := startHeldUpstream(t, readsBody)
+		w := startH1WorldWith(t, tinyTimeouts, up.url())
+		pr, pw := io.Pipe()
+		t.Cleanup(func() { pw.Close() })
+		go func() { _, _ = pw.Write(bytes.Repeat([]byte("a"), 1000)) }() // then nothing
+		req, _ := http.NewRequest("POST", "https://web.test/upload", pr)
+		req.ContentLength = 100000
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if res, err := client(w).Do(req); err == nil {
+				res.Body.Close()
+			}
+		}()
+		abortedByGatehouse(t, up.next(t))
+		up.waitOpen(t, 0)
+		pw.Close()
+		<-done
+	})
+	t.Run("client not reading", func(t *testing.T) {
+		up := startHeldUpstream(t, sendsForever)
+		w := startH1WorldWith(t, tinyTimeouts, up.url())
+		res, err := client(w).Get("https://web.test/big")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		if res.ProtoMajor != 3 || res.StatusCode != 200 {
+			t.Fatalf("%s %d", res.Proto, res.StatusCode)
+		}
+		// the body is not read
+		abortedByGatehouse(t, up.next(t))
+		up.waitOpen(t, 0)
+	})
 }
