@@ -66,57 +66,75 @@ func (u *upLimit) release() { <-u.slots }
 // net/http's server (routes with https:// or h2c:// upstreams) has
 // ReadTimeout and WriteTimeout, which bound a whole request or
 // response, not a wait without progress. boundedWriter and boundedBody
-// give it gatehouse's no-progress bounds through the request's
-// http.ResponseController: before each write (and flush) the write
-// deadline moves to now + [timeouts] send, before each body read the
-// read deadline to now + client_body. On HTTP/2 these are the stream's
-// deadlines (a write blocked on the client's window included); on
-// HTTP/1.1 the connection's. A deadline is moved only once a quarter
-// of it has passed, so each wait still has three quarters of it.
+// give it, and HTTP/3 (quic-go's server), gatehouse's no-progress
+// bounds through the request's http.ResponseController: each write
+// (and flush) of the response gets [timeouts] send, each read of the
+// request body client_body.
+//
+// HTTP/1.1's deadlines are the connection's and HTTP/3's the stream's,
+// and both bound only reads and writes in progress or to come: a
+// deadline is moved only once a quarter of it has passed (each wait
+// still has three quarters of it), and a pause between two writes
+// (an event stream) or two reads is not a wait on the client.
+// net/http's HTTP/2 deadlines are timers that reset the stream when
+// they fire, wherever the handler is: there each read or write arms
+// its deadline and clears it when it returns.
+type deadline struct {
+	set   func(time.Time) error
+	d     time.Duration
+	at    time.Time
+	timer bool // HTTP/2 (net/http): armed per call, cleared after
+}
 
-// boundWait arms *dl at now + d through set when a quarter of d has
-// passed since it was last armed.
-func boundWait(dl *time.Time, d time.Duration, set func(time.Time) error) {
+// arm bounds the read or write about to be made.
+func (dl *deadline) arm() {
 	now := time.Now()
-	if dl.Sub(now) < d-d/4 {
-		*dl = now.Add(d)
-		_ = set(*dl)
+	if dl.timer || dl.at.Sub(now) < dl.d-dl.d/4 {
+		dl.at = now.Add(dl.d)
+		_ = dl.set(dl.at)
+	}
+}
+
+// disarm ends the bound when the call has returned (HTTP/2 only).
+func (dl *deadline) disarm() {
+	if dl.timer {
+		_ = dl.set(time.Time{})
 	}
 }
 
 type boundedWriter struct {
 	http.ResponseWriter
-	ctl  *http.ResponseController
-	send time.Duration
-	dl   time.Time
+	ctl *http.ResponseController
+	dl  deadline
 }
 
-func (b *boundedWriter) arm() { boundWait(&b.dl, b.send, b.ctl.SetWriteDeadline) }
-
 func (b *boundedWriter) WriteHeader(code int) {
-	b.arm() // a 1xx goes out at once
+	b.dl.arm() // a 1xx goes out at once
 	b.ResponseWriter.WriteHeader(code)
+	b.dl.disarm()
 }
 
 func (b *boundedWriter) Write(p []byte) (int, error) {
-	b.arm()
-	return b.ResponseWriter.Write(p)
+	b.dl.arm()
+	n, err := b.ResponseWriter.Write(p)
+	b.dl.disarm()
+	return n, err
 }
 
 // FlushError is what http.ResponseController.Flush calls (the reverse
 // proxy flushes through one): the flush writes to the client.
 func (b *boundedWriter) FlushError() error {
-	b.arm()
-	return b.ctl.Flush()
+	b.dl.arm()
+	err := b.ctl.Flush()
+	b.dl.disarm()
+	return err
 }
 
 func (b *boundedWriter) Unwrap() http.ResponseWriter { return b.ResponseWriter }
 
 type boundedBody struct {
 	io.ReadCloser
-	ctl  *http.ResponseController
-	wait time.Duration
-	dl   time.Time
+	dl   deadline
 	done bool // the body ended (or failed): the deadline is not touched again
 }
 
@@ -124,13 +142,14 @@ func (b *boundedBody) Read(p []byte) (int, error) {
 	if b.done {
 		return b.ReadCloser.Read(p)
 	}
-	boundWait(&b.dl, b.wait, b.ctl.SetReadDeadline)
+	b.dl.arm()
 	n, err := b.ReadCloser.Read(p)
 	// At the body's end net/http's HTTP/1.1 server starts a background
 	// read of the connection with no deadline, to notice a client that
 	// leaves while the response is coming; a deadline set now would
 	// end it, and cancel the request, after client_body.
 	b.done = err != nil
+	b.dl.disarm()
 	return n, err
 }
 
@@ -140,9 +159,10 @@ func (b *boundedBody) Read(p []byte) (int, error) {
 // the write deadline done sets.
 func bounded(w http.ResponseWriter, r *http.Request, tm timeouts) (http.ResponseWriter, *http.Request, func()) {
 	ctl := http.NewResponseController(w)
-	bw := &boundedWriter{ResponseWriter: w, ctl: ctl, send: tm.send}
+	timer := r.ProtoMajor == 2
+	bw := &boundedWriter{ResponseWriter: w, ctl: ctl, dl: deadline{set: ctl.SetWriteDeadline, d: tm.send, timer: timer}}
 	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = &boundedBody{ReadCloser: r.Body, ctl: ctl, wait: tm.clientBody}
+		r.Body = &boundedBody{ReadCloser: r.Body, dl: deadline{set: ctl.SetReadDeadline, d: tm.clientBody, timer: timer}}
 	}
 	return bw, r, func() { _ = ctl.SetWriteDeadline(time.Now().Add(tm.send)) }
 }

@@ -665,13 +665,19 @@ func TestNetHTTPPathTimeouts(t *testing.T) {
 
 // The bounds are waits on the client, not on the upstream: a request
 // whose body came whole, answered after more than client_body and
-// send, is served on every engine (own HTTP/1.1 and HTTP/2, net/http's
-// server for an https:// upstream), over HTTP/1.1 and HTTP/2.
+// send, and a streamed response that pauses longer than send, are
+// served on every engine (own HTTP/1.1 and HTTP/2, net/http's server
+// for an https:// upstream, HTTP/3), over HTTP/1.1, HTTP/2 and HTTP/3.
 func TestSlowAnswerAfterBody(t *testing.T) {
 	slow := func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		time.Sleep(time.Second) // longer than client_body and send
 		fmt.Fprintf(w, "got %d", len(b))
+		if r.URL.Path == "/pause" {
+			_ = http.NewResponseController(w).Flush()
+			time.Sleep(time.Second)
+			fmt.Fprint(w, " and more")
+		}
 	}
 	plain := httptest.NewServer(http.HandlerFunc(slow))
 	t.Cleanup(plain.Close)
@@ -686,25 +692,37 @@ func TestSlowAnswerAfterBody(t *testing.T) {
 			tinyTimeouts(c)
 			c.Routes[0].UpstreamCA = caFile
 		}, up)
-		for _, proto := range []string{"http/1.1", "h2"} {
+		for _, proto := range []string{"http/1.1", "h2", "h3"} {
 			t.Run(up[:5]+" "+proto, func(t *testing.T) {
-				tr := &http.Transport{
+				var tr http.RoundTripper = &http.Transport{
 					TLSClientConfig:   &tls.Config{ServerName: "web.test", RootCAs: w.roots, NextProtos: []string{proto}},
 					ForceAttemptHTTP2: proto == "h2",
 					DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
 						return (&net.Dialer{}).DialContext(ctx, network, w.addr)
 					},
 				}
-				defer tr.CloseIdleConnections()
-				cl := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-				res, err := cl.Post("https://web.test/slow", "text/plain", strings.NewReader(strings.Repeat("b", 5000)))
-				if err != nil {
-					t.Fatal(err)
+				if proto == "h3" {
+					h3 := &http3.Transport{
+						TLSClientConfig: &tls.Config{ServerName: "web.test", RootCAs: w.roots},
+						Dial: func(ctx context.Context, _ string, tlsCfg *tls.Config, cfg *quic.Config) (*quic.Conn, error) {
+							return quic.DialAddr(ctx, w.addr, tlsCfg, cfg)
+						},
+					}
+					defer h3.Close()
+					tr = h3
 				}
-				body, _ := io.ReadAll(res.Body)
-				res.Body.Close()
-				if res.StatusCode != 200 || string(body) != "got 5000" || res.ProtoMajor != map[string]int{"http/1.1": 1, "h2": 2}[proto] {
-					t.Errorf("%s %d %q", res.Proto, res.StatusCode, body)
+				cl := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+				defer cl.CloseIdleConnections()
+				for path, want := range map[string]string{"/slow": "got 5000", "/pause": "got 5000 and more"} {
+					res, err := cl.Post("https://web.test"+path, "text/plain", strings.NewReader(strings.Repeat("b", 5000)))
+					if err != nil {
+						t.Fatal(err)
+					}
+					body, err := io.ReadAll(res.Body)
+					res.Body.Close()
+					if err != nil || res.StatusCode != 200 || string(body) != want || res.ProtoMajor != map[string]int{"http/1.1": 1, "h2": 2, "h3": 3}[proto] {
+						t.Errorf("%s: %s %d %q %v", path, res.Proto, res.StatusCode, body, err)
+					}
 				}
 			})
 		}
