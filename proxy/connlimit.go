@@ -79,11 +79,19 @@ func (u *upLimit) release() { <-u.slots }
 // net/http's HTTP/2 deadlines are timers that reset the stream when
 // they fire, wherever the handler is: there each read or write arms
 // its deadline and clears it when it returns.
+//
+// The request body may still be read after the handler returned (the
+// upstream transport writes it from its own goroutine); the
+// ResponseController must not be used then (net/http's HTTP/2 writer
+// is gone, HTTP/1.1's connection serves the next request): over, under
+// mu, stops that.
 type deadline struct {
 	set   func(time.Time) error
 	d     time.Duration
 	at    time.Time
 	timer bool // HTTP/2 (net/http): armed per call, cleared after
+	mu    *sync.Mutex
+	over  *bool // the handler has returned
 }
 
 // arm bounds the read or write about to be made.
@@ -91,14 +99,22 @@ func (dl *deadline) arm() {
 	now := time.Now()
 	if dl.timer || dl.at.Sub(now) < dl.d-dl.d/4 {
 		dl.at = now.Add(dl.d)
-		_ = dl.set(dl.at)
+		dl.mu.Lock()
+		if !*dl.over {
+			_ = dl.set(dl.at)
+		}
+		dl.mu.Unlock()
 	}
 }
 
 // disarm ends the bound when the call has returned (HTTP/2 only).
 func (dl *deadline) disarm() {
 	if dl.timer {
-		_ = dl.set(time.Time{})
+		dl.mu.Lock()
+		if !*dl.over {
+			_ = dl.set(time.Time{})
+		}
+		dl.mu.Unlock()
 	}
 }
 
@@ -158,13 +174,29 @@ func (b *boundedBody) Read(p []byte) (int, error) {
 // net/http flushes what the handler left buffered after that, within
 // the write deadline done sets.
 func bounded(w http.ResponseWriter, r *http.Request, tm timeouts) (http.ResponseWriter, *http.Request, func()) {
-	ctl := http.NewResponseController(w)
-	timer := r.ProtoMajor == 2
-	bw := &boundedWriter{ResponseWriter: w, ctl: ctl, dl: deadline{set: ctl.SetWriteDeadline, d: tm.send, timer: timer}}
-	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = &boundedBody{ReadCloser: r.Body, dl: deadline{set: ctl.SetReadDeadline, d: tm.clientBody, timer: timer}}
+	// the controller on the server's own writer: the wrappers between
+	// (the access record) are reused once the handler has returned
+	base := w
+	for {
+		u, ok := base.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			break
+		}
+		base = u.Unwrap()
 	}
-	return bw, r, func() { _ = ctl.SetWriteDeadline(time.Now().Add(tm.send)) }
+	ctl := http.NewResponseController(base)
+	timer := r.ProtoMajor == 2
+	mu, over := new(sync.Mutex), new(bool)
+	bw := &boundedWriter{ResponseWriter: w, ctl: ctl, dl: deadline{set: ctl.SetWriteDeadline, d: tm.send, timer: timer, mu: mu, over: over}}
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &boundedBody{ReadCloser: r.Body, dl: deadline{set: ctl.SetReadDeadline, d: tm.clientBody, timer: timer, mu: mu, over: over}}
+	}
+	return bw, r, func() {
+		mu.Lock()
+		*over = true
+		mu.Unlock()
+		_ = ctl.SetWriteDeadline(time.Now().Add(tm.send))
+	}
 }
 
 // limited answers a net/http request that got no upstream slot.
