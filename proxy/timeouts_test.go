@@ -338,12 +338,12 @@ func TestH2WindowStallCapped(t *testing.T) {
 }
 
 // HTTP/2: a stream that sends part of its body and stalls is reset
-// after client_body; the upstream sees its request aborted. With
-// proxy_protocol the stream goes through net/http's Transport (the
-// hybrid path), without through the own upstream client.
+// after client_body; the upstream sees its request aborted, on a
+// pooled upstream connection and on one pinned to the client
+// connection for proxy_protocol.
 func TestH2ClientBodyTimeout(t *testing.T) {
 	t.Run("own client", func(t *testing.T) { h2BodyStall(t, "", readsBody) })
-	t.Run("proxy_protocol, Transport", func(t *testing.T) {
+	t.Run("proxy_protocol, pinned", func(t *testing.T) {
 		h2BodyStall(t, "v1", func(c net.Conn, br *bufio.Reader) error {
 			if line, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(line, "PROXY TCP4 127.0.0.1 ") {
 				return fmt.Errorf("PROXY header %q: %v", line, err)
