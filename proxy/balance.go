@@ -206,8 +206,8 @@ func (rs *routeState) RoundTrip(req *http.Request) (*http.Response, error) {
 			return res, nil
 		}
 		up.active.Add(-1)
-		if req.Context().Err() != nil {
-			return nil, err // the client went away: not the upstream's fault
+		if req.Context().Err() != nil || errors.Is(err, errClientBodyTimeout) {
+			return nil, err // the client went away or stalled: not the upstream's fault
 		}
 		rs.upstreamFailed(up, err)
 		last = &upstreamError{up: up, err: err}

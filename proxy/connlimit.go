@@ -3,9 +3,12 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,6 +31,10 @@ var metricConnUpstreamLimit = prometheus.NewCounter(prometheus.CounterOpts{
 	Name: "gatehouse_http_conn_upstream_limit_total",
 	Help: "HTTP/2 requests that had to wait because their client connection already held the most upstream exchanges it may (100) at once.",
 })
+
+// errClientBodyTimeout marks a request body read that ran out of
+// [timeouts] client_body (net/http's server path): 408, not 504.
+var errClientBodyTimeout = errors.New("the request body stopped arriving ([timeouts] client_body)")
 
 var errUpstreamLimit = errors.New("the connection holds the most upstream exchanges it may at once")
 
@@ -120,17 +127,50 @@ func (dl *deadline) disarm() {
 
 type boundedWriter struct {
 	http.ResponseWriter
-	ctl *http.ResponseController
-	dl  deadline
+	ctl      *http.ResponseController
+	dl       deadline
+	body     *boundedBody // the request's, if it has one
+	wrote    bool         // a final status was written
+	replaced bool         // it was the 408 instead of the upstream's answer
 }
 
 func (b *boundedWriter) WriteHeader(code int) {
+	if b.wrote {
+		return
+	}
+	if code >= 200 && b.body != nil && b.body.timedOut.Load() {
+		// the request body timed out: the upstream answered a request
+		// it never got whole; the client gets the 408
+		b.replaced = true
+		b.write408()
+		return
+	}
+	b.wrote = code >= 200
 	b.dl.arm() // a 1xx goes out at once
 	b.ResponseWriter.WriteHeader(code)
 	b.dl.disarm()
 }
 
+func (b *boundedWriter) write408() {
+	h := b.ResponseWriter.Header()
+	clear(h)
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Connection", "close")
+	b.wrote = true
+	b.dl.arm()
+	b.ResponseWriter.WriteHeader(http.StatusRequestTimeout)
+	_, _ = b.ResponseWriter.Write([]byte("408 Request Timeout: the request body stopped arriving\n"))
+	b.dl.disarm()
+}
+
 func (b *boundedWriter) Write(p []byte) (int, error) {
+	if !b.wrote {
+		b.WriteHeader(http.StatusOK)
+	}
+	if b.replaced {
+		return len(p), nil // the upstream's body of the replaced answer
+	}
 	b.dl.arm()
 	n, err := b.ResponseWriter.Write(p)
 	b.dl.disarm()
@@ -150,8 +190,10 @@ func (b *boundedWriter) Unwrap() http.ResponseWriter { return b.ResponseWriter }
 
 type boundedBody struct {
 	io.ReadCloser
-	dl   deadline
-	done bool // the body ended (or failed): the deadline is not touched again
+	dl       deadline
+	done     bool         // the body ended (or failed): the deadline is not touched again
+	timedOut atomic.Bool  // client_body ran out
+	reading  atomic.Int32 // a Read is in progress (see bounded's done)
 }
 
 func (b *boundedBody) Read(p []byte) (int, error) {
@@ -159,7 +201,13 @@ func (b *boundedBody) Read(p []byte) (int, error) {
 		return b.ReadCloser.Read(p)
 	}
 	b.dl.arm()
+	b.reading.Add(1)
 	n, err := b.ReadCloser.Read(p)
+	if ne := net.Error(nil); err != nil && errors.As(err, &ne) && ne.Timeout() {
+		b.timedOut.Store(true)
+		err = fmt.Errorf("%w: %w", errClientBodyTimeout, err) // proxyError answers 408
+	}
+	b.reading.Add(-1)
 	// At the body's end net/http's HTTP/1.1 server starts a background
 	// read of the connection with no deadline, to notice a client that
 	// leaves while the response is coming; a deadline set now would
@@ -188,14 +236,34 @@ func bounded(w http.ResponseWriter, r *http.Request, tm timeouts) (http.Response
 	timer := r.ProtoMajor == 2
 	mu, over := new(sync.Mutex), new(bool)
 	bw := &boundedWriter{ResponseWriter: w, ctl: ctl, dl: deadline{set: ctl.SetWriteDeadline, d: tm.send, timer: timer, mu: mu, over: over}}
+	var bb *boundedBody
 	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = &boundedBody{ReadCloser: r.Body, dl: deadline{set: ctl.SetReadDeadline, d: tm.clientBody, timer: timer, mu: mu, over: over}}
+		bb = &boundedBody{ReadCloser: r.Body, dl: deadline{set: ctl.SetReadDeadline, d: tm.clientBody, timer: timer, mu: mu, over: over}}
+		r.Body = bb
+		bw.body = bb
 	}
 	return bw, r, func() {
 		mu.Lock()
 		*over = true
 		mu.Unlock()
 		_ = ctl.SetWriteDeadline(time.Now().Add(tm.send))
+		if bb == nil || bw.wrote || r.Context().Err() == nil {
+			return
+		}
+		// nothing answered and the context ended: the client left, or
+		// its body timed out (net/http's HTTP/1.1 server cancels the
+		// context inside the failing read, before that read returns
+		// here): let the read return, for at most a second
+		for i := 0; i < 100 && bb.reading.Load() > 0; i++ {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if bb.timedOut.Load() {
+			// HTTP/1.1: net/http canceled the request's context when the
+			// body read failed, so the reverse proxy saw a client that
+			// left and answered nothing (net/http would send an empty
+			// 200): the client is still there and gets its 408
+			bw.write408()
+		}
 	}
 }
 

@@ -360,11 +360,16 @@ func (rs *routeState) proxyError(w http.ResponseWriter, r *http.Request, err err
 	}
 	status, body := http.StatusBadGateway, "502 Bad Gateway: the upstream server is unavailable\n"
 	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
+	switch {
+	case errors.Is(err, errClientBodyTimeout):
+		status, body = http.StatusRequestTimeout, "408 Request Timeout: the request body stopped arriving\n"
+	case errors.As(err, &ne) && ne.Timeout():
 		status, body = http.StatusGatewayTimeout, "504 Gateway Timeout: the upstream server did not answer in time\n"
 	}
 	reqs[classOf(status)].Inc()
-	if errors.Is(err, errNoUpstream) {
+	if status == http.StatusRequestTimeout {
+		rs.log.Debug("client request body timed out", "method", r.Method, "path", r.URL.Path, "client", r.RemoteAddr)
+	} else if errors.Is(err, errNoUpstream) {
 		// every upstream is marked down; the transitions were logged
 		rs.log.Debug("no healthy upstream", "method", r.Method, "path", r.URL.Path, "client", r.RemoteAddr)
 	} else {
