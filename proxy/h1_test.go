@@ -60,7 +60,7 @@ func startH1WorldIdle(t testing.TB, idle time.Duration, upstream string, extra .
 }
 
 // startH1WorldWith is startH1World with tweak applied to the config.
-func startH1WorldWith(t *testing.T, tweak func(*routes.Config), upstream string, extra ...routes.Route) *h1World {
+func startH1WorldWith(t testing.TB, tweak func(*routes.Config), upstream string, extra ...routes.Route) *h1World {
 	t.Helper()
 	ca, err := acmetest.NewTestCA("h1 test root")
 	if err != nil {

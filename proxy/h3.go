@@ -10,7 +10,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -120,68 +119,16 @@ func (s *Server) startH3() {
 	}()
 }
 
-// serveH3 is serveHTTP with a no-progress bound on both directions of
-// the request stream. quic-go bounds memory (stream flow control) and a
-// silent peer (MaxIdleTimeout), but a client that keeps its connection
-// alive (PINGs, other streams) and then stops sending its body or
-// stops reading the response would hold the handler, and with it an
-// upstream connection, forever. Each body read and each response write
-// gets a stream deadline [timeouts] idle ahead: a stalled direction
-// fails the request after that long without progress, the upstream
-// request is aborted and its connection released; a slow but moving
-// transfer is never cut.
+// serveH3 serves an HTTP/3 request as serveHTTP does, with its
+// no-progress bounds (connlimit.go's bounded: each body read within
+// [timeouts] client_body, each response write within send, as stream
+// deadlines). quic-go bounds memory (stream flow control) and a silent
+// peer (MaxIdleTimeout), but a client that keeps its connection alive
+// (PINGs, other streams) and then stops sending its body or stops
+// reading the response would otherwise hold the handler, and with it
+// an upstream connection, forever.
 func (s *Server) serveH3(w http.ResponseWriter, r *http.Request) {
-	d := s.state.Load().tm.idle
-	pw := &h3Progress{ResponseWriter: w, d: d}
-	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = &h3ProgressBody{ReadCloser: r.Body, w: pw}
-	}
-	s.serveHTTP(pw, r)
-}
-
-// h3Progress refreshes the stream's write deadline before each write
-// and flush (quic-go's http3 response writer implements
-// SetReadDeadline/SetWriteDeadline on the request stream).
-type h3Progress struct {
-	http.ResponseWriter
-	d time.Duration
-}
-
-type deadliner interface {
-	SetReadDeadline(time.Time) error
-	SetWriteDeadline(time.Time) error
-}
-
-func (p *h3Progress) writeDeadline() {
-	if dl, ok := p.ResponseWriter.(deadliner); ok {
-		_ = dl.SetWriteDeadline(time.Now().Add(p.d))
-	}
-}
-
-func (p *h3Progress) Write(b []byte) (int, error) {
-	p.writeDeadline()
-	return p.ResponseWriter.Write(b)
-}
-
-func (p *h3Progress) FlushError() error {
-	p.writeDeadline()
-	return http.NewResponseController(p.ResponseWriter).Flush()
-}
-
-func (p *h3Progress) Unwrap() http.ResponseWriter { return p.ResponseWriter }
-
-// h3ProgressBody refreshes the stream's read deadline before each read
-// of the request body.
-type h3ProgressBody struct {
-	io.ReadCloser
-	w *h3Progress
-}
-
-func (b *h3ProgressBody) Read(p []byte) (int, error) {
-	if dl, ok := b.w.ResponseWriter.(deadliner); ok {
-		_ = dl.SetReadDeadline(time.Now().Add(b.w.d))
-	}
-	return b.ReadCloser.Read(p)
+	s.serveHTTP(w, r)
 }
 
 // h3Certificate routes a QUIC handshake by SNI as handleConn routes a

@@ -33,8 +33,8 @@ import (
 // loopback, real TCP upstreams that count what reaches them.
 
 type h3Opts struct {
-	idle, handshake time.Duration
-	access          io.Writer
+	idle, handshake, clientBody, send time.Duration
+	access                            io.Writer
 }
 
 // startH3World is startH1World with the HTTP/3 listener's timeouts set
@@ -61,6 +61,12 @@ func startH3World(t *testing.T, o h3Opts, upstream string) *h1World {
 	}
 	if o.handshake > 0 {
 		cfg.Timeouts.Handshake = routes.Duration(o.handshake)
+	}
+	if o.clientBody > 0 {
+		cfg.Timeouts.ClientBody = routes.Duration(o.clientBody)
+	}
+	if o.send > 0 {
+		cfg.Timeouts.Send = routes.Duration(o.send)
 	}
 	cfg.ApplyDefaults()
 	opts := Options{Certs: fixedCerts{&kp}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
@@ -562,8 +568,9 @@ func TestH3HostileDatagrams(t *testing.T) {
 
 // A client that keeps its QUIC connection alive (PINGs) but stops
 // sending its request body, or stops reading the response, holds the
-// upstream connection only until [timeouts] idle passes without
-// progress: then the request fails and the upstream connection closes.
+// upstream connection only until [timeouts] client_body (a body) or
+// send (a response) passes without progress: then the request fails
+// and the upstream connection closes.
 func TestH3StalledBody(t *testing.T) {
 	up := startCountingUpstream(t, func(c net.Conn, br *bufio.Reader, u *countingUpstream) {
 		req, err := http.ReadRequest(br)
@@ -573,7 +580,7 @@ func TestH3StalledBody(t *testing.T) {
 		_, _ = io.Copy(io.Discard, req.Body) // waits for the whole body
 		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 	})
-	w := startH3World(t, h3Opts{idle: time.Second}, up.url())
+	w := startH3World(t, h3Opts{clientBody: time.Second}, up.url())
 	_, cc := h3Conn(t, w, &quic.Config{KeepAlivePeriod: 200 * time.Millisecond, MaxIdleTimeout: time.Minute})
 	pr, pw := io.Pipe()
 	defer pw.Close()
@@ -599,7 +606,7 @@ func TestH3StalledBody(t *testing.T) {
 	}
 	h3WaitUntil(t, 5*time.Second, "upstream connection opened", func() bool { return up.open.Load() == 1 })
 	began := time.Now()
-	h3WaitUntil(t, 15*time.Second, "upstream connection released after the client stopped sending its body (idle = 1s)", func() bool {
+	h3WaitUntil(t, 15*time.Second, "upstream connection released after the client stopped sending its body (client_body = 1s)", func() bool {
 		return up.open.Load() == 0
 	})
 	t.Logf("upstream connection released %v after the body stalled", time.Since(began).Round(100*time.Millisecond))
@@ -624,7 +631,7 @@ func TestH3StalledReader(t *testing.T) {
 			}
 		}
 	})
-	w := startH3World(t, h3Opts{idle: time.Second}, up.url())
+	w := startH3World(t, h3Opts{send: time.Second}, up.url())
 	_, cc := h3Conn(t, w, &quic.Config{KeepAlivePeriod: 200 * time.Millisecond, MaxIdleTimeout: time.Minute})
 	req, _ := http.NewRequest("GET", "https://web.test/stream", nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -641,17 +648,17 @@ func TestH3StalledReader(t *testing.T) {
 		t.Fatalf("%d upstream connections open, want 1", up.open.Load())
 	}
 	began := time.Now()
-	h3WaitUntil(t, 20*time.Second, "upstream connection released after the client stopped reading (idle = 1s)", func() bool {
+	h3WaitUntil(t, 20*time.Second, "upstream connection released after the client stopped reading (send = 1s)", func() bool {
 		return up.open.Load() == 0
 	})
 	t.Logf("upstream connection released %v after the client stopped reading", time.Since(began).Round(100*time.Millisecond))
 }
 
 // A slow body that keeps moving is not cut by the no-progress bound:
-// 3 s of upload, a piece every 300 ms, with idle = 1s.
+// 3 s of upload, a piece every 300 ms, with client_body = 1s.
 func TestH3SlowBodyPasses(t *testing.T) {
 	up := startCountingUpstream(t, answerOK)
-	w := startH3World(t, h3Opts{idle: time.Second}, up.url())
+	w := startH3World(t, h3Opts{clientBody: time.Second}, up.url())
 	_, cc := h3Conn(t, w, &quic.Config{KeepAlivePeriod: 200 * time.Millisecond, MaxIdleTimeout: time.Minute})
 	pr, pw := io.Pipe()
 	go func() {

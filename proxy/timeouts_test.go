@@ -197,7 +197,7 @@ func TestH1SendTimeout(t *testing.T) {
 
 // h2Client is a raw HTTP/2 client connection to a test world.
 type h2Client struct {
-	t   *testing.T
+	t   testing.TB
 	c   *tls.Conn
 	fr  *http2.Framer
 	enc *hpack.Encoder
