@@ -134,8 +134,10 @@ type upConn struct {
 // watchDead marks a connection closed while idle.
 const watchDead = ^uint64(0)
 
-// unsolicitedClosed counts idle connections closed because they became
-// readable (stray bytes, or the upstream closing them).
+// unsolicitedClosed counts upstream connections closed for bytes no
+// request asked for: idle ones the watch found readable (stray bytes,
+// or the upstream closing them), and ones whose stray bytes came in the
+// same read as the response they followed.
 var unsolicitedClosed atomic.Int64
 
 // max1xx bounds the informational (1xx) heads an upstream may send
@@ -323,6 +325,11 @@ func (c *upConn) done(reusable bool) {
 			c.pin.putOwn(c)
 		}
 		return
+	}
+	if reusable {
+		// bytes past the end of a complete response came in the same
+		// read as it: the stray, caught before the connection went idle
+		unsolicitedClosed.Add(1)
 	}
 	c.close()
 }
