@@ -600,7 +600,7 @@ func (c *h1conn) serveRequest(snap *snapshot, began time.Time) bool {
 		ob = c.proxy(snap, &x, ob)
 	}
 	c.putOut(ob)
-	rs.metrics.observe(began)
+	rs.metrics.observe(began, protoH1)
 	if c.s.access != nil {
 		c.logAccess(rs, &x, lg, began)
 	}

@@ -457,7 +457,7 @@ func (st *h2Stream) serve(in h2Request) {
 		st.logOwn(rs, in, began)
 		return
 	}
-	defer rs.metrics.observe(began)
+	defer rs.metrics.observe(began, protoH2)
 	if misdirectedHost(rs, in.authority, rc.hello.ServerName) {
 		rs.misdirected(st, rc.hello.ServerName)
 		st.logOwn(rs, in, began)

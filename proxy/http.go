@@ -19,7 +19,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rs := s.routeFor(w, r, rc)
 	began := time.Now()
-	defer rs.metrics.observe(began)
+	defer rs.metrics.observe(began, protoOf(r))
 	var a *accessRecord
 	if s.access != nil {
 		a = accessPool.Get().(*accessRecord)

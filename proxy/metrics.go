@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"crypto/tls"
+	"net/http"
 	"sort"
 	"sync"
 	"time"
@@ -40,6 +41,10 @@ var (
 		Help: "HTTP requests by route, status class (1xx..5xx, or canceled by the client) and upstream " +
 			"(empty when gatehouse answered itself: 421, or 502 with every upstream down).",
 	}, []string{"route", "code_class", "upstream"})
+	metricByProto = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gatehouse_http_requests_by_protocol_total",
+		Help: "HTTP requests served on a route (proxied, or answered by gatehouse for it: 421, 502...), by the client's protocol: h1, h2, h3.",
+	}, []string{"proto"})
 	metricDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "gatehouse_http_request_duration_seconds",
 		Help:    "Time from a request's headers to the end of its response, by route.",
@@ -55,7 +60,7 @@ func Collectors() []prometheus.Collector {
 	metricECHHandshakes.WithLabelValues("accepted") // both series exist from the start
 	metricECHHandshakes.WithLabelValues("rejected")
 	return []prometheus.Collector{metricConnsAccepted, metricHandshakes, metricECHHandshakes, metricHandshakeFailures, metricActiveConns,
-		metricRequests, metricDuration, healthCollector{}, metricConnUpstreamLimit}
+		metricRequests, metricByProto, metricDuration, healthCollector{}, metricConnUpstreamLimit}
 }
 
 func metricHandshakeFail(reason string) { metricHandshakeFailures.WithLabelValues(reason).Inc() }
@@ -109,8 +114,34 @@ func newRouteMetrics(route string, ups []*upstream) routeMetrics {
 	return m
 }
 
-func (m *routeMetrics) observe(began time.Time) {
+// Client protocols, for metricByProto.
+const (
+	protoH1 = iota
+	protoH2
+	protoH3
+)
+
+var byProto = [...]counter{
+	protoH1: metricByProto.WithLabelValues("h1"),
+	protoH2: metricByProto.WithLabelValues("h2"),
+	protoH3: metricByProto.WithLabelValues("h3"),
+}
+
+// protoOf is the client protocol of a request served through net/http's
+// handler interface (net/http's server, quic-go's http3 server).
+func protoOf(r *http.Request) int {
+	switch r.ProtoMajor {
+	case 3:
+		return protoH3
+	case 2:
+		return protoH2
+	}
+	return protoH1
+}
+
+func (m *routeMetrics) observe(began time.Time, proto int) {
 	m.duration.Observe(time.Since(began).Seconds())
+	byProto[proto].Inc()
 }
 
 // live holds the routes installed in a proxy (not yet retired), for the

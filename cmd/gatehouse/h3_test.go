@@ -42,6 +42,12 @@ func TestHTTP3(t *testing.T) {
 	_, port, _ := strings.Cut(addr, ":")
 	wantAltSvc := `h3=":` + port + `"; ma=86400`
 
+	byProto := func(p string) float64 {
+		v, _ := sample(scrape(t, e.admLn.Addr().String()), "gatehouse_http_requests_by_protocol_total", `proto="`+p+`"`)
+		return v
+	}
+	h1Before, h2Before, h3Before := byProto("h1"), byProto("h2"), byProto("h3")
+
 	c, tr := h3Client(addr, e.roots)
 	defer tr.Close()
 	res, err := c.Get("https://a.test:" + port + "/x")
@@ -83,6 +89,14 @@ func TestHTTP3(t *testing.T) {
 		readAll(t, res)
 		if got := res.Header.Get("Alt-Svc"); got != "" {
 			t.Errorf("%s response of a route with http3 = false: Alt-Svc %q", res.Proto, got)
+		}
+	}
+
+	// requests counted by the client's protocol: h3 (a GET and the 421),
+	// h1 and h2 (two GETs each)
+	for p, want := range map[string]float64{"h1": h1Before + 2, "h2": h2Before + 2, "h3": h3Before + 2} {
+		if got := byProto(p); got != want {
+			t.Errorf("gatehouse_http_requests_by_protocol_total{proto=%q} = %v, want %v", p, got, want)
 		}
 	}
 
