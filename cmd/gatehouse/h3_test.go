@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -175,5 +176,65 @@ func TestHTTP3Reload(t *testing.T) {
 	var te *quic.TransportError
 	if !errors.As(err, &te) || te.ErrorCode != 0x170 {
 		t.Fatalf("new QUIC connection for a removed name: %v, want unrecognized_name", err)
+	}
+}
+
+// Shutdown drains HTTP/3 as it drains TCP: the request in flight gets its
+// whole answer, new requests on the connection are not served (HTTP/3
+// GOAWAY), and shutdown returns once the request is done, well within
+// the drain limit.
+func TestHTTP3Drain(t *testing.T) {
+	e := newCAEnv(t)
+	holding, release := make(chan struct{}), make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hold" {
+			close(holding)
+			<-release
+		}
+		fmt.Fprint(w, "done "+r.URL.Path)
+	}))
+	t.Cleanup(up.Close)
+	in := e.start(e.config(fmt.Sprintf("[[route]]\nhosts = [\"a.test\"]\nupstream = %q\n%s", up.URL, e.certFor("a.test"))))
+	c, tr := h3Client(e.httpsAddr(), e.roots)
+	defer tr.Close()
+	got := make(chan string, 1)
+	go func() {
+		res, err := c.Get("https://a.test/hold")
+		if err != nil {
+			got <- "error: " + err.Error()
+			return
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		got <- string(b)
+	}()
+	select {
+	case <-holding:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request did not reach the upstream")
+	}
+	stopped := make(chan error, 1)
+	began := time.Now()
+	go func() { stopped <- in.shutdown(20 * time.Second) }()
+	time.Sleep(300 * time.Millisecond) // the GOAWAY is out
+	if res, err := c.Get("https://a.test/late"); err == nil {
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		t.Errorf("a request after the GOAWAY was served: %d %q", res.StatusCode, b)
+	}
+	close(release)
+	if body := <-got; body != "done /hold" {
+		t.Fatalf("the request in flight during the drain got %q", body)
+	}
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatalf("shutdown: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("shutdown did not return after the last request")
+	}
+	if d := time.Since(began); d > 10*time.Second {
+		t.Errorf("drain took %v", d)
 	}
 }
