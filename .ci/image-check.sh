@@ -48,7 +48,7 @@ RUNTIME_LINES=(
   'USER 65532:65532'
   'ENV GATEHOUSE_CONFIG=/etc/gatehouse/gatehouse.toml GATEHOUSE_STORAGE_DIR=/var/lib/gatehouse'
   'VOLUME /var/lib/gatehouse'
-  'EXPOSE 80 443'
+  'EXPOSE 80 443 443/udp'
   'HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 CMD ["/gatehouse","healthcheck"]'
   'ENTRYPOINT ["/gatehouse"]'
   'CMD ["run"]'
@@ -252,7 +252,7 @@ def want(name, got, exp):
 want("user", dc.get("User"), "65532:65532")
 want("entrypoint", dc.get("Entrypoint"), ["/gatehouse"])
 want("cmd", dc.get("Cmd"), ["run"])
-want("exposed ports", sorted((dc.get("ExposedPorts") or {}).keys()), ["443/tcp", "80/tcp"])
+want("exposed ports", sorted((dc.get("ExposedPorts") or {}).keys()), ["443/tcp", "443/udp", "80/tcp"])
 want("volumes", sorted((dc.get("Volumes") or {}).keys()), ["/var/lib/gatehouse"])
 env = dc.get("Env") or []
 for e in ("GATEHOUSE_CONFIG=/etc/gatehouse/gatehouse.toml", "GATEHOUSE_STORAGE_DIR=/var/lib/gatehouse"):
