@@ -32,12 +32,7 @@ type dnsEnv struct {
 
 func newDNSEnv(t *testing.T, popts acmetest.PebbleOptions) *dnsEnv {
 	t.Helper()
-	if acmetest.NamedPath() == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("named (bind9) is not installed: ./test.sh installs it in CI")
-		}
-		t.Skip("named (bind9) not installed: apt-get install bind9 bind9-dnsutils")
-	}
+	acmetest.NeedNamed(t)
 	b, err := acmetest.StartBind(acmetest.BindOptions{Zones: []string{"example.test", "ro.test"}, Updatable: []string{"example.test"}})
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/miekg/dns"
@@ -46,6 +47,19 @@ type BindOptions struct {
 	Updatable []string
 	// Extra holds more zone-file lines per zone (key as in Zones).
 	Extra map[string]string
+}
+
+// NeedNamed skips t when BIND is not installed, except in CI (CI=true),
+// where ./test.sh installs it and its absence fails the test.
+func NeedNamed(t testing.TB) {
+	t.Helper()
+	if NamedPath() != "" {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("named (bind9) is not installed: ./test.sh installs it in CI")
+	}
+	t.Skip("named (bind9) not installed: apt-get install bind9 bind9-dnsutils")
 }
 
 // NamedPath returns the path of named, or "" when BIND is not installed.

@@ -22,12 +22,7 @@ import (
 // the test is skipped, except in CI, where it fails.
 func startBind(t *testing.T) *acmetest.Bind {
 	t.Helper()
-	if acmetest.NamedPath() == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("named (bind9) is not installed: ./test.sh installs it in CI")
-		}
-		t.Skip("named (bind9) not installed: apt-get install bind9 bind9-dnsutils")
-	}
+	acmetest.NeedNamed(t)
 	b, err := acmetest.StartBind(acmetest.BindOptions{Zones: []string{"example.test", "ro.test"}, Updatable: []string{"example.test"}})
 	if err != nil {
 		t.Fatal(err)
@@ -122,12 +117,7 @@ func TestRFC2136Refusals(t *testing.T) {
 // zone's journal) answers SERVFAIL: the error names it and says where to
 // look, and the zone is unchanged.
 func TestRFC2136ServFail(t *testing.T) {
-	if acmetest.NamedPath() == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("named (bind9) is not installed: ./test.sh installs it in CI")
-		}
-		t.Skip("named (bind9) not installed: apt-get install bind9 bind9-dnsutils")
-	}
+	acmetest.NeedNamed(t)
 	b, err := acmetest.StartBind(acmetest.BindOptions{Zones: []string{"broken.test"}, Updatable: []string{"broken.test"}})
 	if err != nil {
 		t.Fatal(err)
@@ -253,12 +243,7 @@ func TestExecHookFailures(t *testing.T) {
 // maxAuthorities servers asked, 64 TXT values read, 16 SOA queries to
 // find a zone.
 func TestFinderLimits(t *testing.T) {
-	if acmetest.NamedPath() == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("named (bind9) is not installed")
-		}
-		t.Skip("named (bind9) not installed")
-	}
+	acmetest.NeedNamed(t)
 	var ns strings.Builder
 	for i := 1; i <= 12; i++ {
 		fmt.Fprintf(&ns, "@ IN NS ns%[1]d.many.test.\nns%[1]d IN A 127.0.0.%[2]d\n", i, i+1)
