@@ -504,18 +504,7 @@ func (w *crlWatcher) prune() {
 	if w.live == nil {
 		return
 	}
-	w.mu.RLock()
-	leaves := make([]*x509.Certificate, 0, len(w.certs))
-	for leaf := range w.certs {
-		leaves = append(leaves, leaf)
-	}
-	w.mu.RUnlock()
-	var dead []*x509.Certificate
-	for _, leaf := range leaves {
-		if !w.live(leaf) {
-			dead = append(dead, leaf)
-		}
-	}
+	dead := notServed(&w.mu, w.certs, w.live)
 	if len(dead) == 0 {
 		return
 	}

@@ -268,23 +268,30 @@ func (s *stapler) refreshDue(ctx context.Context) {
 	wg.Wait()
 }
 
+// notServed returns the certificates of m that live says are no longer
+// served; live runs without mu held (it takes the cache's lock).
+func notServed[V any](mu *sync.RWMutex, m map[*x509.Certificate]V, live func(*x509.Certificate) bool) []*x509.Certificate {
+	mu.RLock()
+	leaves := make([]*x509.Certificate, 0, len(m))
+	for leaf := range m {
+		leaves = append(leaves, leaf)
+	}
+	mu.RUnlock()
+	var dead []*x509.Certificate
+	for _, leaf := range leaves {
+		if !live(leaf) {
+			dead = append(dead, leaf)
+		}
+	}
+	return dead
+}
+
 // prune forgets certificates that are no longer served.
 func (s *stapler) prune() {
 	if s.live == nil {
 		return
 	}
-	s.mu.RLock()
-	leaves := make([]*x509.Certificate, 0, len(s.entries))
-	for leaf := range s.entries {
-		leaves = append(leaves, leaf)
-	}
-	s.mu.RUnlock()
-	var dead []*x509.Certificate
-	for _, leaf := range leaves {
-		if !s.live(leaf) {
-			dead = append(dead, leaf)
-		}
-	}
+	dead := notServed(&s.mu, s.entries, s.live)
 	if len(dead) == 0 {
 		return
 	}
