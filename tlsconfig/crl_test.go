@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -364,9 +365,13 @@ func TestCRLManualRevoked(t *testing.T) {
 	log2, logs2 := captureLog(t)
 	m2, _ := manualCRLManager(t, storage, log2, map[string][2]string{"crl.test": {certFile, keyFile}}, nil)
 	ci := waitCRL(t, m2, leaf, "revoked")
-	if !strings.Contains(logs2.String(), "loaded persisted CRL") {
-		t.Errorf("restart: no log of the persisted CRL being loaded")
-	}
+	// the line follows the load that set the state: wait for it, bounded
+	testkit.WaitFor(t, 5*time.Second, "a log of the persisted CRL being loaded at restart", func() error {
+		if !strings.Contains(logs2.String(), "loaded persisted CRL") {
+			return errors.New("not logged")
+		}
+		return nil
+	})
 	if d := testutil.ToFloat64(metricRevoked.WithLabelValues("manual")) - revoked; d != 2 {
 		t.Errorf("after restart gatehouse_cert_revoked_total{source=manual} rose by %v in all, want 2", d)
 	}

@@ -128,21 +128,24 @@ func (s *stapler) register(cert tls.Certificate, names []string) {
 	if leaf == nil || len(leaf.OCSPServer) == 0 {
 		return
 	}
+	// the entry is complete before the refresher can see it (it reads
+	// issuer under s.mu)
+	var issuer *x509.Certificate
+	if len(cert.Certificate) > 1 {
+		if iss, err := x509.ParseCertificate(cert.Certificate[1]); err == nil {
+			issuer = iss
+		}
+	}
 	s.mu.Lock()
 	if _, ok := s.entries[leaf]; ok {
 		s.mu.Unlock()
 		return
 	}
 	cert.OCSPStaple = nil
-	e := &stapleEntry{leaf: leaf, cert: cert, names: names, key: stapleKey(leaf, names)}
+	e := &stapleEntry{leaf: leaf, cert: cert, names: names, key: stapleKey(leaf, names), issuer: issuer}
 	s.entries[leaf] = e
 	s.mu.Unlock()
 
-	if len(cert.Certificate) > 1 {
-		if iss, err := x509.ParseCertificate(cert.Certificate[1]); err == nil {
-			e.issuer = iss
-		}
-	}
 	if e.issuer == nil {
 		s.setErr(e, errors.New("chain has no issuer certificate to check OCSP responses against"))
 		s.log.Warn("OCSP: cannot staple: the served chain lacks the issuer certificate", "names", names)
