@@ -51,20 +51,7 @@ func TestBadGatewayLogNamesUpstream(t *testing.T) {
 	logs := &testkit.SyncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
 	s := New(Options{Certs: fixedCerts{&kp}, Logger: log, AccessLog: log.With("log", "access")})
-	if err := s.Listen("127.0.0.1:0", ""); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.SetTable(routes.NewTable(cfg)); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = s.Serve(); close(done) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = s.Shutdown(ctx)
-		<-done
-	})
+	serveTest(t, s, cfg, false)
 	https, _ := s.Addrs()
 
 	for _, host := range []string{"web.test", "pp.test"} {
@@ -128,4 +115,28 @@ func TestBadGatewayLogNamesUpstream(t *testing.T) {
 			}
 		}
 	}
+}
+
+// serveTest installs cfg's table on s, listens on kernel-picked loopback
+// ports (plain HTTP too when withHTTP) and serves until the test ends.
+func serveTest(t testing.TB, s *Server, cfg *routes.Config, withHTTP bool) {
+	t.Helper()
+	httpAddr := ""
+	if withHTTP {
+		httpAddr = "127.0.0.1:0"
+	}
+	if err := s.Listen("127.0.0.1:0", httpAddr); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetTable(routes.NewTable(cfg)); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = s.Serve(); close(done) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = s.Shutdown(ctx)
+		<-done
+	})
 }

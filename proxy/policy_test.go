@@ -774,20 +774,7 @@ func TestPlainRedirectHost(t *testing.T) {
 	cfg := &routes.Config{Routes: []routes.Route{{Hosts: []string{"*"}, Upstream: "http://127.0.0.1:1"}}}
 	cfg.ApplyDefaults()
 	s := New(Options{Certs: fixedCerts{}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err := s.Listen("127.0.0.1:0", "127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.SetTable(routes.NewTable(cfg)); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = s.Serve(); close(done) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = s.Shutdown(ctx)
-		<-done
-	})
+	serveTest(t, s, cfg, true)
 	_, plain := s.Addrs()
 	for host, want := range map[string]string{
 		"app.test":               "https://app.test:",
