@@ -352,7 +352,7 @@ func (p *Pebble) listen() error {
 	addrs := []*string{&p.acmeAddr, &p.mgmtAddr}
 	handlers := []http.Handler{p.acmeH, p.mgmtH}
 	for i, addr := range addrs {
-		l, err := net.Listen("tcp", *addr)
+		l, err := listenFresh(*addr)
 		if err != nil {
 			for _, s := range servers {
 				s.Close()
@@ -373,6 +373,47 @@ func (p *Pebble) listen() error {
 	p.servers = servers
 	p.stopped = false
 	return nil
+}
+
+// usedACMEPorts holds every port a Pebble of this process has listened
+// on. acmez caches a CA's directory by its URL for the life of the
+// process, so a new Pebble on the port of a closed one would be taken
+// for it: its profiles and ARI endpoint would be the old CA's (a CI run
+// failed so: "unknown profile name 'shortlived'; supported profiles:
+// map[default:…]"). listenFresh therefore never reuses a port.
+var (
+	usedACMEPortsMu sync.Mutex
+	usedACMEPorts   = map[string]bool{}
+)
+
+// listenFresh listens on addr; for a port-0 address it asks the kernel
+// again (up to 64 times, holding the refused listeners so the kernel
+// cannot hand them back) until the port is one no Pebble of this process
+// had before.
+func listenFresh(addr string) (net.Listener, error) {
+	if !strings.HasSuffix(addr, ":0") {
+		return net.Listen("tcp", addr)
+	}
+	usedACMEPortsMu.Lock()
+	defer usedACMEPortsMu.Unlock()
+	var held []net.Listener
+	defer func() {
+		for _, h := range held {
+			h.Close()
+		}
+	}()
+	for range 64 {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		if _, port, _ := net.SplitHostPort(l.Addr().String()); !usedACMEPorts[port] {
+			usedACMEPorts[port] = true
+			return l, nil
+		}
+		held = append(held, l)
+	}
+	return nil, fmt.Errorf("acmetest: no fresh port for %s after 64 tries", addr)
 }
 
 // Stop makes the CA unreachable: it closes both listeners and every open
