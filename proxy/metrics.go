@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"crypto/tls"
+	"net"
 	"net/http"
 	"sort"
 	"sync"
@@ -21,7 +22,7 @@ var (
 	}, []string{"version"})
 	metricECHHandshakes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gatehouse_ech_handshakes_total",
-		Help: "Completed TLS handshakes whose ClientHello offered Encrypted Client Hello, by result: accepted (the inner hello was decrypted and served) or rejected (it could not be: stale keys, answered with retry configs, or a client's GREASE extension).",
+		Help: "Completed TLS handshakes whose ClientHello offered Encrypted Client Hello, by result: accepted (the inner hello was decrypted and served) or rejected (it could not be: stale keys, answered with retry configs, or a client's GREASE extension); retried counts the accepted ones that came from an address rejected within the minute before (a client that got retry configs and came back with them).",
 	}, []string{"result"})
 	metricHandshakeFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gatehouse_tls_handshake_failures_total",
@@ -57,19 +58,27 @@ var (
 
 // Collectors returns the metrics this package maintains.
 func Collectors() []prometheus.Collector {
-	metricECHHandshakes.WithLabelValues("accepted") // both series exist from the start
+	metricECHHandshakes.WithLabelValues("accepted") // every series exists from the start
 	metricECHHandshakes.WithLabelValues("rejected")
+	metricECHHandshakes.WithLabelValues("retried")
 	return []prometheus.Collector{metricConnsAccepted, metricHandshakes, metricECHHandshakes, metricHandshakeFailures, metricActiveConns,
 		metricRequests, metricByProto, metricDuration, healthCollector{}, metricConnUpstreamLimit}
 }
 
 func metricHandshakeFail(reason string) { metricHandshakeFailures.WithLabelValues(reason).Inc() }
 
-func metricECH(accepted bool) {
-	if accepted {
-		metricECHHandshakes.WithLabelValues("accepted").Inc()
-	} else {
+// metricECH counts a completed handshake that offered ECH, from the
+// client at remote.
+func metricECH(accepted bool, remote net.Addr) {
+	now := time.Now()
+	if !accepted {
 		metricECHHandshakes.WithLabelValues("rejected").Inc()
+		echRetry.rejected(remote, now)
+		return
+	}
+	metricECHHandshakes.WithLabelValues("accepted").Inc()
+	if echRetry.accepted(remote, now) {
+		metricECHHandshakes.WithLabelValues("retried").Inc()
 	}
 }
 

@@ -553,7 +553,7 @@ func (s *Server) handleConn(c net.Conn) {
 	st := tc.ConnectionState()
 	metricHandshakeOK(st.Version)
 	if hello.ECHOffered {
-		metricECH(st.ECHAccepted)
+		metricECH(st.ECHAccepted, c.RemoteAddr())
 	}
 	if cfg == s.tlsChallenge {
 		tc.Close() // the CA only needed the handshake

@@ -200,6 +200,10 @@ func TestECH(t *testing.T) {
 	if v, _ := sample(m, "gatehouse_ech_handshakes_total", `result="rejected"`); v < 1 {
 		t.Fatalf("rejected ECH handshakes = %v, want 1", v)
 	}
+	// the retry came from the address just rejected
+	if v, _ := sample(m, "gatehouse_ech_handshakes_total", `result="retried"`); v < 1 {
+		t.Fatalf("retried ECH handshakes = %v, want 1", v)
+	}
 }
 
 // rewriteStorage points the config file at another storage dir.
