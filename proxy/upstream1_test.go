@@ -536,3 +536,24 @@ func TestUpstreamPinnedIdleBound(t *testing.T) {
 		t.Errorf("%d upstream connections after 20 requests in a row, want %d: the answered request's connection was not back yet", n, streams)
 	}
 }
+
+// Stray bytes that reach a pooled connection before its idle watch
+// began (within watchDelay of going idle) close it as soon as the watch
+// begins, with no further request: the watch is level-triggered.
+func TestUpstreamStrayBeforeWatchBegins(t *testing.T) {
+	var strays atomic.Int64
+	up := strayUpstream(t, watchDelay/4, true, &strays)
+	w := startH1World(t, up.url())
+	c := w.client(false)
+	for i := range 5 {
+		sent, closed := strays.Load(), unsolicitedClosed.Load()
+		if err := ask(c, "HEAD", "web.test", "/head", fmt.Sprintf("A-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, "the stray written", func() bool { return strays.Load() > sent })
+		waitUntil(t, "the watch to close the connection", func() bool { return unsolicitedClosed.Load() > closed })
+		if n := w.s.state.Load().lookup("web.test").bal.ups[0].pool.idleCount(); n != 0 {
+			t.Fatalf("%d idle connections left in the pool after the stray", n)
+		}
+	}
+}
