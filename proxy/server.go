@@ -124,11 +124,11 @@ type timeouts struct {
 func timeoutsOf(c *routes.Config) timeouts {
 	t := c.Timeouts
 	return timeouts{
-		handshake:  t.Handshake.Or(10 * time.Second),
-		readHeader: t.ReadHeader.Or(10 * time.Second),
-		idle:       t.Idle.Or(2 * time.Minute),
-		dial:       t.UpstreamDial.Or(5 * time.Second),
-		respHeader: t.UpstreamHeader.Or(60 * time.Second),
+		handshake:  t.HandshakeTimeout(),
+		readHeader: t.ReadHeaderTimeout(),
+		idle:       t.IdleTimeout(),
+		dial:       t.UpstreamDialTimeout(),
+		respHeader: t.UpstreamHeaderTimeout(),
 		clientBody: t.ClientBodyTimeout(),
 		send:       t.SendTimeout(),
 	}

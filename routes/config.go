@@ -343,11 +343,50 @@ type Timeouts struct {
 	Send       Duration `toml:"send"`
 }
 
-// Defaults of [timeouts] client_body and send.
+// The [timeouts] defaults, written here only: every package reads a
+// timeout through the methods below, which apply them (README,
+// "Timeouts").
 const (
-	DefaultClientBodyTimeout = 60 * time.Second
-	DefaultSendTimeout       = 60 * time.Second
+	DefaultReadHeaderTimeout     = 10 * time.Second
+	DefaultIdleTimeout           = 2 * time.Minute
+	DefaultUpstreamDialTimeout   = 5 * time.Second
+	DefaultUpstreamHeaderTimeout = 60 * time.Second
+	DefaultHandshakeTimeout      = 10 * time.Second
+	DefaultShutdownDrain         = 20 * time.Second
+	DefaultClientBodyTimeout     = 60 * time.Second
+	DefaultSendTimeout           = 60 * time.Second
 )
+
+// ReadHeaderTimeout is [timeouts] read_header with its default applied.
+func (t Timeouts) ReadHeaderTimeout() time.Duration {
+	return t.ReadHeader.Or(DefaultReadHeaderTimeout)
+}
+
+// IdleTimeout is [timeouts] idle with its default applied.
+func (t Timeouts) IdleTimeout() time.Duration { return t.Idle.Or(DefaultIdleTimeout) }
+
+// UpstreamDialTimeout is [timeouts] upstream_dial with its default applied.
+func (t Timeouts) UpstreamDialTimeout() time.Duration {
+	return t.UpstreamDial.Or(DefaultUpstreamDialTimeout)
+}
+
+// UpstreamHeaderTimeout is [timeouts] upstream_response_header with its
+// default applied.
+func (t Timeouts) UpstreamHeaderTimeout() time.Duration {
+	return t.UpstreamHeader.Or(DefaultUpstreamHeaderTimeout)
+}
+
+// HandshakeTimeout is [timeouts] handshake with its default applied: it
+// bounds a TLS handshake, and every wait a handshake may do for its
+// certificate (a stored name loading, an order on demand).
+func (t Timeouts) HandshakeTimeout() time.Duration {
+	return t.Handshake.Or(DefaultHandshakeTimeout)
+}
+
+// ShutdownDrainTimeout is [timeouts] shutdown_drain with its default applied.
+func (t Timeouts) ShutdownDrainTimeout() time.Duration {
+	return t.ShutdownDrain.Or(DefaultShutdownDrain)
+}
 
 // ClientBodyTimeout is [timeouts] client_body with its default applied.
 func (t Timeouts) ClientBodyTimeout() time.Duration {

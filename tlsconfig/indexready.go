@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"sync"
 	"sync/atomic"
-	"time"
 )
 
 // Index readiness. Apply hands the names it manages to a background job
@@ -72,12 +71,7 @@ func (m *Manager) awaitIndexed(hello *tls.ClientHelloInfo, name string) bool {
 	if m.indexing.busy.Load() == 0 {
 		return false
 	}
-	m.mu.RLock()
-	limit := 10 * time.Second
-	if m.cfg != nil {
-		limit = m.cfg.Timeouts.Handshake.Or(limit)
-	}
-	m.mu.RUnlock()
+	limit := m.handshakeTimeout()
 	parent := hello.Context()
 	if parent == nil { // a ClientHelloInfo not made by crypto/tls
 		parent = context.Background()

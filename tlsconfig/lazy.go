@@ -235,12 +235,7 @@ func safeKey(name string) string {
 // memory), waiting at most the handshake timeout. A failed load is
 // logged and the name ordered (loadOne).
 func (m *Manager) awaitStored(hello *tls.ClientHelloInfo, c *certmagic.Config, name string) {
-	m.mu.RLock()
-	limit := 10 * time.Second
-	if m.cfg != nil {
-		limit = m.cfg.Timeouts.Handshake.Or(limit)
-	}
-	m.mu.RUnlock()
+	limit := m.handshakeTimeout()
 	parent := hello.Context()
 	if parent == nil { // a ClientHelloInfo not made by crypto/tls
 		parent = context.Background()

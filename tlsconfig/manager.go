@@ -903,3 +903,15 @@ func (m *Manager) replaceRevoked(c *certmagic.Config, name string, leaf *x509.Ce
 		}
 	}
 }
+
+// handshakeTimeout is the config's [timeouts] handshake: the longest a
+// handshake waits for its certificate (a stored name loading, the index
+// being built, an expired one renewing).
+func (m *Manager) handshakeTimeout() time.Duration {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.cfg == nil {
+		return routes.DefaultHandshakeTimeout
+	}
+	return m.cfg.Timeouts.HandshakeTimeout()
+}

@@ -144,7 +144,7 @@ func (od *onDemand) configure(cfg *routes.Config, t *routes.Table) {
 	od.ask = cfg.OnDemand.Ask
 	od.askTimeout = cfg.OnDemand.AskTimeout.Or(routes.DefaultOnDemandAskTimeout)
 	od.denyTTL = cfg.OnDemand.DenyCache.Or(routes.DefaultOnDemandDenyCache)
-	od.handshake = cfg.Timeouts.Handshake.Or(10 * time.Second)
+	od.handshake = cfg.Timeouts.HandshakeTimeout()
 	if od.rate == nil {
 		od.rate = newWindowLimiter(n, per)
 	} else {

@@ -275,12 +275,7 @@ func (m *Manager) renewExpired(hello *tls.ClientHelloInfo, c *certmagic.Config, 
 		go m.renewExpiredOnce(c, name, cert.Leaf, call)
 	}
 	p.mu.Unlock()
-	m.mu.RLock()
-	limit := 10 * time.Second
-	if m.cfg != nil {
-		limit = m.cfg.Timeouts.Handshake.Or(limit)
-	}
-	m.mu.RUnlock()
+	limit := m.handshakeTimeout()
 	parent := hello.Context()
 	if parent == nil {
 		parent = context.Background()

@@ -345,7 +345,7 @@ func certStamps(cfg *routes.Config) string {
 func (in *instance) drainTimeout() time.Duration {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	return in.cfg.Timeouts.ShutdownDrain.Or(20 * time.Second)
+	return in.cfg.Timeouts.ShutdownDrainTimeout()
 }
 
 // shutdown stops accepting and drains for at most drain.
