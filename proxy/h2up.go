@@ -22,9 +22,6 @@ import (
 // PROXY protocol to the upstreams, the connections are pinned to the
 // client connection (pinnedConn, proxyproto.go).
 
-// h2Native reports whether requests routed to rs use the own client.
-func h2Native(rs *routeState) bool { return rs.fast }
-
 // bstr views s as bytes without a copy; the bytes are only read.
 func bstr(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 

@@ -7,14 +7,15 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
 // Request policy: what a request means, decided once for every engine
-// (the own HTTP/1.1 loop, the own HTTP/2 server, net/http's server for
-// https:// and h2c:// upstreams). Each rule is one function here; the
+// (the own HTTP/1.1 loop, the own HTTP/2 server, and quic-go's HTTP/3
+// server through h3handler.go). Each rule is one function here; the
 // engines call it and only move bytes and frames.
 
 // validHost reports whether a Host field (or :authority, or an
@@ -90,6 +91,37 @@ func validHost(b []byte) bool {
 		n = n*10 + int(c-'0')
 	}
 	return n <= 65535
+}
+
+// forwardRequest completes a request an engine built from a client's
+// for rs.RoundTrip (routes whose upstreams the own HTTP/1.1 client does
+// not speak to: h2c://, and PROXY-protocol or https:// ones where the
+// own client does not): the engine copied the client's end-to-end
+// fields (isReqHop's, less the forwarding ones); here X-Forwarded-For
+// (xff: the client's IP, nil when it has none), X-Forwarded-Host,
+// X-Forwarded-Proto and Forwarded are set from what gatehouse saw, as
+// appendUpstreamHead sets them for the own client, and the target is
+// the route's scheme (RoundTrip picks the host per attempt). cache
+// keeps the connection's forwarding fields for its last Host: a client
+// sends the same Host on every request.
+func forwardRequest(r *http.Request, rs *routeState, xff []string, cache *atomic.Pointer[fwdFields]) {
+	h := r.Header
+	if _, ok := h["User-Agent"]; !ok {
+		h["User-Agent"] = []string{""} // no Go default user agent upstream
+	}
+	if xff != nil {
+		h["X-Forwarded-For"] = xff
+	}
+	ff := cache.Load()
+	if ff == nil || ff.host != r.Host {
+		ff = &fwdFields{host: r.Host, xfh: []string{r.Host}, fwd: []string{forwardedValue(r)}}
+		cache.Store(ff)
+	}
+	h["X-Forwarded-Host"] = ff.xfh
+	h["X-Forwarded-Proto"] = xfpHTTPS
+	h["Forwarded"] = ff.fwd
+	r.URL.Scheme = rs.scheme
+	r.URL.Host = rs.bal.ups[0].target.Host
 }
 
 // misdirectedHost is the 421 rule: a request whose Host (checked by

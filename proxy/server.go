@@ -564,18 +564,11 @@ func (s *Server) handleConn(c net.Conn) {
 	case routes.ModeTCP:
 		s.pipeTCP(tc, rc)
 	default:
-		h2 := tc.ConnectionState().NegotiatedProtocol == "h2"
-		if rs.fast && !h2 {
-			s.serveH1(tc, rc)
-			return
-		}
-		if h2 && h2Eligible(rs) {
+		if tc.ConnectionState().NegotiatedProtocol == "h2" {
 			s.serveH2(tc, rc)
 			return
 		}
-		if f := s.front.Load(); f == nil || !f.ln.push(tc) {
-			tc.Close()
-		}
+		s.serveH1(tc, rc)
 	}
 }
 
