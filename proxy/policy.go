@@ -135,6 +135,29 @@ func misdirectedHost(rs *routeState, host, sni string) bool {
 	return h != sni && !rs.serves(h)
 }
 
+// misdirected answers 421 to a request for a name this connection's
+// route does not serve (sni is the name the connection was opened for).
+func (rs *routeState) misdirected(w http.ResponseWriter, sni string) {
+	rs.metrics.none[classOf(http.StatusMisdirectedRequest)].Inc()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusMisdirectedRequest)
+	_, _ = w.Write([]byte("421 Misdirected Request: this connection was opened for " + sni + "\n"))
+}
+
+// serves reports whether host belongs to this route (exactly or by the
+// route's own wildcard).
+func (rs *routeState) serves(host string) bool {
+	for _, h := range rs.entry.Hosts {
+		switch {
+		case h == host, h == "*":
+			return true
+		case strings.HasPrefix(h, "*.") && strings.HasSuffix(host, h[1:]) && !strings.Contains(host[:len(host)-len(h)+1], "."):
+			return true
+		}
+	}
+	return false
+}
+
 // regNameChar: RFC 3986 unreserved characters.
 var regNameChar = func() (t [256]bool) {
 	for c := '0'; c <= '9'; c++ {

@@ -223,7 +223,7 @@ func newTransport(k transportKey) (*http.Transport, error) {
 		DisableCompression: true,
 	}
 	if k.h2c {
-		tr.Protocols = protocols(false, false)
+		tr.Protocols = new(http.Protocols)
 		tr.Protocols.SetUnencryptedHTTP2(true)
 	}
 	if ca := k.upstreamCA; ca != "" {
@@ -279,7 +279,7 @@ func (rs *routeState) rewrite(pr *httputil.ProxyRequest) {
 
 // modifyResponse applies the response rules the own engines apply
 // (behaviour_test.go): the route's hsts replaces the upstream's
-// (serveHTTP has set it), and a 304 carries no Content-Length and no
+// (the engine has set it), and a 304 carries no Content-Length and no
 // body: x/net's HTTP/2 client (h2c:// upstreams) otherwise waits for the
 // 304's Content-Length in body bytes and fails the response.
 func (rs *routeState) modifyResponse(res *http.Response) error {
