@@ -289,6 +289,10 @@ func (c *h1conn) serveOne() int {
 		c.br.take(&smallBufs)
 		c.br.buf[0] = c.tiny[0]
 		c.br.w = 1
+		// the config of now, not of when the wait began: a reload
+		// while the connection was idle applies to this request
+		snap = c.s.state.Load()
+		c.sendTO = snap.tm.send
 	}
 	_ = c.tc.SetReadDeadline(time.Now().Add(snap.tm.readHeader))
 	scan := 0
