@@ -170,16 +170,28 @@ func TestH1H2CRouteBoundsAndLog(t *testing.T) {
 			"path=/kept0 ": "status=200", "path=/kept1 ": "status=200", "path=/kept2 ": "status=200",
 			"path=/upload ": "status=408",
 		}
-		for path, status := range want {
-			var lines []string
-			for _, l := range strings.Split(lb.String(), "\n") {
-				if strings.Contains(l, "msg=access ") && strings.Contains(l, path) {
-					lines = append(lines, l)
+		// the record is written once the response is out: wait for it
+		// (bounded), then for a moment more, for a second one
+		check := func() (bad []string) {
+			for path, status := range want {
+				var lines []string
+				for _, l := range strings.Split(lb.String(), "\n") {
+					if strings.Contains(l, "msg=access ") && strings.Contains(l, path) {
+						lines = append(lines, l)
+					}
+				}
+				if len(lines) != 1 || !strings.Contains(lines[0], status) || !strings.Contains(lines[0], "upstream="+up.url()) {
+					bad = append(bad, fmt.Sprintf("access log for %q: %q, want one line with %s and the upstream", path, lines, status))
 				}
 			}
-			if len(lines) != 1 || !strings.Contains(lines[0], status) || !strings.Contains(lines[0], "upstream="+up.url()) {
-				t.Errorf("access log for %q: %q, want one line with %s and the upstream", path, lines, status)
-			}
+			return bad
+		}
+		for i := 0; i < 500 && len(check()) > 0; i++ {
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(100 * time.Millisecond)
+		for _, b := range check() {
+			t.Error(b)
 		}
 	})
 }
