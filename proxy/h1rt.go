@@ -95,6 +95,10 @@ func (e *rtExchange) Read(p []byte) (int, error) {
 		}
 		if len(data) > 0 {
 			e.pending = data
+			// complete as soon as the last bytes are taken: an answer
+			// that comes before the Transport reads its EOF leaves the
+			// connection reusable
+			e.complete.Store(e.f.done)
 			continue
 		}
 		if e.f.done {
@@ -414,8 +418,8 @@ func (c *h1conn) relayRT(x *exchange, e *rtExchange, res *http.Response, ob []by
 			return c.abortRT(x, e, ob)
 		}
 	}
-	if e.detach() {
-		x.bodyLeft, x.closeAfter = true, true
+	if x.bodyLeft = e.detach(); x.bodyLeft {
+		x.closeAfter = true
 	}
 	return ob[:0]
 }

@@ -161,7 +161,15 @@ func TestH1H2CRouteBoundsAndLog(t *testing.T) {
 	t.Run("one record per request", func(t *testing.T) {
 		c, br := w.dial()
 		for i := range 3 {
-			res, body := roundTrip(t, c, br, fmt.Sprintf("GET /kept%d HTTP/1.1\r\nHost: web.test\r\n\r\n", i), false)
+			// the second one has a body: the connection stays open after it
+			req := fmt.Sprintf("GET /kept%d HTTP/1.1\r\nHost: web.test\r\n\r\n", i)
+			if i == 1 {
+				req = "POST /kept1 HTTP/1.1\r\nHost: web.test\r\nContent-Length: 5\r\n\r\nhello"
+			}
+			res, body := roundTrip(t, c, br, req, false)
+			if res.Close {
+				t.Errorf("request %d: the connection closes after it", i)
+			}
 			if res.StatusCode != 200 || body != fmt.Sprintf("h2c HTTP/2 /kept%d", i) {
 				t.Fatalf("request %d: %d %q", i, res.StatusCode, body)
 			}
