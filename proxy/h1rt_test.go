@@ -203,3 +203,36 @@ func TestH1H2CRouteBoundsAndLog(t *testing.T) {
 		}
 	})
 }
+
+// An h2c:// upstream that answers before it has read the whole request
+// body (a 413) and ends the stream: the client gets that answer, as on
+// the native path (TestUpstreamEarlyResponse), over HTTP/1.1 and HTTP/2,
+// and can send again.
+func TestRoundTripEarlyResponse(t *testing.T) {
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "too large", http.StatusRequestEntityTooLarge)
+	}))
+	up.Config.Protocols = new(http.Protocols)
+	up.Config.Protocols.SetUnencryptedHTTP2(true)
+	up.Start()
+	t.Cleanup(up.Close)
+	w := startH1World(t, "h2c://"+up.Listener.Addr().String())
+	body := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB
+	for _, h2 := range []bool{false, true} {
+		t.Run(protoName(h2), func(t *testing.T) {
+			c := w.client(h2)
+			for i := range 3 {
+				req, _ := http.NewRequest("POST", "https://web.test/upload", bytes.NewReader(body))
+				res, err := c.Do(req)
+				if err != nil {
+					t.Fatalf("upload %d: %v", i, err)
+				}
+				got, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				if res.StatusCode != 413 || string(got) != "too large\n" {
+					t.Fatalf("upload %d: %d %q, want the upstream's 413", i, res.StatusCode, got)
+				}
+			}
+		})
+	}
+}
