@@ -12,7 +12,8 @@ import (
 // accessRecord follows one request through the proxy for its access-log
 // line: the status and bytes written to the client, and the upstream
 // that answered. It wraps the ResponseWriter; Unwrap keeps
-// http.ResponseController (flushes, hijacks for WebSockets) working.
+// http.ResponseController (flushes, stream deadlines) working. The
+// HTTP/1.1 RoundTrip path (h1rt.go) uses one only to learn the upstream.
 type accessRecord struct {
 	http.ResponseWriter
 	status   int
@@ -49,8 +50,8 @@ func noteUpstream(ctx context.Context, up *upstream) {
 	}
 }
 
-// logAccess writes the access-log line of a request net/http's server
-// handed to serveHTTP (policy.go's writeAccess: one format for every
+// logAccess writes the access-log line of a request quic-go's server
+// handed to serveH3, or the HTTP/2 server's RoundTrip path (policy.go's writeAccess: one format for every
 // engine).
 func (s *Server) logAccess(rs *routeState, rc *replayConn, r *http.Request, a *accessRecord, began time.Time) {
 	e := accessEntry{route: rs.name, sni: rc.hello.ServerName, client: r.RemoteAddr, method: r.Method,

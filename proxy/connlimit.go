@@ -16,7 +16,7 @@ import (
 
 // maxUpstreamPerConn bounds the upstream exchanges one client
 // connection may hold at once. HTTP/2 multiplexes streams (up to
-// h2MaxStreams, or net/http's 250), and each stream that is forwarded
+// h2MaxStreams; HTTP/3 up to h3MaxStreams), and each stream that is forwarded
 // holds an upstream connection until its response is delivered: a
 // client that never reads could otherwise pin 250 upstream connections
 // per TLS connection (the [timeouts] client_body and send bounds free
@@ -33,7 +33,8 @@ var metricConnUpstreamLimit = prometheus.NewCounter(prometheus.CounterOpts{
 })
 
 // errClientBodyTimeout marks a request body read that ran out of
-// [timeouts] client_body (net/http's server path): 408, not 504.
+// [timeouts] client_body on a RoundTrip path (h1rt.go, HTTP/3): 408,
+// not 504, and not the upstream's failure.
 var errClientBodyTimeout = errors.New("the request body stopped arriving ([timeouts] client_body)")
 
 var errUpstreamLimit = errors.New("the connection holds the most upstream exchanges it may at once")
@@ -70,56 +71,37 @@ func (u *upLimit) acquire(ctx context.Context, wait time.Duration) error {
 // release gives back a slot taken by acquire.
 func (u *upLimit) release() { <-u.slots }
 
-// net/http's server (routes with https:// or h2c:// upstreams) has
-// ReadTimeout and WriteTimeout, which bound a whole request or
-// response, not a wait without progress. boundedWriter and boundedBody
-// give it, and HTTP/3 (quic-go's server), gatehouse's no-progress
-// bounds through the request's http.ResponseController: each write
-// (and flush) of the response gets [timeouts] send, each read of the
-// request body client_body.
-//
-// HTTP/1.1's deadlines are the connection's and HTTP/3's the stream's,
-// and both bound only reads and writes in progress or to come: a
-// deadline is moved only once a quarter of it has passed (each wait
-// still has three quarters of it), and a pause between two writes
-// (an event stream) or two reads is not a wait on the client.
-// net/http's HTTP/2 deadlines are timers that reset the stream when
-// they fire, wherever the handler is: there each read or write arms
-// its deadline and clears it when it returns.
+// quic-go's HTTP/3 server (h3handler.go) bounds a silent peer, not a
+// request body or response that stops moving. boundedWriter and
+// boundedBody give it gatehouse's no-progress bounds through the
+// request's http.ResponseController: each write (and flush) of the
+// response gets [timeouts] send, each read of the request body
+// client_body. The deadlines are the stream's and bound only reads and
+// writes in progress or to come: a deadline is moved only once a
+// quarter of it has passed (each wait still has three quarters of it),
+// and a pause between two writes (an event stream) or two reads is not
+// a wait on the client.
 //
 // The request body may still be read after the handler returned (the
 // upstream transport writes it from its own goroutine); the
-// ResponseController must not be used then (net/http's HTTP/2 writer
-// is gone, HTTP/1.1's connection serves the next request): over, under
-// mu, stops that.
+// ResponseController must not be used then (the stream's writer is
+// gone): over, under mu, stops that.
 type deadline struct {
-	set   func(time.Time) error
-	d     time.Duration
-	at    time.Time
-	timer bool // HTTP/2 (net/http): armed per call, cleared after
-	mu    *sync.Mutex
-	over  *bool // the handler has returned
+	set  func(time.Time) error
+	d    time.Duration
+	at   time.Time
+	mu   *sync.Mutex
+	over *bool // the handler has returned
 }
 
 // arm bounds the read or write about to be made.
 func (dl *deadline) arm() {
 	now := time.Now()
-	if dl.timer || dl.at.Sub(now) < dl.d-dl.d/4 {
+	if dl.at.Sub(now) < dl.d-dl.d/4 {
 		dl.at = now.Add(dl.d)
 		dl.mu.Lock()
 		if !*dl.over {
 			_ = dl.set(dl.at)
-		}
-		dl.mu.Unlock()
-	}
-}
-
-// disarm ends the bound when the call has returned (HTTP/2 only).
-func (dl *deadline) disarm() {
-	if dl.timer {
-		dl.mu.Lock()
-		if !*dl.over {
-			_ = dl.set(time.Time{})
 		}
 		dl.mu.Unlock()
 	}
@@ -148,7 +130,6 @@ func (b *boundedWriter) WriteHeader(code int) {
 	b.wrote = code >= 200
 	b.dl.arm() // a 1xx goes out at once
 	b.ResponseWriter.WriteHeader(code)
-	b.dl.disarm()
 }
 
 func (b *boundedWriter) write408() {
@@ -161,7 +142,6 @@ func (b *boundedWriter) write408() {
 	b.dl.arm()
 	b.ResponseWriter.WriteHeader(http.StatusRequestTimeout)
 	_, _ = b.ResponseWriter.Write([]byte("408 Request Timeout: the request body stopped arriving\n"))
-	b.dl.disarm()
 }
 
 func (b *boundedWriter) Write(p []byte) (int, error) {
@@ -172,18 +152,14 @@ func (b *boundedWriter) Write(p []byte) (int, error) {
 		return len(p), nil // the upstream's body of the replaced answer
 	}
 	b.dl.arm()
-	n, err := b.ResponseWriter.Write(p)
-	b.dl.disarm()
-	return n, err
+	return b.ResponseWriter.Write(p)
 }
 
 // FlushError is what http.ResponseController.Flush calls (the reverse
 // proxy flushes through one): the flush writes to the client.
 func (b *boundedWriter) FlushError() error {
 	b.dl.arm()
-	err := b.ctl.Flush()
-	b.dl.disarm()
-	return err
+	return b.ctl.Flush()
 }
 
 func (b *boundedWriter) Unwrap() http.ResponseWriter { return b.ResponseWriter }
@@ -191,9 +167,8 @@ func (b *boundedWriter) Unwrap() http.ResponseWriter { return b.ResponseWriter }
 type boundedBody struct {
 	io.ReadCloser
 	dl       deadline
-	done     bool         // the body ended (or failed): the deadline is not touched again
-	timedOut atomic.Bool  // client_body ran out
-	reading  atomic.Int32 // a Read is in progress (see bounded's done)
+	done     bool        // the body ended (or failed): the deadline is not touched again
+	timedOut atomic.Bool // client_body ran out
 }
 
 func (b *boundedBody) Read(p []byte) (int, error) {
@@ -201,25 +176,18 @@ func (b *boundedBody) Read(p []byte) (int, error) {
 		return b.ReadCloser.Read(p)
 	}
 	b.dl.arm()
-	b.reading.Add(1)
 	n, err := b.ReadCloser.Read(p)
 	if ne := net.Error(nil); err != nil && errors.As(err, &ne) && ne.Timeout() {
 		b.timedOut.Store(true)
 		err = fmt.Errorf("%w: %w", errClientBodyTimeout, err) // proxyError answers 408
 	}
-	b.reading.Add(-1)
-	// At the body's end net/http's HTTP/1.1 server starts a background
-	// read of the connection with no deadline, to notice a client that
-	// leaves while the response is coming; a deadline set now would
-	// end it, and cancel the request, after client_body.
 	b.done = err != nil
-	b.dl.disarm()
 	return n, err
 }
 
-// bounded wraps a net/http request's writer and body with the
+// bounded wraps an HTTP/3 request's writer and body with the
 // no-progress bounds of tm. done must run when the handler returns:
-// net/http flushes what the handler left buffered after that, within
+// the server flushes what the handler left buffered after that, within
 // the write deadline done sets.
 func bounded(w http.ResponseWriter, r *http.Request, tm timeouts) (http.ResponseWriter, *http.Request, func()) {
 	// the controller on the server's own writer: the wrappers between
@@ -233,12 +201,11 @@ func bounded(w http.ResponseWriter, r *http.Request, tm timeouts) (http.Response
 		base = u.Unwrap()
 	}
 	ctl := http.NewResponseController(base)
-	timer := r.ProtoMajor == 2
 	mu, over := new(sync.Mutex), new(bool)
-	bw := &boundedWriter{ResponseWriter: w, ctl: ctl, dl: deadline{set: ctl.SetWriteDeadline, d: tm.send, timer: timer, mu: mu, over: over}}
+	bw := &boundedWriter{ResponseWriter: w, ctl: ctl, dl: deadline{set: ctl.SetWriteDeadline, d: tm.send, mu: mu, over: over}}
 	var bb *boundedBody
 	if r.Body != nil && r.Body != http.NoBody {
-		bb = &boundedBody{ReadCloser: r.Body, dl: deadline{set: ctl.SetReadDeadline, d: tm.clientBody, timer: timer, mu: mu, over: over}}
+		bb = &boundedBody{ReadCloser: r.Body, dl: deadline{set: ctl.SetReadDeadline, d: tm.clientBody, mu: mu, over: over}}
 		r.Body = bb
 		bw.body = bb
 	}
@@ -247,27 +214,10 @@ func bounded(w http.ResponseWriter, r *http.Request, tm timeouts) (http.Response
 		*over = true
 		mu.Unlock()
 		_ = ctl.SetWriteDeadline(time.Now().Add(tm.send))
-		if bb == nil || bw.wrote || r.Context().Err() == nil {
-			return
-		}
-		// nothing answered and the context ended: the client left, or
-		// its body timed out (net/http's HTTP/1.1 server cancels the
-		// context inside the failing read, before that read returns
-		// here): let the read return, for at most a second
-		for i := 0; i < 100 && bb.reading.Load() > 0; i++ {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if bb.timedOut.Load() {
-			// HTTP/1.1: net/http canceled the request's context when the
-			// body read failed, so the reverse proxy saw a client that
-			// left and answered nothing (net/http would send an empty
-			// 200): the client is still there and gets its 408
-			bw.write408()
-		}
 	}
 }
 
-// limited answers a net/http request that got no upstream slot.
+// limited answers an HTTP/3 request that got no upstream slot.
 func (rs *routeState) limited(w http.ResponseWriter, rc *replayConn, err error) {
 	if !errors.Is(err, errUpstreamLimit) {
 		rs.metrics.none[classCanceled].Inc()

@@ -15,10 +15,13 @@ import (
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
-// The HTTP/1.1 fast path: a serve loop of gatehouse's own for TLS
-// connections that negotiated HTTP/1.1 (or no ALPN) on an http route
-// whose upstreams are all plain http://. Everything else (HTTP/2,
-// https:// and h2c:// upstreams) stays on net/http (http.go).
+// gatehouse's HTTP/1.1 server: a serve loop of its own for every TLS
+// connection that negotiated HTTP/1.1 (or no ALPN) on an http route.
+// Requests of routes whose upstreams are all plain http:// (rs.fast,
+// nativeUpstreams) take the fast path below, through the own HTTP/1.1
+// client (upstream1.go); the others (h2c://, https://) are exchanged
+// through the route's RoundTrip (h1rt.go), with the same policy and
+// the same response writer.
 //
 // Why: net/http + httputil.ReverseProxy + http.Transport spent 2.45×
 // nginx's CPU per keep-alive request (bench/README.md): ~80 allocations,
@@ -31,8 +34,13 @@ import (
 // client write when it is small. Between requests the connection holds
 // no buffer: it waits in a 1-byte read.
 
-// fastH1 reports whether a route's requests may take the fast path.
-func fastH1(e *routes.Entry) bool {
+// nativeUpstreams reports whether a route's requests go through the
+// own HTTP/1.1 client (upstream1.go), on both engines (h1.go, h2up.go):
+// an http route whose upstreams are all plain http://. Requests of
+// every other http route go through the route's RoundTrip (net/http's
+// Transport, balance.go): h1rt.go, h2stream.go. It is the one place
+// that decides; routeState.fast holds its answer.
+func nativeUpstreams(e *routes.Entry) bool {
 	if e.Mode() != routes.ModeHTTP || len(e.Upstreams) == 0 {
 		return false
 	}
@@ -81,6 +89,11 @@ type h1conn struct {
 
 	sendTO  time.Duration // [timeouts] send of the request being served
 	writeDL time.Time     // the write deadline last set (see write)
+
+	// for requests exchanged through RoundTrip (h1rt.go), made on the first
+	tlsState *tls.ConnectionState
+	xff      []string                  // X-Forwarded-For: the client's IP
+	fwdRT    atomic.Pointer[fwdFields] // forwardRequest's cache
 }
 
 // write sends b to the client within [timeouts] send of no progress:
@@ -276,6 +289,10 @@ func (c *h1conn) serveOne() int {
 		c.br.take(&smallBufs)
 		c.br.buf[0] = c.tiny[0]
 		c.br.w = 1
+		// the config of now, not of when the wait began: a reload
+		// while the connection was idle applies to this request
+		snap = c.s.state.Load()
+		c.sendTO = snap.tm.send
 	}
 	_ = c.tc.SetReadDeadline(time.Now().Add(snap.tm.readHeader))
 	scan := 0
@@ -465,11 +482,14 @@ func appendSimple(ob []byte, status int, body string, close bool, hsts string) [
 	return append(ob, body...)
 }
 
-// routeFor is http.go's routeFor for the fast path: after a reload the
-// next request follows the new config; when the name lost its http
-// route, or its route no longer qualifies for the fast path (an
-// https:// upstream now), this request is served by the old route and
-// the connection closes, so the client's next one gets the new route.
+// routeFor is the route a request on c is served by. A request is the
+// unit of routing in http mode: after a reload, the next request on a
+// kept-alive connection follows the new config (a changed upstream
+// takes effect at once, not when the client reconnects), while
+// requests in flight and upgraded connections (WebSockets) stay on the
+// route they started with. When the connection's name has no http
+// route any more, this request is still served by the old route and
+// the connection closes: it drains.
 func (c *h1conn) routeFor(snap *snapshot) (*routeState, bool) {
 	if snap == c.rc.snap {
 		return c.rc.route, false
@@ -478,15 +498,15 @@ func (c *h1conn) routeFor(snap *snapshot) (*routeState, bool) {
 		return c.lastRS, c.lastClose
 	}
 	rs, closeAfter := c.rc.route, true
-	if cur := snap.lookup(c.rc.hello.ServerName); cur != nil && cur.mode == routes.ModeHTTP && cur.fast {
+	if cur := snap.lookup(c.rc.hello.ServerName); cur != nil && cur.mode == routes.ModeHTTP {
 		rs, closeAfter = cur, false
 	}
 	c.lastSnap, c.lastRS, c.lastClose = snap, rs, closeAfter
 	return rs, closeAfter
 }
 
-// hostOK is http.go's 421 check: the request's Host must be a name of
-// the connection's route. The last accepted host is remembered, so a
+// hostOK is the 421 check (misdirectedHost, policy.go): the request's
+// Host must be a name of the connection's route. The last accepted host is remembered, so a
 // keep-alive connection pays the check once.
 func (c *h1conn) hostOK(rs *routeState) bool {
 	h := c.req.host
@@ -596,6 +616,8 @@ func (c *h1conn) serveRequest(snap *snapshot, began time.Time) bool {
 		if _, err := c.write(ob); err != nil {
 			x.closeAfter = true
 		}
+	case !rs.fast:
+		ob = c.roundTrip(snap, &x, ob) // h2c://, https:// upstreams: h1rt.go
 	default:
 		ob = c.proxy(snap, &x, ob)
 	}
@@ -1119,13 +1141,22 @@ func (c *h1conn) appendRespHead(ob []byte, x *exchange, resp *respHead, kind int
 		ob = append(ob, f.value...)
 		ob = append(ob, "\r\n"...)
 	}
-	if resp.status < 200 {
-		if upgrade {
+	return c.appendOwnFields(ob, x, resp.status, date, kind, resp.contentLength, chunked)
+}
+
+// appendOwnFields ends a response head to the client after the
+// upstream's fields: what gatehouse adds (HSTS, Alt-Svc, a Date when
+// the upstream sent none), the framing of the body as the client gets
+// it, and the connection's persistence. Both exchanges (the own
+// client's and RoundTrip's, h1rt.go) end their heads here.
+func (c *h1conn) appendOwnFields(ob []byte, x *exchange, status int, date bool, kind int, contentLength int64, chunked bool) []byte {
+	if status < 200 {
+		if status == 101 {
 			ob = append(ob, "Connection: Upgrade\r\n"...)
 		}
 		return append(ob, "\r\n"...)
 	}
-	if hsts != "" {
+	if hsts := x.rs.hsts; hsts != "" {
 		ob = append(ob, "Strict-Transport-Security: "...)
 		ob = append(ob, hsts...)
 		ob = append(ob, "\r\n"...)
@@ -1143,9 +1174,9 @@ func (c *h1conn) appendRespHead(ob []byte, x *exchange, resp *respHead, kind int
 	switch {
 	// a 304 carries no Content-Length, as on every engine (net/http's
 	// server drops it): the 200's length, which a 304 need not send
-	case kind == bodyLength || kind == bodyNone && resp.contentLength >= 0 && resp.status != 204 && resp.status != 304:
+	case kind == bodyLength || kind == bodyNone && contentLength >= 0 && status != 204 && status != 304:
 		ob = append(ob, "Content-Length: "...)
-		ob = strconv.AppendInt(ob, resp.contentLength, 10)
+		ob = strconv.AppendInt(ob, contentLength, 10)
 		ob = append(ob, "\r\n"...)
 	case chunked:
 		ob = append(ob, "Transfer-Encoding: chunked\r\n"...)
@@ -1160,9 +1191,7 @@ func (c *h1conn) appendRespHead(ob []byte, x *exchange, resp *respHead, kind int
 }
 
 // upgrade relays a 101 Switching Protocols and then pipes bytes both
-// ways (WebSocket). The connection leaves the fast path's tracking for
-// the stream set, as net/http's hijacked connections do (connState),
-// so a drain waits for it and its deadline closes it.
+// ways (WebSocket, tunnel).
 func (c *h1conn) upgrade(x *exchange, resp *respHead, ob []byte) []byte {
 	uc := x.uc
 	ob = c.appendRespHead(ob, x, resp, bodyNone, false)
@@ -1178,26 +1207,35 @@ func (c *h1conn) upgrade(x *exchange, resp *respHead, ob []byte) []byte {
 	c.br.release()
 	uc.br.release()
 	uc.noDeadline()
-	_ = c.tc.SetReadDeadline(time.Time{})
-	_ = c.tc.SetWriteDeadline(time.Time{}) // a WebSocket may be quiet for long
 	// the upstream connection is the stream's now
 	x.uc = nil
 	if uc.pool == nil {
 		c.pinned = nil
 	}
-	c.upgraded = true
 	x.closeAfter = true
+	c.putOut(ob)
+	c.tunnel(uc.nc, func() { uc.nc.Close() })
+	x.up.active.Add(-1)
+	return nil
+}
+
+// tunnel pipes bytes both ways between the client and an upgraded
+// upstream connection (closed by closeUp) until either side ends. The
+// connection leaves the HTTP/1.1 server's tracking for the stream set,
+// so a drain waits for it and its deadline closes it.
+func (c *h1conn) tunnel(up io.ReadWriter, closeUp func()) {
+	_ = c.tc.SetReadDeadline(time.Time{})
+	_ = c.tc.SetWriteDeadline(time.Time{}) // a WebSocket may be quiet for long
+	c.upgraded = true
 	c.s.h1.remove(c)
 	done := func() { c.s.conns.remove(c.tc) }
 	c.rc.onClose.Store(&done)
 	if !c.s.conns.add(c.tc) {
 		c.tc.Close()
-		uc.close()
-		x.up.active.Add(-1)
-		return ob[:0]
+		closeUp()
+		return
 	}
-	c.putOut(ob)
-	cp := func(dst, src net.Conn) {
+	cp := func(dst io.Writer, src io.Reader) {
 		buf := buffers.Get().(*[]byte)
 		_, _ = io.CopyBuffer(dst, src, *buf)
 		buffers.Put(buf)
@@ -1206,16 +1244,14 @@ func (c *h1conn) upgrade(x *exchange, resp *respHead, ob []byte) []byte {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		cp(uc.nc, c.tc)
+		cp(up, c.tc)
 		c.tc.Close()
-		uc.nc.Close()
+		closeUp()
 	}()
-	cp(c.tc, uc.nc)
+	cp(c.tc, up)
 	c.tc.Close()
-	uc.nc.Close()
+	closeUp()
 	wg.Wait()
-	x.up.active.Add(-1)
-	return nil
 }
 
 // h1Set tracks fast-path connections for graceful shutdown.

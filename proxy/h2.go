@@ -14,21 +14,20 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
-
-	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
-// gatehouse's own HTTP/2 server for http-mode connections whose route
-// forwards to plain http:// upstreams. net/http's HTTP/2 server spent
+// gatehouse's own HTTP/2 server for every http-mode connection that
+// negotiated "h2". net/http's HTTP/2 server spent
 // most of gatehouse's HTTP/2 CPU (bench/README.md) on a write syscall
 // per frame (it flushes HEADERS and DATA separately) and on goroutine
 // hand-offs per frame; this one reads frames in one loop per connection,
 // runs one goroutine per stream, and queues every frame in a
 // per-connection buffer that a writer goroutine flushes in one TLS
 // record when nothing more is ready. Framing and HPACK are
-// golang.org/x/net/http2's. Routes with https:// or h2c:// upstreams
-// (gRPC) stay on net/http's server, which forwards trailers and
-// streams both ways as those need.
+// golang.org/x/net/http2's. Streams of routes with plain http://
+// upstreams go through the own HTTP/1.1 client (h2up.go); the others
+// (h2c:// for gRPC, https://) through the route's RoundTrip, which
+// forwards trailers and streams both ways as those need (h2stream.go).
 
 // What the server advertises and how much it lets a client hold.
 const (
@@ -61,21 +60,6 @@ const (
 )
 
 var h2Preface = []byte(http2.ClientPreface)
-
-// h2Eligible reports whether a connection routed to rs can be served by
-// gatehouse's own HTTP/2 server: an http route whose upstreams are all
-// plain http:// (not https://, not h2c://).
-func h2Eligible(rs *routeState) bool {
-	if rs.mode != routes.ModeHTTP || len(rs.bal.ups) == 0 {
-		return false
-	}
-	for _, u := range rs.bal.ups {
-		if u.URL == nil || u.URL.Scheme != "http" {
-			return false
-		}
-	}
-	return true
-}
 
 // h2Conn is one client connection. The read loop (serve) owns frame
 // reading; everything else shared — streams, flow-control windows, the

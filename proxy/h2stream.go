@@ -432,9 +432,9 @@ func (c *h2Conn) streamDone(st *h2Stream) {
 	c.idleLocked()
 }
 
-// serve handles one request as serveHTTP does for net/http's server:
-// the 421 check, HSTS, the upstream exchange through the route's
-// RoundTrip (balancing, retries, metrics), errors through proxyError,
+// serve handles one request: the 421 check, HSTS, the upstream
+// exchange through the own HTTP/1.1 client (h2up.go) or the route's
+// RoundTrip (balancing, retries, metrics; errors through proxyError),
 // and the access log.
 func (st *h2Stream) serve(in h2Request) {
 	c := st.c
@@ -473,7 +473,7 @@ func (st *h2Stream) serve(in h2Request) {
 		return
 	}
 	defer rc.upLimit.release()
-	if h2Native(rs) {
+	if rs.fast { // nativeUpstreams (h1.go)
 		up, err := st.forward(rs, in)
 		if up == nil {
 			up = failedUpstream(err) // every upstream failed: name the last one tried
@@ -487,8 +487,8 @@ func (st *h2Stream) serve(in h2Request) {
 		}
 		return
 	}
-	// https:// upstreams after a reload, or PROXY protocol to the
-	// upstreams: net/http's Transport through the route's RoundTrip
+	// h2c:// and https:// upstreams: net/http's Transport through the
+	// route's RoundTrip (balancing, retries, PROXY-protocol pinning)
 	u, err := url.ParseRequestURI(in.path)
 	if err != nil {
 		st.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -521,6 +521,7 @@ func (st *h2Stream) serve(in h2Request) {
 	if res, err := rs.RoundTrip(r); err != nil {
 		rs.proxyError(st, r, err)
 	} else {
+		_ = rs.modifyResponse(res) // the route's HSTS, a 304's framing
 		st.copyResponse(rs, r, res)
 	}
 	if a != nil {
@@ -553,7 +554,7 @@ func (st *h2Stream) holdUpstream(rs *routeState) bool {
 	return false
 }
 
-// routeForStream is routeFor (http.go) for a stream: after a reload
+// routeForStream is routeFor (h1.go) for a stream: after a reload
 // the next stream follows the new config; a name without an http route
 // any more is still served by the connection's route.
 func (s *Server) routeForStream(rc *replayConn) *routeState {
@@ -567,10 +568,9 @@ func (s *Server) routeForStream(rc *replayConn) *routeState {
 	return rc.route
 }
 
-// upstreamRequest fills r as the upstream gets it, as route.go's
-// rewrite does for net/http's server: the client's X-Forwarded-* and
-// Forwarded are dropped and set from what gatehouse saw; the target is
-// the route's scheme (RoundTrip picks the host per attempt).
+// upstreamRequest fills r as the upstream gets it: the stream's fields
+// less the client's X-Forwarded-* and Forwarded (forwardRequest sets
+// them from what gatehouse saw) and cookies joined; the body.
 func (st *h2Stream) upstreamRequest(r *http.Request, rs *routeState, in h2Request) {
 	h := r.Header
 	var cookies []string
@@ -578,12 +578,12 @@ func (st *h2Stream) upstreamRequest(r *http.Request, rs *routeState, in h2Reques
 		if f.IsPseudo() {
 			continue
 		}
-		switch f.Name {
-		case "host", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "forwarded", "content-length":
+		// what the own client does not forward either (isReqHop:
+		// Proxy-Authorization, forwarding fields and their underscore
+		// spellings, Host, framing); checkRequest has refused the
+		// connection-specific fields, and a te is "trailers", kept
+		if f.Name != "te" && isReqHop(bstr(f.Name), nil) {
 			continue
-		}
-		if foldedReqHop(f.Name) {
-			continue // X_Forwarded_For and the like (policy.go)
 		}
 		switch f.Name {
 		case "cookie":
@@ -599,23 +599,7 @@ func (st *h2Stream) upstreamRequest(r *http.Request, rs *routeState, in h2Reques
 	} else if len(cookies) > 1 {
 		h["Cookie"] = []string{strings.Join(cookies, "; ")}
 	}
-	if _, ok := h["User-Agent"]; !ok {
-		h["User-Agent"] = []string{""} // no Go default user agent upstream
-	}
-	c := st.c
-	if c.xff != nil {
-		h["X-Forwarded-For"] = c.xff
-	}
-	ff := c.fwd.Load()
-	if ff == nil || ff.host != r.Host {
-		ff = &fwdFields{host: r.Host, xfh: []string{r.Host}, fwd: []string{forwardedValue(r)}}
-		c.fwd.Store(ff)
-	}
-	h["X-Forwarded-Host"] = ff.xfh
-	h["X-Forwarded-Proto"] = xfpHTTPS
-	h["Forwarded"] = ff.fwd
-	r.URL.Scheme = rs.scheme
-	r.URL.Host = rs.bal.ups[0].target.Host
+	forwardRequest(r, rs, st.c.xff, &st.c.fwd)
 	if in.endStream || in.declared == 0 {
 		r.ContentLength = 0 // and no Body, as the reverse proxy sends it
 		return

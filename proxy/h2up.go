@@ -22,9 +22,6 @@ import (
 // PROXY protocol to the upstreams, the connections are pinned to the
 // client connection (pinnedConn, proxyproto.go).
 
-// h2Native reports whether requests routed to rs use the own client.
-func h2Native(rs *routeState) bool { return rs.fast }
-
 // bstr views s as bytes without a copy; the bytes are only read.
 func bstr(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 
@@ -518,7 +515,7 @@ func (st *h2Stream) logNative(rs *routeState, in h2Request, up *upstream, began 
 
 // logOwn writes the access-log line of a request gatehouse answered
 // itself (400, 405, 421, 431), once the answer is queued: HTTP/1.1 and
-// net/http's server log those too. What the log names is what passed
+// HTTP/3 log those too. What the log names is what passed
 // the checks: a malformed :path or :authority is not written as is.
 func (st *h2Stream) logOwn(rs *routeState, in h2Request, began time.Time) {
 	if st.c.s.access == nil {

@@ -1,10 +1,10 @@
 package proxy
 
 // HTTP/3: a QUIC listener on the https address's UDP port, serving the
-// http routes through the same request handling as HTTP/2 over net/http
-// (serveHTTP: the Host/421 check, HSTS, forwarding fields, the access
-// record, the route's metrics). quic-go's http3 package does the
-// framing; gatehouse picks the route by SNI exactly as on TCP.
+// http routes (h3handler.go: the Host/421 check, HSTS, forwarding
+// fields, the access record, the route's metrics). quic-go's http3
+// package does the framing; gatehouse picks the route by SNI exactly
+// as on TCP.
 
 import (
 	"context"
@@ -117,18 +117,6 @@ func (s *Server) startH3() {
 			s.log.Warn("HTTP/3 listener stopped", "error", err)
 		}
 	}()
-}
-
-// serveH3 serves an HTTP/3 request as serveHTTP does, with its
-// no-progress bounds (connlimit.go's bounded: each body read within
-// [timeouts] client_body, each response write within send, as stream
-// deadlines). quic-go bounds memory (stream flow control) and a silent
-// peer (MaxIdleTimeout), but a client that keeps its connection alive
-// (PINGs, other streams) and then stops sending its body or stops
-// reading the response would otherwise hold the handler, and with it
-// an upstream connection, forever.
-func (s *Server) serveH3(w http.ResponseWriter, r *http.Request) {
-	s.serveHTTP(w, r)
 }
 
 // h3Certificate routes a QUIC handshake by SNI as handleConn routes a

@@ -118,7 +118,7 @@ type replayConn struct {
 	upLimit upLimit                    // HTTP/2: upstream exchanges held at once (connlimit.go)
 
 	// onClose runs once when the connection closes, for connections
-	// tracked after net/http let go of them (hijacked).
+	// tracked in the stream set after an HTTP/1.1 upgrade (h1.go tunnel).
 	onClose   atomic.Pointer[func()]
 	closeOnce sync.Once
 

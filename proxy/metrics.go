@@ -137,7 +137,7 @@ var byProto = [...]counter{
 }
 
 // protoOf is the client protocol of a request served through net/http's
-// handler interface (net/http's server, quic-go's http3 server).
+// handler interface (quic-go's http3 server).
 func protoOf(r *http.Request) int {
 	switch r.ProtoMajor {
 	case 3:

@@ -7,14 +7,15 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
 // Request policy: what a request means, decided once for every engine
-// (the own HTTP/1.1 loop, the own HTTP/2 server, net/http's server for
-// https:// and h2c:// upstreams). Each rule is one function here; the
+// (the own HTTP/1.1 loop, the own HTTP/2 server, and quic-go's HTTP/3
+// server through h3handler.go). Each rule is one function here; the
 // engines call it and only move bytes and frames.
 
 // validHost reports whether a Host field (or :authority, or an
@@ -92,6 +93,37 @@ func validHost(b []byte) bool {
 	return n <= 65535
 }
 
+// forwardRequest completes a request an engine built from a client's
+// for rs.RoundTrip (routes whose upstreams the own HTTP/1.1 client does
+// not speak to: h2c://, and PROXY-protocol or https:// ones where the
+// own client does not): the engine copied the client's end-to-end
+// fields (isReqHop's, less the forwarding ones); here X-Forwarded-For
+// (xff: the client's IP, nil when it has none), X-Forwarded-Host,
+// X-Forwarded-Proto and Forwarded are set from what gatehouse saw, as
+// appendUpstreamHead sets them for the own client, and the target is
+// the route's scheme (RoundTrip picks the host per attempt). cache
+// keeps the connection's forwarding fields for its last Host: a client
+// sends the same Host on every request.
+func forwardRequest(r *http.Request, rs *routeState, xff []string, cache *atomic.Pointer[fwdFields]) {
+	h := r.Header
+	if _, ok := h["User-Agent"]; !ok {
+		h["User-Agent"] = []string{""} // no Go default user agent upstream
+	}
+	if xff != nil {
+		h["X-Forwarded-For"] = xff
+	}
+	ff := cache.Load()
+	if ff == nil || ff.host != r.Host {
+		ff = &fwdFields{host: r.Host, xfh: []string{r.Host}, fwd: []string{forwardedValue(r)}}
+		cache.Store(ff)
+	}
+	h["X-Forwarded-Host"] = ff.xfh
+	h["X-Forwarded-Proto"] = xfpHTTPS
+	h["Forwarded"] = ff.fwd
+	r.URL.Scheme = rs.scheme
+	r.URL.Host = rs.bal.ups[0].target.Host
+}
+
 // misdirectedHost is the 421 rule: a request whose Host (checked by
 // validHost) names neither the connection's SNI nor a name of its route
 // must be retried by the client on a connection of its own (browsers
@@ -101,6 +133,29 @@ func validHost(b []byte) bool {
 func misdirectedHost(rs *routeState, host, sni string) bool {
 	h := routes.CanonicalHost(host)
 	return h != sni && !rs.serves(h)
+}
+
+// misdirected answers 421 to a request for a name this connection's
+// route does not serve (sni is the name the connection was opened for).
+func (rs *routeState) misdirected(w http.ResponseWriter, sni string) {
+	rs.metrics.none[classOf(http.StatusMisdirectedRequest)].Inc()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusMisdirectedRequest)
+	_, _ = w.Write([]byte("421 Misdirected Request: this connection was opened for " + sni + "\n"))
+}
+
+// serves reports whether host belongs to this route (exactly or by the
+// route's own wildcard).
+func (rs *routeState) serves(host string) bool {
+	for _, h := range rs.entry.Hosts {
+		switch {
+		case h == host, h == "*":
+			return true
+		case strings.HasPrefix(h, "*.") && strings.HasSuffix(host, h[1:]) && !strings.Contains(host[:len(host)-len(h)+1], "."):
+			return true
+		}
+	}
+	return false
 }
 
 // regNameChar: RFC 3986 unreserved characters.

@@ -34,17 +34,14 @@ import (
 // The request policy (policy.go) through every engine: the own
 // HTTP/1.1 loop and HTTP/2 server in front of plain http:// upstreams
 // (web.test), the same with PROXY protocol to the upstream (pp.test:
-// pinned HTTP/1.1 connections, and the HTTP/2 server's Transport path),
-// and net/http's server in front of an https:// upstream (tls.test).
-// Real TLS clients on loopback, real upstreams.
+// pinned HTTP/1.1 connections), and in front of https:// and h2c://
+// upstreams (tls.test, h2c.test: the route's RoundTrip). Real TLS
+// clients on loopback, real upstreams.
 
-// policyNames are the routes of a policyWorld, one per engine family:
+// policyNames are the routes of a policyWorld, one per upstream kind:
 // web.test http://, pp.test http:// with PROXY protocol, tls.test
-// https://, h2c.test h2c:// (the last two on net/http's server).
+// https://, h2c.test h2c://.
 var policyNames = []string{"web.test", "pp.test", "tls.test", "h2c.test"}
-
-// onNetHTTP: the route's requests are served by net/http's server.
-func onNetHTTP(name string) bool { return name == "tls.test" || name == "h2c.test" }
 
 type policyWorld struct {
 	t     *testing.T
@@ -554,19 +551,8 @@ func TestH2MalformedFields(t *testing.T) {
 			t.Run(name+"/"+tc.what, func(t *testing.T) {
 				h := w.dialH2(t, name)
 				res := h.request(tc.fields, tc.body, tc.trailers)
-				switch {
-				case onNetHTTP(name) && tc.trailers != nil:
-					// net/http's server reads trailers after the handler
-					// has started: the request went out; not refused
-					return
-				case onNetHTTP(name):
-					if res.status != 400 && !(res.reset && res.code == http2.ErrCodeProtocol) {
-						t.Errorf("got %+v, want 400 or RST_STREAM PROTOCOL_ERROR", res)
-					}
-				default:
-					if !res.reset || res.code != http2.ErrCodeProtocol {
-						t.Errorf("got %+v, want RST_STREAM PROTOCOL_ERROR", res)
-					}
+				if !res.reset || res.code != http2.ErrCodeProtocol {
+					t.Errorf("got %+v, want RST_STREAM PROTOCOL_ERROR", res)
 				}
 				if next := h.request(get(name, "/ok"), nil, nil); next.status != 200 {
 					t.Errorf("the next stream on the connection: %+v", next)
@@ -748,11 +734,6 @@ func TestAccessLogOwnAnswers(t *testing.T) {
 	for _, name := range policyNames {
 		short := strings.TrimSuffix(name, ".test")
 		for _, c := range []struct{ p, status string }{{"h1-421", "421"}, {"h2-421", "421"}, {"h1-400", "400"}, {"h2-400", "400"}, {"h1-431", "431"}, {"h2-431", "431"}} {
-			if onNetHTTP(name) && c.status == "431" {
-				// net/http's server answers 431 itself, before any
-				// handler runs: no line (until the one pipeline)
-				continue
-			}
 			path := "/own-" + short + "-" + c.p
 			n := 0
 			for _, line := range strings.Split(logs, "\n") {

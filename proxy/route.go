@@ -37,7 +37,7 @@ type routeState struct {
 	dial      time.Duration
 	dialer    *net.Dialer
 	ppVersion byte // PROXY protocol version sent to upstreams; 0: none
-	fast      bool // HTTP/1.1 requests take the fast path (h1.go): every upstream is http://
+	fast      bool // nativeUpstreams (h1.go): requests go through the own HTTP/1.1 client, else through RoundTrip
 
 	metrics routeMetrics
 	health  healthChecks
@@ -78,7 +78,7 @@ func newRouteState(e *routes.Entry, tm timeouts, prev *routeState, log *slog.Log
 	rs.bal.leastConn = e.Route.Balance == "least_conn"
 	rs.bal.passive = len(rs.bal.ups) > 1
 	rs.metrics = newRouteMetrics(rs.name, rs.bal.ups)
-	if rs.fast = fastH1(e); rs.fast {
+	if rs.fast = nativeUpstreams(e); rs.fast {
 		for _, up := range rs.bal.ups {
 			up.pool = acquireUpPool(up.Host)
 		}
@@ -223,7 +223,7 @@ func newTransport(k transportKey) (*http.Transport, error) {
 		DisableCompression: true,
 	}
 	if k.h2c {
-		tr.Protocols = protocols(false, false)
+		tr.Protocols = new(http.Protocols)
 		tr.Protocols.SetUnencryptedHTTP2(true)
 	}
 	if ca := k.upstreamCA; ca != "" {
@@ -279,7 +279,7 @@ func (rs *routeState) rewrite(pr *httputil.ProxyRequest) {
 
 // modifyResponse applies the response rules the own engines apply
 // (behaviour_test.go): the route's hsts replaces the upstream's
-// (serveHTTP has set it), and a 304 carries no Content-Length and no
+// (the engine has set it), and a 304 carries no Content-Length and no
 // body: x/net's HTTP/2 client (h2c:// upstreams) otherwise waits for the
 // 304's Content-Length in body bytes and fails the response.
 func (rs *routeState) modifyResponse(res *http.Response) error {

@@ -62,38 +62,22 @@ type Server struct {
 	tlsHTTP, tlsChallenge *tls.Config
 	tlsTCP                sync.Map // ALPN list joined by "," -> *tls.Config
 
-	// front serves TLS connections routed to http mode; fronts holds it
-	// and the ones before it. net/http reads its timeouts from the
-	// Server while serving, so a reload that changes [timeouts] starts a
-	// new front for new connections instead of writing to a live one.
-	front   atomic.Pointer[front]
-	mu      sync.Mutex // guards fronts, serving, the start of front goroutines
-	fronts  []*front
-	serving bool
+	mu      sync.Mutex // guards plain, h3 and closed's effect on starting them
 	serveWG sync.WaitGroup
 
 	plain  *http.Server // the http listener: ACME HTTP-01 + redirect
 	closed atomic.Bool
 
 	// conns holds the connections of open streams: tcp and passthrough
-	// pipes, and WebSockets (net/http forgets a connection once the
-	// reverse proxy hijacks it). A drain waits for them; its deadline
-	// closes them.
+	// pipes, and WebSockets (an upgraded HTTP/1.1 connection leaves h1).
+	// A drain waits for them; its deadline closes them.
 	conns connSet
 
-	// h1 holds the connections served by the HTTP/1.1 fast path (h1.go).
+	// h1 holds the connections gatehouse's HTTP/1.1 server serves (h1.go).
 	h1 h1Set
 	// h2conns holds the connections gatehouse's own HTTP/2 server
 	// serves (h2.go): a drain sends each a GOAWAY and waits for them.
 	h2conns h2Set
-}
-
-// front is one net/http server for http-mode connections, with the
-// timeouts it was made with.
-type front struct {
-	srv              *http.Server
-	ln               *chanListener
-	readHeader, idle time.Duration
 }
 
 // snapshot is one config's worth of routing: the table and the live
@@ -143,70 +127,6 @@ func New(opts Options) *Server {
 	s.tlsHTTP = s.baseTLS([]string{"h2", "http/1.1"})
 	s.tlsChallenge = s.baseTLS([]string{"acme-tls/1"})
 	return s
-}
-
-// useFront makes new http-mode connections go to a server with the
-// given timeouts, starting one if the current front has others.
-func (s *Server) useFront(tm timeouts) {
-	if f := s.front.Load(); f != nil && f.readHeader == tm.readHeader && f.idle == tm.idle {
-		return
-	}
-	f := &front{ln: newChanListener(), readHeader: tm.readHeader, idle: tm.idle}
-	f.srv = &http.Server{
-		Handler:           http.HandlerFunc(s.serveHTTP),
-		ConnContext:       connContext,
-		ConnState:         s.connState,
-		ErrorLog:          slogErrorLog(s.log, "http"),
-		Protocols:         protocols(true, true),
-		ReadHeaderTimeout: tm.readHeader,
-		IdleTimeout:       tm.idle,
-		MaxHeaderBytes:    maxHeaderBytes,
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed.Load() {
-		return
-	}
-	s.fronts = append(s.fronts, f)
-	s.front.Store(f)
-	if s.serving {
-		s.serveFront(f)
-	}
-}
-
-// serveFront runs f's server; s.mu must be held.
-func (s *Server) serveFront(f *front) {
-	s.serveWG.Add(1)
-	go func() { defer s.serveWG.Done(); _ = f.srv.Serve(f.ln) }()
-}
-
-// connState tracks connections the reverse proxy hijacks (WebSockets
-// and other upgrades): net/http stops tracking them, so without this a
-// drain would neither wait for them nor close them at its deadline.
-func (s *Server) connState(c net.Conn, st http.ConnState) {
-	if st != http.StateHijacked {
-		return
-	}
-	tc, ok := c.(*tls.Conn)
-	if !ok {
-		return
-	}
-	rc, ok := tc.NetConn().(*replayConn)
-	if !ok {
-		return
-	}
-	done := func() { s.conns.remove(c) }
-	rc.onClose.Store(&done)
-	if !s.conns.add(c) {
-		c.Close() // the drain deadline has passed
-	}
-}
-
-func protocols(h1, h2 bool) *http.Protocols {
-	p := new(http.Protocols)
-	p.SetHTTP1(h1)
-	p.SetHTTP2(h2)
-	return p
 }
 
 // tls12Suites are the TLS 1.2 cipher suites gatehouse serves: forward
@@ -311,7 +231,6 @@ func (s *Server) SetTable(t *routes.Table) error {
 		snap.byKey[key] = rs
 	}
 	s.state.Store(snap)
-	s.useFront(snap.tm)
 	for _, rs := range snap.routes {
 		rs.start()
 	}
@@ -434,10 +353,6 @@ func (s *Server) Serve() error {
 	if s.closed.Load() {
 		s.mu.Unlock()
 		return nil
-	}
-	s.serving = true
-	for _, f := range s.fronts {
-		s.serveFront(f)
 	}
 	if s.httpLn != nil {
 		s.plain = &http.Server{
@@ -564,18 +479,11 @@ func (s *Server) handleConn(c net.Conn) {
 	case routes.ModeTCP:
 		s.pipeTCP(tc, rc)
 	default:
-		h2 := tc.ConnectionState().NegotiatedProtocol == "h2"
-		if rs.fast && !h2 {
-			s.serveH1(tc, rc)
-			return
-		}
-		if h2 && h2Eligible(rs) {
+		if tc.ConnectionState().NegotiatedProtocol == "h2" {
 			s.serveH2(tc, rc)
 			return
 		}
-		if f := s.front.Load(); f == nil || !f.ln.push(tc) {
-			tc.Close()
-		}
+		s.serveH1(tc, rc)
 	}
 }
 
@@ -606,7 +514,7 @@ func (s *Server) refuse(c net.Conn) {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closed.Store(true)
-	fronts, plain, h3 := s.fronts, s.plain, s.h3
+	plain, h3 := s.plain, s.h3
 	s.mu.Unlock()
 	if s.httpsLn != nil {
 		s.httpsLn.Close()
@@ -630,11 +538,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			emu.Unlock()
 		}
 	}
-	for _, f := range fronts {
-		f.ln.Close()
-		wg.Add(1)
-		go drain("https", f.srv)
-	}
 	if plain != nil {
 		wg.Add(1)
 		go drain("http", plain)
@@ -650,7 +553,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			}
 		}()
 	}
-	s.h1.shutdown() // idle fast-path connections close now, busy ones after their request
+	s.h1.shutdown() // idle HTTP/1.1 connections close now, busy ones after their request
 	wg.Add(1)
 	go func() {
 		defer wg.Done()

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"log"
 	"log/slog"
@@ -13,56 +12,7 @@ import (
 	"syscall"
 )
 
-// chanListener hands already-handshaken TLS connections to net/http.
-// net/http sees *tls.Conn values, so it reads the negotiated ALPN and
-// serves HTTP/2 or HTTP/1.1 as the client chose.
-type chanListener struct {
-	ch     chan net.Conn
-	done   chan struct{}
-	once   sync.Once
-	closed bool
-}
-
-func newChanListener() *chanListener {
-	return &chanListener{ch: make(chan net.Conn), done: make(chan struct{})}
-}
-
-func (l *chanListener) push(c net.Conn) bool {
-	select {
-	case l.ch <- c:
-		return true
-	case <-l.done:
-		return false
-	}
-}
-
-func (l *chanListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *chanListener) Close() error {
-	l.once.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
-
 type connKey struct{}
-
-// connContext stores the connection's route in every request's context.
-func connContext(ctx context.Context, c net.Conn) context.Context {
-	if tc, ok := c.(*tls.Conn); ok {
-		if rc, ok := tc.NetConn().(*replayConn); ok {
-			return context.WithValue(ctx, connKey{}, rc)
-		}
-	}
-	return ctx
-}
 
 func connFrom(ctx context.Context) *replayConn {
 	rc, _ := ctx.Value(connKey{}).(*replayConn)
