@@ -70,7 +70,7 @@ func (u *upLimit) acquire(ctx context.Context, wait time.Duration) error {
 // release gives back a slot taken by acquire.
 func (u *upLimit) release() { <-u.slots }
 
-// net/http's server (routes with https:// or h2c:// upstreams) has
+// net/http's server (routes with h2c:// upstreams) has
 // ReadTimeout and WriteTimeout, which bound a whole request or
 // response, not a wait without progress. boundedWriter and boundedBody
 // give it, and HTTP/3 (quic-go's server), gatehouse's no-progress

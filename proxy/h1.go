@@ -17,8 +17,9 @@ import (
 
 // The HTTP/1.1 fast path: a serve loop of gatehouse's own for TLS
 // connections that negotiated HTTP/1.1 (or no ALPN) on an http route
-// whose upstreams are all plain http://. Everything else (HTTP/2,
-// https:// and h2c:// upstreams) stays on net/http (http.go).
+// whose upstreams are all http:// or https:// (the own client speaks
+// TCP or TLS, upstream1.go). HTTP/2 has its own server (h2.go); routes
+// with h2c:// upstreams stay on net/http (http.go).
 //
 // Why: net/http + httputil.ReverseProxy + http.Transport spent 2.45×
 // nginx's CPU per keep-alive request (bench/README.md): ~80 allocations,
@@ -31,13 +32,14 @@ import (
 // client write when it is small. Between requests the connection holds
 // no buffer: it waits in a 1-byte read.
 
-// fastH1 reports whether a route's requests may take the fast path.
+// fastH1 reports whether a route's requests may take the fast path:
+// its upstreams are all http:// or https:// (not h2c://).
 func fastH1(e *routes.Entry) bool {
 	if e.Mode() != routes.ModeHTTP || len(e.Upstreams) == 0 {
 		return false
 	}
 	for _, u := range e.Upstreams {
-		if u.Scheme != "http" {
+		if u.Scheme != "http" && u.Scheme != "https" {
 			return false
 		}
 	}
@@ -468,7 +470,7 @@ func appendSimple(ob []byte, status int, body string, close bool, hsts string) [
 // routeFor is http.go's routeFor for the fast path: after a reload the
 // next request follows the new config; when the name lost its http
 // route, or its route no longer qualifies for the fast path (an
-// https:// upstream now), this request is served by the old route and
+// h2c:// upstream now), this request is served by the old route and
 // the connection closes, so the client's next one gets the new route.
 func (c *h1conn) routeFor(snap *snapshot) (*routeState, bool) {
 	if snap == c.rc.snap {
@@ -651,7 +653,7 @@ func (e *clientBodyError) Unwrap() error { return e.err }
 func (c *h1conn) getConn(rs *routeState, up *upstream, fresh bool) (*upConn, error) {
 	if rs.ppVersion == 0 {
 		if fresh {
-			return dialUp(rs, up, up.pool)
+			return dialUp(rs, up, up.pool, nil)
 		}
 		return up.pool.get(rs, up)
 	}
@@ -662,13 +664,11 @@ func (c *h1conn) getConn(rs *routeState, up *upstream, fresh bool) (*upConn, err
 		p.close()
 		c.pinned = nil
 	}
-	uc, err := dialUp(rs, up, nil)
+	uc, err := dialUp(rs, up, nil, func(nc net.Conn) error {
+		return sendPROXY(nc, rs.ppVersion, c.rc.RemoteAddr(), c.rc.LocalAddr(), rs.dial)
+	})
 	if err != nil {
 		return nil, err
-	}
-	if err := sendPROXY(uc.nc, rs.ppVersion, c.rc.RemoteAddr(), c.rc.LocalAddr(), rs.dial); err != nil {
-		uc.close()
-		return nil, &dialError{err}
 	}
 	c.pinned = uc
 	return uc, nil

@@ -26,9 +26,9 @@ import (
 // runs one goroutine per stream, and queues every frame in a
 // per-connection buffer that a writer goroutine flushes in one TLS
 // record when nothing more is ready. Framing and HPACK are
-// golang.org/x/net/http2's. Routes with https:// or h2c:// upstreams
-// (gRPC) stay on net/http's server, which forwards trailers and
-// streams both ways as those need.
+// golang.org/x/net/http2's. Routes with h2c:// upstreams (gRPC) stay
+// on net/http's server, which forwards trailers and streams both ways
+// as those need.
 
 // What the server advertises and how much it lets a client hold.
 const (
@@ -64,13 +64,13 @@ var h2Preface = []byte(http2.ClientPreface)
 
 // h2Eligible reports whether a connection routed to rs can be served by
 // gatehouse's own HTTP/2 server: an http route whose upstreams are all
-// plain http:// (not https://, not h2c://).
+// http:// or https:// (not h2c://).
 func h2Eligible(rs *routeState) bool {
 	if rs.mode != routes.ModeHTTP || len(rs.bal.ups) == 0 {
 		return false
 	}
 	for _, u := range rs.bal.ups {
-		if u.URL == nil || u.URL.Scheme != "http" {
+		if u.URL == nil || u.URL.Scheme != "http" && u.URL.Scheme != "https" {
 			return false
 		}
 	}

@@ -487,8 +487,8 @@ func (st *h2Stream) serve(in h2Request) {
 		}
 		return
 	}
-	// https:// upstreams after a reload, or PROXY protocol to the
-	// upstreams: net/http's Transport through the route's RoundTrip
+	// h2c:// upstreams after a reload: net/http's Transport through the
+	// route's RoundTrip
 	u, err := url.ParseRequestURI(in.path)
 	if err != nil {
 		st.Header().Set("Content-Type", "text/plain; charset=utf-8")

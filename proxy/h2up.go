@@ -14,8 +14,8 @@ import (
 	"golang.org/x/net/http2/hpack"
 )
 
-// An HTTP/2 stream's exchange with a plain http:// upstream through
-// gatehouse's own HTTP/1.1 client (upstream1.go), as the HTTP/1.1 fast
+// An HTTP/2 stream's exchange with an http:// or https:// upstream
+// through gatehouse's own HTTP/1.1 client (upstream1.go), as the HTTP/1.1 fast
 // path (h1.go) does it: the stream's goroutine writes the request head
 // (and a small body) in one write and reads the response itself, with
 // no Transport read/write loop goroutines and no http.Request. With
@@ -159,7 +159,7 @@ func (st *h2Stream) forward(rs *routeState, in h2Request) (*upstream, error) {
 		case rs.ppVersion != 0:
 			uc, err = pinnedConn(c.rc, rs, up, retried)
 		case retried:
-			uc, err = dialUp(rs, up, up.pool)
+			uc, err = dialUp(rs, up, up.pool, nil)
 		default:
 			uc, err = up.pool.get(rs, up)
 		}

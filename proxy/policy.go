@@ -14,7 +14,7 @@ import (
 
 // Request policy: what a request means, decided once for every engine
 // (the own HTTP/1.1 loop, the own HTTP/2 server, net/http's server for
-// https:// and h2c:// upstreams). Each rule is one function here; the
+// h2c:// upstreams). Each rule is one function here; the
 // engines call it and only move bytes and frames.
 
 // validHost reports whether a Host field (or :authority, or an
