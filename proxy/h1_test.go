@@ -62,6 +62,13 @@ func startH1WorldIdle(t testing.TB, idle time.Duration, upstream string, extra .
 // startH1WorldWith is startH1World with tweak applied to the config.
 func startH1WorldWith(t testing.TB, tweak func(*routes.Config), upstream string, extra ...routes.Route) *h1World {
 	t.Helper()
+	return startH1WorldLog(t, io.Discard, tweak, upstream, extra...)
+}
+
+// startH1WorldLog is startH1WorldWith with the server's log (debug
+// level) written to log.
+func startH1WorldLog(t testing.TB, log io.Writer, tweak func(*routes.Config), upstream string, extra ...routes.Route) *h1World {
+	t.Helper()
 	ca, err := acmetest.NewTestCA("h1 test root")
 	if err != nil {
 		t.Fatal(err)
@@ -82,7 +89,11 @@ func startH1WorldWith(t testing.TB, tweak func(*routes.Config), upstream string,
 		tweak(cfg)
 	}
 	cfg.ApplyDefaults()
-	s := New(Options{Certs: fixedCerts{&kp}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	level := slog.LevelInfo
+	if log != io.Discard {
+		level = slog.LevelDebug
+	}
+	s := New(Options{Certs: fixedCerts{&kp}, Logger: slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: level}))})
 	if err := s.Listen("127.0.0.1:0", ""); err != nil {
 		t.Fatal(err)
 	}

@@ -295,12 +295,15 @@ func (st *h2Stream) relay(rs *routeState, up *upstream, uc *upConn, resp *respHe
 		}
 	}
 	defer release(false)
+	// resp is uc's: once a pinned uc is released, another stream of the
+	// client may be parsing its next response into it
 	if err := st.sendRespHead(rs, resp, kind, uc.body.done && !pinned); err != nil || uc.body.done {
+		keep := err == nil && !resp.close
 		if err == nil && pinned {
-			release(!resp.close)
+			release(keep)
 			_ = st.sendData(nil, true)
 		}
-		release(err == nil && !resp.close)
+		release(keep)
 		return
 	}
 	for {
@@ -334,16 +337,17 @@ func (st *h2Stream) relay(rs *routeState, up *upstream, uc *upConn, resp *respHe
 		}
 	}
 	t := uc.body.trailers
+	keep := !resp.close && kind != bodyClose
 	if pinned {
 		t = append([]byte(nil), t...) // they alias the connection's buffer
-		release(!resp.close && kind != bodyClose)
+		release(keep)
 	}
 	if len(t) > 0 {
 		_ = st.sendRawTrailers(t)
 	} else if !st.ended {
 		_ = st.sendData(nil, true)
 	}
-	release(!resp.close && kind != bodyClose)
+	release(keep)
 }
 
 // canceled reports whether the stream has ended (a client reset).

@@ -312,8 +312,8 @@ const (
 )
 
 // peekIdle looks at an idle connection's socket: one non-blocking
-// MSG_PEEK recv (no deadline: Go's poller would report a past deadline
-// without trying the socket).
+// MSG_PEEK recv. Through Control, not Read: Go's poller would report a
+// past read deadline (tlsQuiet leaves one) without trying the socket.
 func peekIdle(nc net.Conn) int {
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
@@ -324,7 +324,7 @@ func peekIdle(nc net.Conn) int {
 		return idleClosed
 	}
 	state := idleClosed
-	_ = raw.Read(func(fd uintptr) bool {
+	_ = raw.Control(func(fd uintptr) {
 		var b [1]byte
 		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		switch {
@@ -333,7 +333,6 @@ func peekIdle(nc net.Conn) int {
 		case err == nil && n > 0:
 			state = idleBytes
 		}
-		return true
 	})
 	return state
 }
