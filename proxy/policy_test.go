@@ -34,17 +34,18 @@ import (
 // The request policy (policy.go) through every engine: the own
 // HTTP/1.1 loop and HTTP/2 server in front of plain http:// upstreams
 // (web.test), the same with PROXY protocol to the upstream (pp.test:
-// pinned HTTP/1.1 connections, and the HTTP/2 server's Transport path),
-// and net/http's server in front of an https:// upstream (tls.test).
-// Real TLS clients on loopback, real upstreams.
+// pinned connections), the same in front of an https:// upstream
+// (tls.test: the own client over TLS), and net/http's server in front
+// of an h2c:// upstream (h2c.test). Real TLS clients on loopback, real
+// upstreams.
 
 // policyNames are the routes of a policyWorld, one per engine family:
 // web.test http://, pp.test http:// with PROXY protocol, tls.test
-// https://, h2c.test h2c:// (the last two on net/http's server).
+// https://, h2c.test h2c:// (the last on net/http's server).
 var policyNames = []string{"web.test", "pp.test", "tls.test", "h2c.test"}
 
 // onNetHTTP: the route's requests are served by net/http's server.
-func onNetHTTP(name string) bool { return name == "tls.test" || name == "h2c.test" }
+func onNetHTTP(name string) bool { return name == "h2c.test" }
 
 type policyWorld struct {
 	t     *testing.T
