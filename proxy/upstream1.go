@@ -304,9 +304,12 @@ func (c *upConn) quiet() bool {
 	return peekIdle(c.raw) == idleSilent
 }
 
-// What a peek at an idle connection's socket found.
+// idleState is what a peek at an idle connection's socket found (one
+// byte: the peek's closure captures it, and a tiny heap object it is).
+type idleState uint8
+
 const (
-	idleSilent = iota // nothing to read
+	idleSilent idleState = iota // nothing to read
 	idleBytes         // bytes are waiting
 	idleClosed        // the peer closed it, or it failed
 )
@@ -314,7 +317,7 @@ const (
 // peekIdle looks at an idle connection's socket: one non-blocking
 // MSG_PEEK recv. Through Control, not Read: Go's poller would report a
 // past read deadline (tlsQuiet leaves one) without trying the socket.
-func peekIdle(nc net.Conn) int {
+func peekIdle(nc net.Conn) idleState {
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
 		return idleSilent
