@@ -310,8 +310,8 @@ type idleState uint8
 
 const (
 	idleSilent idleState = iota // nothing to read
-	idleBytes         // bytes are waiting
-	idleClosed        // the peer closed it, or it failed
+	idleBytes                   // bytes are waiting
+	idleClosed                  // the peer closed it, or it failed
 )
 
 // peekIdle looks at an idle connection's socket: one non-blocking
