@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	stdlog "log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -263,6 +264,7 @@ func TestUpstreamTLSUntrusted(t *testing.T) {
 			_, _ = io.WriteString(w, name)
 		}))
 		srv.TLS = cfg
+		srv.Config.ErrorLog = stdlog.New(io.Discard, "", 0) // the refused handshakes
 		srv.StartTLS()
 		t.Cleanup(srv.Close)
 		return "https://" + srv.Listener.Addr().String()
@@ -305,6 +307,7 @@ func TestUpstreamTLSUpstreamCA(t *testing.T) {
 		_, _ = io.WriteString(w, "ok")
 	}))
 	srv.TLS = cfg
+	srv.Config.ErrorLog = stdlog.New(io.Discard, "", 0) // the refused handshakes
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	url := "https://" + srv.Listener.Addr().String()
