@@ -17,11 +17,11 @@ import (
 
 // gatehouse's HTTP/1.1 server: a serve loop of its own for every TLS
 // connection that negotiated HTTP/1.1 (or no ALPN) on an http route.
-// Requests of routes whose upstreams are all plain http:// (rs.fast,
-// nativeUpstreams) take the fast path below, through the own HTTP/1.1
-// client (upstream1.go); the others (h2c://, https://) are exchanged
-// through the route's RoundTrip (h1rt.go), with the same policy and
-// the same response writer.
+// Requests of routes whose upstreams are all http:// or https://
+// (rs.fast, nativeUpstreams) take the fast path below, through the own
+// HTTP/1.1 client over TCP or TLS (upstream1.go); the others (h2c://)
+// are exchanged through the route's RoundTrip (h1rt.go), with the same
+// policy and the same response writer.
 //
 // Why: net/http + httputil.ReverseProxy + http.Transport spent 2.45×
 // nginx's CPU per keep-alive request (bench/README.md): ~80 allocations,
@@ -35,17 +35,18 @@ import (
 // no buffer: it waits in a 1-byte read.
 
 // nativeUpstreams reports whether a route's requests go through the
-// own HTTP/1.1 client (upstream1.go), on both engines (h1.go, h2up.go):
-// an http route whose upstreams are all plain http://. Requests of
-// every other http route go through the route's RoundTrip (net/http's
-// Transport, balance.go): h1rt.go, h2stream.go. It is the one place
-// that decides; routeState.fast holds its answer.
+// own HTTP/1.1 client (upstream1.go, over TCP or TLS), on both engines
+// (h1.go, h2up.go): an http route whose upstreams are all http:// or
+// https://. Requests of every other http route (h2c://) go through the
+// route's RoundTrip (net/http's Transport, balance.go): h1rt.go,
+// h2stream.go. It is the one place that decides; routeState.fast holds
+// its answer.
 func nativeUpstreams(e *routes.Entry) bool {
 	if e.Mode() != routes.ModeHTTP || len(e.Upstreams) == 0 {
 		return false
 	}
 	for _, u := range e.Upstreams {
-		if u.Scheme != "http" {
+		if u.Scheme != "http" && u.Scheme != "https" {
 			return false
 		}
 	}
@@ -673,7 +674,7 @@ func (e *clientBodyError) Unwrap() error { return e.err }
 func (c *h1conn) getConn(rs *routeState, up *upstream, fresh bool) (*upConn, error) {
 	if rs.ppVersion == 0 {
 		if fresh {
-			return dialUp(rs, up, up.pool)
+			return dialUp(rs, up, up.pool, nil)
 		}
 		return up.pool.get(rs, up)
 	}
@@ -684,13 +685,11 @@ func (c *h1conn) getConn(rs *routeState, up *upstream, fresh bool) (*upConn, err
 		p.close()
 		c.pinned = nil
 	}
-	uc, err := dialUp(rs, up, nil)
+	uc, err := dialUp(rs, up, nil, func(nc net.Conn) error {
+		return sendPROXY(nc, rs.ppVersion, c.rc.RemoteAddr(), c.rc.LocalAddr(), rs.dial)
+	})
 	if err != nil {
 		return nil, err
-	}
-	if err := sendPROXY(uc.nc, rs.ppVersion, c.rc.RemoteAddr(), c.rc.LocalAddr(), rs.dial); err != nil {
-		uc.close()
-		return nil, &dialError{err}
 	}
 	c.pinned = uc
 	return uc, nil

@@ -65,6 +65,12 @@ func startH1WorldWith(t testing.TB, tweak func(*routes.Config), upstream string,
 	return startH1WorldLog(t, tweak, nil, upstream, extra...)
 }
 
+// startH1WorldDebug is startH1WorldLog with the log first.
+func startH1WorldDebug(t testing.TB, log io.Writer, tweak func(*routes.Config), upstream string, extra ...routes.Route) *h1World {
+	t.Helper()
+	return startH1WorldLog(t, tweak, log, upstream, extra...)
+}
+
 // startH1WorldLog is startH1WorldWith with the error log (debug level)
 // and the access log written to lb (nil: no log).
 func startH1WorldLog(t testing.TB, tweak func(*routes.Config), lb io.Writer, upstream string, extra ...routes.Route) *h1World {

@@ -487,8 +487,9 @@ func (st *h2Stream) serve(in h2Request) {
 		}
 		return
 	}
-	// h2c:// and https:// upstreams: net/http's Transport through the
-	// route's RoundTrip (balancing, retries, PROXY-protocol pinning)
+	// h2c:// upstreams (and https:// ones after a reload moved this
+	// connection's route): net/http's Transport through the route's
+	// RoundTrip (balancing, retries, PROXY-protocol pinning)
 	u, err := url.ParseRequestURI(in.path)
 	if err != nil {
 		st.Header().Set("Content-Type", "text/plain; charset=utf-8")

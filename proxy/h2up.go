@@ -14,8 +14,8 @@ import (
 	"golang.org/x/net/http2/hpack"
 )
 
-// An HTTP/2 stream's exchange with a plain http:// upstream through
-// gatehouse's own HTTP/1.1 client (upstream1.go), as the HTTP/1.1 fast
+// An HTTP/2 stream's exchange with an http:// or https:// upstream
+// through gatehouse's own HTTP/1.1 client (upstream1.go), as the HTTP/1.1 fast
 // path (h1.go) does it: the stream's goroutine writes the request head
 // (and a small body) in one write and reads the response itself, with
 // no Transport read/write loop goroutines and no http.Request. With
@@ -156,7 +156,7 @@ func (st *h2Stream) forward(rs *routeState, in h2Request) (*upstream, error) {
 		case rs.ppVersion != 0:
 			uc, err = pinnedConn(c.rc, rs, up, retried)
 		case retried:
-			uc, err = dialUp(rs, up, up.pool)
+			uc, err = dialUp(rs, up, up.pool, nil)
 		default:
 			uc, err = up.pool.get(rs, up)
 		}
@@ -292,12 +292,15 @@ func (st *h2Stream) relay(rs *routeState, up *upstream, uc *upConn, resp *respHe
 		}
 	}
 	defer release(false)
+	// resp is uc's: once a pinned uc is released, another stream of the
+	// client may be parsing its next response into it
 	if err := st.sendRespHead(rs, resp, kind, uc.body.done && !pinned); err != nil || uc.body.done {
+		keep := err == nil && !resp.close
 		if err == nil && pinned {
-			release(!resp.close)
+			release(keep)
 			_ = st.sendData(nil, true)
 		}
-		release(err == nil && !resp.close)
+		release(keep)
 		return
 	}
 	for {
@@ -331,16 +334,17 @@ func (st *h2Stream) relay(rs *routeState, up *upstream, uc *upConn, resp *respHe
 		}
 	}
 	t := uc.body.trailers
+	keep := !resp.close && kind != bodyClose
 	if pinned {
 		t = append([]byte(nil), t...) // they alias the connection's buffer
-		release(!resp.close && kind != bodyClose)
+		release(keep)
 	}
 	if len(t) > 0 {
 		_ = st.sendRawTrailers(t)
 	} else if !st.ended {
 		_ = st.sendData(nil, true)
 	}
-	release(!resp.close && kind != bodyClose)
+	release(keep)
 }
 
 // canceled reports whether the stream has ended (a client reset).

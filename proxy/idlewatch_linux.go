@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // Idle upstream connections (pooled, and pinned to a PROXY-protocol
@@ -23,9 +24,18 @@ import (
 // A pooled connection joins the set only once it has been idle for
 // watchDelay (upPool.arm): under load connections are taken again
 // sooner, and two epoll_ctl calls per exchange (add, delete) were 7% of
-// the HTTP/2 engine's CPU. Every reuse peeks at the socket (alive), for
+// the HTTP/2 engine's CPU. Every reuse peeks at the socket (quiet), for
 // bytes that came before the watch began or after its last look.
 // Connections pinned to a PROXY-protocol client are watched at once.
+//
+// A TLS connection (an https:// upstream) may become readable while
+// idle without any stray byte: a TLS 1.3 server may send
+// post-handshake messages (NewSessionTicket, KeyUpdate; RFC 8446 4.6)
+// at any time, also after a response. So a readable TLS connection is
+// checked rather than closed: a goroutine reads through crypto/tls
+// for a moment (tlsQuiet), which consumes such messages and returns no
+// data; application data or the connection's end closes it, else the
+// watch is re-armed. A reuse meanwhile waits for the check.
 
 type idleWatcher struct {
 	once  sync.Once
@@ -80,7 +90,7 @@ func (w *idleWatcher) run(rc syscall.RawConn) {
 			}
 		})
 		if err != nil {
-			return // not pollable: reuse still checks each connection (alive)
+			return // not pollable: reuse still checks each connection (quiet)
 		}
 		for _, id := range ids {
 			w.kill(id)
@@ -88,16 +98,41 @@ func (w *idleWatcher) run(rc syscall.RawConn) {
 	}
 }
 
+// watchCheck marks (in watch, with the id) an idle TLS connection
+// whose socket turned readable and is being checked (tlsCheck).
+const watchCheck = uint64(1) << 63
+
+// tlsCheckWait is how long a check reads through crypto/tls: post-
+// handshake messages come whole in one flight, so the read has them
+// at once and then waits out the rest. A reuse waits for it.
+const tlsCheckWait = 5 * time.Millisecond
+
 // kill closes the idle connection watched under id, unless it was
-// taken for an exchange meanwhile.
+// taken for an exchange meanwhile; a TLS connection is checked first.
 func (w *idleWatcher) kill(id uint64) {
 	w.mu.Lock()
 	c := w.conns[id]
-	delete(w.conns, id)
+	if c != nil && c.tc == nil {
+		delete(w.conns, id)
+	}
 	w.mu.Unlock()
-	if c == nil || !c.watch.CompareAndSwap(id, watchDead) {
+	if c == nil {
 		return
 	}
+	if c.tc != nil {
+		if c.watch.CompareAndSwap(id, id|watchCheck) {
+			go w.tlsCheck(c, id)
+		}
+		return
+	}
+	if !c.watch.CompareAndSwap(id, watchDead) {
+		return
+	}
+	w.drop(c)
+}
+
+// drop closes an idle connection the watch found readable.
+func (w *idleWatcher) drop(c *upConn) {
 	unsolicitedClosed.Add(1)
 	if p := c.pool; p != nil {
 		p.remove(c)
@@ -106,6 +141,35 @@ func (w *idleWatcher) kill(id uint64) {
 		p.removeOwn(c)
 	}
 	c.nc.Close()
+}
+
+// tlsCheck reads what came on the idle TLS connection c (watched under
+// id, marked watchCheck): post-handshake messages only, and the watch
+// is re-armed; anything else, and it is closed.
+func (w *idleWatcher) tlsCheck(c *upConn, id uint64) {
+	if ok, _ := c.tlsQuiet(tlsCheckWait); ok {
+		// mu held: a taker that ends the watch meanwhile cannot start
+		// a new one (watchIdle) before the re-arm, which would then
+		// overwrite it with this stale id
+		w.mu.Lock()
+		rearmed := true // or not ours: only the check ends a check
+		if c.watch.CompareAndSwap(id|watchCheck, id) {
+			ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT,
+				Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
+			rearmed = syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_MOD, c.fd, &ev) == nil ||
+				!c.watch.CompareAndSwap(id, watchDead) // taken for an exchange meanwhile
+		}
+		w.mu.Unlock()
+		if rearmed {
+			return
+		}
+	} else if !c.watch.CompareAndSwap(id|watchCheck, watchDead) {
+		return // not reached: only the check ends a check
+	}
+	w.mu.Lock()
+	delete(w.conns, id)
+	w.mu.Unlock()
+	w.drop(c)
 }
 
 // watchIdle puts c (idle now, holding no buffer) under watch. false:
@@ -146,8 +210,11 @@ func (c *upConn) take() bool {
 	if id == 0 {
 		return c.watch.Load() != watchDead
 	}
-	if !c.watch.CompareAndSwap(id, 0) {
-		return false
+	for !c.watch.CompareAndSwap(id, 0) {
+		if c.watch.Load() != id|watchCheck {
+			return false
+		}
+		time.Sleep(200 * time.Microsecond) // a TLS check, at most tlsCheckWait
 	}
 	c.watchID = 0
 	w := &idleW
@@ -161,7 +228,7 @@ func (c *upConn) take() bool {
 // connFD is c's socket descriptor (-1: none). It is used only while c
 // is open and owned by gatehouse.
 func connFD(c *upConn) int {
-	sc, ok := c.nc.(syscall.Conn)
+	sc, ok := c.raw.(syscall.Conn)
 	if !ok {
 		return -1
 	}

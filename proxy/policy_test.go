@@ -34,9 +34,10 @@ import (
 // The request policy (policy.go) through every engine: the own
 // HTTP/1.1 loop and HTTP/2 server in front of plain http:// upstreams
 // (web.test), the same with PROXY protocol to the upstream (pp.test:
-// pinned HTTP/1.1 connections), and in front of https:// and h2c://
-// upstreams (tls.test, h2c.test: the route's RoundTrip). Real TLS
-// clients on loopback, real upstreams.
+// pinned connections), the same in front of an https:// upstream
+// (tls.test: the own client over TLS), and in front of an h2c://
+// upstream (h2c.test: the route's RoundTrip). Real TLS clients on
+// loopback, real upstreams.
 
 // policyNames are the routes of a policyWorld, one per upstream kind:
 // web.test http://, pp.test http:// with PROXY protocol, tls.test

@@ -197,8 +197,8 @@ type pinnedPool struct {
 	rs     *routeState // the route tr was made for (a reload may route later requests elsewhere)
 	tr     *http.Transport
 	closed bool
-	// the own HTTP/1.1 client's connections (HTTP/2 streams to plain
-	// http:// upstreams, h2up.go), idle and watched; made for ownRS
+	// the own HTTP/1.1 client's connections (HTTP/2 streams to http://
+	// and https:// upstreams, h2up.go), idle and watched; made for ownRS
 	own   []*upConn
 	ownRS *routeState
 }
@@ -210,7 +210,8 @@ const maxPinnedIdle = 4
 // pinnedConn returns an upstream connection to up for requests of the
 // client connection rc on route rs: an idle one it opened before
 // (checked: nothing unsolicited came), else a new one that starts with
-// the client's PROXY header (a failure is a *dialError).
+// the client's PROXY header, before any TLS handshake with an https://
+// upstream (a failure is a *dialError).
 func pinnedConn(rc *replayConn, rs *routeState, up *upstream, fresh bool) (*upConn, error) {
 	p := rc.pin.Load()
 	if p == nil {
@@ -230,13 +231,11 @@ func pinnedConn(rc *replayConn, rs *routeState, up *upstream, fresh bool) (*upCo
 		}
 		c.close()
 	}
-	uc, err := dialUp(rs, up, nil)
+	uc, err := dialUp(rs, up, nil, func(nc net.Conn) error {
+		return sendPROXY(nc, rs.ppVersion, rc.RemoteAddr(), rc.LocalAddr(), rs.dial)
+	})
 	if err != nil {
 		return nil, err
-	}
-	if err := sendPROXY(uc.nc, rs.ppVersion, rc.RemoteAddr(), rc.LocalAddr(), rs.dial); err != nil {
-		uc.close()
-		return nil, &dialError{err}
 	}
 	uc.pin = p
 	return uc, nil

@@ -5,12 +5,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,7 +35,7 @@ type routeState struct {
 	dial      time.Duration
 	dialer    *net.Dialer
 	ppVersion byte // PROXY protocol version sent to upstreams; 0: none
-	fast      bool // nativeUpstreams (h1.go): requests go through the own HTTP/1.1 client, else through RoundTrip
+	fast      bool // nativeUpstreams (h1.go): requests go through the own HTTP/1.1 client (TCP or TLS), else through RoundTrip
 
 	metrics routeMetrics
 	health  healthChecks
@@ -79,8 +77,15 @@ func newRouteState(e *routes.Entry, tm timeouts, prev *routeState, log *slog.Log
 	rs.bal.passive = len(rs.bal.ups) > 1
 	rs.metrics = newRouteMetrics(rs.name, rs.bal.ups)
 	if rs.fast = nativeUpstreams(e); rs.fast {
+		var roots *x509.CertPool // nil: the system roots
+		if ca := e.Route.UpstreamCA; ca != "" {
+			var err error
+			if roots, err = loadCA(ca); err != nil {
+				return nil, err
+			}
+		}
 		for _, up := range rs.bal.ups {
-			up.pool = acquireUpPool(up.Host)
+			up.pool = acquireUpPool(upPoolKeyOf(up.Upstream, e.Route.UpstreamCA), roots)
 		}
 	}
 	if rs.mode == routes.ModeHTTP {
@@ -227,13 +232,9 @@ func newTransport(k transportKey) (*http.Transport, error) {
 		tr.Protocols.SetUnencryptedHTTP2(true)
 	}
 	if ca := k.upstreamCA; ca != "" {
-		pem, err := os.ReadFile(ca)
+		pool, err := loadCA(ca)
 		if err != nil {
-			return nil, fmt.Errorf("upstream_ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("upstream_ca %s: no PEM certificate", ca)
+			return nil, err
 		}
 		// ServerName is left empty: the transport sets it to each
 		// upstream's host, so SNI and verification use that name.

@@ -592,12 +592,13 @@ func (u *tlsUpstream) next(t *testing.T) string {
 	}
 }
 
-// The RoundTrip path (an https:// upstream, through net/http's
-// Transport): the same bounds. An HTTP/1.1 client that stalls in its
-// body, and an HTTP/2 client with no window opening more streams than
-// the cap: the upstream sees the requests aborted and its connections
-// released, at most the cap at once.
-func TestRoundTripPathTimeouts(t *testing.T) {
+// An https:// upstream (the own engines, the own client over TLS): the
+// same bounds. An HTTP/1.1 client that stalls in its body, and an
+// HTTP/2 client with no window opening more streams than the cap: the
+// upstream sees the requests aborted and its connections released, at
+// most the cap at once. (h2c:// upstreams, through RoundTrip:
+// TestH1H2CRouteBoundsAndLog.)
+func TestHTTPSUpstreamTimeouts(t *testing.T) {
 	up := startTLSUpstream(t)
 	route := func(c *routes.Config) {
 		c.Timeouts.ClientBody = routes.Duration(300 * time.Millisecond)
@@ -681,9 +682,8 @@ func TestRoundTripPathTimeouts(t *testing.T) {
 // The bounds are waits on the client, not on the upstream: a request
 // whose body came whole, answered after more than client_body and
 // send, and a streamed response that pauses longer than send, are
-// served on every engine (own HTTP/1.1 and HTTP/2 with the own client
-// or RoundTrip for an https:// upstream, HTTP/3), over HTTP/1.1, HTTP/2
-// and HTTP/3.
+// served on every engine (own HTTP/1.1 and HTTP/2 to http:// and
+// https:// upstreams, HTTP/3), over HTTP/1.1, HTTP/2 and HTTP/3.
 func TestSlowAnswerAfterBody(t *testing.T) {
 	slow := func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)

@@ -2,21 +2,29 @@ package proxy
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
-// gatehouse's own HTTP/1.1 client for plain http:// upstreams, used in
-// place of net/http's Transport on the HTTP/1.1 fast path (h1.go) and
-// meant for any engine that proxies to an http:// upstream (an HTTP/2
-// front fills a reqHead from its pseudo-headers and fields). One
-// exchange, as h1.go's proxy and relay do it:
+// gatehouse's own HTTP/1.1 client for http:// and https:// upstreams,
+// used in place of net/http's Transport by the HTTP/1.1 fast path
+// (h1.go) and the HTTP/2 server (h2up.go: an HTTP/2 front fills a
+// reqHead from its pseudo-headers and fields). It speaks over TCP, or
+// over TLS to an https:// upstream (dialUp; tlsQuiet for what a TLS
+// connection may receive while idle). One exchange, as h1.go's proxy
+// and relay do it:
 //
 //	up := rs.bal.pick(skip)                    // balancing and health (balance.go)
 //	up.active.Add(1)                           // least_conn weight, until done
@@ -52,7 +60,10 @@ const (
 // shared a Transport before: a route per name must not mean an idle
 // connection per name).
 type upPool struct {
-	addr string
+	key upPoolKey
+	// tls: an https:// upstream's client config (nil: plain TCP). Its
+	// session cache is the pool's, so reconnects resume the session.
+	tls  *tls.Config
 	mu   sync.Mutex
 	idle []*upConn // most recently used last
 	refs int
@@ -69,32 +80,80 @@ type upPool struct {
 // HTTP/2 engine's CPU (bench/README.md). At 2 ms the connections at the
 // bottom of the pool's stack, taken as the number of streams in flight
 // swings, still cost 4%; at 100 ms epoll_ctl is gone from the profile
-// of the HTTP/2 bench (16 connections × 16 streams). A connection taken sooner is
-// checked at its reuse (alive) as every one is; one idle longer is
-// watched, and bytes that came before it was — level-triggered — close
-// it as soon as it is. Either way no stray byte becomes a response.
+// of the HTTP/2 bench (16 connections × 16 streams). A connection taken
+// sooner is checked at its reuse (quiet) as every one is; one idle
+// longer is watched, and bytes that came before it was — level-triggered
+// — close it as soon as it is. Either way no stray byte becomes a
+// response.
 const watchDelay = 100 * time.Millisecond
+
+// upPoolKey is what routes must have in common to share connections:
+// the address, and for https:// the CA file the upstream is verified
+// with (a connection verified against one route's upstream_ca must not
+// serve a route that trusts only the system roots, or another CA).
+type upPoolKey struct {
+	addr string // host:port
+	tls  bool   // https://
+	ca   string // upstream_ca ("": the system roots)
+}
+
+func upPoolKeyOf(u routes.Upstream, ca string) upPoolKey {
+	if u.Scheme != "https" {
+		return upPoolKey{addr: u.Host}
+	}
+	return upPoolKey{addr: u.Host, tls: true, ca: ca}
+}
 
 var upPools struct {
 	sync.Mutex
-	m map[string]*upPool
+	m map[upPoolKey]*upPool
 }
 
-// acquireUpPool returns the shared pool for addr, counted until
-// releaseUpPool.
-func acquireUpPool(addr string) *upPool {
+// acquireUpPool returns the shared pool for k, counted until
+// releaseUpPool. roots verifies an https:// upstream (nil: the system
+// roots); a pool made before for the same key keeps its own.
+func acquireUpPool(k upPoolKey, roots *x509.CertPool) *upPool {
 	upPools.Lock()
 	defer upPools.Unlock()
-	if p, ok := upPools.m[addr]; ok {
+	if p, ok := upPools.m[k]; ok {
 		p.refs++
 		return p
 	}
 	if upPools.m == nil {
-		upPools.m = map[string]*upPool{}
+		upPools.m = map[upPoolKey]*upPool{}
 	}
-	p := &upPool{addr: addr, refs: 1}
-	upPools.m[addr] = p
+	p := &upPool{key: k, refs: 1}
+	if k.tls {
+		host, _, err := net.SplitHostPort(k.addr)
+		if err != nil {
+			host = k.addr
+		}
+		// as the Transport had it: SNI and verification use the
+		// upstream URL's host; HTTP/1.1 only (as nginx speaks to
+		// https:// upstreams), so WebSocket upgrades work
+		p.tls = &tls.Config{
+			ServerName:         host,
+			RootCAs:            roots,
+			MinVersion:         tls.VersionTLS12,
+			NextProtos:         []string{"http/1.1"},
+			ClientSessionCache: tls.NewLRUClientSessionCache(0),
+		}
+	}
+	upPools.m[k] = p
 	return p
+}
+
+// loadCA reads an upstream_ca file into a pool.
+func loadCA(file string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("upstream_ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("upstream_ca %s: no PEM certificate", file)
+	}
+	return pool, nil
 }
 
 // releaseUpPool drops a route's use; the last one out closes the idle
@@ -104,7 +163,7 @@ func releaseUpPool(p *upPool) {
 	p.refs--
 	last := p.refs == 0
 	if last {
-		delete(upPools.m, p.addr)
+		delete(upPools.m, p.key)
 	}
 	upPools.Unlock()
 	if last {
@@ -121,7 +180,9 @@ func releaseUpPool(p *upPool) {
 
 // upConn is one connection to an upstream.
 type upConn struct {
-	nc       net.Conn
+	nc       net.Conn    // what exchanges read and write: raw, or tc over it
+	raw      net.Conn    // the TCP connection (its socket is what the idle watch sees)
+	tc       *tls.Conn   // https:// upstreams; nil: plain TCP
 	pool     *upPool     // nil: pinned to a client connection (PROXY protocol), never pooled
 	pin      *pinnedPool // pinned, for HTTP/2 streams: kept there between exchanges
 	up       *upstream
@@ -195,7 +256,7 @@ func (p *upPool) get(rs *routeState, up *upstream) (*upConn, error) {
 		// every reuse is checked: the watcher may not have seen bytes
 		// that came just now
 		if c.take() {
-			if now.Sub(c.idleFrom) < upIdleTimeout && alive(c.nc) {
+			if now.Sub(c.idleFrom) < upIdleTimeout && c.quiet() {
 				c.up = up
 				c.reused = true
 				return c, nil
@@ -205,7 +266,7 @@ func (p *upPool) get(rs *routeState, up *upstream) (*upConn, error) {
 		p.mu.Lock()
 	}
 	p.mu.Unlock()
-	return dialUp(rs, up, p)
+	return dialUp(rs, up, p, nil)
 }
 
 // remove drops c from the idle list (the watcher closed it).
@@ -225,44 +286,130 @@ func (p *upPool) remove(c *upConn) {
 // reuse checks a connection kept for a client (pinned) before its next
 // exchange, as get checks a pooled one.
 func (c *upConn) reuse() bool {
-	if !c.take() || !alive(c.nc) {
+	if !c.take() || !c.quiet() {
 		return false
 	}
 	c.reused = true
 	return true
 }
 
-// alive reports whether an idle upstream connection is still open and
+// quiet reports whether an idle upstream connection is still open and
 // silent: a connection idle a while may have been closed by the
 // upstream's keep-alive timeout, and a request written to it would be
-// lost. One non-blocking MSG_PEEK recv (no deadline: Go's poller would
-// report a past deadline without trying the socket).
-func alive(nc net.Conn) bool {
+// lost; bytes on it are nobody's answer. Over TLS, bytes may also be a
+// post-handshake message (a TLS 1.3 session ticket or key update,
+// RFC 8446 4.6) sent after the last response: crypto/tls consumes
+// those, and only application data (or the connection's end) counts.
+func (c *upConn) quiet() bool {
+	switch peekIdle(c.raw) {
+	case idleSilent:
+		return true
+	case idleClosed:
+		return false
+	}
+	if c.tc == nil {
+		return false
+	}
+	c.deadline = true // tlsQuiet leaves a read deadline set
+	if ok, _ := c.tlsQuiet(time.Millisecond); !ok {
+		return false
+	}
+	// the wait may have passed before the socket was read (a busy
+	// machine): whatever is still there is not vouched for
+	return peekIdle(c.raw) == idleSilent
+}
+
+// idleState is what a peek at an idle connection's socket found (one
+// byte: the peek's closure captures it, and a tiny heap object it is).
+type idleState uint8
+
+const (
+	idleSilent idleState = iota // nothing to read
+	idleBytes                   // bytes are waiting
+	idleClosed                  // the peer closed it, or it failed
+)
+
+// peekIdle looks at an idle connection's socket: one non-blocking
+// MSG_PEEK recv. Through Control, not Read: Go's poller would report a
+// past read deadline (tlsQuiet leaves one) without trying the socket.
+func peekIdle(nc net.Conn) idleState {
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
-		return true
+		return idleSilent
 	}
 	raw, err := sc.SyscallConn()
 	if err != nil {
-		return false
+		return idleClosed
 	}
-	ok = false
-	_ = raw.Read(func(fd uintptr) bool {
+	state := idleClosed
+	_ = raw.Control(func(fd uintptr) {
 		var b [1]byte
-		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		ok = err == syscall.EAGAIN || err == syscall.EWOULDBLOCK
-		return true
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		switch {
+		case err == syscall.EAGAIN || err == syscall.EWOULDBLOCK:
+			state = idleSilent
+		case err == nil && n > 0:
+			state = idleBytes
+		}
 	})
-	return ok
+	return state
 }
 
-// dialUp dials up with the route's dial timeout.
-func dialUp(rs *routeState, up *upstream, p *upPool) (*upConn, error) {
+// tlsQuiet reads what has come on an idle TLS connection through
+// crypto/tls: post-handshake messages (session tickets, key updates)
+// are consumed there and yield no data, so the read ends at its
+// deadline (ok); application data is bytes nobody asked for (stray);
+// an error (close_notify, EOF, a bad record) ends the connection.
+// wait 0 reads only what crypto/tls has buffered already: records
+// read from the socket together with the response's last bytes (a
+// past deadline, and the socket is not touched). Else the socket is
+// read until wait has passed. A read deadline stays set (the next
+// exchange sets its own, or clears it: deadline is true while idle).
+func (c *upConn) tlsQuiet(wait time.Duration) (ok, stray bool) {
+	dl := time.Unix(1, 0)
+	if wait > 0 {
+		dl = time.Now().Add(wait)
+	}
+	_ = c.tc.SetReadDeadline(dl)
+	var b [1]byte
+	n, err := c.tc.Read(b[:])
+	if n > 0 {
+		return false, true
+	}
+	return errors.Is(err, os.ErrDeadlineExceeded), false
+}
+
+// dialUp dials up with the route's dial timeout; before, if set, writes
+// to the TCP connection first (a PROXY header). An https:// upstream's
+// TLS handshake follows, bounded by the dial timeout too (as the
+// Transport's TLSHandshakeTimeout was). Any failure is a *dialError:
+// no request byte was sent, another upstream may be tried.
+func dialUp(rs *routeState, up *upstream, p *upPool, before func(net.Conn) error) (*upConn, error) {
 	nc, err := rs.dialer.Dial("tcp", up.Host)
 	if err != nil {
 		return nil, &dialError{err}
 	}
-	return &upConn{nc: nc, pool: p, up: up, fd: -1}, nil
+	if before != nil {
+		if err := before(nc); err != nil {
+			nc.Close()
+			return nil, &dialError{err}
+		}
+	}
+	uc := &upConn{nc: nc, raw: nc, pool: p, up: up, fd: -1}
+	if cfg := up.pool.tls; cfg != nil {
+		tc := tls.Client(nc, cfg)
+		if rs.dial > 0 {
+			_ = nc.SetDeadline(time.Now().Add(rs.dial))
+		}
+		err := tc.Handshake()
+		_ = nc.SetDeadline(time.Time{})
+		if err != nil {
+			nc.Close()
+			return nil, &dialError{fmt.Errorf("TLS handshake with %s: %w", cfg.ServerName, err)}
+		}
+		uc.nc, uc.tc = tc, tc
+	}
+	return uc, nil
 }
 
 // put returns c to the idle pool (it must have no unread bytes).
@@ -360,6 +507,19 @@ func (p *upPool) idleCount() int {
 // from an upstream that sends what nobody asked for: closed, not kept.
 func (c *upConn) done(reusable bool) {
 	c.recv, c.garbled, c.n1xx = false, false, 0
+	if reusable && c.tc != nil && c.br.buffered() == 0 {
+		// crypto/tls may hold records read from the socket with the
+		// response's last bytes: the socket is quiet then, and the
+		// watch would never see them
+		c.deadline = true
+		if ok, stray := c.tlsQuiet(0); !ok {
+			if stray {
+				unsolicitedClosed.Add(1)
+			}
+			c.close()
+			return
+		}
+	}
 	if reusable && c.pool != nil && c.br.buffered() == 0 {
 		c.pool.put(c)
 		return

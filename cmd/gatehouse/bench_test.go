@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -42,6 +43,13 @@ type benchWorld struct {
 
 func startBenchWorld(b *testing.B) *benchWorld {
 	b.Helper()
+	return startBenchWorldUp(b, false)
+}
+
+// startBenchWorldUp is startBenchWorld with an https:// upstream (the
+// same fixed answer over TLS, verified with upstream_ca) when tlsUp.
+func startBenchWorldUp(b *testing.B, tlsUp bool) *benchWorld {
+	b.Helper()
 	ca, err := acmetest.NewTestCA("bench CA")
 	if err != nil {
 		b.Fatal(err)
@@ -58,7 +66,25 @@ func startBenchWorld(b *testing.B) *benchWorld {
 	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
 		b.Fatal(err)
 	}
-	up := startFixedUpstream(b)
+	var upURL, extra string
+	if !tlsUp {
+		upURL = "http://" + startFixedUpstream(b, nil)
+	} else {
+		upCert, upKey, _, err := ca.Issue([]string{"127.0.0.1"}, "", 24*time.Hour)
+		if err != nil {
+			b.Fatal(err)
+		}
+		kp, err := tls.X509KeyPair(upCert, upKey)
+		if err != nil {
+			b.Fatal(err)
+		}
+		caFile := filepath.Join(dir, "ca.pem")
+		if err := os.WriteFile(caFile, ca.CertPEM, 0o600); err != nil {
+			b.Fatal(err)
+		}
+		upURL = "https://" + startFixedUpstream(b, &tls.Config{Certificates: []tls.Certificate{kp}})
+		extra = fmt.Sprintf("upstream_ca = %q\n", caFile)
+	}
 	https := listen(b)
 	cfgText := fmt.Sprintf(`
 [listen]
@@ -71,8 +97,8 @@ dir = %q
 hosts = [%q]
 cert = %q
 key = %q
-upstream = "http://%s"
-`, https.Addr(), filepath.Join(dir, "storage"), benchName, certFile, keyFile, up)
+upstream = %q
+%s`, https.Addr(), filepath.Join(dir, "storage"), benchName, certFile, keyFile, upURL, extra)
 	path := filepath.Join(dir, "gatehouse.toml")
 	if err := os.WriteFile(path, []byte(cfgText), 0o600); err != nil {
 		b.Fatal(err)
@@ -87,14 +113,17 @@ upstream = "http://%s"
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = in.shutdown(2 * time.Second) })
-	return &benchWorld{addr: https.Addr().String(), upstream: up}
+	return &benchWorld{addr: https.Addr().String(), upstream: strings.TrimPrefix(strings.TrimPrefix(upURL, "http://"), "https://")}
 }
 
 // startFixedUpstream serves a fixed 100-byte body on keep-alive
 // HTTP/1.1 connections without allocating per request, so it adds
-// nothing to allocs/op.
-func startFixedUpstream(b *testing.B) string {
-	ln := listen(b)
+// nothing to allocs/op (over TLS with cfg, when set: then TLS's own).
+func startFixedUpstream(b *testing.B, cfg *tls.Config) string {
+	var ln net.Listener = listen(b)
+	if cfg != nil {
+		ln = tls.NewListener(ln, cfg)
+	}
 	body := bytes.Repeat([]byte("x"), 100)
 	resp := append([]byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n"), body...)
 	var wg sync.WaitGroup
@@ -235,6 +264,17 @@ func benchKeepAlive(b *testing.B, dial func() (net.Conn, error)) {
 				return
 			}
 		}
+	})
+}
+
+// BenchmarkHTTPSUpstream: BenchmarkHTTP1Request's op to a route whose
+// upstream is https:// (keep-alive TLS to the upstream too).
+func BenchmarkHTTPSUpstream(b *testing.B) {
+	w := startBenchWorldUp(b, true)
+	benchKeepAlive(b, func() (net.Conn, error) {
+		cfg := benchClientTLS()
+		cfg.NextProtos = []string{"http/1.1"}
+		return tls.Dial("tcp", w.addr, cfg)
 	})
 }
 
