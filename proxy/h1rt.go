@@ -342,11 +342,9 @@ func (c *h1conn) relayRT(x *exchange, e *rtExchange, res *http.Response, ob []by
 	if status == 101 {
 		return c.upgradeRT(x, e, res, ob)
 	}
-	if e.body && !e.complete.Load() {
-		// answered before the body was all read: the connection
-		// cannot carry another request after it
-		x.closeAfter = true
-	}
+	// answered before the body was all read: the connection carries
+	// another request only if the rest comes soon after (drain, below);
+	// the head does not promise it either way
 	kind, n := bodyNone, int64(-1)
 	switch {
 	case x.head || status == 204 || status == 304:
@@ -418,10 +416,42 @@ func (c *h1conn) relayRT(x *exchange, e *rtExchange, res *http.Response, ob []by
 			return c.abortRT(x, e, ob)
 		}
 	}
+	if e.body && !e.complete.Load() {
+		// the upstream answered without taking the whole body (an
+		// upstream that does not read it, or the Transport not yet
+		// done writing it): what is left of a small one is read and
+		// dropped, as nginx discards it, so the connection can carry
+		// the next request
+		e.drain(rtDrainMax, rtDrainWait)
+	}
 	if x.bodyLeft = e.detach(); x.bodyLeft {
 		x.closeAfter = true
 	}
 	return ob[:0]
+}
+
+// What relayRT reads of a request body the upstream left unread, at
+// most, to keep the connection: more, or slower, and it closes.
+const (
+	rtDrainMax  = 256 << 10
+	rtDrainWait = time.Second
+)
+
+// drain reads and drops the rest of the request body, up to max bytes
+// and each wait for more bounded by wait; e.complete tells whether it
+// all came.
+func (e *rtExchange) drain(max int64, wait time.Duration) {
+	e.mu.Lock()
+	e.clientBody = min(e.clientBody, wait)
+	e.mu.Unlock()
+	var buf [4096]byte
+	for n := int64(0); n < max && !e.complete.Load(); {
+		k, err := e.Read(buf[:])
+		n += int64(k)
+		if err != nil {
+			return
+		}
+	}
 }
 
 // abortRT ends an exchange broken mid-response: the client connection

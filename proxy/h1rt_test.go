@@ -236,3 +236,47 @@ func TestRoundTripEarlyResponse(t *testing.T) {
 		})
 	}
 }
+
+// An h2c:// upstream that answers a POST without reading its body: the
+// answer reaches the client at once, and the rest of a small body that
+// comes after it is read and dropped, so the connection carries the
+// next request (as nginx discards an unread body); a body that stops
+// coming closes the connection instead.
+func TestH1H2CUnreadBodyKeepsConnection(t *testing.T) {
+	up := startH2CUpstream(t)
+	lb := &testkit.SyncBuffer{}
+	w := startH1WorldLog(t, nil, lb, up.url())
+	defer func() {
+		if t.Failed() {
+			t.Log(lb.String())
+		}
+	}()
+	c, br := w.dial()
+	for i := range 3 {
+		if _, err := io.WriteString(c, "POST /unread HTTP/1.1\r\nHost: web.test\r\nContent-Length: 10\r\n\r\nhello"); err != nil {
+			t.Fatal(err)
+		}
+		res, body := readResp(t, br, false)
+		if res.StatusCode != 200 || body != "h2c HTTP/2 /unread" {
+			t.Fatalf("round %d: %d %q", i, res.StatusCode, body)
+		}
+		if _, err := io.WriteString(c, "world"); err != nil { // the body's rest, after the answer
+			t.Fatal(err)
+		}
+		res, body = roundTrip(t, c, br, "GET /next HTTP/1.1\r\nHost: web.test\r\n\r\n", false)
+		if res.StatusCode != 200 || body != "h2c HTTP/2 /next" {
+			t.Fatalf("round %d: the next request on the connection: %d %q", i, res.StatusCode, body)
+		}
+	}
+	// the rest never comes: the connection ends after rtDrainWait
+	if _, err := io.WriteString(c, "POST /unread HTTP/1.1\r\nHost: web.test\r\nContent-Length: 10\r\n\r\nhello"); err != nil {
+		t.Fatal(err)
+	}
+	if res, _ := readResp(t, br, false); res.StatusCode != 200 {
+		t.Fatalf("status %d", res.StatusCode)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(rtDrainWait + 5*time.Second))
+	if n, err := br.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("read %d more bytes; want the connection closed once the body stopped coming", n)
+	}
+}
