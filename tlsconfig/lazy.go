@@ -288,6 +288,11 @@ func (m *Manager) loadOne(c *certmagic.Config, name string, call *loadCall) {
 	cert, err := c.CacheManagedCertificate(ctx, name)
 	x := m.stored
 	if err == nil {
+		if len(cert.Names) == 1 && cert.Names[0] == name && !isPattern(name) {
+			// only this name's handshakes can reach it, and they wait
+			// for call.done (chainintern.go)
+			shareChain(cert)
+		}
 		x.loads.Add(1) // before the waiters go on: they may read it
 	}
 	x.mu.Lock()
