@@ -3,6 +3,7 @@ package tlsconfig
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/x509"
 	"sync"
 
 	"github.com/caddyserver/certmagic"
@@ -32,8 +33,9 @@ const maxInterned = 256
 
 var chainCerts = struct {
 	sync.Mutex
-	by map[[32]byte][]byte
-}{by: map[[32]byte][]byte{}}
+	by     map[[32]byte][]byte
+	parsed map[[32]byte]*x509.Certificate
+}{by: map[[32]byte][]byte{}, parsed: map[[32]byte]*x509.Certificate{}}
 
 // internDER returns the shared copy of der (adding der when it is new),
 // or der itself when the table is full.
@@ -59,4 +61,31 @@ func shareChain(cert certmagic.Certificate) {
 	for i := 1; i < len(chain); i++ {
 		chain[i] = internDER(chain[i])
 	}
+}
+
+// parsedIssuer returns der parsed, one shared *x509.Certificate per
+// issuer: the stapler (ocsp.go) keeps an issuer for every certificate it
+// staples, ~2.4 KB parsed; the CRL watcher (crl.go) parses one per
+// certificate it registers. Both only read it.
+func parsedIssuer(der []byte) (*x509.Certificate, error) {
+	sum := sha256.Sum256(der)
+	chainCerts.Lock()
+	c, ok := chainCerts.parsed[sum]
+	chainCerts.Unlock()
+	if ok && bytes.Equal(c.Raw, der) {
+		return c, nil
+	}
+	c, err := x509.ParseCertificate(internDER(der))
+	if err != nil {
+		return nil, err
+	}
+	chainCerts.Lock()
+	defer chainCerts.Unlock()
+	if prev, ok := chainCerts.parsed[sum]; ok && bytes.Equal(prev.Raw, der) {
+		return prev, nil // parsed meanwhile
+	}
+	if len(chainCerts.parsed) < maxInterned {
+		chainCerts.parsed[sum] = c
+	}
+	return c, nil
 }

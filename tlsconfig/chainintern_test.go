@@ -3,10 +3,15 @@ package tlsconfig
 import (
 	"bytes"
 	"crypto/tls"
+	"crypto/x509"
+	"fmt"
 	"net"
 	"testing"
 	"time"
 
+	"github.com/caddyserver/certmagic"
+
+	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
@@ -79,4 +84,42 @@ func servedChain(m *Manager, table *routes.Table, name string) ([][]byte, error)
 		out = append(out, pc.Raw)
 	}
 	return out, nil
+}
+
+// Certificates one CA signed that name an OCSP responder share one
+// parsed issuer in the stapler, not ~2.4 KB each.
+func TestStaplerSharesParsedIssuer(t *testing.T) {
+	ca, err := acmetest.NewTestCA("staple issuer CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newStapler(&certmagic.FileStorage{Path: t.TempDir()}, quietLogger(t), time.Hour, nil)
+	var leaves []*x509.Certificate
+	for i := range 5 {
+		name := fmt.Sprintf("s%d.staple.test", i)
+		certPEM, keyPEM, _, err := ca.Issue([]string{name}, "http://127.0.0.1:1/ocsp", time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pair, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.register(pair, []string{name})
+		leaves = append(leaves, pair.Leaf)
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var shared *x509.Certificate
+	for _, leaf := range leaves {
+		e := s.entries[leaf]
+		if e == nil || e.issuer == nil || !bytes.Equal(e.issuer.Raw, ca.Cert.Raw) {
+			t.Fatalf("%s: no staple entry with the CA as issuer", leaf.DNSNames[0])
+		}
+		if shared == nil {
+			shared = e.issuer
+		} else if e.issuer != shared {
+			t.Fatalf("%s: its own parsed copy of the issuer; want one shared by the %d certificates", leaf.DNSNames[0], len(leaves))
+		}
+	}
 }
