@@ -54,6 +54,24 @@ type Listen struct {
 	// ProxyProtocolFrom lists the CIDRs allowed to send a PROXY protocol
 	// header (a load balancer in front). Empty: PROXY headers are refused.
 	ProxyProtocolFrom []string `toml:"proxy_protocol_from"`
+
+	// MetricsNameLimit: up to this many names, /metrics has every name's
+	// certificate series; above it only the names that need attention
+	// (tlsconfig/inventory.go). nil: DefaultMetricsNameLimit; 0: no limit.
+	MetricsNameLimit *int `toml:"metrics_name_limit"`
+}
+
+// DefaultMetricsNameLimit is [listen] metrics_name_limit's default: one
+// scrape of 10,000 names' certificate series allocates ~30 MB and sends
+// ~2 MB of text; 100,000 names ten times that, every scrape.
+const DefaultMetricsNameLimit = 10000
+
+// MetricsNames returns the metrics name limit in force (0: none).
+func (l Listen) MetricsNames() int {
+	if l.MetricsNameLimit == nil {
+		return DefaultMetricsNameLimit
+	}
+	return *l.MetricsNameLimit
 }
 
 // ACME configures how certificates are obtained.

@@ -300,3 +300,26 @@ upstream = "http://127.0.0.1:1"
 		t.Errorf("negative timeouts: %v", err)
 	}
 }
+
+// [listen] metrics_name_limit: 10,000 unless set, 0 for no limit, a
+// negative number refused at its line.
+func TestMetricsNameLimit(t *testing.T) {
+	base := "[acme]\nemail = \"ops@example.test\"\n\n[[route]]\nhosts = [\"a.example.com\"]\nupstream = \"http://127.0.0.1:9000\"\n"
+	for _, c := range []struct {
+		listen string
+		want   int
+	}{{"", DefaultMetricsNameLimit}, {"metrics_name_limit = 0\n", 0}, {"metrics_name_limit = 250\n", 250}} {
+		cfg, err := Load(writeFile(t, "m.toml", "[listen]\nhttps = \":443\"\n"+c.listen+base))
+		if err != nil {
+			t.Fatalf("%q: %v", c.listen, err)
+		}
+		if got := cfg.Listen.MetricsNames(); got != c.want {
+			t.Errorf("%q: limit %d, want %d", c.listen, got, c.want)
+		}
+	}
+	_, err := Load(writeFile(t, "m.toml", "[listen]\nhttps = \":443\"\nmetrics_name_limit = -1\n"+base))
+	var es Errors
+	if !errors.As(err, &es) || len(es) != 1 || es[0].Line != 3 || !strings.Contains(es[0].Msg, "metrics_name_limit = -1") {
+		t.Errorf("negative limit: got %v, want one error at line 3", err)
+	}
+}

@@ -203,7 +203,7 @@ func (cfg *Config) finish(idx lineIndex, errs Errors) (*Config, error) {
 // known lists the keys of each table, for "did you mean" hints.
 var known = map[string][]string{
 	"":          {"listen", "acme", "storage", "on_demand", "log", "timeouts", "route"},
-	"listen":    {"https", "http", "admin", "admin_auth", "proxy_protocol_from"},
+	"listen":    {"https", "http", "admin", "admin_auth", "proxy_protocol_from", "metrics_name_limit"},
 	"acme":      {"email", "directory", "ca_root", "challenges", "profile", "issuer", "self_check", "resolver", "http_challenge_port", "tls_challenge_port", "dns"},
 	"acme.dns":  {"provider", "server", "tsig_key", "tsig_secret", "tsig_algorithm", "zone", "command"},
 	"storage":   {"backend", "dir", "endpoints", "prefix", "username", "password", "ca_cert", "cert", "key", "lock_ttl", "sync_interval", "health_interval"},

@@ -37,6 +37,9 @@ func (c *Config) validate(idx lineIndex) Errors {
 	if _, err := ParseAdminAuth(c.Listen.AdminAuth); err != nil {
 		bad("listen.admin_auth", "%v", err)
 	}
+	if l := c.Listen.MetricsNameLimit; l != nil && *l < 0 {
+		bad("listen.metrics_name_limit", "metrics_name_limit = %d: want 0 (no limit) or a number of names", *l)
+	}
 	for _, p := range c.Listen.ProxyProtocolFrom {
 		if _, err := netip.ParsePrefix(p); err != nil {
 			if _, err2 := netip.ParseAddr(p); err2 != nil {

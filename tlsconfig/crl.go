@@ -172,7 +172,7 @@ func (w *crlWatcher) register(cert tls.Certificate, names []string) {
 	}
 	var issuer *x509.Certificate
 	if len(cert.Certificate) > 1 {
-		if iss, err := x509.ParseCertificate(cert.Certificate[1]); err == nil {
+		if iss, err := parsedIssuer(cert.Certificate[1]); err == nil {
 			issuer = iss
 		}
 	}

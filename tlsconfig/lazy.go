@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io/fs"
 	"os"
 	"path"
@@ -283,6 +284,11 @@ func (m *Manager) loadOne(c *certmagic.Config, name string, call *loadCall) {
 	cert, err := c.CacheManagedCertificate(ctx, name)
 	x := m.stored
 	if err == nil {
+		if len(cert.Names) == 1 && cert.Names[0] == name && !isPattern(name) {
+			// only this name's handshakes can reach it, and they wait
+			// for call.done (chainintern.go)
+			shareChain(cert)
+		}
 		x.loads.Add(1) // before the waiters go on: they may read it
 	}
 	x.mu.Lock()
@@ -579,23 +585,67 @@ func earliest(a, b time.Time) time.Time {
 // DefaultReleaseIdle is Options.ReleaseIdle's default.
 const DefaultReleaseIdle = time.Hour
 
-// markUsed records that a handshake was served name's certificate. The
-// clock is read in whole seconds and stored only when it changed, so a
-// busy name costs a map read and no write.
+// markUsed records that a handshake was served name's certificate, in
+// whole seconds.
 func (m *Manager) markUsed(name string) {
 	if m.releaseIdle() <= 0 {
 		return
 	}
-	now := time.Now().Unix()
-	if v, ok := m.used.Load(name); ok {
-		if u := v.(*atomic.Int64); u.Load() != now {
-			u.Store(now)
-		}
-		return
+	m.used.mark(name, time.Now().Unix())
+}
+
+// usedBook is each name's last handshake (Unix seconds), in shards of a
+// plain map so a handshake locks only its shard: ~50 bytes a name, where
+// a sync.Map of *atomic.Int64 cost ~130 (BenchmarkHeapPerLoadedName).
+type usedBook struct {
+	seed   maphash.Seed
+	shards [64]usedShard
+}
+
+type usedShard struct {
+	mu   sync.Mutex
+	last map[string]int64
+}
+
+func newUsedBook() *usedBook { return &usedBook{seed: maphash.MakeSeed()} }
+
+func (b *usedBook) shard(name string) *usedShard {
+	return &b.shards[maphash.String(b.seed, name)%uint64(len(b.shards))]
+}
+
+func (b *usedBook) mark(name string, now int64) {
+	sh := b.shard(name)
+	sh.mu.Lock()
+	if sh.last == nil {
+		sh.last = map[string]int64{}
 	}
-	u := new(atomic.Int64)
-	u.Store(now)
-	m.used.LoadOrStore(name, u)
+	if sh.last[name] != now {
+		sh.last[name] = now
+	}
+	sh.mu.Unlock()
+}
+
+func (b *usedBook) forget(name string) {
+	sh := b.shard(name)
+	sh.mu.Lock()
+	delete(sh.last, name)
+	sh.mu.Unlock()
+}
+
+// before returns the names last used before cutoff.
+func (b *usedBook) before(cutoff int64) []string {
+	var out []string
+	for i := range b.shards {
+		sh := &b.shards[i]
+		sh.mu.Lock()
+		for n, t := range sh.last {
+			if t < cutoff {
+				out = append(out, n)
+			}
+		}
+		sh.mu.Unlock()
+	}
+	return out
 }
 
 func (m *Manager) releaseIdle() time.Duration {
@@ -621,13 +671,7 @@ func (m *Manager) runRelease(ctx context.Context) {
 		case <-t.C:
 		}
 		cutoff := time.Now().Add(-idle).Unix()
-		var idleNames []string
-		m.used.Range(func(k, v any) bool {
-			if v.(*atomic.Int64).Load() < cutoff {
-				idleNames = append(idleNames, k.(string))
-			}
-			return true
-		})
+		idleNames := m.used.before(cutoff)
 		released := 0
 		for _, name := range idleNames {
 			if m.release(name) {
@@ -644,7 +688,7 @@ func (m *Manager) runRelease(ctx context.Context) {
 // release drops name's certificate from the cache into the index, if it
 // may (see above), and reports whether it did.
 func (m *Manager) release(name string) bool {
-	m.used.Delete(name)
+	m.used.forget(name)
 	m.mu.RLock()
 	c := m.byName[name]
 	m.mu.RUnlock()

@@ -123,7 +123,7 @@ type Manager struct {
 
 	stored    *storedIndex  // certificates in storage not loaded yet (lazy.go)
 	indexing  indexing      // index builds in flight (indexready.go)
-	used      sync.Map      // name -> *atomic.Int64, last handshake (Unix s) (lazy.go)
+	used      *usedBook     // name -> last handshake (lazy.go)
 	renewKick chan struct{} // run certmagic's renewal scan soon (lazy.go)
 	plan      *renewPlan    // renewal schedule and handshake backstop (renew.go)
 	cacheOpts certmagic.CacheOptions
@@ -174,6 +174,7 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 		owned:     opts.Storage == nil,
 		status:    newStatusBook(),
 		synced:    map[string]uint64{},
+		used:      newUsedBook(),
 		acme:      map[string]*certmagic.Config{},
 		short:     map[*certmagic.Config]*certmagic.Config{},
 		byName:    map[string]*certmagic.Config{},

@@ -132,7 +132,7 @@ func (s *stapler) register(cert tls.Certificate, names []string) {
 	// issuer under s.mu)
 	var issuer *x509.Certificate
 	if len(cert.Certificate) > 1 {
-		if iss, err := x509.ParseCertificate(cert.Certificate[1]); err == nil {
+		if iss, err := parsedIssuer(cert.Certificate[1]); err == nil {
 			issuer = iss
 		}
 	}
