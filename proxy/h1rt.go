@@ -58,10 +58,12 @@ type rtExchange struct {
 	f         bodyFramer
 	pending   []byte // body bytes taken from c.br, not yet read by the Transport
 	bodyErr   error
-	detached  bool        // the exchange is over: the body is not read any more
-	detaching atomic.Bool // set before the read deadline is moved to now
-	complete  atomic.Bool // the whole body was read
-	timedOut  atomic.Bool // client_body ran out
+	detached  bool         // the exchange is over: the body is not read any more
+	detaching atomic.Bool  // set before the read deadline is moved to now
+	complete  atomic.Bool  // the whole body was read
+	length    int64        // a Content-Length body's length; -1: chunked
+	taken     atomic.Int64 // body bytes Read has given out
+	timedOut  atomic.Bool  // client_body ran out
 
 	stop, watched chan struct{}
 }
@@ -85,6 +87,7 @@ func (e *rtExchange) Read(p []byte) (int, error) {
 		case len(e.pending) > 0:
 			n := copy(p, e.pending)
 			e.pending = e.pending[n:]
+			e.taken.Add(int64(n))
 			return n, nil
 		case e.complete.Load():
 			return 0, io.EOF
@@ -289,11 +292,11 @@ func (c *h1conn) roundTrip(snap *snapshot, x *exchange, ob []byte) []byte {
 		stop: make(chan struct{}), watched: make(chan struct{})}
 	switch {
 	case req.chunked:
-		e.body = true
+		e.body, e.length = true, -1
 		e.f.init(bodyChunked, 0)
 		r.ContentLength, r.Body = -1, e
 	case req.contentLength > 0:
-		e.body = true
+		e.body, e.length = true, req.contentLength
 		e.f.init(bodyLength, req.contentLength)
 		r.ContentLength, r.Body = req.contentLength, e
 	}
@@ -343,8 +346,19 @@ func (c *h1conn) relayRT(x *exchange, e *rtExchange, res *http.Response, ob []by
 		return c.upgradeRT(x, e, res, ob)
 	}
 	// answered before the body was all read: the connection carries
-	// another request only if the rest comes soon after (drain, below);
-	// the head does not promise it either way
+	// another request only if the rest is small and comes soon after
+	// (drain, below: the head does not promise a close then); a large
+	// or chunked rest closes it, and the head says so, so the client
+	// stops sending
+	drainable := false
+	if e.body && !e.complete.Load() {
+		// (not under e.mu: the Transport may be in Read, waiting for
+		// the client, which waits for this answer)
+		drainable = e.length >= 0 && e.length-e.taken.Load() <= rtDrainMax
+		if !drainable {
+			x.closeAfter = true
+		}
+	}
 	kind, n := bodyNone, int64(-1)
 	switch {
 	case x.head || status == 204 || status == 304:
@@ -416,7 +430,7 @@ func (c *h1conn) relayRT(x *exchange, e *rtExchange, res *http.Response, ob []by
 			return c.abortRT(x, e, ob)
 		}
 	}
-	if e.body && !e.complete.Load() {
+	if drainable && !e.complete.Load() {
 		// the upstream answered without taking the whole body (an
 		// upstream that does not read it, or the Transport not yet
 		// done writing it): what is left of a small one is read and
