@@ -150,6 +150,9 @@ func (s *Server) h3ConnContext(ctx context.Context, c *quic.Conn) context.Contex
 	metricHandshakeOK(st.Version)
 	rc := &replayConn{Conn: quicAddrs{local: c.LocalAddr(), remote: c.RemoteAddr()}, route: rs, snap: snap,
 		hello: Hello{ServerName: st.ServerName, ALPN: []string{"h3"}}}
+	// the upstream connections pinned to this client (proxy_protocol
+	// routes: pinnedConn) close with the QUIC connection
+	context.AfterFunc(c.Context(), func() { _ = rc.Close() })
 	return context.WithValue(ctx, connKey{}, rc)
 }
 

@@ -77,6 +77,11 @@ func (s *Server) serveH3(w http.ResponseWriter, r *http.Request) {
 	defer rc.upLimit.release()
 	w, r, done := bounded(w, r, tm)
 	defer done()
+	if rs.fast { // nativeUpstreams (h1.go): the own HTTP/1.1 client (h3up.go)
+		s.forwardH3(rs, rc, w, r, a)
+		return
+	}
+	// h2c:// upstreams: net/http's Transport through the route's RoundTrip
 	if a != nil {
 		r = r.WithContext(context.WithValue(r.Context(), accessKey{}, a))
 	}
