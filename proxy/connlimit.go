@@ -177,7 +177,7 @@ func (b *boundedBody) Read(p []byte) (int, error) {
 	}
 	b.dl.arm()
 	n, err := b.ReadCloser.Read(p)
-	if ne := net.Error(nil); err != nil && errors.As(err, &ne) && ne.Timeout() {
+	if ne := net.Error(nil); err != nil && err != io.EOF && errors.As(err, &ne) && ne.Timeout() {
 		b.timedOut.Store(true)
 		err = fmt.Errorf("%w: %w", errClientBodyTimeout, err) // proxyError answers 408
 	}

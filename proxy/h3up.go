@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unsafe"
 )
 
 // An HTTP/3 request's exchange with an http:// or https:// upstream
@@ -196,22 +197,51 @@ func (x *h3Up) relay(rs *routeState, up *upstream, uc *upConn, resp *respHead, h
 		}
 	}
 	defer release(false)
-	h := x.w.Header()
+	// the values as one string and their slices in one array (two
+	// allocations, not two per field): relayed fields are read only
+	relayed := func(f hfield) bool {
+		return !isRespHop(f.name, resp.conn, false) && (x.hsts == "" || !eqFold(f.name, "strict-transport-security"))
+	}
+	size, count := 0, 1
 	for _, f := range resp.fields {
-		if isRespHop(f.name, resp.conn, false) || x.hsts != "" && eqFold(f.name, "strict-transport-security") {
+		if relayed(f) {
+			size, count = size+len(f.value), count+1
+		}
+	}
+	var vb []byte
+	if kind == bodyLength || kind == bodyNone && resp.contentLength >= 0 && resp.status != 204 && resp.status != 304 {
+		vb = make([]byte, 0, size+20)
+		vb = strconv.AppendInt(vb, resp.contentLength, 10)
+	} else if size > 0 {
+		vb = make([]byte, 0, size)
+	}
+	all := unsafe.String(unsafe.SliceData(vb), cap(vb))
+	vals := make([]string, count)
+	h := x.w.Header()
+	if n := len(vb); n > 0 {
+		vals[0] = all[:n]
+		h["Content-Length"] = vals[0:1:1]
+	} else if head {
+		h["Content-Length"] = nil // quic-go would count the (no) bytes written
+	}
+	i := 1
+	for _, f := range resp.fields {
+		if !relayed(f) {
 			continue
 		}
+		start := len(vb)
+		vb = append(vb, f.value...)
+		vals[i] = all[start:len(vb)]
 		k := canonicalBytes(f.name)
-		h[k] = append(h[k], string(f.value))
+		if h[k] == nil {
+			h[k] = vals[i : i+1 : i+1]
+		} else {
+			h[k] = append(h[k], vals[i])
+		}
+		i++
 	}
 	if _, ok := h["Content-Type"]; !ok {
 		h["Content-Type"] = nil // relayed as sent: quic-go would sniff one
-	}
-	switch {
-	case kind == bodyLength || kind == bodyNone && resp.contentLength >= 0 && resp.status != 204 && resp.status != 304:
-		h["Content-Length"] = []string{strconv.FormatInt(resp.contentLength, 10)}
-	case head:
-		h["Content-Length"] = nil // quic-go would count the (no) bytes written
 	}
 	x.w.WriteHeader(resp.status)
 	if uc.body.done {

@@ -96,8 +96,10 @@ func exchangeUp(rs *routeState, cl upClient, q *upRequest) (*upstream, error) {
 		}
 		var resp *respHead
 		early := false
-		var we *upWriteError
-		if errors.As(err, &we) {
+		// (uc.write and copyBodyUp return the *upWriteError itself: a
+		// type check, where errors.As would cost an allocation per
+		// exchange)
+		if _, ok := err.(*upWriteError); ok {
 			// the upstream may have answered and closed before taking
 			// the whole request (a 413, a redirect): relay that answer
 			// (the engine then stops the rest of the upload), as nginx
