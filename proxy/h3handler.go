@@ -11,8 +11,11 @@ import (
 // serveH3 serves an HTTP/3 request (quic-go's http3 server calls it as
 // an http.Handler): the policy of the TCP engines (policy.go: Host
 // validation, the 421 check, forwarding fields, HSTS, the access
-// record, the route's metrics) around httputil's ReverseProxy and the
-// route's RoundTrip, with the no-progress bounds (connlimit.go's
+// record, the route's metrics) around the upstream exchange: for
+// http:// and https:// upstreams (rs.fast) the own HTTP/1.1 client's,
+// shared with HTTP/2 streams (h3up.go, upexchange.go), for h2c:// ones
+// httputil's ReverseProxy and the route's RoundTrip; with the
+// upstream-exchange cap per QUIC connection and the no-progress bounds (connlimit.go's
 // bounded: each body read within [timeouts] client_body, each response
 // write within send, as stream deadlines). quic-go bounds memory
 // (stream flow control) and a silent peer (MaxIdleTimeout), but a
