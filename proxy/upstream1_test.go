@@ -461,7 +461,8 @@ func TestUpstreamNoRetryAfter1xx(t *testing.T) {
 // (a 413, a redirect) and closes: the client gets that answer, as from
 // nginx, not a 502. Over HTTP/1.1 the client connection closes after
 // it (the rest of the body was never read); over HTTP/2 the stream's
-// upload is reset with NO_ERROR.
+// upload is reset with NO_ERROR, over HTTP/3 its reading side is
+// stopped (STOP_SENDING H3_NO_ERROR).
 func TestUpstreamEarlyResponse(t *testing.T) {
 	up := startRawUpstream(t, func(c net.Conn, br *bufio.Reader) {
 		req, err := http.ReadRequest(br)
@@ -474,9 +475,9 @@ func TestUpstreamEarlyResponse(t *testing.T) {
 	})
 	w := startH1World(t, up.url())
 	body := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB
-	for _, h2 := range []bool{false, true} {
-		t.Run(protoName(h2), func(t *testing.T) {
-			c := w.client(h2)
+	for _, proto := range []string{"h1", "h2", "h3"} {
+		t.Run(proto, func(t *testing.T) {
+			c := w.clientOf(proto)
 			for i := range 3 {
 				req, _ := http.NewRequest("POST", "https://web.test/upload", bytes.NewReader(body))
 				res, err := c.Do(req)
