@@ -50,9 +50,13 @@ func (s *Server) forwardH3(rs *routeState, rc *replayConn, w http.ResponseWriter
 	defer stop()
 
 	// The head declares the body's framing, and a body that is all here
-	// goes in the head's write: a declared small body is read first; one
-	// of unknown length (no content-length: HTTP/3 ends a body with the
-	// stream, RFC 9114 §4.1) is read once to tell none from some.
+	// goes in the head's write: a declared small body is read first. A
+	// body of unknown length (no content-length: HTTP/3 ends a body with
+	// the stream, RFC 9114 §4.1, and quic-go does not tell whether that
+	// end has come) is chunked at once, as an HTTP/2 stream's, except
+	// for methods that usually have none (a GET): there one read tells
+	// none from some, as net/http's transport probes them (the client
+	// ends the stream with its HEADERS).
 	bodyLen, stream := r.ContentLength, false
 	noBody := bodyLen == 0
 	if !validTarget(bstr(r.RequestURI)) {
@@ -75,6 +79,8 @@ func (s *Server) forwardH3(rs *routeState, rc *replayConn, w http.ResponseWriter
 			x.pre = (*x.buf)[:n]
 		case bodyLen > 0:
 			stream = true
+		case !usuallyNoBody(r.Method):
+			stream = true // chunked
 		default:
 			var n int
 			n, err = r.Body.Read((*x.buf)[:smallBuf])
@@ -122,6 +128,16 @@ func (s *Server) forwardH3(rs *routeState, rc *replayConn, w http.ResponseWriter
 	if err != nil && !rs.answerFailure(w, errors.Is(err, context.Canceled) || r.Context().Err() != nil, up, err, r.Method, r.URL.Path, r.RemoteAddr) {
 		panic(http.ErrAbortHandler) // the client went away: reset the stream, no 200 made up by quic-go
 	}
+}
+
+// usuallyNoBody: methods whose requests rarely have a body (as
+// net/http's transport lists them for its probe).
+func usuallyNoBody(method string) bool {
+	switch method {
+	case "GET", "HEAD", "DELETE", "OPTIONS", "PROPFIND", "SEARCH":
+		return true
+	}
+	return false
 }
 
 // upBufs lend the request body copy buffers (as h2Buffers do).
