@@ -70,8 +70,9 @@ func (st *h2Stream) breakUpLocked() {
 }
 
 // forward proxies the stream's request to an upstream of rs and relays
-// the answer; an error means nothing (or not all) was answered yet: the
-// caller answers it as proxyError does.
+// the answer (exchangeUp, upexchange.go: the exchange HTTP/3 requests
+// share); an error means nothing (or not all) was answered yet: the
+// caller answers it (failNative).
 func (st *h2Stream) forward(rs *routeState, in h2Request) (*upstream, error) {
 	c := st.c
 	req := st.upHead(in)

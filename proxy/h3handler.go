@@ -78,7 +78,7 @@ func (s *Server) serveH3(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer rc.upLimit.release()
-	w, r, done := bounded(w, r, tm)
+	w, r, done := bounded(w, r, tm, rs.hsts)
 	defer done()
 	if rs.fast { // nativeUpstreams (h1.go): the own HTTP/1.1 client (h3up.go)
 		s.forwardH3(rs, rc, w, r, a)
