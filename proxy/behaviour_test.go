@@ -494,6 +494,11 @@ var behaviourRows = []bRow{
 			if err := wantStatus(r, 200); err != nil {
 				return err
 			}
+			// the route's HSTS is on the final answer (HTTP/3 relays the
+			// 103 through the same header map)
+			if v := r.header.Values("Strict-Transport-Security"); len(v) != 1 || v[0] != "max-age=63072000" {
+				return fmt.Errorf("Strict-Transport-Security %q after the 103, want the route's", v)
+			}
 			for i, s := range r.interim {
 				if s == 103 && r.interimH[i].Get("Link") == "</s.css>; rel=preload" {
 					return nil

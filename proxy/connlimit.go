@@ -112,6 +112,7 @@ type boundedWriter struct {
 	ctl      *http.ResponseController
 	dl       deadline
 	body     *boundedBody // the request's, if it has one
+	hsts     string       // the route's Strict-Transport-Security, on every final answer
 	wrote    bool         // a final status was written
 	replaced bool         // it was the 408 instead of the upstream's answer
 }
@@ -128,6 +129,11 @@ func (b *boundedWriter) WriteHeader(code int) {
 		return
 	}
 	b.wrote = code >= 200
+	if b.wrote && b.hsts != "" {
+		// set again: httputil's ReverseProxy clears the header map
+		// after relaying a 1xx (103 Early Hints)
+		b.ResponseWriter.Header()["Strict-Transport-Security"] = []string{b.hsts}
+	}
 	b.dl.arm() // a 1xx goes out at once
 	b.ResponseWriter.WriteHeader(code)
 }
@@ -138,6 +144,9 @@ func (b *boundedWriter) write408() {
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Connection", "close")
+	if b.hsts != "" {
+		h.Set("Strict-Transport-Security", b.hsts)
+	}
 	b.wrote = true
 	b.dl.arm()
 	b.ResponseWriter.WriteHeader(http.StatusRequestTimeout)
@@ -177,7 +186,7 @@ func (b *boundedBody) Read(p []byte) (int, error) {
 	}
 	b.dl.arm()
 	n, err := b.ReadCloser.Read(p)
-	if ne := net.Error(nil); err != nil && errors.As(err, &ne) && ne.Timeout() {
+	if ne := net.Error(nil); err != nil && err != io.EOF && errors.As(err, &ne) && ne.Timeout() {
 		b.timedOut.Store(true)
 		err = fmt.Errorf("%w: %w", errClientBodyTimeout, err) // proxyError answers 408
 	}
@@ -186,10 +195,10 @@ func (b *boundedBody) Read(p []byte) (int, error) {
 }
 
 // bounded wraps an HTTP/3 request's writer and body with the
-// no-progress bounds of tm. done must run when the handler returns:
+// no-progress bounds of tm (and the route's HSTS, hsts). done must run when the handler returns:
 // the server flushes what the handler left buffered after that, within
 // the write deadline done sets.
-func bounded(w http.ResponseWriter, r *http.Request, tm timeouts) (http.ResponseWriter, *http.Request, func()) {
+func bounded(w http.ResponseWriter, r *http.Request, tm timeouts, hsts string) (http.ResponseWriter, *http.Request, func()) {
 	// the controller on the server's own writer: the wrappers between
 	// (the access record) are reused once the handler has returned
 	base := w
@@ -202,7 +211,7 @@ func bounded(w http.ResponseWriter, r *http.Request, tm timeouts) (http.Response
 	}
 	ctl := http.NewResponseController(base)
 	mu, over := new(sync.Mutex), new(bool)
-	bw := &boundedWriter{ResponseWriter: w, ctl: ctl, dl: deadline{set: ctl.SetWriteDeadline, d: tm.send, mu: mu, over: over}}
+	bw := &boundedWriter{ResponseWriter: w, ctl: ctl, hsts: hsts, dl: deadline{set: ctl.SetWriteDeadline, d: tm.send, mu: mu, over: over}}
 	var bb *boundedBody
 	if r.Body != nil && r.Body != http.NoBody {
 		bb = &boundedBody{ReadCloser: r.Body, dl: deadline{set: ctl.SetReadDeadline, d: tm.clientBody, mu: mu, over: over}}

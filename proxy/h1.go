@@ -35,8 +35,8 @@ import (
 // no buffer: it waits in a 1-byte read.
 
 // nativeUpstreams reports whether a route's requests go through the
-// own HTTP/1.1 client (upstream1.go, over TCP or TLS), on both engines
-// (h1.go, h2up.go): an http route whose upstreams are all http:// or
+// own HTTP/1.1 client (upstream1.go, over TCP or TLS), on every engine
+// (h1.go, h2up.go, h3up.go): an http route whose upstreams are all http:// or
 // https://. Requests of every other http route (h2c://) go through the
 // route's RoundTrip (net/http's Transport, balance.go): h1rt.go,
 // h2stream.go. It is the one place that decides; routeState.fast holds

@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
-	"net"
 	"strconv"
 	"time"
 	"unsafe"
@@ -25,59 +24,19 @@ import (
 // bstr views s as bytes without a copy; the bytes are only read.
 func bstr(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 
-// fwdFor returns the connection's forwarding fields for host: built
-// once per connection and Host, then shared read-only by its streams.
-func (c *h2Conn) fwdFor(host string) *fwdInfo {
-	if f := c.fwdUp.Load(); f != nil && string(f.host) == host {
-		return f
-	}
-	f := new(fwdInfo)
-	f.set(c.addr, []byte(host))
-	c.fwdUp.Store(f)
-	return f
-}
+// fwdFor returns the connection's forwarding fields for host.
+func (c *h2Conn) fwdFor(host string) *fwdInfo { return fwdCached(&c.fwdUp, c.addr, host) }
 
-// upHead is the request as appendUpstreamHead writes it: the stream's
-// fields, less what HTTP/1.1 gets otherwise (cookies joined into one
-// field, Expect answered by gatehouse itself).
+// upHead is the request as appendUpstreamHead writes it (upHeadBuilder).
 func (st *h2Stream) upHead(in h2Request) reqHead {
-	req := reqHead{method: bstr(in.method), target: bstr(in.path), host: bstr(in.authority), contentLength: -1}
-	req.fields = make([]hfield, 0, len(in.fields))
-	var cookies []string
+	var b upHeadBuilder
+	b.start(in.method, in.path, in.authority, len(in.fields))
 	for _, f := range in.fields {
-		if f.IsPseudo() {
-			continue
-		}
-		switch f.Name {
-		case "host", "expect":
-			continue
-		case "cookie":
-			cookies = append(cookies, f.Value)
-			continue
-		}
-		req.fields = append(req.fields, hfield{name: bstr(f.Name), value: bstr(f.Value)})
-	}
-	switch len(cookies) {
-	case 0:
-	case 1:
-		req.fields = append(req.fields, hfield{name: []byte("cookie"), value: bstr(cookies[0])})
-	default:
-		var b []byte
-		for i, v := range cookies {
-			if i > 0 {
-				b = append(b, "; "...)
-			}
-			b = append(b, v...)
-		}
-		req.fields = append(req.fields, hfield{name: []byte("cookie"), value: b})
-	}
-	if in.endStream || in.declared == 0 {
-		switch in.method {
-		case "POST", "PUT", "PATCH":
-			req.contentLength = 0 // as the Transport sent them: Content-Length: 0
+		if !f.IsPseudo() {
+			b.add(f.Name, f.Value)
 		}
 	}
-	return req
+	return b.finish(in.endStream || in.declared == 0)
 }
 
 // attach makes uc the stream's upstream connection: a reset of the
@@ -111,8 +70,9 @@ func (st *h2Stream) breakUpLocked() {
 }
 
 // forward proxies the stream's request to an upstream of rs and relays
-// the answer; an error means nothing (or not all) was answered yet: the
-// caller answers it as proxyError does.
+// the answer (exchangeUp, upexchange.go: the exchange HTTP/3 requests
+// share); an error means nothing (or not all) was answered yet: the
+// caller answers it (failNative).
 func (st *h2Stream) forward(rs *routeState, in h2Request) (*upstream, error) {
 	c := st.c
 	req := st.upHead(in)
@@ -136,137 +96,29 @@ func (st *h2Stream) forward(rs *routeState, in h2Request) (*upstream, error) {
 		c.mu.Unlock()
 	}
 	*bp = ob[:0]
-	retryable := !stream && idempotent(req.method)
-
-	var skip tried
-	var lastErr error
-	retried := false
-	for {
-		up := rs.bal.pick(skip)
-		if up == nil {
-			if lastErr == nil {
-				lastErr = errNoUpstream
-			}
-			return nil, lastErr
-		}
-		up.active.Add(1)
-		var uc *upConn
-		var err error
-		switch {
-		case rs.ppVersion != 0:
-			uc, err = pinnedConn(c.rc, rs, up, retried)
-		case retried:
-			uc, err = dialUp(rs, up, up.pool, nil)
-		default:
-			uc, err = up.pool.get(rs, up)
-		}
-		if err != nil {
-			up.active.Add(-1)
-			rs.upstreamFailed(up, err)
-			lastErr = &upstreamError{up: up, err: err}
-			skip.add(rs.bal.index(up))
-			rs.log.Debug("upstream unreachable; trying another", "upstream", up.Raw, "error", err)
-			continue
-		}
-		if !st.attach(uc) {
-			uc.done(false)
-			up.active.Add(-1)
-			return up, context.Canceled
-		}
-		err = uc.write(ob)
-		if err == nil && stream {
-			err = st.sendBodyUp(uc, bodyLen)
-		}
-		var resp *respHead
-		early := false
-		var we *upWriteError
-		if errors.As(err, &we) {
-			// the upstream may have answered and closed before taking
-			// the whole request (a 413, a redirect): relay that answer
-			// (streamDone then resets the rest of the upload with
-			// NO_ERROR), as nginx does, instead of a 502
-			if r, rerr := uc.readHead(time.Now().Add(c.tm.respHeader)); rerr == nil {
-				resp, err, early = r, nil, true
-			}
-		} else if err == nil {
-			resp, err = uc.readHead(time.Now().Add(c.tm.respHeader))
-		}
-		for err == nil && resp.status < 200 {
-			if resp.status == 101 {
-				err = errors.New("101 Switching Protocols to a request without Upgrade")
-				break
-			}
-			if resp.status != 100 { // 103 Early Hints …: relayed (100: the body read sends it)
-				r := resp
-				_ = st.sendInterim(r.status, func(c *h2Conn) {
-					for _, f := range r.fields {
-						if !isRespHop(f.name, r.conn, false) {
-							c.enc.WriteField(hpack.HeaderField{Name: c.lowerName(f.name), Value: c.intern(f.value)})
-						}
-					}
-				})
-			}
-			resp, err = uc.readHead(time.Now().Add(c.tm.respHeader))
-		}
-		if err == nil {
-			resp.close = resp.close || early
-			st.relay(rs, up, uc, resp, in.method == "HEAD")
-			return up, nil
-		}
-		broken := st.detach()
-		again := uc.retryable() // before done, which starts the next exchange's count
-		uc.done(false)
-		up.active.Add(-1)
-		var cbe *clientBodyError
-		if broken || errors.As(err, &cbe) {
-			return up, context.Canceled // the client went away or reset the stream
-		}
-		if again && retryable && !retried {
-			// a pooled connection the upstream had closed: once more on a new one
-			retried = true
-			rs.log.Debug("pooled upstream connection was closed; retrying on a new one", "upstream", up.Raw, "error", err)
-			continue
-		}
-		rs.upstreamFailed(up, err)
-		return up, &upstreamError{up: up, err: err}
-	}
+	return exchangeUp(rs, st, &upRequest{rc: c.rc, out: ob, stream: stream, bodyLen: bodyLen,
+		method: req.method, respHeader: c.tm.respHeader})
 }
 
-// sendBodyUp streams the request body to the upstream as the head
-// declared it: as is for a Content-Length, else chunked.
-func (st *h2Stream) sendBodyUp(uc *upConn, bodyLen int64) error {
+// interim relays an upstream's 1xx head (upClient).
+func (st *h2Stream) interim(r *respHead) {
+	_ = st.sendInterim(r.status, func(c *h2Conn) {
+		for _, f := range r.fields {
+			if !isRespHop(f.name, r.conn, false) {
+				c.enc.WriteField(hpack.HeaderField{Name: c.lowerName(f.name), Value: c.intern(f.value)})
+			}
+		}
+	})
+}
+
+// sendBody streams the request body to the upstream as the head
+// declared it (upClient).
+func (st *h2Stream) sendBody(uc *upConn, bodyLen int64) error {
 	bp := h2Buffers.Get().(*[]byte)
 	defer h2Buffers.Put(bp)
-	buf := *bp
 	body := h2Body{st}
 	defer body.Close()
-	for {
-		n, err := body.Read(buf[chunkHdr : len(buf)-2])
-		if n > 0 {
-			out := buf[chunkHdr : chunkHdr+n]
-			if bodyLen < 0 {
-				// the chunk-size line goes right before the data
-				var hex [chunkHdr]byte
-				h := appendHex(hex[:0], uint64(n))
-				h = append(h, '\r', '\n')
-				start := chunkHdr - len(h)
-				copy(buf[start:], h)
-				out = append(buf[start:chunkHdr+n], '\r', '\n')
-			}
-			if werr := uc.write(out); werr != nil {
-				return werr
-			}
-		}
-		if err == io.EOF {
-			if bodyLen < 0 {
-				return uc.write([]byte("0\r\n\r\n"))
-			}
-			return nil
-		}
-		if err != nil {
-			return &clientBodyError{err}
-		}
-	}
+	return copyBodyUp(uc, nil, body, bodyLen, *bp)
 }
 
 // relay sends the upstream's response to the client and ends the
@@ -463,45 +315,9 @@ func init() {
 	}
 }
 
-// failedUpstream is the upstream an upstreamError names, or nil.
-func failedUpstream(err error) *upstream {
-	var ue *upstreamError
-	if errors.As(err, &ue) {
-		return ue.up
-	}
-	return nil
-}
-
-// failNative answers a failed exchange as proxyError does: nothing when
-// the client went away, else 502 (504 on a timeout) with a short body;
-// the details go to the log.
+// failNative answers a failed exchange (answerFailure).
 func (st *h2Stream) failNative(rs *routeState, in h2Request, up *upstream, err error) {
-	reqs, addr := &rs.metrics.none, ""
-	if up != nil {
-		reqs, addr = &up.reqs, up.Raw
-	}
-	if errors.Is(err, context.Canceled) || st.canceled() {
-		reqs[classCanceled].Inc()
-		rs.log.Debug("client canceled request", "upstream", addr, "path", in.path, "client", st.c.addr)
-		return
-	}
-	status, body := 502, "502 Bad Gateway: the upstream server is unavailable\n"
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		status, body = 504, "504 Gateway Timeout: the upstream server did not answer in time\n"
-	}
-	reqs[classOf(status)].Inc()
-	if errors.Is(err, errNoUpstream) {
-		rs.log.Debug("no healthy upstream", "method", in.method, "path", in.path, "client", st.c.addr)
-	} else {
-		rs.log.Warn("upstream request failed", "upstream", addr, "method", in.method, "path", in.path,
-			"client", st.c.addr, "status", status, "error", err)
-	}
-	h := st.Header()
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("X-Content-Type-Options", "nosniff")
-	st.WriteHeader(status)
-	_, _ = st.Write([]byte(body))
+	_ = rs.answerFailure(st, errors.Is(err, context.Canceled) || st.canceled(), up, err, in.method, in.path, st.c.addr)
 }
 
 // logNative writes the access-log line of a stream served by forward,

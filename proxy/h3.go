@@ -2,7 +2,9 @@ package proxy
 
 // HTTP/3: a QUIC listener on the https address's UDP port, serving the
 // http routes (h3handler.go: the Host/421 check, HSTS, forwarding
-// fields, the access record, the route's metrics). quic-go's http3
+// fields, the access record, the route's metrics; h3up.go: the
+// exchange with http:// and https:// upstreams through the own
+// HTTP/1.1 client). quic-go's http3
 // package does the framing; gatehouse picks the route by SNI exactly
 // as on TCP.
 
@@ -150,6 +152,9 @@ func (s *Server) h3ConnContext(ctx context.Context, c *quic.Conn) context.Contex
 	metricHandshakeOK(st.Version)
 	rc := &replayConn{Conn: quicAddrs{local: c.LocalAddr(), remote: c.RemoteAddr()}, route: rs, snap: snap,
 		hello: Hello{ServerName: st.ServerName, ALPN: []string{"h3"}}}
+	// the upstream connections pinned to this client (proxy_protocol
+	// routes: pinnedConn) close with the QUIC connection
+	context.AfterFunc(c.Context(), func() { _ = rc.Close() })
 	return context.WithValue(ctx, connKey{}, rc)
 }
 

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -892,4 +893,200 @@ func TestH3VanishedClient(t *testing.T) {
 	})
 	h3WaitUntil(t, 5*time.Second, "server-side QUIC connection released", func() bool { return quicConns() == 0 })
 	t.Logf("upstream connection released %v after the client vanished", time.Since(began).Round(100*time.Millisecond))
+}
+
+// h3Do sends req on cc and reads the whole answer.
+func h3Do(cc *http3.ClientConn, req *http.Request) (*http.Response, []byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := cc.RoundTrip(req.WithContext(ctx))
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	return res, b, err
+}
+
+// unsized hides a reader's size from the client: it sends no
+// content-length, and the body ends with the stream.
+type unsized struct{ io.Reader }
+
+// HTTP/3 request bodies reach an http:// upstream through the own
+// HTTP/1.1 client whole, framed as HTTP/1.1 frames them: a declared
+// length as Content-Length (a small body in the head's write), a body
+// of unknown length chunked (a GET's with a Content-Length when it all
+// came at once, none when there is none); all on one pooled upstream
+// connection.
+func TestH3RequestBodies(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string // "<framing> <length> <body ok>"
+	up := startCountingUpstream(t, func(c net.Conn, br *bufio.Reader, u *countingUpstream) {
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			b, err := io.ReadAll(req.Body)
+			if err != nil {
+				return
+			}
+			framing := "none"
+			switch {
+			case len(req.TransferEncoding) > 0:
+				framing = "chunked"
+			case req.Header.Get("Content-Length") != "":
+				framing = "length"
+			}
+			want := bytes.Repeat([]byte("0123456789abcdef"), len(b)/16)
+			mu.Lock()
+			seen = append(seen, fmt.Sprintf("%s %d %v", framing, len(b), bytes.Equal(b, want)))
+			mu.Unlock()
+			_, _ = fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%d", len(strconv.Itoa(len(b))), len(b))
+		}
+	})
+	w := startH3World(t, h3Opts{}, up.url())
+	_, cc := h3Conn(t, w, nil)
+	big := bytes.Repeat([]byte("0123456789abcdef"), 300<<10/16)
+	small := bytes.Repeat([]byte("0123456789abcdef"), 2<<10/16)
+	cases := []struct {
+		name, method string
+		body         io.Reader
+		n            int
+		want         string
+	}{
+		{"declared small", "PUT", bytes.NewReader(small), len(small), "length 2048 true"},
+		{"declared large", "PUT", bytes.NewReader(big), len(big), "length 307200 true"},
+		{"unknown length", "PUT", unsized{bytes.NewReader(big)}, len(big), "chunked 307200 true"},
+		{"unknown length, small", "POST", unsized{bytes.NewReader(small)}, len(small), "chunked 2048 true"},
+		{"GET, none", "GET", nil, 0, "none 0 true"},
+		{"GET, unknown length", "GET", unsized{bytes.NewReader(small)}, len(small), "length 2048 true"},
+	}
+	for i, tc := range cases {
+		req, _ := http.NewRequest(tc.method, "https://web.test/up", tc.body)
+		res, b, err := h3Do(cc, req)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if res.StatusCode != 200 || string(b) != strconv.Itoa(tc.n) {
+			t.Fatalf("%s: %d %q, want 200 %d", tc.name, res.StatusCode, b, tc.n)
+		}
+		mu.Lock()
+		got := seen[i]
+		mu.Unlock()
+		// a GET's small body of unknown length may come in one read (then
+		// it is sent with a Content-Length) or in several (chunked)
+		if got != tc.want && !(tc.name == "GET, unknown length" && got == "chunked 2048 true") {
+			t.Errorf("%s: the upstream saw %q, want %q", tc.name, got, tc.want)
+		}
+	}
+	if n := up.open.Load(); n != 1 {
+		t.Errorf("%d upstream connections open, want the one pooled connection", n)
+	}
+}
+
+// A response body that pauses reaches the HTTP/3 client as far as it
+// came (an event stream): what the upstream sent is flushed, not held
+// until more comes.
+func TestH3ResponseFlushedWhenUpstreamPauses(t *testing.T) {
+	release := make(chan struct{})
+	up := startCountingUpstream(t, func(c net.Conn, br *bufio.Reader, u *countingUpstream) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nfirst\n\r\n")
+		select {
+		case <-release:
+		case <-time.After(10 * time.Second):
+		}
+		_, _ = io.WriteString(c, "7\r\nsecond\n\r\n0\r\n\r\n")
+	})
+	w := startH3World(t, h3Opts{}, up.url())
+	_, cc := h3Conn(t, w, nil)
+	req, _ := http.NewRequest("GET", "https://web.test/events", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := cc.RoundTrip(req.WithContext(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	br := bufio.NewReader(res.Body)
+	line, err := br.ReadString('\n')
+	if err != nil || line != "first\n" {
+		t.Fatalf("first event: %q %v", line, err)
+	}
+	close(release)
+	rest, err := io.ReadAll(br)
+	if err != nil || string(rest) != "second\n" {
+		t.Fatalf("rest: %q %v", rest, err)
+	}
+}
+
+// A client that goes away (cancels its request) while the upstream has
+// not answered yet frees the upstream connection at once, not at
+// [timeouts] upstream_response_header.
+func TestH3CanceledRequestFreesUpstream(t *testing.T) {
+	got := make(chan struct{}, 1)
+	up := startCountingUpstream(t, func(c net.Conn, br *bufio.Reader, u *countingUpstream) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		got <- struct{}{}
+		_, _ = br.ReadByte() // silent until gatehouse closes the connection
+	})
+	w := startH3World(t, h3Opts{}, up.url())
+	_, cc := h3Conn(t, w, nil)
+	req, _ := http.NewRequest("GET", "https://web.test/longpoll", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := cc.RoundTrip(req.WithContext(ctx))
+		done <- err
+	}()
+	select {
+	case <-got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the request did not reach the upstream")
+	}
+	cancel()
+	<-done
+	h3WaitUntil(t, 3*time.Second, "upstream connection closed after the client canceled", func() bool { return up.open.Load() == 0 })
+}
+
+// With proxy_protocol the upstream connections an HTTP/3 client's
+// requests use are its own (pinned, each starting with its PROXY
+// header): reused by its next requests, closed when its QUIC connection
+// closes. (Before, the pinned pool of a QUIC connection was never
+// closed: its idle upstream connections stayed open until their idle
+// timeout.)
+func TestH3PinnedClosesWithConn(t *testing.T) {
+	var proxyLines atomic.Int64
+	up := startCountingUpstream(t, func(c net.Conn, br *bufio.Reader, u *countingUpstream) {
+		if b, err := br.Peek(6); err == nil && string(b) == "PROXY " {
+			if _, err := br.ReadString('\n'); err != nil {
+				return
+			}
+			proxyLines.Add(1)
+		}
+		answerOK(c, br, u)
+	})
+	w := startH1WorldWith(t, func(c *routes.Config) { c.Routes[0].ProxyProtocol = "v1" }, up.url())
+	h3WaitUntil(t, 5*time.Second, "HTTP/3 listener up", func() bool {
+		w.s.mu.Lock()
+		defer w.s.mu.Unlock()
+		return w.s.h3 != nil
+	})
+	conn, cc := h3Conn(t, w, nil)
+	for i := range 3 {
+		res, err := h3Get(cc, "/", nil)
+		if err != nil || res.StatusCode != 200 {
+			t.Fatalf("request %d: %v %v", i, res, err)
+		}
+	}
+	if n, p := up.open.Load(), proxyLines.Load(); n != 1 || p != 1 {
+		t.Fatalf("%d upstream connections, %d PROXY headers; want one pinned connection", n, p)
+	}
+	conn.CloseWithError(0, "")
+	h3WaitUntil(t, 5*time.Second, "the pinned upstream connection closed with the QUIC connection", func() bool { return up.open.Load() == 0 })
 }

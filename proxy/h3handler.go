@@ -11,8 +11,11 @@ import (
 // serveH3 serves an HTTP/3 request (quic-go's http3 server calls it as
 // an http.Handler): the policy of the TCP engines (policy.go: Host
 // validation, the 421 check, forwarding fields, HSTS, the access
-// record, the route's metrics) around httputil's ReverseProxy and the
-// route's RoundTrip, with the no-progress bounds (connlimit.go's
+// record, the route's metrics) around the upstream exchange: for
+// http:// and https:// upstreams (rs.fast) the own HTTP/1.1 client's,
+// shared with HTTP/2 streams (h3up.go, upexchange.go), for h2c:// ones
+// httputil's ReverseProxy and the route's RoundTrip; with the
+// upstream-exchange cap per QUIC connection and the no-progress bounds (connlimit.go's
 // bounded: each body read within [timeouts] client_body, each response
 // write within send, as stream deadlines). quic-go bounds memory
 // (stream flow control) and a silent peer (MaxIdleTimeout), but a
@@ -75,8 +78,13 @@ func (s *Server) serveH3(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer rc.upLimit.release()
-	w, r, done := bounded(w, r, tm)
+	w, r, done := bounded(w, r, tm, rs.hsts)
 	defer done()
+	if rs.fast { // nativeUpstreams (h1.go): the own HTTP/1.1 client (h3up.go)
+		s.forwardH3(rs, rc, w, r, a)
+		return
+	}
+	// h2c:// upstreams: net/http's Transport through the route's RoundTrip
 	if a != nil {
 		r = r.WithContext(context.WithValue(r.Context(), accessKey{}, a))
 	}

@@ -344,43 +344,8 @@ func isToken(s string) bool {
 // with a short plain body that leaks nothing internal; the details go
 // to the log with the route, upstream and client.
 func (rs *routeState) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	var up *upstream
-	var ue *upstreamError
-	if errors.As(err, &ue) {
-		up = ue.up
-	}
-	reqs, addr := &rs.metrics.none, ""
-	if up != nil {
-		reqs, addr = &up.reqs, up.Raw
-	}
-	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
-		// the client went away; nothing to answer
-		reqs[classCanceled].Inc()
-		rs.log.Debug("client canceled request", "upstream", addr, "path", r.URL.Path, "client", r.RemoteAddr)
-		return
-	}
-	status, body := http.StatusBadGateway, "502 Bad Gateway: the upstream server is unavailable\n"
-	var ne net.Error
-	switch {
-	case errors.Is(err, errClientBodyTimeout):
-		status, body = http.StatusRequestTimeout, "408 Request Timeout: the request body stopped arriving\n"
-	case errors.As(err, &ne) && ne.Timeout():
-		status, body = http.StatusGatewayTimeout, "504 Gateway Timeout: the upstream server did not answer in time\n"
-	}
-	reqs[classOf(status)].Inc()
-	if status == http.StatusRequestTimeout {
-		rs.log.Debug("client request body timed out", "method", r.Method, "path", r.URL.Path, "client", r.RemoteAddr)
-	} else if errors.Is(err, errNoUpstream) {
-		// every upstream is marked down; the transitions were logged
-		rs.log.Debug("no healthy upstream", "method", r.Method, "path", r.URL.Path, "client", r.RemoteAddr)
-	} else {
-		rs.log.Warn("upstream request failed", "upstream", addr, "method", r.Method, "path", r.URL.Path,
-			"client", r.RemoteAddr, "status", status, "error", err)
-	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	_, _ = w.Write([]byte(body))
+	canceled := errors.Is(err, context.Canceled) && r.Context().Err() != nil
+	_ = rs.answerFailure(w, canceled, failedUpstream(err), err, r.Method, r.URL.Path, r.RemoteAddr)
 }
 
 // bufferPool lends 32 KiB copy buffers to the reverse proxy, so a

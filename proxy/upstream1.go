@@ -20,8 +20,9 @@ import (
 
 // gatehouse's own HTTP/1.1 client for http:// and https:// upstreams,
 // used in place of net/http's Transport by the HTTP/1.1 fast path
-// (h1.go) and the HTTP/2 server (h2up.go: an HTTP/2 front fills a
-// reqHead from its pseudo-headers and fields). It speaks over TCP, or
+// (h1.go), the HTTP/2 server and the HTTP/3 handler (h2up.go, h3up.go:
+// they fill a reqHead from pseudo-headers and fields, and share
+// exchangeUp, upexchange.go). It speaks over TCP, or
 // over TLS to an https:// upstream (dialUp; tlsQuiet for what a TLS
 // connection may receive while idle). One exchange, as h1.go's proxy
 // and relay do it:

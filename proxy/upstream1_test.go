@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
@@ -39,6 +42,29 @@ func (w *h1World) client(h2 bool) *http.Client {
 		tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
 	}
 	w.t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+// clientOf returns a real client of w for proto: h1 or h2 (net/http's)
+// or h3 (quic-go's, on the https address's UDP port).
+func (w *h1World) clientOf(proto string) *http.Client {
+	if proto != "h3" {
+		return w.client(proto == "h2")
+	}
+	if !poll(func() bool {
+		w.s.mu.Lock()
+		defer w.s.mu.Unlock()
+		return w.s.h3 != nil
+	}) {
+		w.t.Fatal("HTTP/3 listener not up")
+	}
+	tr := &http3.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: w.roots},
+		Dial: func(ctx context.Context, _ string, cfg *tls.Config, qc *quic.Config) (*quic.Conn, error) {
+			return quic.DialAddr(ctx, w.addr, cfg, qc)
+		},
+	}
+	w.t.Cleanup(func() { tr.Close() })
 	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
 }
 
@@ -198,9 +224,9 @@ func TestUpstreamStrayBytesNotDelivered(t *testing.T) {
 
 func strayBytesNotDelivered(t *testing.T, scheme string, delay time.Duration, validResponse bool, rounds int) {
 	_, w := strayWorld(t, scheme, delay, validResponse, new(atomic.Int64), routes.Route{Hosts: []string{"other.test"}})
-	for _, combo := range []struct{ a, b bool }{{false, true}, {true, false}} {
-		t.Run(protoName(combo.a)+"+"+protoName(combo.b), func(t *testing.T) {
-			ca, cb := w.client(combo.a), w.client(combo.b)
+	for _, combo := range []struct{ a, b string }{{"h1", "h2"}, {"h2", "h1"}, {"h3", "h1"}, {"h1", "h3"}} {
+		t.Run(combo.a+"+"+combo.b, func(t *testing.T) {
+			ca, cb := w.clientOf(combo.a), w.clientOf(combo.b)
 			errs := make(chan error, 2*rounds+2)
 			var wg sync.WaitGroup
 			wg.Add(2)
@@ -257,9 +283,9 @@ func TestUpstreamStrayResponseOnIdleConn(t *testing.T) {
 func strayResponseOnIdleConn(t *testing.T, scheme string) {
 	var strays atomic.Int64
 	_, w := strayWorld(t, scheme, 3*time.Millisecond, true, &strays, routes.Route{Hosts: []string{"other.test"}})
-	for _, combo := range []struct{ a, b bool }{{false, false}, {false, true}, {true, false}, {true, true}} {
-		t.Run(protoName(combo.a)+"+"+protoName(combo.b), func(t *testing.T) {
-			ca, cb := w.client(combo.a), w.client(combo.b)
+	for _, combo := range []struct{ a, b string }{{"h1", "h1"}, {"h1", "h2"}, {"h2", "h1"}, {"h2", "h2"}, {"h3", "h1"}, {"h1", "h3"}, {"h3", "h3"}} {
+		t.Run(combo.a+"+"+combo.b, func(t *testing.T) {
+			ca, cb := w.clientOf(combo.a), w.clientOf(combo.b)
 			for i := range 20 {
 				m := strayModes[i%len(strayModes)]
 				sent, closed := strays.Load(), unsolicitedClosed.Load()
@@ -314,9 +340,9 @@ func TestUpstreamStrayResponsePinned(t *testing.T) {
 func strayResponsePinned(t *testing.T, scheme string) {
 	var strays atomic.Int64
 	up, w := strayWorld(t, scheme, 3*time.Millisecond, true, &strays, routes.Route{Hosts: []string{"other.test"}, ProxyProtocol: "v1"})
-	for _, h2 := range []bool{false, true} {
-		t.Run(protoName(h2), func(t *testing.T) {
-			c := w.client(h2)
+	for _, proto := range []string{"h1", "h2", "h3"} {
+		t.Run(proto, func(t *testing.T) {
+			c := w.clientOf(proto)
 			for i := range 20 {
 				m := strayModes[i%len(strayModes)]
 				sent, closed := strays.Load(), unsolicitedClosed.Load()
@@ -435,7 +461,8 @@ func TestUpstreamNoRetryAfter1xx(t *testing.T) {
 // (a 413, a redirect) and closes: the client gets that answer, as from
 // nginx, not a 502. Over HTTP/1.1 the client connection closes after
 // it (the rest of the body was never read); over HTTP/2 the stream's
-// upload is reset with NO_ERROR.
+// upload is reset with NO_ERROR, over HTTP/3 its reading side is
+// stopped (STOP_SENDING H3_NO_ERROR).
 func TestUpstreamEarlyResponse(t *testing.T) {
 	up := startRawUpstream(t, func(c net.Conn, br *bufio.Reader) {
 		req, err := http.ReadRequest(br)
@@ -448,9 +475,9 @@ func TestUpstreamEarlyResponse(t *testing.T) {
 	})
 	w := startH1World(t, up.url())
 	body := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB
-	for _, h2 := range []bool{false, true} {
-		t.Run(protoName(h2), func(t *testing.T) {
-			c := w.client(h2)
+	for _, proto := range []string{"h1", "h2", "h3"} {
+		t.Run(proto, func(t *testing.T) {
+			c := w.clientOf(proto)
 			for i := range 3 {
 				req, _ := http.NewRequest("POST", "https://web.test/upload", bytes.NewReader(body))
 				res, err := c.Do(req)
