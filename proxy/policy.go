@@ -15,7 +15,7 @@ import (
 
 // Request policy: what a request means, decided once for every engine
 // (the own HTTP/1.1 loop, the own HTTP/2 server, and quic-go's HTTP/3
-// server through h3handler.go). Each rule is one function here; the
+// server through engine_h3_handler.go). Each rule is one function here; the
 // engines call it and only move bytes and frames.
 
 // validHost reports whether a Host field (or :authority, or an

@@ -198,7 +198,7 @@ type pinnedPool struct {
 	tr     *http.Transport
 	closed bool
 	// the own HTTP/1.1 client's connections (HTTP/2 streams to http://
-	// and https:// upstreams, h2up.go), idle and watched; made for ownRS
+	// and https:// upstreams, upstream_from_h2.go), idle and watched; made for ownRS
 	own   []*upConn
 	ownRS *routeState
 }

@@ -35,7 +35,7 @@ type routeState struct {
 	dial      time.Duration
 	dialer    *net.Dialer
 	ppVersion byte // PROXY protocol version sent to upstreams; 0: none
-	fast      bool // nativeUpstreams (h1.go): requests go through the own HTTP/1.1 client (TCP or TLS), else through RoundTrip
+	fast      bool // nativeUpstreams (engine_h1.go): requests go through the own HTTP/1.1 client (TCP or TLS), else through RoundTrip
 
 	metrics routeMetrics
 	health  healthChecks
@@ -98,7 +98,7 @@ func newRouteState(e *routes.Entry, tm timeouts, prev *routeState, log *slog.Log
 		rs.proxy = &httputil.ReverseProxy{
 			Rewrite:        rs.rewrite,
 			ModifyResponse: rs.modifyResponse,
-			Transport:      rs, // balancing, retries, PROXY-pinned connections: balance.go
+			Transport:      rs, // balancing, retries, PROXY-pinned connections: upstream_balance.go
 			ErrorHandler:   rs.proxyError,
 			ErrorLog:       slogWarnLog(rs.log, "reverseproxy"), // only upstream failures reach it
 			BufferPool:     bufferPool{},

@@ -29,7 +29,7 @@ import (
 )
 
 // [timeouts] client_body and send, and the cap on the upstream
-// exchanges one client connection may hold (connlimit.go): a client
+// exchanges one client connection may hold (policy_limits.go): a client
 // that sends a head and stalls, stops reading, or opens HTTP/2 streams
 // with no window does not hold upstream connections for long, nor
 // many at once. Each test counts the connections its upstream (a real

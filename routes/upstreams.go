@@ -5,7 +5,7 @@ import (
 )
 
 // Health-check defaults. A check every 10 s costs an upstream one tiny
-// request per gatehouse; with the two-failure rule (see proxy/health.go)
+// request per gatehouse; with the two-failure rule (see proxy/upstream_health.go)
 // a dead upstream is out of rotation within about 20 s by active checks
 // alone, and much sooner by passive ones when it carries traffic. 2 s is
 // long enough for a loaded upstream to answer a health path and short

@@ -10,7 +10,7 @@ import (
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
-// The status page's data (proxy/statuspage.go): what `gatehouse certs
+// The status page's data (proxy/admin_statuspage.go): what `gatehouse certs
 // --json` reads from storage (Inventory), merged with what this process
 // knows live (Status: orders running, failures, backoff) and what
 // /readyz reports (the store's health, the counts).

@@ -214,7 +214,7 @@ func (in *instance) ready() (bool, any) {
 	return ok, details
 }
 
-// status is the status page's data (proxy/statuspage.go): the routes in
+// status is the status page's data (proxy/admin_statuspage.go): the routes in
 // force, and the certificates as `gatehouse certs` and /readyz see them.
 func (in *instance) status(ctx context.Context) proxy.StatusData {
 	ready, _ := in.ready()

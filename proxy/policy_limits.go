@@ -33,7 +33,7 @@ var metricConnUpstreamLimit = prometheus.NewCounter(prometheus.CounterOpts{
 })
 
 // errClientBodyTimeout marks a request body read that ran out of
-// [timeouts] client_body on a RoundTrip path (h1rt.go, HTTP/3): 408,
+// [timeouts] client_body on a RoundTrip path (engine_h1_roundtrip.go, HTTP/3): 408,
 // not 504, and not the upstream's failure.
 var errClientBodyTimeout = errors.New("the request body stopped arriving ([timeouts] client_body)")
 
@@ -71,7 +71,7 @@ func (u *upLimit) acquire(ctx context.Context, wait time.Duration) error {
 // release gives back a slot taken by acquire.
 func (u *upLimit) release() { <-u.slots }
 
-// quic-go's HTTP/3 server (h3handler.go) bounds a silent peer, not a
+// quic-go's HTTP/3 server (engine_h3_handler.go) bounds a silent peer, not a
 // request body or response that stops moving. boundedWriter and
 // boundedBody give it gatehouse's no-progress bounds through the
 // request's http.ResponseController: each write (and flush) of the

@@ -13,9 +13,9 @@ import (
 // validation, the 421 check, forwarding fields, HSTS, the access
 // record, the route's metrics) around the upstream exchange: for
 // http:// and https:// upstreams (rs.fast) the own HTTP/1.1 client's,
-// shared with HTTP/2 streams (h3up.go, upexchange.go), for h2c:// ones
+// shared with HTTP/2 streams (upstream_from_h3.go, upstream_exchange.go), for h2c:// ones
 // httputil's ReverseProxy and the route's RoundTrip; with the
-// upstream-exchange cap per QUIC connection and the no-progress bounds (connlimit.go's
+// upstream-exchange cap per QUIC connection and the no-progress bounds (policy_limits.go's
 // bounded: each body read within [timeouts] client_body, each response
 // write within send, as stream deadlines). quic-go bounds memory
 // (stream flow control) and a silent peer (MaxIdleTimeout), but a
@@ -71,7 +71,7 @@ func (s *Server) serveH3(w http.ResponseWriter, r *http.Request) {
 	if rs.hsts != "" {
 		w.Header().Set("Strict-Transport-Security", rs.hsts)
 	}
-	// no-progress bounds and the upstream-exchange cap (connlimit.go)
+	// no-progress bounds and the upstream-exchange cap (policy_limits.go)
 	tm := s.state.Load().tm
 	if err := rc.upLimit.acquire(r.Context(), tm.respHeader); err != nil {
 		rs.limited(w, rc, err)
@@ -80,7 +80,7 @@ func (s *Server) serveH3(w http.ResponseWriter, r *http.Request) {
 	defer rc.upLimit.release()
 	w, r, done := bounded(w, r, tm, rs.hsts)
 	defer done()
-	if rs.fast { // nativeUpstreams (h1.go): the own HTTP/1.1 client (h3up.go)
+	if rs.fast { // nativeUpstreams (engine_h1.go): the own HTTP/1.1 client (upstream_from_h3.go)
 		s.forwardH3(rs, rc, w, r, a)
 		return
 	}
@@ -91,7 +91,7 @@ func (s *Server) serveH3(w http.ResponseWriter, r *http.Request) {
 	rs.proxy.ServeHTTP(w, r)
 }
 
-// routeForH3 is routeFor (h1.go) for an HTTP/3 request: after a reload
+// routeForH3 is routeFor (engine_h1.go) for an HTTP/3 request: after a reload
 // the next request follows the new config; a name without an http route
 // any more is still served by the connection's route.
 func (s *Server) routeForH3(rc *replayConn) *routeState {

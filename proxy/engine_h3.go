@@ -1,8 +1,8 @@
 package proxy
 
 // HTTP/3: a QUIC listener on the https address's UDP port, serving the
-// http routes (h3handler.go: the Host/421 check, HSTS, forwarding
-// fields, the access record, the route's metrics; h3up.go: the
+// http routes (engine_h3_handler.go: the Host/421 check, HSTS, forwarding
+// fields, the access record, the route's metrics; upstream_from_h3.go: the
 // exchange with http:// and https:// upstreams through the own
 // HTTP/1.1 client). quic-go's http3
 // package does the framing; gatehouse picks the route by SNI exactly

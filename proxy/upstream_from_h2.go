@@ -14,8 +14,8 @@ import (
 )
 
 // An HTTP/2 stream's exchange with an http:// or https:// upstream
-// through gatehouse's own HTTP/1.1 client (upstream1.go), as the HTTP/1.1 fast
-// path (h1.go) does it: the stream's goroutine writes the request head
+// through gatehouse's own HTTP/1.1 client (upstream_h1client.go), as the HTTP/1.1 fast
+// path (engine_h1.go) does it: the stream's goroutine writes the request head
 // (and a small body) in one write and reads the response itself, with
 // no Transport read/write loop goroutines and no http.Request. With
 // PROXY protocol to the upstreams, the connections are pinned to the
@@ -70,7 +70,7 @@ func (st *h2Stream) breakUpLocked() {
 }
 
 // forward proxies the stream's request to an upstream of rs and relays
-// the answer (exchangeUp, upexchange.go: the exchange HTTP/3 requests
+// the answer (exchangeUp, upstream_exchange.go: the exchange HTTP/3 requests
 // share); an error means nothing (or not all) was answered yet: the
 // caller answers it (failNative).
 func (st *h2Stream) forward(rs *routeState, in h2Request) (*upstream, error) {

@@ -25,9 +25,9 @@ import (
 // per-connection buffer that a writer goroutine flushes in one TLS
 // record when nothing more is ready. Framing and HPACK are
 // golang.org/x/net/http2's. Streams of routes with plain http://
-// upstreams go through the own HTTP/1.1 client (h2up.go); the others
+// upstreams go through the own HTTP/1.1 client (upstream_from_h2.go); the others
 // (h2c:// for gRPC, https://) through the route's RoundTrip, which
-// forwards trailers and streams both ways as those need (h2stream.go).
+// forwards trailers and streams both ways as those need (engine_h2_stream.go).
 
 // What the server advertises and how much it lets a client hold.
 const (
@@ -74,7 +74,7 @@ type h2Conn struct {
 	addr  string                    // client address, as net/http's RemoteAddr
 	xff   []string                  // X-Forwarded-For: the client's IP, shared by the connection's requests
 	fwd   atomic.Pointer[fwdFields] // the Transport path's
-	fwdUp atomic.Pointer[fwdInfo]   // the own client's (h2up.go)
+	fwdUp atomic.Pointer[fwdInfo]   // the own client's (upstream_from_h2.go)
 
 	fr *http2.Framer // reads; serve only
 
@@ -83,7 +83,7 @@ type h2Conn struct {
 	wfr     *http2.Framer // writes into out
 	enc     *hpack.Encoder
 	hbuf    bytes.Buffer      // HPACK output for one header block
-	strs    map[string]string // interned response field strings (h2up.go)
+	strs    map[string]string // interned response field strings (upstream_from_h2.go)
 	streams map[uint32]*h2Stream
 	maxID   uint32 // highest stream id the client opened
 	running int    // stream goroutines not yet finished (including reset ones)

@@ -11,9 +11,9 @@ import (
 )
 
 // One exchange with an http:// or https:// upstream through the own
-// HTTP/1.1 client (upstream1.go), shared by the engines whose requests
-// do not arrive as HTTP/1.1 bytes: an HTTP/2 stream (h2up.go) and an
-// HTTP/3 request (h3up.go). The engine builds the request head
+// HTTP/1.1 client (upstream_h1client.go), shared by the engines whose requests
+// do not arrive as HTTP/1.1 bytes: an HTTP/2 stream (upstream_from_h2.go) and an
+// HTTP/3 request (upstream_from_h3.go). The engine builds the request head
 // (upHeadBuilder), and exchangeUp does the rest the same way for both:
 // pick / skip / retry, passive health, PROXY-protocol pinning to the
 // client connection, the early response, 1xx; the engine's upClient

@@ -19,8 +19,8 @@ import (
 // connection that negotiated HTTP/1.1 (or no ALPN) on an http route.
 // Requests of routes whose upstreams are all http:// or https://
 // (rs.fast, nativeUpstreams) take the fast path below, through the own
-// HTTP/1.1 client over TCP or TLS (upstream1.go); the others (h2c://)
-// are exchanged through the route's RoundTrip (h1rt.go), with the same
+// HTTP/1.1 client over TCP or TLS (upstream_h1client.go); the others (h2c://)
+// are exchanged through the route's RoundTrip (engine_h1_roundtrip.go), with the same
 // policy and the same response writer.
 //
 // Why: net/http + httputil.ReverseProxy + http.Transport spent 2.45×
@@ -30,16 +30,16 @@ import (
 // keep-alive connection kept 8 KB of bufio buffers. Here one goroutine
 // per client connection reads a request into a pooled buffer, parses it
 // strictly into a reused struct, writes it upstream in one write on a
-// pooled connection (upstream1.go), and relays the response, in one
+// pooled connection (upstream_h1client.go), and relays the response, in one
 // client write when it is small. Between requests the connection holds
 // no buffer: it waits in a 1-byte read.
 
 // nativeUpstreams reports whether a route's requests go through the
-// own HTTP/1.1 client (upstream1.go, over TCP or TLS), on every engine
-// (h1.go, h2up.go, h3up.go): an http route whose upstreams are all http:// or
+// own HTTP/1.1 client (upstream_h1client.go, over TCP or TLS), on every engine
+// (engine_h1.go, upstream_from_h2.go, upstream_from_h3.go): an http route whose upstreams are all http:// or
 // https://. Requests of every other http route (h2c://) go through the
-// route's RoundTrip (net/http's Transport, balance.go): h1rt.go,
-// h2stream.go. It is the one place that decides; routeState.fast holds
+// route's RoundTrip (net/http's Transport, upstream_balance.go): engine_h1_roundtrip.go,
+// engine_h2_stream.go. It is the one place that decides; routeState.fast holds
 // its answer.
 func nativeUpstreams(e *routes.Entry) bool {
 	if e.Mode() != routes.ModeHTTP || len(e.Upstreams) == 0 {
@@ -91,7 +91,7 @@ type h1conn struct {
 	sendTO  time.Duration // [timeouts] send of the request being served
 	writeDL time.Time     // the write deadline last set (see write)
 
-	// for requests exchanged through RoundTrip (h1rt.go), made on the first
+	// for requests exchanged through RoundTrip (engine_h1_roundtrip.go), made on the first
 	tlsState *tls.ConnectionState
 	xff      []string                  // X-Forwarded-For: the client's IP
 	fwdRT    atomic.Pointer[fwdFields] // forwardRequest's cache
@@ -618,7 +618,7 @@ func (c *h1conn) serveRequest(snap *snapshot, began time.Time) bool {
 			x.closeAfter = true
 		}
 	case !rs.fast:
-		ob = c.roundTrip(snap, &x, ob) // h2c://, https:// upstreams: h1rt.go
+		ob = c.roundTrip(snap, &x, ob) // h2c://, https:// upstreams: engine_h1_roundtrip.go
 	default:
 		ob = c.proxy(snap, &x, ob)
 	}
@@ -1147,7 +1147,7 @@ func (c *h1conn) appendRespHead(ob []byte, x *exchange, resp *respHead, kind int
 // upstream's fields: what gatehouse adds (HSTS, Alt-Svc, a Date when
 // the upstream sent none), the framing of the body as the client gets
 // it, and the connection's persistence. Both exchanges (the own
-// client's and RoundTrip's, h1rt.go) end their heads here.
+// client's and RoundTrip's, engine_h1_roundtrip.go) end their heads here.
 func (c *h1conn) appendOwnFields(ob []byte, x *exchange, status int, date bool, kind int, contentLength int64, chunked bool) []byte {
 	if status < 200 {
 		if status == 101 {

@@ -56,7 +56,7 @@ type Server struct {
 
 	httpsLn, httpLn net.Listener
 	httpsPort       string
-	h3              *http3.Server // HTTP/3 on the https address's UDP port (h3.go); nil: off
+	h3              *http3.Server // HTTP/3 on the https address's UDP port (engine_h3.go); nil: off
 	h3AltSvc        atomic.Value  // string: the Alt-Svc value once HTTP/3 listens
 
 	tlsHTTP, tlsChallenge *tls.Config
@@ -73,10 +73,10 @@ type Server struct {
 	// A drain waits for them; its deadline closes them.
 	conns connSet
 
-	// h1 holds the connections gatehouse's HTTP/1.1 server serves (h1.go).
+	// h1 holds the connections gatehouse's HTTP/1.1 server serves (engine_h1.go).
 	h1 h1Set
 	// h2conns holds the connections gatehouse's own HTTP/2 server
-	// serves (h2.go): a drain sends each a GOAWAY and waits for them.
+	// serves (engine_h2.go): a drain sends each a GOAWAY and waits for them.
 	h2conns h2Set
 }
 

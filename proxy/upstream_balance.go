@@ -41,7 +41,7 @@ var errNoUpstream = errors.New("no healthy upstream")
 type upstream struct {
 	routes.Upstream
 	target *url.URL // for the reverse proxy: scheme http or https
-	pool   *upPool  // the fast path's idle connections to this address (h1.go)
+	pool   *upPool  // the fast path's idle connections to this address (engine_h1.go)
 
 	active    atomic.Int64 // requests and streams in flight (least_conn)
 	fails     atomic.Int32 // consecutive failures (passive)

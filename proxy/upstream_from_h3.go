@@ -15,13 +15,13 @@ import (
 )
 
 // An HTTP/3 request's exchange with an http:// or https:// upstream
-// through the own HTTP/1.1 client, as an HTTP/2 stream's (h2up.go):
+// through the own HTTP/1.1 client, as an HTTP/2 stream's (upstream_from_h2.go):
 // the same head (upHeadBuilder, appendUpstreamHead), the same exchange
 // (exchangeUp: pick / skip / retry, passive health, PROXY-protocol
 // pinning to the QUIC connection, early responses, 1xx), the same
 // failure answers (answerFailure). What differs is only how bytes meet
 // the client: quic-go's http.ResponseWriter and request body, wrapped
-// by bounded (connlimit.go) for the no-progress bounds.
+// by bounded (policy_limits.go) for the no-progress bounds.
 
 // h3Up is one HTTP/3 request's side of the exchange (upClient).
 type h3Up struct {
@@ -61,7 +61,7 @@ func (s *Server) forwardH3(rs *routeState, rc *replayConn, w http.ResponseWriter
 	noBody := bodyLen == 0
 	if !validTarget(bstr(r.RequestURI)) {
 		// what reaches an HTTP/1.1 upstream must parse there as it did
-		// here (as for HTTP/2: h2stream.go's serve)
+		// here (as for HTTP/2: engine_h2_stream.go's serve)
 		badRequest(w, r, "malformed :path")
 		return
 	}

@@ -20,14 +20,14 @@ import (
 
 // gatehouse's own HTTP/1.1 client for http:// and https:// upstreams,
 // used in place of net/http's Transport by the HTTP/1.1 fast path
-// (h1.go), the HTTP/2 server and the HTTP/3 handler (h2up.go, h3up.go:
+// (engine_h1.go), the HTTP/2 server and the HTTP/3 handler (upstream_from_h2.go, upstream_from_h3.go:
 // they fill a reqHead from pseudo-headers and fields, and share
-// exchangeUp, upexchange.go). It speaks over TCP, or
+// exchangeUp, upstream_exchange.go). It speaks over TCP, or
 // over TLS to an https:// upstream (dialUp; tlsQuiet for what a TLS
-// connection may receive while idle). One exchange, as h1.go's proxy
+// connection may receive while idle). One exchange, as engine_h1.go's proxy
 // and relay do it:
 //
-//	up := rs.bal.pick(skip)                    // balancing and health (balance.go)
+//	up := rs.bal.pick(skip)                    // balancing and health (upstream_balance.go)
 //	up.active.Add(1)                           // least_conn weight, until done
 //	uc, err := up.pool.get(rs, up)             // pooled, or dialed (*dialError: try another)
 //	fwd.set(clientAddr, req.host)              // X-Forwarded-*/Forwarded, cached per client
@@ -75,7 +75,7 @@ type upPool struct {
 }
 
 // watchDelay is how long a pooled connection stays idle before it is put
-// under the idle watch (idlewatch_linux.go). Under load a connection is
+// under the idle watch (upstream_idlewatch_linux.go). Under load a connection is
 // taken again within milliseconds; registering it with epoll and
 // removing it again cost two epoll_ctl calls per exchange, 7% of the
 // HTTP/2 engine's CPU (bench/README.md). At 2 ms the connections at the
@@ -199,7 +199,7 @@ type upConn struct {
 	garbled bool // the first response head of this exchange was malformed
 	n1xx    int  // informational heads read in this exchange
 
-	// While idle the connection is watched (idlewatch_linux.go): watch
+	// While idle the connection is watched (upstream_idlewatch_linux.go): watch
 	// is watchID then, 0 while in use, watchDead once the watcher (or a
 	// failed watch) closed it. watchID and fd belong to the owner.
 	watch   atomic.Uint64

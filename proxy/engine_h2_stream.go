@@ -43,7 +43,7 @@ type h2Stream struct {
 	headed     bool  // response HEADERS (or a 100) queued
 	err        error // why the stream ended, once it has
 	cancel     context.CancelFunc
-	uc         *upConn // the upstream connection of the exchange in progress (h2up.go)
+	uc         *upConn // the upstream connection of the exchange in progress (upstream_from_h2.go)
 	ucBroken   bool    // the stream ended while uc was attached: uc's deadline is past
 
 	stallAt    time.Time     // waiting on the client since (see h2Conn.stalled); zero: not
@@ -433,7 +433,7 @@ func (c *h2Conn) streamDone(st *h2Stream) {
 }
 
 // serve handles one request: the 421 check, HSTS, the upstream
-// exchange through the own HTTP/1.1 client (h2up.go) or the route's
+// exchange through the own HTTP/1.1 client (upstream_from_h2.go) or the route's
 // RoundTrip (balancing, retries, metrics; errors through proxyError),
 // and the access log.
 func (st *h2Stream) serve(in h2Request) {
@@ -473,7 +473,7 @@ func (st *h2Stream) serve(in h2Request) {
 		return
 	}
 	defer rc.upLimit.release()
-	if rs.fast { // nativeUpstreams (h1.go)
+	if rs.fast { // nativeUpstreams (engine_h1.go)
 		up, err := st.forward(rs, in)
 		if up == nil {
 			up = failedUpstream(err) // every upstream failed: name the last one tried
@@ -535,7 +535,7 @@ func (st *h2Stream) serve(in h2Request) {
 }
 
 // holdUpstream takes one of the connection's upstream slots
-// (connlimit.go) for the stream's exchange; false when none came free
+// (policy_limits.go) for the stream's exchange; false when none came free
 // in time (answered 503) or the stream ended while it waited.
 func (st *h2Stream) holdUpstream(rs *routeState) bool {
 	err := st.c.rc.upLimit.acquire(st.ctx, st.c.tm.respHeader)
@@ -555,7 +555,7 @@ func (st *h2Stream) holdUpstream(rs *routeState) bool {
 	return false
 }
 
-// routeForStream is routeFor (h1.go) for a stream: after a reload
+// routeForStream is routeFor (engine_h1.go) for a stream: after a reload
 // the next stream follows the new config; a name without an http route
 // any more is still served by the connection's route.
 func (s *Server) routeForStream(rc *replayConn) *routeState {

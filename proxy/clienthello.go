@@ -115,11 +115,11 @@ type replayConn struct {
 	snap    *snapshot // the config the route was looked up in
 	hello   Hello
 	pin     atomic.Pointer[pinnedPool] // proxy_protocol http routes: this client's upstream pool
-	upLimit upLimit                    // HTTP/2, HTTP/3: upstream exchanges held at once (connlimit.go)
+	upLimit upLimit                    // HTTP/2, HTTP/3: upstream exchanges held at once (policy_limits.go)
 	fwdUp   atomic.Pointer[fwdInfo]    // HTTP/3: the forwarding fields for the last Host (fwdCached)
 
 	// onClose runs once when the connection closes, for connections
-	// tracked in the stream set after an HTTP/1.1 upgrade (h1.go tunnel).
+	// tracked in the stream set after an HTTP/1.1 upgrade (engine_h1.go tunnel).
 	onClose   atomic.Pointer[func()]
 	closeOnce sync.Once
 

@@ -16,7 +16,7 @@ import (
 
 // HTTP/1.1 clients on routes whose upstreams the own client does not
 // speak to (h2c://, https://): gatehouse's HTTP/1.1 server exchanges
-// their requests through the route's RoundTrip (h1rt.go), with the same
+// their requests through the route's RoundTrip (engine_h1_roundtrip.go), with the same
 // bounds, access log and routing after a reload as the native path.
 
 // h2cUpstream is an h2c:// upstream (net/http's server, cleartext

@@ -13,7 +13,7 @@ import (
 // line: the status and bytes written to the client, and the upstream
 // that answered. It wraps the ResponseWriter; Unwrap keeps
 // http.ResponseController (flushes, stream deadlines) working. The
-// HTTP/1.1 RoundTrip path (h1rt.go) uses one only to learn the upstream.
+// HTTP/1.1 RoundTrip path (engine_h1_roundtrip.go) uses one only to learn the upstream.
 type accessRecord struct {
 	http.ResponseWriter
 	status   int
