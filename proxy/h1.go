@@ -1050,6 +1050,12 @@ func (c *h1conn) relay(snap *snapshot, x *exchange, resp *respHead, ob []byte) [
 		// point into the old buffer. The buffer goes back to its pool
 		// with the exchange, like the smaller one.
 		uc.br.grow(&bulkBufs)
+		if r := rawConnOf(uc.nc); r != nil {
+			// read without the runtime's syscall bookkeeping
+			// (rawio_linux.go); readHead sets src back with the
+			// next buffer
+			uc.br.src = rawReader{r}
+		}
 	}
 
 	for {

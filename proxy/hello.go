@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	proxyproto "github.com/pires/go-proxyproto"
 )
@@ -130,6 +131,8 @@ type replayConn struct {
 	// (crypto/tls's close_notify) and the flush.
 	wmu      sync.Mutex
 	gathered *[]byte
+	raw      syscall.RawConn // the TCP socket's, for gathered writes (rawio_linux.go); nil: through Conn
+	rawTried bool
 }
 
 // maxRecordPayload is a TLS record's largest plaintext (RFC 8446 §5.1).
@@ -158,6 +161,9 @@ func (c *replayConn) gather(on bool) error {
 		if c.gathered == nil {
 			c.gathered = gatherBufs.Get().(*[]byte)
 		}
+		if !c.rawTried {
+			c.raw, c.rawTried = rawConnOf(c.Conn), true
+		}
 		return nil
 	}
 	bp := c.gathered
@@ -167,7 +173,7 @@ func (c *replayConn) gather(on bool) error {
 	c.gathered = nil
 	var err error
 	if len(*bp) > 0 {
-		_, err = c.Conn.Write(*bp)
+		_, err = c.send(*bp)
 	}
 	*bp = (*bp)[:0]
 	gatherBufs.Put(bp)
@@ -184,7 +190,7 @@ func (c *replayConn) Write(p []byte) (int, error) {
 	}
 	b := *bp
 	if len(b)+len(p) > cap(b) && len(b) > 0 {
-		_, err := c.Conn.Write(b)
+		_, err := c.send(b)
 		*bp = b[:0]
 		if err != nil {
 			return 0, err
@@ -192,10 +198,18 @@ func (c *replayConn) Write(p []byte) (int, error) {
 		b = b[:0]
 	}
 	if len(p) > cap(b) {
-		return c.Conn.Write(p)
+		return c.send(p)
 	}
 	*bp = append(b, p...)
 	return len(p), nil
+}
+
+// send writes gathered records: raw on a plain TCP socket.
+func (c *replayConn) send(b []byte) (int, error) {
+	if c.raw != nil {
+		return rawWrite(c.raw, b)
+	}
+	return c.Conn.Write(b)
 }
 
 // countActive counts c in its mode's open-connections gauge until Close.
