@@ -125,6 +125,9 @@ func (c *h1conn) write(b []byte) (int, error) {
 // serveH1 serves tc on the fast path until it closes.
 func (s *Server) serveH1(tc *tls.Conn, rc *replayConn) {
 	c := &h1conn{s: s, tc: tc, rc: rc, remote: rc.RemoteAddr().String()}
+	// the client's socket is read without the runtime's syscall
+	// bookkeeping from here on (rawio_linux.go)
+	rc.rawRead = rawConnOf(rc.Conn)
 	c.br.src = tc
 	if !s.h1.add(c) {
 		tc.Close()
@@ -1050,12 +1053,6 @@ func (c *h1conn) relay(snap *snapshot, x *exchange, resp *respHead, ob []byte) [
 		// point into the old buffer. The buffer goes back to its pool
 		// with the exchange, like the smaller one.
 		uc.br.grow(&bulkBufs)
-		if r := rawConnOf(uc.nc); r != nil {
-			// read without the runtime's syscall bookkeeping
-			// (rawio_linux.go); readHead sets src back with the
-			// next buffer
-			uc.br.src = rawReader{r}
-		}
 	}
 
 	for {

@@ -133,6 +133,9 @@ type replayConn struct {
 	gathered *[]byte
 	raw      syscall.RawConn // the TCP socket's, for gathered writes (rawio_linux.go); nil: through Conn
 	rawTried bool
+	// rawRead: set before the HTTP/1.1 loop reads (serveH1), the TCP
+	// socket's, read through rawReader; nil: through Conn
+	rawRead syscall.RawConn
 }
 
 // maxRecordPayload is a TLS record's largest plaintext (RFC 8446 §5.1).
@@ -242,6 +245,9 @@ func (c *replayConn) Read(p []byte) (int, error) {
 			c.pending = nil
 		}
 		return n, nil
+	}
+	if c.rawRead != nil {
+		return rawReader{c.rawRead}.Read(p)
 	}
 	return c.Conn.Read(p)
 }
