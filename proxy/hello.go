@@ -134,7 +134,8 @@ type replayConn struct {
 	raw      syscall.RawConn // the TCP socket's, for gathered writes (rawio_linux.go); nil: through Conn
 	rawTried bool
 	// rawRead: set before the HTTP/1.1 loop reads (serveH1), the TCP
-	// socket's, read through rawReader; nil: through Conn
+	// socket's, read through rawReader and written through rawWrite;
+	// nil: through Conn
 	rawRead syscall.RawConn
 }
 
@@ -189,6 +190,9 @@ func (c *replayConn) Write(p []byte) (int, error) {
 	defer c.wmu.Unlock()
 	bp := c.gathered
 	if bp == nil {
+		if c.rawRead != nil {
+			return rawWrite(c.rawRead, p)
+		}
 		return c.Conn.Write(p)
 	}
 	b := *bp

@@ -102,3 +102,14 @@ func (r rawReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// peekByte is a non-blocking MSG_PEEK recv of one byte on fd (raw, as
+// above: it runs before every reuse of a pooled upstream connection).
+func peekByte(fd uintptr) (int, error) {
+	var b [1]byte
+	n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1, syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}

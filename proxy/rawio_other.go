@@ -17,3 +17,9 @@ func rawWrite(rc syscall.RawConn, b []byte) (int, error) { panic("rawWrite witho
 type rawReader struct{ rc syscall.RawConn }
 
 func (r rawReader) Read(p []byte) (int, error) { panic("rawReader without Linux") }
+
+func peekByte(fd uintptr) (int, error) {
+	var b [1]byte
+	n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	return n, err
+}

@@ -344,8 +344,7 @@ func peekIdle(nc net.Conn) idleState {
 	}
 	state := idleClosed
 	_ = raw.Control(func(fd uintptr) {
-		var b [1]byte
-		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		n, err := peekByte(fd)
 		switch {
 		case err == syscall.EAGAIN || err == syscall.EWOULDBLOCK:
 			state = idleSilent
