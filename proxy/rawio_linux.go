@@ -8,7 +8,9 @@ import (
 	"unsafe"
 )
 
-// Raw socket I/O for the bulk relay (bench/README.md, bulk).
+// Raw socket I/O for the HTTP/1.1 path: its client connections after
+// the handshake and its plain upstream connections (bench/README.md,
+// "Bulk transfer").
 //
 // A read or write through net.Conn is a syscall the runtime brackets
 // with entersyscall/exitsyscall. When the process has been idle (its
