@@ -109,12 +109,25 @@ func (c *h1conn) write(b []byte) (int, error) {
 		c.writeDL = now.Add(c.sendTO)
 		_ = c.tc.SetWriteDeadline(c.writeDL)
 	}
-	return c.tc.Write(b)
+	if len(b) <= maxRecordPayload || c.rc == nil {
+		return c.tc.Write(b)
+	}
+	// more than one TLS record: crypto/tls writes each record with its
+	// own syscall; gathered, two go out in one (rc.gather)
+	c.rc.gather(true)
+	n, err := c.tc.Write(b)
+	if ferr := c.rc.gather(false); err == nil && ferr != nil {
+		err = ferr
+	}
+	return n, err
 }
 
 // serveH1 serves tc on the fast path until it closes.
 func (s *Server) serveH1(tc *tls.Conn, rc *replayConn) {
 	c := &h1conn{s: s, tc: tc, rc: rc, remote: rc.RemoteAddr().String()}
+	// the client's socket is read without the runtime's syscall
+	// bookkeeping from here on (rawio_linux.go)
+	rc.rawRead = rawConnOf(rc.Conn)
 	c.br.src = tc
 	if !s.h1.add(c) {
 		tc.Close()
@@ -1033,6 +1046,14 @@ func (c *h1conn) relay(snap *snapshot, x *exchange, resp *respHead, ob []byte) [
 		}
 	}
 	ob = c.appendRespHead(ob, x, resp, kind, chunked)
+	if kind == bodyLength && n >= bulkMin && len(uc.br.buf) < bulkBuf {
+		// a large body is read in larger pieces: half the reads per
+		// MiB, and each write to the client carries four full TLS
+		// records (bench/README.md, bulk). Only now: the head's fields
+		// point into the old buffer. The buffer goes back to its pool
+		// with the exchange, like the smaller one.
+		uc.br.grow(&bulkBufs)
+	}
 
 	for {
 		data, err := uc.body.next(&uc.br)

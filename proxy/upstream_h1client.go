@@ -182,6 +182,7 @@ func releaseUpPool(p *upPool) {
 // upConn is one connection to an upstream.
 type upConn struct {
 	nc       net.Conn    // what exchanges read and write: raw, or tc over it
+	rr       rawReader   // plain TCP: reads and writes without the runtime's syscall bookkeeping (rawio_linux.go); rr.rc nil otherwise
 	raw      net.Conn    // the TCP connection (its socket is what the idle watch sees)
 	tc       *tls.Conn   // https:// upstreams; nil: plain TCP
 	pool     *upPool     // nil: pinned to a client connection (PROXY protocol), never pooled
@@ -344,8 +345,7 @@ func peekIdle(nc net.Conn) idleState {
 	}
 	state := idleClosed
 	_ = raw.Control(func(fd uintptr) {
-		var b [1]byte
-		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		n, err := peekByte(fd)
 		switch {
 		case err == syscall.EAGAIN || err == syscall.EWOULDBLOCK:
 			state = idleSilent
@@ -409,6 +409,8 @@ func dialUp(rs *routeState, up *upstream, p *upPool, before func(net.Conn) error
 			return nil, &dialError{fmt.Errorf("TLS handshake with %s: %w", cfg.ServerName, err)}
 		}
 		uc.nc, uc.tc = tc, tc
+	} else {
+		uc.rr.rc = rawConnOf(nc)
 	}
 	return uc, nil
 }
@@ -550,7 +552,13 @@ func (c *upConn) close() {
 
 // write sends b (a request head, maybe with its body) in one write.
 func (c *upConn) write(b []byte) error {
-	if _, err := c.nc.Write(b); err != nil {
+	var err error
+	if c.rr.rc != nil {
+		_, err = rawWrite(c.rr.rc, b)
+	} else {
+		_, err = c.nc.Write(b)
+	}
+	if err != nil {
 		return &upWriteError{err}
 	}
 	return nil
@@ -577,6 +585,9 @@ var errBadResponse = errors.New("malformed response from upstream")
 func (c *upConn) readHead(deadline time.Time) (*respHead, error) {
 	if c.br.pb == nil {
 		c.br.src = c.nc
+		if c.rr.rc != nil {
+			c.br.src = &c.rr
+		}
 		c.br.take(&buffers)
 	}
 	if !deadline.IsZero() {

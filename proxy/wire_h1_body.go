@@ -17,6 +17,8 @@ const (
 	smallBuf = 4 << 10                     // client request heads, response assembly
 	largeBuf = maxHeaderBytes + smallBuf   // a request head over smallBuf grows to this
 	upBuf    = 32 << 10                    // upstream reads (the reverse proxy's copy buffer size)
+	bulkBuf  = 64 << 10                    // upstream reads of a large body (bulkMin and more)
+	bulkMin  = 256 << 10                   // a Content-Length from which a body is read in bulkBuf reads
 	maxKept  = largeBuf                    // larger assembled buffers are dropped, not pooled
 	chunkHdr = len("ffffffffffffffff\r\n") // room for a chunk-size line
 )
@@ -24,6 +26,7 @@ const (
 var (
 	smallBufs = sync.Pool{New: func() any { b := make([]byte, smallBuf); return &b }}
 	largeBufs = sync.Pool{New: func() any { b := make([]byte, largeBuf); return &b }}
+	bulkBufs  = sync.Pool{New: func() any { b := make([]byte, bulkBuf); return &b }}
 )
 
 // bufStats counts pooled buffers handed out and not yet returned, so a
