@@ -132,7 +132,7 @@ type replayConn struct {
 	// (crypto/tls's close_notify) and the flush.
 	wmu      sync.Mutex
 	gathered *[]byte
-	raw      syscall.RawConn // the TCP socket's, for gathered writes (rawio_linux.go); nil: through Conn
+	raw      syscall.RawConn // the TCP socket's, for gathered writes (engine_rawio_linux.go); nil: through Conn
 	rawTried bool
 	// rawRead: set before the HTTP/1.1 loop reads (serveH1), the TCP
 	// socket's, read through rawReader and written through rawWrite;

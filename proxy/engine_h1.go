@@ -126,7 +126,7 @@ func (c *h1conn) write(b []byte) (int, error) {
 func (s *Server) serveH1(tc *tls.Conn, rc *replayConn) {
 	c := &h1conn{s: s, tc: tc, rc: rc, remote: rc.RemoteAddr().String()}
 	// the client's socket is read without the runtime's syscall
-	// bookkeeping from here on (rawio_linux.go)
+	// bookkeeping from here on (engine_rawio_linux.go)
 	rc.rawRead = rawConnOf(rc.Conn)
 	c.br.src = tc
 	if !s.h1.add(c) {

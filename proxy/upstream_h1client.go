@@ -182,7 +182,7 @@ func releaseUpPool(p *upPool) {
 // upConn is one connection to an upstream.
 type upConn struct {
 	nc       net.Conn    // what exchanges read and write: raw, or tc over it
-	rr       rawReader   // plain TCP: reads and writes without the runtime's syscall bookkeeping (rawio_linux.go); rr.rc nil otherwise
+	rr       rawReader   // plain TCP: reads and writes without the runtime's syscall bookkeeping (engine_rawio_linux.go); rr.rc nil otherwise
 	raw      net.Conn    // the TCP connection (its socket is what the idle watch sees)
 	tc       *tls.Conn   // https:// upstreams; nil: plain TCP
 	pool     *upPool     // nil: pinned to a client connection (PROXY protocol), never pooled

@@ -8,7 +8,7 @@ import (
 )
 
 // Without Linux the bulk relay reads and writes through net.Conn
-// (rawio_linux.go explains what the raw calls save there).
+// (engine_rawio_linux.go explains what the raw calls save there).
 
 func rawConnOf(c net.Conn) syscall.RawConn { return nil }
 
