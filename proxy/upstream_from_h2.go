@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -245,24 +244,9 @@ func (st *h2Stream) sendRespHead(rs *routeState, resp *respHead, kind int, end b
 // (field lines as received).
 func (st *h2Stream) sendRawTrailers(t []byte) error {
 	return st.queueBlock(true, func(c *h2Conn) {
-		for len(t) > 0 {
-			line := t
-			if i := bytes.IndexByte(t, '\n'); i >= 0 {
-				line, t = t[:i], t[i+1:]
-			} else {
-				t = nil
-			}
-			line = bytes.TrimRight(line, "\r")
-			colon := bytes.IndexByte(line, ':')
-			if colon <= 0 {
-				continue
-			}
-			name := bytes.TrimSpace(line[:colon])
-			if isRespHop(name, nil, false) {
-				continue
-			}
-			c.enc.WriteField(hpack.HeaderField{Name: c.lowerName(name), Value: string(bytes.TrimSpace(line[colon+1:]))})
-		}
+		forEachTrailer(t, func(name, value []byte) {
+			c.enc.WriteField(hpack.HeaderField{Name: c.lowerName(name), Value: string(value)})
+		})
 	})
 }
 

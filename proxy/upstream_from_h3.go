@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -303,25 +302,10 @@ func (x *h3Up) relay(rs *routeState, up *upstream, uc *upConn, resp *respHead, h
 			panic(http.ErrAbortHandler)
 		}
 	}
-	for t := uc.body.trailers; len(t) > 0; {
-		line := t
-		if i := bytes.IndexByte(t, '\n'); i >= 0 {
-			line, t = t[:i], t[i+1:]
-		} else {
-			t = nil
-		}
-		line = bytes.TrimRight(line, "\r")
-		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 {
-			continue
-		}
-		name := bytes.TrimSpace(line[:colon])
-		if isRespHop(name, nil, false) {
-			continue
-		}
+	forEachTrailer(uc.body.trailers, func(name, value []byte) {
 		k := http.TrailerPrefix + canonicalBytes(name)
-		h[k] = append(h[k], string(bytes.TrimSpace(line[colon+1:])))
-	}
+		h[k] = append(h[k], string(value))
+	})
 	release(!resp.close && kind != bodyClose)
 }
 

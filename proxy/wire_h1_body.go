@@ -293,3 +293,28 @@ func validFieldLines(b []byte) bool {
 	}
 	return true
 }
+
+// forEachTrailer calls fn with each end-to-end field of a chunked body's
+// trailer section as received (bodyFramer.trailers: field lines with
+// their CRLFs), name and value trimmed; malformed lines and fields of a
+// single connection are skipped.
+func forEachTrailer(t []byte, fn func(name, value []byte)) {
+	for len(t) > 0 {
+		line := t
+		if i := bytes.IndexByte(t, '\n'); i >= 0 {
+			line, t = t[:i], t[i+1:]
+		} else {
+			t = nil
+		}
+		line = bytes.TrimRight(line, "\r")
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 {
+			continue
+		}
+		name := bytes.TrimSpace(line[:colon])
+		if isRespHop(name, nil, false) {
+			continue
+		}
+		fn(name, bytes.TrimSpace(line[colon+1:]))
+	}
+}
