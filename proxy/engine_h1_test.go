@@ -71,6 +71,24 @@ func startH1WorldDebug(t testing.TB, log io.Writer, tweak func(*routes.Config), 
 	return startH1WorldLog(t, tweak, log, upstream, extra...)
 }
 
+// serveH1World listens on loopback with s serving cfg, and stops s at
+// the test's end.
+func serveH1World(t testing.TB, s *Server, cfg *routes.Config, roots *x509.CertPool) *h1World {
+	t.Helper()
+	if err := s.Listen("127.0.0.1:0", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetTable(routes.NewTable(cfg)); err != nil {
+		t.Fatal(err)
+	}
+	w := &h1World{t: t, s: s, roots: roots, done: make(chan struct{})}
+	https, _ := s.Addrs()
+	w.addr = https.String()
+	go func() { _ = s.Serve(); close(w.done) }()
+	t.Cleanup(w.stop)
+	return w
+}
+
 // startH1WorldLog is startH1WorldWith with the error log (debug level)
 // and the access log written to lb (nil: no log).
 func startH1WorldLog(t testing.TB, tweak func(*routes.Config), lb io.Writer, upstream string, extra ...routes.Route) *h1World {
@@ -100,19 +118,7 @@ func startH1WorldLog(t testing.TB, tweak func(*routes.Config), lb io.Writer, ups
 		opts.Logger = slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		opts.AccessLog = opts.Logger
 	}
-	s := New(opts)
-	if err := s.Listen("127.0.0.1:0", ""); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.SetTable(routes.NewTable(cfg)); err != nil {
-		t.Fatal(err)
-	}
-	w := &h1World{t: t, s: s, roots: roots, done: make(chan struct{})}
-	https, _ := s.Addrs()
-	w.addr = https.String()
-	go func() { _ = s.Serve(); close(w.done) }()
-	t.Cleanup(w.stop)
-	return w
+	return serveH1World(t, New(opts), cfg, roots)
 }
 
 func (w *h1World) stop() {

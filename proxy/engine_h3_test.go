@@ -75,17 +75,7 @@ func startH3World(t *testing.T, o h3Opts, upstream string) *h1World {
 		opts.AccessLog = slog.New(slog.NewTextHandler(o.access, nil))
 	}
 	s := New(opts)
-	if err := s.Listen("127.0.0.1:0", ""); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.SetTable(routes.NewTable(cfg)); err != nil {
-		t.Fatal(err)
-	}
-	w := &h1World{t: t, s: s, roots: roots, done: make(chan struct{})}
-	https, _ := s.Addrs()
-	w.addr = https.String()
-	go func() { _ = s.Serve(); close(w.done) }()
-	t.Cleanup(w.stop)
+	w := serveH1World(t, s, cfg, roots)
 	// the UDP listener comes up inside Serve
 	h3WaitUntil(t, 5*time.Second, "HTTP/3 listener up", func() bool {
 		s.mu.Lock()
