@@ -193,17 +193,21 @@ func TestECH(t *testing.T) {
 	}
 	c.Close()
 
-	m := scrape(t, e.admLn.Addr().String())
-	if v, _ := sample(m, "gatehouse_ech_handshakes_total", `result="accepted"`); v < 2 {
-		t.Fatalf("accepted ECH handshakes = %v, want 2", v)
-	}
-	if v, _ := sample(m, "gatehouse_ech_handshakes_total", `result="rejected"`); v < 1 {
-		t.Fatalf("rejected ECH handshakes = %v, want 1", v)
-	}
-	// the retry came from the address just rejected
-	if v, _ := sample(m, "gatehouse_ech_handshakes_total", `result="retried"`); v < 1 {
-		t.Fatalf("retried ECH handshakes = %v, want 1", v)
-	}
+	// the server counts a handshake when its side of it ends, which can
+	// be after the client's dial returned: wait (bounded) for the counts
+	want := []struct {
+		result string
+		min    float64
+	}{{"accepted", 2}, {"rejected", 1}, {"retried", 1}} // retried: the retry came from the address just rejected
+	testkit.WaitFor(t, 5*time.Second, "ECH handshakes counted", func() error {
+		m := scrape(t, e.admLn.Addr().String())
+		for _, w := range want {
+			if v, _ := sample(m, "gatehouse_ech_handshakes_total", `result="`+w.result+`"`); v < w.min {
+				return fmt.Errorf("%s ECH handshakes = %v, want %v", w.result, v, w.min)
+			}
+		}
+		return nil
+	})
 }
 
 // rewriteStorage points the config file at another storage dir.
