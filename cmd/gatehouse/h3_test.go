@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -95,11 +96,15 @@ func TestHTTP3(t *testing.T) {
 
 	// requests counted by the client's protocol: h3 (a GET and the 421),
 	// h1 and h2 (two GETs each)
-	for p, want := range map[string]float64{"h1": h1Before + 2, "h2": h2Before + 2, "h3": h3Before + 2} {
-		if got := byProto(p); got != want {
-			t.Errorf("gatehouse_http_requests_by_protocol_total{proto=%q} = %v, want %v", p, got, want)
+	// (counted when the server's side of a request ends: wait, bounded)
+	testkit.WaitFor(t, 5*time.Second, "requests counted by protocol", func() error {
+		for p, want := range map[string]float64{"h1": h1Before + 2, "h2": h2Before + 2, "h3": h3Before + 2} {
+			if got := byProto(p); got != want {
+				return fmt.Errorf("gatehouse_http_requests_by_protocol_total{proto=%q} = %v, want %v", p, got, want)
+			}
 		}
-	}
+		return nil
+	})
 
 	// unknown name, and a route with HTTP/3 off: unrecognized_name
 	// (TLS alert 112 = QUIC crypto error 0x170), no certificate
