@@ -118,6 +118,7 @@ type replayConn struct {
 	pin     atomic.Pointer[pinnedPool] // proxy_protocol http routes: this client's upstream pool
 	upLimit upLimit                    // HTTP/2, HTTP/3: upstream exchanges held at once (policy_limits.go)
 	fwdUp   atomic.Pointer[fwdInfo]    // HTTP/3: the forwarding fields for the last Host (fwdCached)
+	h3idle  *h3IdleWatch               // HTTP/3: closes the connection when no request is in the pipeline
 
 	// onClose runs once when the connection closes, for connections
 	// tracked in the stream set after an HTTP/1.1 upgrade (engine_h1.go tunnel).

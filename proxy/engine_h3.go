@@ -152,6 +152,7 @@ func (s *Server) h3ConnContext(ctx context.Context, c *quic.Conn) context.Contex
 	metricHandshakeOK(st.Version)
 	rc := &replayConn{Conn: quicAddrs{local: c.LocalAddr(), remote: c.RemoteAddr()}, route: rs, snap: snap,
 		hello: Hello{ServerName: st.ServerName, ALPN: []string{"h3"}}}
+	rc.h3idle = newH3IdleWatch(c, snap.tm.idle) // engine_h3_idle.go
 	// the upstream connections pinned to this client (proxy_protocol
 	// routes: pinnedConn) close with the QUIC connection
 	context.AfterFunc(c.Context(), func() { _ = rc.Close() })

@@ -25,6 +25,10 @@ import (
 // forever.
 func (s *Server) serveH3(w http.ResponseWriter, r *http.Request) {
 	rc := connFrom(r.Context())
+	if rc != nil && rc.h3idle != nil {
+		rc.h3idle.begin()
+		defer rc.h3idle.end()
+	}
 	if rc == nil || rc.route == nil {
 		http.Error(w, "misdirected request", http.StatusMisdirectedRequest)
 		return

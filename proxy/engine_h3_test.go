@@ -407,6 +407,60 @@ func TestH3IdleTimeout(t *testing.T) {
 	}
 }
 
+// A stream that sends only part of its HEADERS frame never reaches the
+// pipeline (quic-go reads HEADERS before it calls the handler, with no
+// deadline): with PINGs keeping the QUIC connection alive it held the
+// stream, and the connection, forever. Now only requests in the pipeline
+// count as activity: a request that runs longer than idle is not cut,
+// and once it ends the connection, half-sent stream and all, is closed
+// after idle with H3_NO_ERROR.
+func TestH3PartialHeadersClosedWhenIdle(t *testing.T) {
+	const idle = time.Second
+	up := startCountingUpstream(t, func(c net.Conn, br *bufio.Reader, _ *countingUpstream) {
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			_, _ = io.Copy(io.Discard, req.Body)
+			time.Sleep(3 * idle / 2) // longer than idle: the request must not be cut
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	})
+	w := startH3World(t, h3Opts{idle: idle}, up.url())
+	conn, cc := h3Conn(t, w, &quic.Config{KeepAlivePeriod: 200 * time.Millisecond, MaxIdleTimeout: time.Minute})
+
+	str, err := conn.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// HEADERS (type 0x01), declared length 200, then 5 bytes of it
+	if _, err := str.Write([]byte{0x01, 0x40, 200, 0, 0, 0xd1, 0xd7, 0x50}); err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	if res, err := h3Get(cc, "/slow", nil); err != nil || res.StatusCode != 200 {
+		t.Fatalf("a request longer than idle beside the half-sent stream: %v %v", res, err)
+	}
+	if took := time.Since(began); took < idle {
+		t.Fatalf("the slow request took %v: the upstream did not hold it past idle, the test proves nothing", took)
+	}
+	ended := time.Now()
+	select {
+	case <-conn.Context().Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("a connection with only a half-sent HEADERS frame still open 10s after its last request (idle = 1s)")
+	}
+	var ae *quic.ApplicationError
+	if err := context.Cause(conn.Context()); !errors.As(err, &ae) || !ae.Remote || ae.ErrorCode != quic.ApplicationErrorCode(http3.ErrCodeNoError) {
+		t.Fatalf("connection closed by %v, want the server's H3_NO_ERROR", err)
+	}
+	if took := time.Since(ended); took < idle/2 {
+		t.Fatalf("closed %v after the last request ended, before idle", took)
+	}
+	h3WaitUntil(t, 5*time.Second, "server-side QUIC connection released", func() bool { return quicConns() == 0 })
+}
+
 // One Initial from an address that never answers: what gatehouse sends
 // back to it stays within QUIC's anti-amplification limit (RFC 9000
 // §8.1), retransmissions included. quic-go checks the limit before each
