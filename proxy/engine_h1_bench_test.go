@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"testing"
+
+	"github.com/gatehouse-proxy/gatehouse/proxy/internal/h1wire"
 )
 
 // Benchmarks of the HTTP/1.1 path, to compare a change against the code
@@ -24,45 +26,45 @@ func BenchmarkH1Wire(b *testing.B) {
 	resp := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nDate: Wed, 02 Dec 2026 20:00:00 GMT\r\n" +
 		"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nT: v\r\n\r\n")
 	var (
-		rh   reqHead
-		rsh  respHead
+		rh   h1wire.RequestHead
+		rsh  h1wire.ResponseHead
 		fwd  fwdInfo
-		br   bufReader
-		fr   bodyFramer
+		br   h1wire.BufReader
+		fr   h1wire.BodyFramer
 		out  = make([]byte, 0, 4096)
 		sink int
 	)
-	br.buf = make([]byte, 4096)
+	br.Buf = make([]byte, 4096)
 	fwd.set("192.0.2.1:1234", []byte("web.test"))
 	b.ReportAllocs()
 	for b.Loop() {
-		end, _, err := headEnd(req, 0)
+		end, _, err := h1wire.HeadEnd(req, 0)
 		if err != nil || end == 0 {
 			b.Fatal(end, err)
 		}
-		if err := rh.parse(req[:end]); err != nil {
+		if err := rh.Parse(req[:end]); err != nil {
 			b.Fatal(err)
 		}
-		out = appendUpstreamHead(out[:0], &rh, &fwd, rh.contentLength)
-		end, _, err = headEnd(resp, 0)
+		out = appendUpstreamHead(out[:0], &rh, &fwd, rh.ContentLength)
+		end, _, err = h1wire.HeadEnd(resp, 0)
 		if err != nil || end == 0 {
 			b.Fatal(end, err)
 		}
-		if err := rsh.parse(resp[:end]); err != nil {
+		if err := rsh.Parse(resp[:end]); err != nil {
 			b.Fatal(err)
 		}
-		kind, n := rsh.bodyKind(false)
-		br.r, br.w = 0, copy(br.buf, resp[end:])
-		fr.init(kind, n)
+		kind, n := rsh.BodyKind(false)
+		br.R, br.W = 0, copy(br.Buf, resp[end:])
+		fr.Init(kind, n)
 		out = out[:0]
-		for !fr.done {
-			data, err := fr.next(&br)
-			if err != nil || data == nil && !fr.done {
+		for !fr.Done {
+			data, err := fr.Next(&br)
+			if err != nil || data == nil && !fr.Done {
 				b.Fatal(err)
 			}
-			out = appendChunk(out, data)
+			out = h1wire.AppendChunk(out, data)
 		}
-		out = appendLastChunk(out, fr.trailers)
+		out = h1wire.AppendLastChunk(out, fr.Trailers)
 		sink += len(out)
 	}
 	_ = sink
