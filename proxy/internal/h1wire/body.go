@@ -292,14 +292,11 @@ func (f *BodyFramer) Next(b *BufReader) ([]byte, error) {
 }
 
 // validFieldLines checks field lines (each ending in CRLF, as HeadEnd
-// found them): a token name, a colon, a valid value (RFC 9112 §5).
+// found them) with nextField, as the fields of a head.
 func validFieldLines(b []byte) bool {
 	for len(b) > 0 {
-		nl := bytes.IndexByte(b, '\n')
-		line := b[:nl-1]
-		b = b[nl+1:]
-		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 || !IsToken(line[:colon]) || !ValidValue(line[colon+1:]) {
+		var err *ParseError
+		if _, _, b, err = nextField(b); err != nil {
 			return false
 		}
 	}
