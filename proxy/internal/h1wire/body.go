@@ -292,11 +292,14 @@ func (f *BodyFramer) Next(b *BufReader) ([]byte, error) {
 }
 
 // validFieldLines checks field lines (each ending in CRLF, as HeadEnd
-// found them) with nextField, as the fields of a head.
+// found them): a token name, a colon, a valid value (RFC 9112 §5).
 func validFieldLines(b []byte) bool {
 	for len(b) > 0 {
-		var err *ParseError
-		if _, _, b, err = nextField(b); err != nil {
+		nl := bytes.IndexByte(b, '\n')
+		line := b[:nl-1]
+		b = b[nl+1:]
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 || !IsToken(line[:colon]) || !ValidValue(line[colon+1:]) {
 			return false
 		}
 	}

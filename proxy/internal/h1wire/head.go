@@ -22,43 +22,7 @@ func (e *ParseError) Error() string { return e.Msg }
 
 func bad(msg string) *ParseError { return &ParseError{Status: 400, Msg: msg} }
 
-var (
-	errLineEnding = bad("bare LF or CR in the request head")
-	errObsFold    = bad("obsolete line folding in a header field")
-	errNoName     = bad("header line without a field name")
-	errFieldName  = bad("invalid header field name")
-	errFieldValue = bad("invalid header field value")
-)
-
-// nextField is the one field-line scanner, for request heads, response
-// heads and trailer sections: b starts with a field line and every line
-// of it ends in CRLF (HeadEnd found them so, the empty line excluded).
-// A field line is field-name ":" OWS field-value OWS (RFC 9112 §5):
-// obs-fold (a line starting with SP or HTAB, §5.2), no name, whitespace
-// before the colon or any other non-token byte in the name (§5.1), and
-// a value with a CTL other than HTAB (RFC 9110 §5.5) are refused. It
-// returns the name, the value without its OWS, and the bytes after the
-// line.
-func nextField(b []byte) (name, value, rest []byte, err *ParseError) {
-	nl := bytes.IndexByte(b, '\n')
-	line := b[:nl-1]
-	rest = b[nl+1:]
-	if line[0] == ' ' || line[0] == '\t' {
-		return nil, nil, rest, errObsFold
-	}
-	colon := bytes.IndexByte(line, ':')
-	if colon <= 0 {
-		return nil, nil, rest, errNoName
-	}
-	name, value = line[:colon], TrimOWS(line[colon+1:])
-	if !IsToken(name) {
-		return nil, nil, rest, errFieldName
-	}
-	if !ValidValue(value) {
-		return nil, nil, rest, errFieldValue
-	}
-	return name, value, rest, nil
-}
+var errLineEnding = bad("bare LF or CR in the request head")
 
 // ErrBadResponse is a response head (or its framing) refused: the
 // upstream's answer is not passed on.
@@ -173,10 +137,22 @@ func (h *RequestHead) Parse(b []byte) error {
 	var clRaw []byte    // the first Content-Length value
 	closeTok := false   // Connection: close
 	for len(rest) > 2 { // the final CRLF is left
-		var name, value []byte
-		var ferr *ParseError
-		if name, value, rest, ferr = nextField(rest); ferr != nil {
-			return ferr
+		nl := bytes.IndexByte(rest, '\n')
+		line := rest[:nl-1]
+		rest = rest[nl+1:]
+		if line[0] == ' ' || line[0] == '\t' {
+			return bad("obsolete line folding in a header field")
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 {
+			return bad("header line without a field name")
+		}
+		name, value := line[:colon], TrimOWS(line[colon+1:])
+		if !IsToken(name) {
+			return bad("invalid header field name")
+		}
+		if !ValidValue(value) {
+			return bad("invalid header field value")
 		}
 		h.Fields = append(h.Fields, Field{name, value})
 		switch len(name) {
@@ -374,11 +350,17 @@ func (h *ResponseHead) Parse(b []byte) error {
 		return ErrBadResponse
 	}
 	keepAlive, closeTok := false, false
-	var clRaw []byte    // the first Content-Length value
-	for len(rest) > 2 { // the final CRLF is left
-		var name, value []byte
-		var ferr *ParseError
-		if name, value, rest, ferr = nextField(rest); ferr != nil {
+	var clRaw []byte // the first Content-Length value
+	for len(rest) > 2 {
+		nl := bytes.IndexByte(rest, '\n')
+		line := rest[:nl-1]
+		rest = rest[nl+1:]
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 || line[0] == ' ' || line[0] == '\t' {
+			return ErrBadResponse
+		}
+		name, value := line[:colon], TrimOWS(line[colon+1:])
+		if !IsToken(name) || !ValidValue(value) {
 			return ErrBadResponse
 		}
 		h.Fields = append(h.Fields, Field{name, value})
