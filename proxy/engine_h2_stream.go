@@ -357,37 +357,81 @@ type h2Job struct {
 	truncated bool
 }
 
-// h2Idle hands a new stream to a worker that finished its last one.
-// A new goroutine's stack grows by copying several times on its way
-// through a request (10% of HTTP/2 CPU in the bench's profile); a
-// worker's has grown already. Unbuffered: a stream goes to a worker
-// only if one is waiting, else to a new goroutine.
-var h2Idle = make(chan h2Job)
+// h2Workers are the goroutines that finished a stream and wait for the
+// next, the most recently idle last: a new stream goes to the last one
+// (its stack is warm), else to a new goroutine. A new goroutine's stack
+// grows by copying several times on its way through a request (10% of
+// HTTP/2 CPU in the bench's profile); a worker's has grown already.
+// A worker waits on its own channel, with no timer: waiting in a select
+// on a shared channel and a per-worker timer, reset for every stream,
+// cost 5% of the engine's CPU (bench/README.md). One sweep retires the
+// workers idle for h2WorkerIdle; they are at the front.
+var h2Workers struct {
+	sync.Mutex
+	idle     []*h2Worker
+	sweeping bool // a sweep is scheduled
+}
+
+type h2Worker struct {
+	next  chan h2Job // the next stream; a zero h2Job: retire
+	since time.Time  // idle since
+}
 
 // h2WorkerIdle is how long a worker waits for another stream.
 const h2WorkerIdle = 10 * time.Second
 
 func startStream(j h2Job) {
-	select {
-	case h2Idle <- j:
-	default:
-		go h2Worker(j)
+	h2Workers.Lock()
+	if n := len(h2Workers.idle); n > 0 {
+		w := h2Workers.idle[n-1]
+		h2Workers.idle[n-1] = nil
+		h2Workers.idle = h2Workers.idle[:n-1]
+		h2Workers.Unlock()
+		w.next <- j // buffered: the worker is waiting for it, or about to
+		return
 	}
+	h2Workers.Unlock()
+	go runH2Worker(j)
 }
 
-func h2Worker(j h2Job) {
-	t := time.NewTimer(h2WorkerIdle)
-	defer t.Stop()
+func runH2Worker(j h2Job) {
+	w := &h2Worker{next: make(chan h2Job, 1)}
 	for {
 		j.st.run(j.req, j.truncated)
 		j = h2Job{} // holds no finished stream (nor its connection) while idle
-		t.Reset(h2WorkerIdle)
-		select {
-		case j = <-h2Idle:
-		case <-t.C:
+		w.since = time.Now()
+		h2Workers.Lock()
+		h2Workers.idle = append(h2Workers.idle, w)
+		if !h2Workers.sweeping {
+			h2Workers.sweeping = true
+			time.AfterFunc(h2WorkerIdle, sweepH2Workers)
+		}
+		h2Workers.Unlock()
+		if j = <-w.next; j.st == nil {
 			return
 		}
 	}
+}
+
+// sweepH2Workers retires the workers idle for h2WorkerIdle, and runs
+// again while any is left.
+func sweepH2Workers() {
+	now := time.Now()
+	h2Workers.Lock()
+	defer h2Workers.Unlock()
+	idle := h2Workers.idle
+	i := 0
+	for ; i < len(idle) && now.Sub(idle[i].since) >= h2WorkerIdle; i++ {
+		idle[i].next <- h2Job{} // out of the list: nothing else is sent to it
+	}
+	n := copy(idle, idle[i:])
+	clear(idle[n:])
+	h2Workers.idle = idle[:n]
+	if n == 0 {
+		h2Workers.sweeping = false
+		return
+	}
+	time.AfterFunc(max(h2WorkerIdle-now.Sub(idle[0].since), time.Second), sweepH2Workers)
 }
 
 // run proxies the stream's request and ends the stream.
@@ -463,12 +507,6 @@ func (st *h2Stream) serve(in h2Request) {
 		st.logOwn(rs, in, began)
 		return
 	}
-	if rs.hsts != "" {
-		st.Header().Set("Strict-Transport-Security", rs.hsts)
-	}
-	if v := s.altSvc(rs); v != "" {
-		st.Header().Set("Alt-Svc", v)
-	}
 	if !st.holdUpstream(rs) {
 		return
 	}
@@ -479,6 +517,7 @@ func (st *h2Stream) serve(in h2Request) {
 			up = failedUpstream(err) // every upstream failed: name the last one tried
 		}
 		if err != nil {
+			st.ownFields(rs)
 			st.failNative(rs, in, up, err)
 		}
 		if s.access != nil {
@@ -490,6 +529,7 @@ func (st *h2Stream) serve(in h2Request) {
 	// h2c:// upstreams (and https:// ones after a reload moved this
 	// connection's route): net/http's Transport through the route's
 	// RoundTrip (balancing, retries, PROXY-protocol pinning)
+	st.ownFields(rs)
 	u, err := url.ParseRequestURI(in.path)
 	if err != nil {
 		st.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -534,6 +574,20 @@ func (st *h2Stream) serve(in h2Request) {
 	}
 }
 
+// ownFields puts the route's HSTS and Alt-Svc into the header of what
+// gatehouse answers itself past the 421 check (503, 502/504) and of
+// the Transport path's responses; the own client's responses get them
+// in sendRespHead. Only then: a header map made for every stream was
+// 3% of the engine's CPU (bench/README.md).
+func (st *h2Stream) ownFields(rs *routeState) {
+	if rs.hsts != "" {
+		st.Header().Set("Strict-Transport-Security", rs.hsts)
+	}
+	if v := st.c.s.altSvc(rs); v != "" {
+		st.Header().Set("Alt-Svc", v)
+	}
+}
+
 // holdUpstream takes one of the connection's upstream slots
 // (policy_limits.go) for the stream's exchange; false when none came free
 // in time (answered 503) or the stream ended while it waited.
@@ -546,6 +600,7 @@ func (st *h2Stream) holdUpstream(rs *routeState) bool {
 		rs.metrics.none[classOf(http.StatusServiceUnavailable)].Inc()
 		rs.log.Warn("client connection holds too many upstream exchanges; request refused",
 			"client", st.c.addr, "limit", maxUpstreamPerConn)
+		st.ownFields(rs)
 		st.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		st.WriteHeader(http.StatusServiceUnavailable)
 		_, _ = st.Write([]byte("503 Service Unavailable: too many requests in progress on this connection\n"))

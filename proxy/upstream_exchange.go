@@ -90,15 +90,20 @@ func exchangeUp(rs *routeState, cl upClient, q *upRequest) (*upstream, error) {
 			up.active.Add(-1)
 			return up, context.Canceled
 		}
-		err = uc.write(q.out)
-		if err == nil && q.stream {
-			err = cl.sendBody(uc, q.bodyLen)
-		}
 		var resp *respHead
+		if !q.stream && uc.writeWithRead(q.out) {
+			// the request goes out with the first read of the answer
+			resp, err = uc.readHead(time.Now().Add(q.respHeader))
+		} else {
+			err = uc.write(q.out)
+			if err == nil && q.stream {
+				err = cl.sendBody(uc, q.bodyLen)
+			}
+		}
 		early := false
-		// (uc.write and copyBodyUp return the *upWriteError itself: a
-		// type check, where errors.As would cost an allocation per
-		// exchange)
+		// (uc.write, copyBodyUp and sendReader return the *upWriteError
+		// itself: a type check, where errors.As would cost an
+		// allocation per exchange)
 		if _, ok := err.(*upWriteError); ok {
 			// the upstream may have answered and closed before taking
 			// the whole request (a 413, a redirect): relay that answer
@@ -107,7 +112,7 @@ func exchangeUp(rs *routeState, cl upClient, q *upRequest) (*upstream, error) {
 			if r, rerr := uc.readHead(time.Now().Add(q.respHeader)); rerr == nil {
 				resp, err, early = r, nil, true
 			}
-		} else if err == nil {
+		} else if err == nil && resp == nil {
 			resp, err = uc.readHead(time.Now().Add(q.respHeader))
 		}
 		for err == nil && resp.status < 200 {
