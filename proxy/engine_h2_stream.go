@@ -26,8 +26,8 @@ import (
 type h2Stream struct {
 	c    *h2Conn
 	id   uint32
-	cond sync.Cond // L = &c.mu: window, queue room, body data, end
-	ctx  context.Context
+	cond sync.Cond       // L = &c.mu: window, queue room, body data, end
+	ctx  context.Context // made by context(); nil until then
 
 	sendWin    int64 // window for DATA to the client
 	recvWin    int64 // window the client may still send into
@@ -67,6 +67,22 @@ func (st *h2Stream) endLocked(err error) {
 	}
 	st.breakUpLocked()
 	st.cond.Broadcast()
+}
+
+// context returns the stream's context, which ends with the stream;
+// made on first use: the own client's streams need one only when they
+// wait for an upstream slot (two allocations per stream otherwise).
+func (st *h2Stream) context() context.Context {
+	c := st.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st.ctx == nil {
+		st.ctx, st.cancel = context.WithCancel(c.ctx)
+		if st.err != nil {
+			st.cancel() // ended already
+		}
+	}
+	return st.ctx
 }
 
 // h2Request is a request's pseudo-header fields and what was checked
@@ -210,7 +226,6 @@ func (c *h2Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	st := &h2Stream{c: c, id: id, sendWin: c.peerInitWin, recvWin: h2StreamWindow,
 		declared: req.declared, remoteDone: f.StreamEnded(), expect: req.expect && !f.StreamEnded()}
 	st.cond.L = &c.mu
-	st.ctx, st.cancel = context.WithCancel(c.ctx)
 	c.streams[id] = st
 	c.busyLocked()
 	c.handlers.Add(1)
@@ -520,7 +535,7 @@ func (st *h2Stream) serve(in h2Request) {
 			st.ownFields(rs)
 			st.failNative(rs, in, up, err)
 		}
-		if s.access != nil {
+		if s.accessOn() {
 			st.end() // the duration logged includes the last frame queued
 			st.logNative(rs, in, up, began)
 		}
@@ -544,7 +559,7 @@ func (st *h2Stream) serve(in h2Request) {
 		RemoteAddr: c.addr, RequestURI: in.path, TLS: c.tls,
 	}
 	st.upstreamRequest(r, rs, in)
-	ctx := st.ctx
+	ctx := st.context()
 	var a *accessRecord
 	if s.access != nil {
 		a = accessPool.Get().(*accessRecord)
@@ -592,7 +607,10 @@ func (st *h2Stream) ownFields(rs *routeState) {
 // (policy_limits.go) for the stream's exchange; false when none came free
 // in time (answered 503) or the stream ended while it waited.
 func (st *h2Stream) holdUpstream(rs *routeState) bool {
-	err := st.c.rc.upLimit.acquire(st.ctx, st.c.tm.respHeader)
+	if st.c.rc.upLimit.take() {
+		return true
+	}
+	err := st.c.rc.upLimit.acquire(st.context(), st.c.tm.respHeader)
 	switch {
 	case err == nil:
 		return true

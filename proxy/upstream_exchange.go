@@ -213,8 +213,13 @@ type upHeadBuilder struct {
 }
 
 func (b *upHeadBuilder) start(method, path, authority string, n int) {
+	b.startIn(method, path, authority, make([]hfield, 0, n))
+}
+
+// startIn is start with the fields appended to fields[:0].
+func (b *upHeadBuilder) startIn(method, path, authority string, fields []hfield) {
 	b.req = reqHead{method: bstr(method), target: bstr(path), host: bstr(authority), contentLength: -1}
-	b.req.fields = make([]hfield, 0, n)
+	b.req.fields = fields[:0]
 }
 
 // add adds one field (a pseudo-field is not passed).

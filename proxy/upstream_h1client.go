@@ -354,17 +354,36 @@ func peekIdle(nc net.Conn) idleState {
 
 // peekRaw is peekIdle with the socket's RawConn at hand.
 func peekRaw(raw syscall.RawConn) idleState {
-	state := idleClosed
-	_ = raw.Control(func(fd uintptr) {
-		n, err := peekByte(fd)
-		switch {
-		case err == syscall.EAGAIN || err == syscall.EWOULDBLOCK:
-			state = idleSilent
-		case err == nil && n > 0:
-			state = idleBytes
-		}
-	})
+	o := peekOps.Get().(*peekOp)
+	o.state = idleClosed
+	_ = raw.Control(o.fn)
+	state := o.state
+	peekOps.Put(o)
 	return state
+}
+
+// peekOp is one peek's result, with its Control callback made once (a
+// closure per peek, capturing the result, cost two heap allocations
+// per reuse).
+type peekOp struct {
+	state idleState
+	fn    func(fd uintptr)
+}
+
+var peekOps = sync.Pool{New: func() any {
+	o := new(peekOp)
+	o.fn = o.peek
+	return o
+}}
+
+func (o *peekOp) peek(fd uintptr) {
+	n, err := peekByte(fd)
+	switch {
+	case err == syscall.EAGAIN || err == syscall.EWOULDBLOCK:
+		o.state = idleSilent
+	case err == nil && n > 0:
+		o.state = idleBytes
+	}
 }
 
 // tlsQuiet reads what has come on an idle TLS connection through
