@@ -379,20 +379,24 @@ type h2Job struct {
 // HTTP/2 CPU in the bench's profile); a worker's has grown already.
 // A worker waits on its own channel, with no timer: waiting in a select
 // on a shared channel and a per-worker timer, reset for every stream,
-// cost 5% of the engine's CPU (bench/README.md). One sweep retires the
-// workers idle for h2WorkerIdle; they are at the front.
+// cost 5% of the engine's CPU (bench/README.md). A sweep every
+// h2WorkerIdle retires the workers that were idle at the sweep before
+// (idle for h2WorkerIdle to twice that); they are at the front. A
+// worker notes the sweep count when it goes idle, not the time (a
+// clock read per stream).
 var h2Workers struct {
 	sync.Mutex
 	idle     []*h2Worker
-	sweeping bool // a sweep is scheduled
+	sweeps   uint64 // sweeps so far
+	sweeping bool   // a sweep is scheduled
 }
 
 type h2Worker struct {
 	next  chan h2Job // the next stream; a zero h2Job: retire
-	since time.Time  // idle since
+	sweep uint64     // h2Workers.sweeps when it went idle
 }
 
-// h2WorkerIdle is how long a worker waits for another stream.
+// h2WorkerIdle is how long a worker waits for another stream, at least.
 const h2WorkerIdle = 10 * time.Second
 
 func startStream(j h2Job) {
@@ -414,8 +418,8 @@ func runH2Worker(j h2Job) {
 	for {
 		j.st.run(j.req, j.truncated)
 		j = h2Job{} // holds no finished stream (nor its connection) while idle
-		w.since = time.Now()
 		h2Workers.Lock()
+		w.sweep = h2Workers.sweeps
 		h2Workers.idle = append(h2Workers.idle, w)
 		if !h2Workers.sweeping {
 			h2Workers.sweeping = true
@@ -428,25 +432,25 @@ func runH2Worker(j h2Job) {
 	}
 }
 
-// sweepH2Workers retires the workers idle for h2WorkerIdle, and runs
-// again while any is left.
+// sweepH2Workers retires the workers idle since before the last sweep,
+// and runs again while any is left.
 func sweepH2Workers() {
-	now := time.Now()
 	h2Workers.Lock()
 	defer h2Workers.Unlock()
 	idle := h2Workers.idle
 	i := 0
-	for ; i < len(idle) && now.Sub(idle[i].since) >= h2WorkerIdle; i++ {
+	for ; i < len(idle) && idle[i].sweep < h2Workers.sweeps; i++ {
 		idle[i].next <- h2Job{} // out of the list: nothing else is sent to it
 	}
 	n := copy(idle, idle[i:])
 	clear(idle[n:])
 	h2Workers.idle = idle[:n]
+	h2Workers.sweeps++
 	if n == 0 {
 		h2Workers.sweeping = false
 		return
 	}
-	time.AfterFunc(max(h2WorkerIdle-now.Sub(idle[0].since), time.Second), sweepH2Workers)
+	time.AfterFunc(h2WorkerIdle, sweepH2Workers)
 }
 
 // run proxies the stream's request and ends the stream.
