@@ -27,8 +27,8 @@ import (
 type h2Stream struct {
 	c    *h2Conn
 	id   uint32
-	cond sync.Cond // L = &c.mu: window, queue room, body data, end
-	ctx  context.Context
+	cond sync.Cond       // L = &c.mu: window, queue room, body data, end
+	ctx  context.Context // made by context(); nil until then
 
 	sendWin    int64 // window for DATA to the client
 	recvWin    int64 // window the client may still send into
@@ -68,6 +68,22 @@ func (st *h2Stream) endLocked(err error) {
 	}
 	st.breakUpLocked()
 	st.cond.Broadcast()
+}
+
+// context returns the stream's context, which ends with the stream;
+// made on first use: the own client's streams need one only when they
+// wait for an upstream slot (two allocations per stream otherwise).
+func (st *h2Stream) context() context.Context {
+	c := st.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st.ctx == nil {
+		st.ctx, st.cancel = context.WithCancel(c.ctx)
+		if st.err != nil {
+			st.cancel() // ended already
+		}
+	}
+	return st.ctx
 }
 
 // h2Request is a request's pseudo-header fields and what was checked
@@ -211,7 +227,6 @@ func (c *h2Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	st := &h2Stream{c: c, id: id, sendWin: c.peerInitWin, recvWin: h2StreamWindow,
 		declared: req.declared, remoteDone: f.StreamEnded(), expect: req.expect && !f.StreamEnded()}
 	st.cond.L = &c.mu
-	st.ctx, st.cancel = context.WithCancel(c.ctx)
 	c.streams[id] = st
 	c.busyLocked()
 	c.handlers.Add(1)
@@ -358,37 +373,85 @@ type h2Job struct {
 	truncated bool
 }
 
-// h2Idle hands a new stream to a worker that finished its last one.
-// A new goroutine's stack grows by copying several times on its way
-// through a request (10% of HTTP/2 CPU in the bench's profile); a
-// worker's has grown already. Unbuffered: a stream goes to a worker
-// only if one is waiting, else to a new goroutine.
-var h2Idle = make(chan h2Job)
+// h2Workers are the goroutines that finished a stream and wait for the
+// next, the most recently idle last: a new stream goes to the last one
+// (its stack is warm), else to a new goroutine. A new goroutine's stack
+// grows by copying several times on its way through a request (10% of
+// HTTP/2 CPU in the bench's profile); a worker's has grown already.
+// A worker waits on its own channel, with no timer: waiting in a select
+// on a shared channel and a per-worker timer, reset for every stream,
+// cost 5% of the engine's CPU (bench/README.md). A sweep every
+// h2WorkerIdle retires the workers that were idle at the sweep before
+// (idle for h2WorkerIdle to twice that); they are at the front. A
+// worker notes the sweep count when it goes idle, not the time (a
+// clock read per stream).
+var h2Workers struct {
+	sync.Mutex
+	idle     []*h2Worker
+	sweeps   uint64 // sweeps so far
+	sweeping bool   // a sweep is scheduled
+}
 
-// h2WorkerIdle is how long a worker waits for another stream.
+type h2Worker struct {
+	next  chan h2Job // the next stream; a zero h2Job: retire
+	sweep uint64     // h2Workers.sweeps when it went idle
+}
+
+// h2WorkerIdle is how long a worker waits for another stream, at least.
 const h2WorkerIdle = 10 * time.Second
 
 func startStream(j h2Job) {
-	select {
-	case h2Idle <- j:
-	default:
-		go h2Worker(j)
+	h2Workers.Lock()
+	if n := len(h2Workers.idle); n > 0 {
+		w := h2Workers.idle[n-1]
+		h2Workers.idle[n-1] = nil
+		h2Workers.idle = h2Workers.idle[:n-1]
+		h2Workers.Unlock()
+		w.next <- j // buffered: the worker is waiting for it, or about to
+		return
 	}
+	h2Workers.Unlock()
+	go runH2Worker(j)
 }
 
-func h2Worker(j h2Job) {
-	t := time.NewTimer(h2WorkerIdle)
-	defer t.Stop()
+func runH2Worker(j h2Job) {
+	w := &h2Worker{next: make(chan h2Job, 1)}
 	for {
 		j.st.run(j.req, j.truncated)
 		j = h2Job{} // holds no finished stream (nor its connection) while idle
-		t.Reset(h2WorkerIdle)
-		select {
-		case j = <-h2Idle:
-		case <-t.C:
+		h2Workers.Lock()
+		w.sweep = h2Workers.sweeps
+		h2Workers.idle = append(h2Workers.idle, w)
+		if !h2Workers.sweeping {
+			h2Workers.sweeping = true
+			time.AfterFunc(h2WorkerIdle, sweepH2Workers)
+		}
+		h2Workers.Unlock()
+		if j = <-w.next; j.st == nil {
 			return
 		}
 	}
+}
+
+// sweepH2Workers retires the workers idle since before the last sweep,
+// and runs again while any is left.
+func sweepH2Workers() {
+	h2Workers.Lock()
+	defer h2Workers.Unlock()
+	idle := h2Workers.idle
+	i := 0
+	for ; i < len(idle) && idle[i].sweep < h2Workers.sweeps; i++ {
+		idle[i].next <- h2Job{} // out of the list: nothing else is sent to it
+	}
+	n := copy(idle, idle[i:])
+	clear(idle[n:])
+	h2Workers.idle = idle[:n]
+	h2Workers.sweeps++
+	if n == 0 {
+		h2Workers.sweeping = false
+		return
+	}
+	time.AfterFunc(h2WorkerIdle, sweepH2Workers)
 }
 
 // run proxies the stream's request and ends the stream.
@@ -464,12 +527,6 @@ func (st *h2Stream) serve(in h2Request) {
 		st.logOwn(rs, in, began)
 		return
 	}
-	if rs.hsts != "" {
-		st.Header().Set("Strict-Transport-Security", rs.hsts)
-	}
-	if v := s.altSvc(rs); v != "" {
-		st.Header().Set("Alt-Svc", v)
-	}
 	if !st.holdUpstream(rs) {
 		return
 	}
@@ -480,9 +537,10 @@ func (st *h2Stream) serve(in h2Request) {
 			up = failedUpstream(err) // every upstream failed: name the last one tried
 		}
 		if err != nil {
+			st.ownFields(rs)
 			st.failNative(rs, in, up, err)
 		}
-		if s.access != nil {
+		if s.accessOn() {
 			st.end() // the duration logged includes the last frame queued
 			st.logNative(rs, in, up, began)
 		}
@@ -491,6 +549,7 @@ func (st *h2Stream) serve(in h2Request) {
 	// h2c:// upstreams (and https:// ones after a reload moved this
 	// connection's route): net/http's Transport through the route's
 	// RoundTrip (balancing, retries, PROXY-protocol pinning)
+	st.ownFields(rs)
 	u, err := url.ParseRequestURI(in.path)
 	if err != nil {
 		st.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -505,7 +564,7 @@ func (st *h2Stream) serve(in h2Request) {
 		RemoteAddr: c.addr, RequestURI: in.path, TLS: c.tls,
 	}
 	st.upstreamRequest(r, rs, in)
-	ctx := st.ctx
+	ctx := st.context()
 	var a *accessRecord
 	if s.access != nil {
 		a = accessPool.Get().(*accessRecord)
@@ -535,11 +594,28 @@ func (st *h2Stream) serve(in h2Request) {
 	}
 }
 
+// ownFields puts the route's HSTS and Alt-Svc into the header of what
+// gatehouse answers itself past the 421 check (503, 502/504) and of
+// the Transport path's responses; the own client's responses get them
+// in sendRespHead. Only then: a header map made for every stream was
+// 3% of the engine's CPU (bench/README.md).
+func (st *h2Stream) ownFields(rs *routeState) {
+	if rs.hsts != "" {
+		st.Header().Set("Strict-Transport-Security", rs.hsts)
+	}
+	if v := st.c.s.altSvc(rs); v != "" {
+		st.Header().Set("Alt-Svc", v)
+	}
+}
+
 // holdUpstream takes one of the connection's upstream slots
 // (policy_limits.go) for the stream's exchange; false when none came free
 // in time (answered 503) or the stream ended while it waited.
 func (st *h2Stream) holdUpstream(rs *routeState) bool {
-	err := st.c.rc.upLimit.acquire(st.ctx, st.c.tm.respHeader)
+	if st.c.rc.upLimit.take() {
+		return true
+	}
+	err := st.c.rc.upLimit.acquire(st.context(), st.c.tm.respHeader)
 	switch {
 	case err == nil:
 		return true
@@ -547,6 +623,7 @@ func (st *h2Stream) holdUpstream(rs *routeState) bool {
 		rs.metrics.none[classOf(http.StatusServiceUnavailable)].Inc()
 		rs.log.Warn("client connection holds too many upstream exchanges; request refused",
 			"client", st.c.addr, "limit", maxUpstreamPerConn)
+		st.ownFields(rs)
 		st.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		st.WriteHeader(http.StatusServiceUnavailable)
 		_, _ = st.Write([]byte("503 Service Unavailable: too many requests in progress on this connection\n"))

@@ -23,3 +23,12 @@ func peekByte(fd uintptr) (int, error) {
 	n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 	return n, err
 }
+
+type sendReader struct {
+	rawReader
+	send []byte
+}
+
+func (r *sendReader) writeFirst(b []byte) { panic("sendReader without Linux") }
+
+func (r *sendReader) Read(p []byte) (int, error) { panic("sendReader without Linux") }

@@ -174,6 +174,14 @@ type accessEntry struct {
 }
 
 // writeAccess writes e to the access log (if there is one).
+// accessOn reports whether an access line would be written: an access
+// logger, at a level that lets Info through ([log] level = "warn" does
+// not). Checked before the line's fields are gathered (and the stream
+// ended early for its duration), as the bench's configuration has it.
+func (s *Server) accessOn() bool {
+	return s.access != nil && s.access.Enabled(context.Background(), slog.LevelInfo)
+}
+
 func (s *Server) writeAccess(e *accessEntry) {
 	if s.access == nil {
 		return

@@ -92,15 +92,20 @@ func exchangeUp(rs *routeState, cl upClient, q *upRequest) (*upstream, error) {
 			up.active.Add(-1)
 			return up, context.Canceled
 		}
-		err = uc.write(q.out)
-		if err == nil && q.stream {
-			err = cl.sendBody(uc, q.bodyLen)
-		}
 		var resp *h1wire.ResponseHead
+		if !q.stream && uc.writeWithRead(q.out) {
+			// the request goes out with the first read of the answer
+			resp, err = uc.readHead(time.Now().Add(q.respHeader))
+		} else {
+			err = uc.write(q.out)
+			if err == nil && q.stream {
+				err = cl.sendBody(uc, q.bodyLen)
+			}
+		}
 		early := false
-		// (uc.write and copyBodyUp return the *upWriteError itself: a
-		// type check, where errors.As would cost an allocation per
-		// exchange)
+		// (uc.write, copyBodyUp and sendReader return the *upWriteError
+		// itself: a type check, where errors.As would cost an
+		// allocation per exchange)
 		if _, ok := err.(*upWriteError); ok {
 			// the upstream may have answered and closed before taking
 			// the whole request (a 413, a redirect): relay that answer
@@ -109,7 +114,7 @@ func exchangeUp(rs *routeState, cl upClient, q *upRequest) (*upstream, error) {
 			if r, rerr := uc.readHead(time.Now().Add(q.respHeader)); rerr == nil {
 				resp, err, early = r, nil, true
 			}
-		} else if err == nil {
+		} else if err == nil && resp == nil {
 			resp, err = uc.readHead(time.Now().Add(q.respHeader))
 		}
 		for err == nil && resp.Status < 200 {
@@ -210,8 +215,13 @@ type upHeadBuilder struct {
 }
 
 func (b *upHeadBuilder) start(method, path, authority string, n int) {
+	b.startIn(method, path, authority, make([]h1wire.Field, 0, n))
+}
+
+// startIn is start with the fields appended to fields[:0].
+func (b *upHeadBuilder) startIn(method, path, authority string, fields []h1wire.Field) {
 	b.req = h1wire.RequestHead{Method: bstr(method), Target: bstr(path), Host: bstr(authority), ContentLength: -1}
-	b.req.Fields = make([]h1wire.Field, 0, n)
+	b.req.Fields = fields[:0]
 }
 
 // add adds one field (a pseudo-field is not passed).

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"strconv"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -28,9 +29,9 @@ func bstr(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 func (c *h2Conn) fwdFor(host string) *fwdInfo { return fwdCached(&c.fwdUp, c.addr, host) }
 
 // upHead is the request as appendUpstreamHead writes it (upHeadBuilder).
-func (st *h2Stream) upHead(in h2Request) h1wire.RequestHead {
+func (st *h2Stream) upHead(in h2Request, fields []h1wire.Field) h1wire.RequestHead {
 	var b upHeadBuilder
-	b.start(in.method, in.path, in.authority, len(in.fields))
+	b.startIn(in.method, in.path, in.authority, fields)
 	for _, f := range in.fields {
 		if !f.IsPseudo() {
 			b.add(f.Name, f.Value)
@@ -38,6 +39,10 @@ func (st *h2Stream) upHead(in h2Request) h1wire.RequestHead {
 	}
 	return b.finish(in.endStream || in.declared == 0)
 }
+
+// upFields are field lists for upHead: one allocated per stream was one
+// of the engine's allocations per request.
+var upFields = sync.Pool{New: func() any { f := make([]h1wire.Field, 0, 32); return &f }}
 
 // attach makes uc the stream's upstream connection: a reset of the
 // stream then breaks off its reads and writes at once. false: the
@@ -75,7 +80,13 @@ func (st *h2Stream) breakUpLocked() {
 // caller answers it (failNative).
 func (st *h2Stream) forward(rs *routeState, in h2Request) (*upstream, error) {
 	c := st.c
-	req := st.upHead(in)
+	fp := upFields.Get().(*[]h1wire.Field)
+	req := st.upHead(in, *fp)
+	defer func() {
+		clear(req.Fields) // they view the request's strings
+		*fp = req.Fields[:0]
+		upFields.Put(fp)
+	}()
 	fwd := c.fwdFor(in.authority)
 	bodyLen, stream := int64(0), false
 	if !in.endStream && in.declared != 0 {
@@ -323,7 +334,7 @@ func (st *h2Stream) logNative(rs *routeState, in h2Request, up *upstream, began 
 // HTTP/3 log those too. What the log names is what passed
 // the checks: a malformed :path or :authority is not written as is.
 func (st *h2Stream) logOwn(rs *routeState, in h2Request, began time.Time) {
-	if st.c.s.access == nil {
+	if !st.c.s.accessOn() {
 		return
 	}
 	st.end()

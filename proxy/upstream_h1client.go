@@ -183,7 +183,7 @@ func releaseUpPool(p *upPool) {
 // upConn is one connection to an upstream.
 type upConn struct {
 	nc       net.Conn    // what exchanges read and write: raw, or tc over it
-	rr       rawReader   // plain TCP: reads and writes without the runtime's syscall bookkeeping (engine_rawio_linux.go); rr.rc nil otherwise
+	rr       sendReader  // plain TCP: reads and writes without the runtime's syscall bookkeeping (engine_rawio_linux.go); rr.rc nil otherwise
 	raw      net.Conn    // the TCP connection (its socket is what the idle watch sees)
 	tc       *tls.Conn   // https:// upstreams; nil: plain TCP
 	pool     *upPool     // nil: pinned to a client connection (PROXY protocol), never pooled
@@ -304,7 +304,13 @@ func (c *upConn) reuse() bool {
 // RFC 8446 4.6) sent after the last response: crypto/tls consumes
 // those, and only application data (or the connection's end) counts.
 func (c *upConn) quiet() bool {
-	switch peekIdle(c.raw) {
+	var st idleState
+	if c.rr.rc != nil {
+		st = peekRaw(c.rr.rc) // plain TCP: the RawConn kept since the dial
+	} else {
+		st = peekIdle(c.raw)
+	}
+	switch st {
 	case idleSilent:
 		return true
 	case idleClosed:
@@ -344,17 +350,41 @@ func peekIdle(nc net.Conn) idleState {
 	if err != nil {
 		return idleClosed
 	}
-	state := idleClosed
-	_ = raw.Control(func(fd uintptr) {
-		n, err := peekByte(fd)
-		switch {
-		case err == syscall.EAGAIN || err == syscall.EWOULDBLOCK:
-			state = idleSilent
-		case err == nil && n > 0:
-			state = idleBytes
-		}
-	})
+	return peekRaw(raw)
+}
+
+// peekRaw is peekIdle with the socket's RawConn at hand.
+func peekRaw(raw syscall.RawConn) idleState {
+	o := peekOps.Get().(*peekOp)
+	o.state = idleClosed
+	_ = raw.Control(o.fn)
+	state := o.state
+	peekOps.Put(o)
 	return state
+}
+
+// peekOp is one peek's result, with its Control callback made once (a
+// closure per peek, capturing the result, cost two heap allocations
+// per reuse).
+type peekOp struct {
+	state idleState
+	fn    func(fd uintptr)
+}
+
+var peekOps = sync.Pool{New: func() any {
+	o := new(peekOp)
+	o.fn = o.peek
+	return o
+}}
+
+func (o *peekOp) peek(fd uintptr) {
+	n, err := peekByte(fd)
+	switch {
+	case err == syscall.EAGAIN || err == syscall.EWOULDBLOCK:
+		o.state = idleSilent
+	case err == nil && n > 0:
+		o.state = idleBytes
+	}
 }
 
 // tlsQuiet reads what has come on an idle TLS connection through
@@ -511,6 +541,7 @@ func (p *upPool) idleCount() int {
 // from an upstream that sends what nobody asked for: closed, not kept.
 func (c *upConn) done(reusable bool) {
 	c.recv, c.garbled, c.n1xx = false, false, 0
+	c.rr.send = nil // a request deferred to a read that never came is not sent later
 	if reusable && c.tc != nil && c.br.Buffered() == 0 {
 		// crypto/tls may hold records read from the socket with the
 		// response's last bytes: the socket is quiet then, and the
@@ -563,6 +594,19 @@ func (c *upConn) write(b []byte) error {
 		return &upWriteError{err}
 	}
 	return nil
+}
+
+// writeWithRead has the next readHead write b (the whole request) just
+// before it reads, in one call to the runtime (sendReader): one read
+// syscall per exchange instead of two. Plain TCP only, with nothing
+// buffered (readHead reads at once); false: write b with write.
+// A failed write is readHead's *upWriteError.
+func (c *upConn) writeWithRead(b []byte) bool {
+	if c.rr.rc == nil || c.br.Buffered() > 0 {
+		return false
+	}
+	c.rr.writeFirst(b)
+	return true
 }
 
 // readHead reads and parses a response head from c, until deadline
