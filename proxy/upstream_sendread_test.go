@@ -143,3 +143,38 @@ func TestSendReaderPartialWrite(t *testing.T) {
 		t.Fatalf("the peer got %d bytes, not the %d written (or not in order)", len(b), len(msg))
 	}
 }
+
+// An upstream that promises keep-alive and then closes the connection
+// a moment after each answer — before the idle watch begins, while the
+// next request is being sent, or after — never costs a client its
+// request: a request on a reused connection that dies before any byte
+// of an answer is sent again on a fresh one (the write that rides on
+// the answer's read included: sendReader). Every client protocol, the
+// close at several delays around the next request's start.
+func TestUpstreamClosedJustBeforeReuse(t *testing.T) {
+	for _, delay := range []time.Duration{0, time.Millisecond, 3 * time.Millisecond, 10 * time.Millisecond} {
+		up := startRawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+			if _, err := http.ReadRequest(br); err != nil {
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			time.Sleep(delay)
+		})
+		w := startH1World(t, up.url())
+		for _, proto := range []string{"h1", "h2", "h3"} {
+			cl := w.clientOf(proto)
+			for i := range 30 {
+				res, err := cl.Get("https://web.test/")
+				if err != nil {
+					t.Fatalf("%s, close %v after each answer, request %d: %v", proto, delay, i, err)
+				}
+				b, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				if res.StatusCode != 200 || string(b) != "ok" {
+					t.Fatalf("%s, close %v after each answer, request %d: %d %q", proto, delay, i, res.StatusCode, b)
+				}
+				time.Sleep(time.Duration(i%4) * time.Millisecond)
+			}
+		}
+	}
+}
