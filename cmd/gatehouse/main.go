@@ -300,6 +300,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	log := newLogger(cfg.Log, stderr)
 	slog.SetDefault(log)
+	applyMemoryLimit(log, os.Getenv, "/sys/fs/cgroup", "/proc/self/cgroup")
 	in, err := start(cfg, startOptions{logger: log})
 	if err != nil {
 		fmt.Fprintln(stderr, "gatehouse:", err)
