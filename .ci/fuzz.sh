@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Short fuzz runs of the hand-written protocol code (issue 11): each
-# target alone, one package at a time, FUZZTIME each (default 15s).
-# A crasher is written by go to proxy/testdata/fuzz/<Target>/ and the
-# run fails; commit that file with the fix (it stays a seed).
+# target alone, in its own package, FUZZTIME each (default 15s).
+# A crasher is written by go to <package>/testdata/fuzz/<Target>/ and
+# the run fails; commit that file with the fix (it stays a seed).
 # Longer by hand: FUZZTIME=3m .ci/fuzz.sh   (or one target: .ci/fuzz.sh FuzzH2Frames)
 #
 # Go 1.26's fuzz coordinator can end a clean run with a bare "context
@@ -13,16 +13,29 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fuzztime="${FUZZTIME:-15s}"
+# every target and the package it lives in, in the order they run
+declare -A pkg=(
+	[FuzzReqHead]=./proxy/internal/h1wire/
+	[FuzzRespHead]=./proxy/internal/h1wire/
+	[FuzzChunked]=./proxy/internal/h1wire/
+	[FuzzH2Frames]=./proxy/
+)
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
 	targets=(FuzzReqHead FuzzRespHead FuzzChunked FuzzH2Frames)
 fi
+for t in "${targets[@]}"; do
+	if [ -z "${pkg[$t]:-}" ]; then
+		echo "fuzz.sh: unknown target $t (known: ${!pkg[*]})" >&2
+		exit 2
+	fi
+done
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 for t in "${targets[@]}"; do
-	echo "-- $t ($fuzztime)"
+	echo "-- $t in ${pkg[$t]} ($fuzztime)"
 	rc=0
-	go test -run '^$' -fuzz "^${t}\$" -fuzztime "$fuzztime" -parallel 2 ./proxy/ >"$log" 2>&1 || rc=$?
+	go test -run '^$' -fuzz "^${t}\$" -fuzztime "$fuzztime" -parallel 2 "${pkg[$t]}" >"$log" 2>&1 || rc=$?
 	tail -n 3 "$log"
 	if [ "$rc" -ne 0 ]; then
 		if grep -q 'context deadline exceeded' "$log" && ! grep -q 'Failing input written' "$log" &&

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gatehouse-proxy/gatehouse/proxy/internal/h1wire"
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
@@ -69,9 +70,9 @@ type h1conn struct {
 	rc    *replayConn
 	state atomic.Int32
 
-	br   bufReader // pooled while a request is read; nil buffer when idle
-	tiny [1]byte   // the idle wait reads into this, not into a buffer
-	req  reqHead
+	br   h1wire.BufReader // pooled while a request is read; nil buffer when idle
+	tiny [1]byte          // the idle wait reads into this, not into a buffer
+	req  h1wire.RequestHead
 	fwd  fwdInfo
 	outp *[]byte // pooled output buffer (upstream head, client response)
 
@@ -128,7 +129,7 @@ func (s *Server) serveH1(tc *tls.Conn, rc *replayConn) {
 	// the client's socket is read without the runtime's syscall
 	// bookkeeping from here on (engine_rawio_linux.go)
 	rc.rawRead = rawConnOf(rc.Conn)
-	c.br.src = tc
+	c.br.Src = tc
 	if !s.h1.add(c) {
 		tc.Close()
 		return
@@ -145,11 +146,11 @@ func (c *h1conn) loop() {
 		case h1Next:
 		case h1Handoff:
 			// what a request grew goes too; the next one regrows it
-			c.req.fields, c.req.conn = nil, nil
+			c.req.Fields, c.req.Conn = nil, nil
 			go c.loop()
 			return
 		default:
-			c.br.release()
+			c.br.Release()
 			if c.pinned != nil {
 				c.pinned.close()
 			}
@@ -195,7 +196,7 @@ var errClientLeft = errors.New("client closed the connection while waiting for t
 
 // readHead reads the upstream's response head until limit, checking
 // the client every watchEvery.
-func (c *h1conn) readHead(uc *upConn, limit time.Time) (*respHead, error) {
+func (c *h1conn) readHead(uc *upConn, limit time.Time) (*h1wire.ResponseHead, error) {
 	for {
 		d := time.Now().Add(watchEvery)
 		if limit.Before(d) {
@@ -217,12 +218,12 @@ func (c *h1conn) readHead(uc *upConn, limit time.Time) (*respHead, error) {
 // request stays there for later), waiting at most a millisecond: a
 // socket-level peek cannot tell TLS 1.3's close_notify from data.
 func (c *h1conn) clientGone() bool {
-	if c.br.pb == nil || c.br.w == len(c.br.buf) {
+	if !c.br.Held() || c.br.W == len(c.br.Buf) {
 		return false // nothing to read into: assume it is there
 	}
 	_ = c.tc.SetReadDeadline(time.Now().Add(time.Millisecond))
-	n, err := c.tc.Read(c.br.buf[c.br.w:])
-	c.br.w += n
+	n, err := c.tc.Read(c.br.Buf[c.br.W:])
+	c.br.W += n
 	return n == 0 && err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
 }
 
@@ -245,7 +246,7 @@ const idleHandoff = time.Second
 
 func (c *h1conn) out() []byte {
 	if c.outp == nil {
-		c.outp = getBuf(&smallBufs)
+		c.outp = h1wire.GetBuf(&smallBufs)
 	}
 	return (*c.outp)[:0]
 }
@@ -258,7 +259,7 @@ func (c *h1conn) putOut(ob []byte) {
 	if cap(ob) <= maxKept && cap(ob) >= smallBuf {
 		*c.outp = ob[:0]
 	}
-	putBuf(&smallBufs, c.outp)
+	h1wire.PutBuf(&smallBufs, c.outp)
 	c.outp = nil
 }
 
@@ -267,8 +268,8 @@ func (c *h1conn) putOut(ob []byte) {
 func (c *h1conn) serveOne() int {
 	snap := c.s.state.Load()
 	c.sendTO = snap.tm.send
-	if c.br.buffered() == 0 {
-		c.br.release()
+	if c.br.Buffered() == 0 {
+		c.br.Release()
 		c.state.Store(h1Idle)
 		if c.s.closed.Load() {
 			return h1Done
@@ -300,9 +301,9 @@ func (c *h1conn) serveOne() int {
 		if !c.state.CompareAndSwap(h1Idle, h1Active) || n == 0 {
 			return h1Done
 		}
-		c.br.take(&smallBufs)
-		c.br.buf[0] = c.tiny[0]
-		c.br.w = 1
+		c.br.Take(&smallBufs)
+		c.br.Buf[0] = c.tiny[0]
+		c.br.W = 1
 		// the config of now, not of when the wait began: a reload
 		// while the connection was idle applies to this request
 		snap = c.s.state.Load()
@@ -313,43 +314,43 @@ func (c *h1conn) serveOne() int {
 	var end int
 	for {
 		var err error
-		end, scan, err = headEnd(c.br.buf[c.br.r:c.br.w], scan)
+		end, scan, err = h1wire.HeadEnd(c.br.Buf[c.br.R:c.br.W], scan)
 		if err != nil {
-			c.req.reset() // nothing of this request was parsed: log none of the last one's
+			c.req.Reset() // nothing of this request was parsed: log none of the last one's
 			c.refuse(snap, err)
 			return h1Done
 		}
 		if end > 0 {
 			break
 		}
-		if c.br.buffered() > maxHeaderBytes {
-			c.req.reset()
+		if c.br.Buffered() > maxHeaderBytes {
+			c.req.Reset()
 			c.refuse(snap, errHeadTooLarge)
 			return h1Done
 		}
-		if err := c.br.fill(); err != nil {
-			if err != errBufFull {
+		if err := c.br.Fill(); err != nil {
+			if err != h1wire.ErrBufFull {
 				return h1Done // closed, reset, or read_header ran out: net/http closes too
 			}
-			if len(c.br.buf) >= largeBuf {
-				c.req.reset()
+			if len(c.br.Buf) >= largeBuf {
+				c.req.Reset()
 				c.refuse(snap, errHeadTooLarge)
 				return h1Done
 			}
-			c.br.grow(&largeBufs)
+			c.br.Grow(&largeBufs)
 		}
 	}
 	began := time.Now()
-	if err := c.req.parse(c.br.buf[c.br.r : c.br.r+end]); err != nil {
+	if err := c.req.Parse(c.br.Buf[c.br.R : c.br.R+end]); err != nil {
 		c.refuse(snap, err)
 		return h1Done
 	}
-	c.br.r += end
+	c.br.R += end
 	// the parsed head aliases the read buffer, which a streamed body
 	// reuses: what a log line names is copied now (defect: body bytes
 	// logged as the method and path)
-	c.ident = append(append(c.ident[:0], c.req.method...), c.req.target...)
-	c.identMethod = len(c.req.method)
+	c.ident = append(append(c.ident[:0], c.req.Method...), c.req.Target...)
+	c.identMethod = len(c.req.Method)
 	if !c.serveRequest(snap, began) {
 		return h1Done
 	}
@@ -363,21 +364,21 @@ func (c *h1conn) serveOne() int {
 func (c *h1conn) refuse(snap *snapshot, err error) {
 	began := time.Now()
 	status, msg := 400, err.Error()
-	var pe *parseError
+	var pe *h1wire.ParseError
 	if errors.As(err, &pe) {
-		status = pe.status
+		status = pe.Status
 	}
 	c.s.log.Debug("refusing HTTP/1.1 request", "sni", c.rc.hello.ServerName, "remote", c.remote, "status", status, "error", msg)
 	var lg reqLog
 	if c.s.access != nil {
-		if isTokenBytes(c.req.method) {
-			lg.method = string(c.req.method)
+		if h1wire.IsToken(c.req.Method) {
+			lg.method = string(c.req.Method)
 		}
-		if validTarget(c.req.target) {
-			lg.path = logPath(string(c.req.target))
+		if h1wire.ValidTarget(c.req.Target) {
+			lg.path = logPath(string(c.req.Target))
 		}
-		if validHost(c.req.host) {
-			lg.host = string(c.req.host)
+		if validHost(c.req.Host) {
+			lg.host = string(c.req.Host)
 		}
 		lg.proto = "HTTP/1.1"
 	}
@@ -407,12 +408,12 @@ const (
 // instead of its 431). net/http waits the same 500 ms.
 func (c *h1conn) linger() {
 	_ = c.tc.CloseWrite()
-	if c.br.pb == nil {
+	if !c.br.Held() {
 		return
 	}
 	_ = c.tc.SetReadDeadline(time.Now().Add(lingerTime))
 	for n := 0; n < lingerBytes; {
-		m, err := c.tc.Read(c.br.buf)
+		m, err := c.tc.Read(c.br.Buf)
 		n += m
 		if err != nil {
 			return
@@ -431,7 +432,7 @@ var lingerBodyTime = 30 * time.Second
 // can finish sending and read the answer instead of meeting a reset.
 func (c *h1conn) lingerBody() {
 	_ = c.tc.CloseWrite()
-	if c.br.pb == nil {
+	if !c.br.Held() {
 		return
 	}
 	end := time.Now().Add(lingerBodyTime)
@@ -441,7 +442,7 @@ func (c *h1conn) lingerBody() {
 			d = end
 		}
 		_ = c.tc.SetReadDeadline(d)
-		if _, err := c.tc.Read(c.br.buf); err != nil {
+		if _, err := c.tc.Read(c.br.Buf); err != nil {
 			return
 		}
 	}
@@ -475,24 +476,18 @@ func statusText(code int) string {
 
 // appendSimple appends a complete plain-text response of gatehouse's own.
 func appendSimple(ob []byte, status int, body string, close bool, hsts string) []byte {
-	ob = append(ob, "HTTP/1.1 "...)
-	ob = strconv.AppendInt(ob, int64(status), 10)
-	ob = append(ob, ' ')
-	ob = append(ob, statusText(status)...)
-	ob = append(ob, "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nDate: "...)
-	ob = append(ob, httpDate()...)
-	ob = append(ob, "\r\n"...)
+	ob = h1wire.AppendStatus(ob, status, statusText(status))
+	ob = h1wire.AppendField(ob, "Content-Type", "text/plain; charset=utf-8")
+	ob = h1wire.AppendField(ob, "X-Content-Type-Options", "nosniff")
+	ob = h1wire.AppendField(ob, "Date", httpDate())
 	if hsts != "" {
-		ob = append(ob, "Strict-Transport-Security: "...)
-		ob = append(ob, hsts...)
-		ob = append(ob, "\r\n"...)
+		ob = h1wire.AppendField(ob, "Strict-Transport-Security", hsts)
 	}
 	if close {
-		ob = append(ob, "Connection: close\r\n"...)
+		ob = h1wire.AppendField(ob, "Connection", "close")
 	}
-	ob = append(ob, "Content-Length: "...)
-	ob = strconv.AppendInt(ob, int64(len(body)), 10)
-	ob = append(ob, "\r\n\r\n"...)
+	ob = h1wire.AppendContentLength(ob, int64(len(body)))
+	ob = h1wire.AppendEndOfHead(ob)
 	return append(ob, body...)
 }
 
@@ -523,7 +518,7 @@ func (c *h1conn) routeFor(snap *snapshot) (*routeState, bool) {
 // Host must be a name of the connection's route. The last accepted host is remembered, so a
 // keep-alive connection pays the check once.
 func (c *h1conn) hostOK(rs *routeState) bool {
-	h := c.req.host
+	h := c.req.Host
 	// routes.CanonicalHost without allocating: port and final dot off, lower case
 	if i := lastColon(h); i >= 0 && h[len(h)-1] != ']' {
 		h = h[:i]
@@ -583,10 +578,10 @@ type reqLog struct {
 
 func (c *h1conn) logInfo() reqLog {
 	proto := "HTTP/1.1"
-	if c.req.minor == 0 {
+	if c.req.Minor == 0 {
 		proto = "HTTP/1.0"
 	}
-	return reqLog{method: string(c.req.method), host: string(c.req.host), path: logPath(string(c.req.target)), proto: proto}
+	return reqLog{method: string(c.req.Method), host: string(c.req.Host), path: logPath(string(c.req.Target)), proto: proto}
 }
 
 // logMethod and logTarget are the request's method and target as
@@ -611,9 +606,9 @@ type exchange struct {
 // serveRequest serves the request parsed into c.req.
 func (c *h1conn) serveRequest(snap *snapshot, began time.Time) bool {
 	rs, closeAfter := c.routeFor(snap)
-	x := exchange{rs: rs, head: string(c.req.method) == "HEAD",
-		closeAfter: closeAfter || c.req.close || c.s.closed.Load(),
-		bodyLeft:   c.req.contentLength > 0 || c.req.chunked}
+	x := exchange{rs: rs, head: string(c.req.Method) == "HEAD",
+		closeAfter: closeAfter || c.req.Close || c.s.closed.Load(),
+		bodyLeft:   c.req.ContentLength > 0 || c.req.Chunked}
 	var lg reqLog
 	if c.s.access != nil {
 		lg = c.logInfo()
@@ -715,7 +710,7 @@ func (c *h1conn) release(x *exchange, reusable bool) {
 		return
 	}
 	x.uc = nil
-	if uc.pool == nil && (!reusable || uc.br.buffered() != 0) {
+	if uc.pool == nil && (!reusable || uc.br.Buffered() != 0) {
 		c.pinned = nil
 	}
 	uc.done(reusable)
@@ -727,33 +722,33 @@ func (c *h1conn) release(x *exchange, reusable bool) {
 func (c *h1conn) proxy(snap *snapshot, x *exchange, ob []byte) []byte {
 	rs := x.rs
 	req := &c.req
-	c.fwd.set(c.remote, req.host)
+	c.fwd.set(c.remote, req.Host)
 
 	// the body goes in the head's write when it is all here already
 	bodyLen := int64(0)
 	inline := false
 	switch {
-	case req.chunked:
+	case req.Chunked:
 		bodyLen = -1
-	case req.contentLength > 0:
-		bodyLen = req.contentLength
-		inline = int64(c.br.buffered()) >= bodyLen && bodyLen <= smallBuf
+	case req.ContentLength > 0:
+		bodyLen = req.ContentLength
+		inline = int64(c.br.Buffered()) >= bodyLen && bodyLen <= smallBuf
 	}
 	ob = appendUpstreamHead(ob, req, &c.fwd, bodyLen)
 	if inline {
-		ob = append(ob, c.br.buf[c.br.r:c.br.r+int(bodyLen)]...)
-		c.br.r += int(bodyLen)
+		ob = append(ob, c.br.Buf[c.br.R:c.br.R+int(bodyLen)]...)
+		c.br.R += int(bodyLen)
 		x.bodyLeft = false
 	}
 	headLen := len(ob)
 	stream := x.bodyLeft                           // a body to stream after the head
-	retryable := !stream && idempotent(req.method) // on a stale pooled connection
-	waitContinue := stream && req.expect100
+	retryable := !stream && idempotent(req.Method) // on a stale pooled connection
+	waitContinue := stream && req.Expect100
 
 	var skip tried
 	var lastErr error
 	retried := false
-	var resp *respHead
+	var resp *h1wire.ResponseHead
 	for {
 		up := rs.bal.pick(skip)
 		if up == nil {
@@ -817,7 +812,7 @@ func (c *h1conn) proxy(snap *snapshot, x *exchange, ob []byte) []byte {
 // 413, a redirect, an auth failure): when writing the request failed
 // and a response head can still be read, that response is relayed, as
 // nginx does, instead of a 502; neither connection is reused after it.
-func (c *h1conn) earlyResponse(snap *snapshot, x *exchange, err error) *respHead {
+func (c *h1conn) earlyResponse(snap *snapshot, x *exchange, err error) *h1wire.ResponseHead {
 	var we *upWriteError
 	if !errors.As(err, &we) {
 		return nil
@@ -826,7 +821,7 @@ func (c *h1conn) earlyResponse(snap *snapshot, x *exchange, err error) *respHead
 	if rerr != nil {
 		return nil
 	}
-	resp.close = true
+	resp.Close = true
 	x.closeAfter = true
 	return resp
 }
@@ -837,7 +832,7 @@ func (c *h1conn) earlyResponse(snap *snapshot, x *exchange, err error) *respHead
 // never read, and the connection closes after). With no answer in
 // time gatehouse sends 100 itself, as net/http's Transport did. It
 // returns a final response head, or nil once the body may be sent.
-func (c *h1conn) awaitContinue(snap *snapshot, x *exchange) (*respHead, error) {
+func (c *h1conn) awaitContinue(snap *snapshot, x *exchange) (*h1wire.ResponseHead, error) {
 	limit := time.Now().Add(snap.tm.respHeader)
 	wait := time.Now().Add(time.Second)
 	if limit.Before(wait) {
@@ -849,11 +844,11 @@ func (c *h1conn) awaitContinue(snap *snapshot, x *exchange) (*respHead, error) {
 		// no answer yet: let the client send
 	case err != nil:
 		return nil, err
-	case resp.status == 100:
+	case resp.Status == 100:
 	default:
 		return resp, nil // a final answer without the body: relay decides
 	}
-	if c.req.minor == 1 {
+	if c.req.Minor == 1 {
 		x.sent100 = true
 		if _, err := c.write([]byte("HTTP/1.1 100 Continue\r\n\r\n")); err != nil {
 			return nil, &clientBodyError{err}
@@ -867,11 +862,11 @@ func (c *h1conn) awaitContinue(snap *snapshot, x *exchange) (*respHead, error) {
 // strictly and re-encoded, so a malformed chunk never reaches the
 // upstream as the start of another request).
 func (c *h1conn) sendBody(snap *snapshot, x *exchange, ob []byte) ([]byte, error) {
-	var f bodyFramer
-	if c.req.chunked {
-		f.init(bodyChunked, 0)
+	var f h1wire.BodyFramer
+	if c.req.Chunked {
+		f.Init(h1wire.BodyChunked, 0)
 	} else {
-		f.init(bodyLength, c.req.contentLength)
+		f.Init(h1wire.BodyLength, c.req.ContentLength)
 	}
 	uc := x.uc
 	flush := func() error {
@@ -883,13 +878,13 @@ func (c *h1conn) sendBody(snap *snapshot, x *exchange, ob []byte) ([]byte, error
 		return err
 	}
 	for {
-		data, err := f.next(&c.br)
+		data, err := f.Next(&c.br)
 		if err != nil {
 			return ob, &clientBodyError{err}
 		}
 		if len(data) > 0 {
-			if c.req.chunked {
-				ob = appendChunk(ob, data)
+			if c.req.Chunked {
+				ob = h1wire.AppendChunk(ob, data)
 			} else {
 				ob = append(ob, data...)
 			}
@@ -900,10 +895,10 @@ func (c *h1conn) sendBody(snap *snapshot, x *exchange, ob []byte) ([]byte, error
 			}
 			continue
 		}
-		if f.done {
+		if f.Done {
 			x.bodyLeft = false
-			if c.req.chunked {
-				ob = append(ob, "0\r\n\r\n"...)
+			if c.req.Chunked {
+				ob = h1wire.AppendLastChunk(ob, nil)
 			}
 			return ob, flush()
 		}
@@ -914,9 +909,9 @@ func (c *h1conn) sendBody(snap *snapshot, x *exchange, ob []byte) ([]byte, error
 		// (nginx's client_body_timeout): a client that sends the head
 		// and then stalls does not hold the upstream connection
 		_ = c.tc.SetReadDeadline(time.Now().Add(snap.tm.clientBody))
-		if err := c.br.fill(); err != nil {
-			if err == errBufFull {
-				err = errBadChunk
+		if err := c.br.Fill(); err != nil {
+			if err == h1wire.ErrBufFull {
+				err = h1wire.ErrBadChunk
 			}
 			return ob, &clientBodyError{err}
 		}
@@ -942,10 +937,10 @@ func (c *h1conn) clientBodyFailed(x *exchange, ob []byte, cbe *clientBodyError) 
 		x.rs.log.Debug("client request body timed out", "client", c.remote)
 		return ob
 	}
-	if errors.Is(cbe.err, errBadChunk) {
+	if errors.Is(cbe.err, h1wire.ErrBadChunk) {
 		x.rs.metrics.none[classOf(400)].Inc()
 		x.status = 400
-		body := "400 Bad Request: " + errBadChunk.Error() + "\n"
+		body := "400 Bad Request: " + h1wire.ErrBadChunk.Error() + "\n"
 		ob = appendSimple(ob, 400, body, true, "")
 		_, _ = c.write(ob)
 		return ob
@@ -998,19 +993,19 @@ func (c *h1conn) fail(x *exchange, ob []byte, err error) []byte {
 // heads, then the final head with hop-by-hop fields removed and the
 // framing the client can read, then the body as it arrives. A response
 // that came whole with its head goes out in one write.
-func (c *h1conn) relay(snap *snapshot, x *exchange, resp *respHead, ob []byte) []byte {
+func (c *h1conn) relay(snap *snapshot, x *exchange, resp *h1wire.ResponseHead, ob []byte) []byte {
 	uc, up := x.uc, x.up
 	// 1xx before the final answer (101 is final here)
-	for resp.status < 200 && resp.status != 101 {
-		if c.req.minor == 1 && !(resp.status == 100 && x.sent100) {
-			ob = c.appendRespHead(ob, x, resp, bodyNone, false)
+	for resp.Status < 200 && resp.Status != 101 {
+		if c.req.Minor == 1 && !(resp.Status == 100 && x.sent100) {
+			ob = c.appendRespHead(ob, x, resp, h1wire.BodyNone, false)
 			if _, err := c.write(ob); err != nil {
 				c.release(x, false)
 				x.closeAfter = true
 				return ob
 			}
 			ob = ob[:0]
-			x.sent100 = x.sent100 || resp.status == 100
+			x.sent100 = x.sent100 || resp.Status == 100
 		}
 		var err error
 		if resp, err = c.readHead(uc, time.Now().Add(snap.tm.respHeader)); err != nil {
@@ -1019,10 +1014,10 @@ func (c *h1conn) relay(snap *snapshot, x *exchange, resp *respHead, ob []byte) [
 		}
 	}
 	up.succeeded()
-	up.reqs[classOf(resp.status)].Inc()
-	x.status = resp.status
-	if resp.status == 101 {
-		if !c.req.upgrade {
+	up.reqs[classOf(resp.Status)].Inc()
+	x.status = resp.Status
+	if resp.Status == 101 {
+		if !c.req.Upgrade {
 			c.release(x, false)
 			return c.fail(x, ob, &upstreamError{up: up, err: errors.New("101 Switching Protocols to a request without Upgrade")})
 		}
@@ -1032,31 +1027,31 @@ func (c *h1conn) relay(snap *snapshot, x *exchange, resp *respHead, ob []byte) [
 		// a final answer before the body was sent (Expect: 100-continue):
 		// the upstream did not read it, so neither connection can be reused
 		x.closeAfter = true
-		resp.close = true
+		resp.Close = true
 	}
 
-	kind, n := resp.bodyKind(x.head)
-	uc.body.init(kind, n)
+	kind, n := resp.BodyKind(x.head)
+	uc.body.Init(kind, n)
 	chunked := false
-	if kind == bodyChunked || kind == bodyClose {
-		if c.req.minor == 1 {
+	if kind == h1wire.BodyChunked || kind == h1wire.BodyClose {
+		if c.req.Minor == 1 {
 			chunked = true
 		} else {
 			x.closeAfter = true // HTTP/1.0: the end of the body is the close
 		}
 	}
 	ob = c.appendRespHead(ob, x, resp, kind, chunked)
-	if kind == bodyLength && n >= bulkMin && len(uc.br.buf) < bulkBuf {
+	if kind == h1wire.BodyLength && n >= bulkMin && len(uc.br.Buf) < bulkBuf {
 		// a large body is read in larger pieces: half the reads per
 		// MiB, and each write to the client carries four full TLS
 		// records (bench/README.md, bulk). Only now: the head's fields
 		// point into the old buffer. The buffer goes back to its pool
 		// with the exchange, like the smaller one.
-		uc.br.grow(&bulkBufs)
+		uc.br.Grow(&bulkBufs)
 	}
 
 	for {
-		data, err := uc.body.next(&uc.br)
+		data, err := uc.body.Next(&uc.br)
 		if err != nil {
 			x.rs.log.Warn("upstream sent a malformed body; response truncated", "upstream", up.Raw, "error", err)
 			return c.abort(x, ob)
@@ -1065,7 +1060,7 @@ func (c *h1conn) relay(snap *snapshot, x *exchange, resp *respHead, ob []byte) [
 			x.bytes += int64(len(data))
 			switch {
 			case chunked:
-				ob = appendChunk(ob, data)
+				ob = h1wire.AppendChunk(ob, data)
 			case len(ob) == 0:
 				// nothing assembled: send from the upstream buffer itself
 				if _, err := c.write(data); err != nil {
@@ -1083,9 +1078,9 @@ func (c *h1conn) relay(snap *snapshot, x *exchange, resp *respHead, ob []byte) [
 			}
 			continue
 		}
-		if uc.body.done {
+		if uc.body.Done {
 			if chunked {
-				ob = appendLastChunk(ob, uc.body.trailers)
+				ob = h1wire.AppendLastChunk(ob, uc.body.Trailers)
 			}
 			break
 		}
@@ -1102,7 +1097,7 @@ func (c *h1conn) relay(snap *snapshot, x *exchange, resp *respHead, ob []byte) [
 			_ = uc.nc.SetReadDeadline(time.Now().Add(watchEvery))
 			uc.deadline = true
 		}
-		if err := uc.br.fill(); err != nil {
+		if err := uc.br.Fill(); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				if c.clientGone() {
 					x.rs.log.Debug("client went away during a streamed response", "upstream", up.Raw, "client", c.remote)
@@ -1111,13 +1106,13 @@ func (c *h1conn) relay(snap *snapshot, x *exchange, resp *respHead, ob []byte) [
 				uc.deadline = false // re-armed above
 				continue
 			}
-			if kind == bodyClose && err == io.EOF {
-				uc.body.done = true
-				resp.close = true
+			if kind == h1wire.BodyClose && err == io.EOF {
+				uc.body.Done = true
+				resp.Close = true
 				continue
 			}
-			if err == errBufFull {
-				err = errBadChunk
+			if err == h1wire.ErrBufFull {
+				err = h1wire.ErrBadChunk
 			}
 			x.rs.log.Warn("upstream read error during body copy; response truncated", "upstream", up.Raw, "error", err)
 			return c.abort(x, ob)
@@ -1128,7 +1123,7 @@ func (c *h1conn) relay(snap *snapshot, x *exchange, resp *respHead, ob []byte) [
 			return c.abort(x, ob)
 		}
 	}
-	c.release(x, !resp.close && kind != bodyClose)
+	c.release(x, !resp.Close && kind != h1wire.BodyClose)
 	return ob
 }
 
@@ -1141,27 +1136,22 @@ func (c *h1conn) abort(x *exchange, ob []byte) []byte {
 }
 
 // appendRespHead appends the client's response head for resp.
-func (c *h1conn) appendRespHead(ob []byte, x *exchange, resp *respHead, kind int, chunked bool) []byte {
-	ob = append(ob, "HTTP/1.1 "...)
-	ob = append(ob, resp.statusLine...)
-	ob = append(ob, "\r\n"...)
+func (c *h1conn) appendRespHead(ob []byte, x *exchange, resp *h1wire.ResponseHead, kind int, chunked bool) []byte {
+	ob = h1wire.AppendStatusLine(ob, resp.StatusLine)
 	hsts := x.rs.hsts
-	upgrade := resp.status == 101
+	upgrade := resp.Status == 101
 	date := false
-	for _, f := range resp.fields {
-		if isRespHop(f.name, resp.conn, chunked) && !(upgrade && eqFold(f.name, "upgrade")) {
+	for _, f := range resp.Fields {
+		if isRespHop(f.Name, resp.Conn, chunked) && !(upgrade && h1wire.EqFold(f.Name, "upgrade")) {
 			continue
 		}
-		if hsts != "" && eqFold(f.name, "strict-transport-security") {
+		if hsts != "" && h1wire.EqFold(f.Name, "strict-transport-security") {
 			continue
 		}
-		date = date || eqFold(f.name, "date")
-		ob = append(ob, f.name...)
-		ob = append(ob, ": "...)
-		ob = append(ob, f.value...)
-		ob = append(ob, "\r\n"...)
+		date = date || h1wire.EqFold(f.Name, "date")
+		ob = h1wire.AppendField(ob, f.Name, f.Value)
 	}
-	return c.appendOwnFields(ob, x, resp.status, date, kind, resp.contentLength, chunked)
+	return c.appendOwnFields(ob, x, resp.Status, date, kind, resp.ContentLength, chunked)
 }
 
 // appendOwnFields ends a response head to the client after the
@@ -1172,60 +1162,52 @@ func (c *h1conn) appendRespHead(ob []byte, x *exchange, resp *respHead, kind int
 func (c *h1conn) appendOwnFields(ob []byte, x *exchange, status int, date bool, kind int, contentLength int64, chunked bool) []byte {
 	if status < 200 {
 		if status == 101 {
-			ob = append(ob, "Connection: Upgrade\r\n"...)
+			ob = h1wire.AppendField(ob, "Connection", "Upgrade")
 		}
-		return append(ob, "\r\n"...)
+		return h1wire.AppendEndOfHead(ob)
 	}
 	if hsts := x.rs.hsts; hsts != "" {
-		ob = append(ob, "Strict-Transport-Security: "...)
-		ob = append(ob, hsts...)
-		ob = append(ob, "\r\n"...)
+		ob = h1wire.AppendField(ob, "Strict-Transport-Security", hsts)
 	}
 	if v := c.s.altSvc(x.rs); v != "" {
-		ob = append(ob, "Alt-Svc: "...)
-		ob = append(ob, v...)
-		ob = append(ob, "\r\n"...)
+		ob = h1wire.AppendField(ob, "Alt-Svc", v)
 	}
 	if !date { // RFC 9110 §6.6.1, as every engine (behaviour_test.go)
-		ob = append(ob, "Date: "...)
-		ob = append(ob, httpDate()...)
-		ob = append(ob, "\r\n"...)
+		ob = h1wire.AppendField(ob, "Date", httpDate())
 	}
 	switch {
 	// a 304 carries no Content-Length, as on every engine (net/http's
 	// server drops it): the 200's length, which a 304 need not send
-	case kind == bodyLength || kind == bodyNone && contentLength >= 0 && status != 204 && status != 304:
-		ob = append(ob, "Content-Length: "...)
-		ob = strconv.AppendInt(ob, contentLength, 10)
-		ob = append(ob, "\r\n"...)
+	case kind == h1wire.BodyLength || kind == h1wire.BodyNone && contentLength >= 0 && status != 204 && status != 304:
+		ob = h1wire.AppendContentLength(ob, contentLength)
 	case chunked:
-		ob = append(ob, "Transfer-Encoding: chunked\r\n"...)
+		ob = h1wire.AppendChunkedField(ob)
 	}
 	switch {
 	case x.closeAfter:
-		ob = append(ob, "Connection: close\r\n"...)
-	case c.req.minor == 0:
-		ob = append(ob, "Connection: keep-alive\r\n"...)
+		ob = h1wire.AppendField(ob, "Connection", "close")
+	case c.req.Minor == 0:
+		ob = h1wire.AppendField(ob, "Connection", "keep-alive")
 	}
-	return append(ob, "\r\n"...)
+	return h1wire.AppendEndOfHead(ob)
 }
 
 // upgrade relays a 101 Switching Protocols and then pipes bytes both
 // ways (WebSocket, tunnel).
-func (c *h1conn) upgrade(x *exchange, resp *respHead, ob []byte) []byte {
+func (c *h1conn) upgrade(x *exchange, resp *h1wire.ResponseHead, ob []byte) []byte {
 	uc := x.uc
-	ob = c.appendRespHead(ob, x, resp, bodyNone, false)
-	ob = append(ob, uc.br.buf[uc.br.r:uc.br.w]...) // the upstream's first bytes of the new protocol
+	ob = c.appendRespHead(ob, x, resp, h1wire.BodyNone, false)
+	ob = append(ob, uc.br.Buf[uc.br.R:uc.br.W]...) // the upstream's first bytes of the new protocol
 	if _, err := c.write(ob); err != nil {
 		return c.abort(x, ob)
 	}
-	if n := c.br.buffered(); n > 0 {
-		if _, err := uc.nc.Write(c.br.buf[c.br.r:c.br.w]); err != nil {
+	if n := c.br.Buffered(); n > 0 {
+		if _, err := uc.nc.Write(c.br.Buf[c.br.R:c.br.W]); err != nil {
 			return c.abort(x, ob)
 		}
 	}
-	c.br.release()
-	uc.br.release()
+	c.br.Release()
+	uc.br.Release()
 	uc.noDeadline()
 	// the upstream connection is the stream's now
 	x.uc = nil

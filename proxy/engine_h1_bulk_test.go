@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-proxy/gatehouse/proxy/internal/h1wire"
 )
 
 // bulkBody is a 1 MiB body whose every 8-byte word differs, so a lost,
@@ -83,7 +85,7 @@ func TestH1BulkBodyExact(t *testing.T) {
 	up := startHeldUpstream(t, bulkUpstream)
 	w := startH1World(t, up.url())
 	want := bulkBody()
-	before := buffersOut()
+	before := h1wire.BuffersOut()
 
 	t.Run("http1.1", func(t *testing.T) {
 		c, br := w.dial()
@@ -141,10 +143,10 @@ func TestH1BulkBodyExact(t *testing.T) {
 	})
 
 	deadline := time.Now().Add(5 * time.Second)
-	for buffersOut() > before && time.Now().Before(deadline) {
+	for h1wire.BuffersOut() > before && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if n := buffersOut() - before; n > 0 {
+	if n := h1wire.BuffersOut() - before; n > 0 {
 		t.Errorf("%d pooled buffers still held after the exchanges, want 0", n)
 	}
 }

@@ -10,11 +10,12 @@ import (
 	"net/http/httptrace"
 	"net/textproto"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/gatehouse-proxy/gatehouse/proxy/internal/h1wire"
 )
 
 // An HTTP/1.1 request on a route whose upstreams the own client does
@@ -55,7 +56,7 @@ type rtExchange struct {
 
 	mu        sync.Mutex
 	body      bool // the request has a body
-	f         bodyFramer
+	f         h1wire.BodyFramer
 	pending   []byte // body bytes taken from c.br, not yet read by the Transport
 	bodyErr   error
 	detached  bool         // the exchange is over: the body is not read any more
@@ -92,7 +93,7 @@ func (e *rtExchange) Read(p []byte) (int, error) {
 		case e.complete.Load():
 			return 0, io.EOF
 		}
-		data, err := e.f.next(&c.br)
+		data, err := e.f.Next(&c.br)
 		if err != nil {
 			return 0, e.failBody(err)
 		}
@@ -101,10 +102,10 @@ func (e *rtExchange) Read(p []byte) (int, error) {
 			// complete as soon as the last bytes are taken: an answer
 			// that comes before the Transport reads its EOF leaves the
 			// connection reusable
-			e.complete.Store(e.f.done)
+			e.complete.Store(e.f.Done)
 			continue
 		}
-		if e.f.done {
+		if e.f.Done {
 			e.complete.Store(true)
 			continue
 		}
@@ -125,12 +126,12 @@ func (e *rtExchange) Read(p []byte) (int, error) {
 		if e.detaching.Load() {
 			return 0, errBodyDetached
 		}
-		if err := c.br.fill(); err != nil {
+		if err := c.br.Fill(); err != nil {
 			if e.detaching.Load() {
 				return 0, errBodyDetached
 			}
-			if err == errBufFull {
-				err = errBadChunk
+			if err == h1wire.ErrBufFull {
+				err = h1wire.ErrBadChunk
 			}
 			return 0, e.failBody(err)
 		}
@@ -177,13 +178,9 @@ func (e *rtExchange) got1xx(code int, h textproto.MIMEHeader) error {
 		return nil
 	}
 	e.sent100 = e.sent100 || code == 100
-	ob := append(make([]byte, 0, 256), "HTTP/1.1 "...)
-	ob = strconv.AppendInt(ob, int64(code), 10)
-	ob = append(ob, ' ')
-	ob = append(ob, http.StatusText(code)...)
-	ob = append(ob, "\r\n"...)
+	ob := h1wire.AppendStatus(make([]byte, 0, 256), code, http.StatusText(code))
 	ob = appendHeader(ob, http.Header(h), "", false)
-	ob = append(ob, "\r\n"...)
+	ob = h1wire.AppendEndOfHead(ob)
 	_, err := e.c.write(ob)
 	return err
 }
@@ -237,7 +234,7 @@ func (e *rtExchange) detach() (bodyLeft bool) {
 func (c *h1conn) roundTrip(snap *snapshot, x *exchange, ob []byte) []byte {
 	rs := x.rs
 	req := &c.req
-	u, err := url.ParseRequestURI(string(req.target))
+	u, err := url.ParseRequestURI(string(req.Target))
 	if err != nil {
 		rs.metrics.none[classOf(400)].Inc()
 		x.status, x.closeAfter = 400, true
@@ -248,25 +245,25 @@ func (c *h1conn) roundTrip(snap *snapshot, x *exchange, ob []byte) []byte {
 		return ob
 	}
 	// the client's end-to-end fields, as appendUpstreamHead forwards them
-	h := make(http.Header, len(req.fields)+6)
+	h := make(http.Header, len(req.Fields)+6)
 	te := false
 	var upgrade string
-	for _, f := range req.fields {
-		if isReqHop(f.name, req.conn) {
+	for _, f := range req.Fields {
+		if isReqHop(f.Name, req.Conn) {
 			switch {
-			case eqFold(f.name, "te"):
-				forEachToken(f.value, func(tok []byte) {
-					if eqFold(tok, "trailers") {
+			case h1wire.EqFold(f.Name, "te"):
+				h1wire.ForEachToken(f.Value, func(tok []byte) {
+					if h1wire.EqFold(tok, "trailers") {
 						te = true
 					}
 				})
-			case req.upgrade && eqFold(f.name, "upgrade"):
-				upgrade = string(f.value)
+			case req.Upgrade && h1wire.EqFold(f.Name, "upgrade"):
+				upgrade = string(f.Value)
 			}
 			continue
 		}
-		k := textproto.CanonicalMIMEHeaderKey(string(f.name))
-		h[k] = append(h[k], string(f.value))
+		k := textproto.CanonicalMIMEHeaderKey(string(f.Name))
+		h[k] = append(h[k], string(f.Value))
 	}
 	if te {
 		h["Te"] = []string{"trailers"}
@@ -283,22 +280,22 @@ func (c *h1conn) roundTrip(snap *snapshot, x *exchange, ob []byte) []byte {
 		}
 	}
 	r := &http.Request{
-		Method: string(req.method), URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header: h, Host: string(req.host), RemoteAddr: c.remote, RequestURI: string(req.target), TLS: c.tlsState,
+		Method: string(req.Method), URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, Host: string(req.Host), RemoteAddr: c.remote, RequestURI: string(req.Target), TLS: c.tlsState,
 	}
 	forwardRequest(r, rs, c.xff, &c.fwdRT)
 
-	e := &rtExchange{c: c, clientBody: snap.tm.clientBody, minor: req.minor, expect: req.expect100 && req.minor == 1,
+	e := &rtExchange{c: c, clientBody: snap.tm.clientBody, minor: req.Minor, expect: req.Expect100 && req.Minor == 1,
 		stop: make(chan struct{}), watched: make(chan struct{})}
 	switch {
-	case req.chunked:
+	case req.Chunked:
 		e.body, e.length = true, -1
-		e.f.init(bodyChunked, 0)
+		e.f.Init(h1wire.BodyChunked, 0)
 		r.ContentLength, r.Body = -1, e
-	case req.contentLength > 0:
-		e.body, e.length = true, req.contentLength
-		e.f.init(bodyLength, req.contentLength)
-		r.ContentLength, r.Body = req.contentLength, e
+	case req.ContentLength > 0:
+		e.body, e.length = true, req.ContentLength
+		e.f.Init(h1wire.BodyLength, req.ContentLength)
+		r.ContentLength, r.Body = req.ContentLength, e
 	}
 	a := &accessRecord{} // RoundTrip notes the upstream it chose here
 	ctx := context.WithValue(context.Background(), connKey{}, c.rc)
@@ -359,35 +356,29 @@ func (c *h1conn) relayRT(x *exchange, e *rtExchange, res *http.Response, ob []by
 			x.closeAfter = true
 		}
 	}
-	kind, n := bodyNone, int64(-1)
+	kind, n := h1wire.BodyNone, int64(-1)
 	switch {
 	case x.head || status == 204 || status == 304:
 		if x.head {
 			n = res.ContentLength // a HEAD response's Content-Length, as sent
 		}
 	case res.ContentLength >= 0 && len(res.Trailer) == 0:
-		kind, n = bodyLength, res.ContentLength
+		kind, n = h1wire.BodyLength, res.ContentLength
 	default:
-		kind = bodyChunked
+		kind = h1wire.BodyChunked
 	}
-	chunked := kind == bodyChunked && c.req.minor == 1
-	if kind == bodyChunked && !chunked {
+	chunked := kind == h1wire.BodyChunked && c.req.Minor == 1
+	if kind == h1wire.BodyChunked && !chunked {
 		x.closeAfter = true // HTTP/1.0: the end of the body is the close
 	}
-	ob = append(ob, "HTTP/1.1 "...)
-	ob = strconv.AppendInt(ob, int64(status), 10)
-	ob = append(ob, ' ')
-	ob = append(ob, http.StatusText(status)...)
-	ob = append(ob, "\r\n"...)
+	ob = h1wire.AppendStatus(ob, status, http.StatusText(status))
 	ob = appendHeader(ob, res.Header, x.rs.hsts, false)
 	if chunked && len(res.Trailer) > 0 {
 		keys := make([]string, 0, len(res.Trailer))
 		for k := range res.Trailer {
 			keys = append(keys, k)
 		}
-		ob = append(ob, "Trailer: "...)
-		ob = append(ob, strings.Join(keys, ", ")...)
-		ob = append(ob, "\r\n"...)
+		ob = h1wire.AppendField(ob, "Trailer", strings.Join(keys, ", "))
 	}
 	_, date := res.Header["Date"]
 	ob = c.appendOwnFields(ob, x, status, date, kind, n, chunked)
@@ -395,7 +386,7 @@ func (c *h1conn) relayRT(x *exchange, e *rtExchange, res *http.Response, ob []by
 		return c.abortRT(x, e, ob)
 	}
 	ob = ob[:0]
-	if kind != bodyNone && n != 0 {
+	if kind != h1wire.BodyNone && n != 0 {
 		bp := buffers.Get().(*[]byte)
 		defer buffers.Put(bp)
 		buf := *bp
@@ -405,7 +396,7 @@ func (c *h1conn) relayRT(x *exchange, e *rtExchange, res *http.Response, ob []by
 				x.bytes += int64(k)
 				data := buf[:k]
 				if chunked {
-					ob = appendChunk(ob[:0], data)
+					ob = h1wire.AppendChunk(ob[:0], data)
 					data = ob
 				}
 				if _, err := c.write(data); err != nil {
@@ -425,7 +416,7 @@ func (c *h1conn) relayRT(x *exchange, e *rtExchange, res *http.Response, ob []by
 		}
 	}
 	if chunked {
-		ob = appendLastChunk(ob[:0], appendHeader(nil, res.Trailer, "", true))
+		ob = h1wire.AppendLastChunk(ob[:0], appendHeader(nil, res.Trailer, "", true))
 		if _, err := c.write(ob); err != nil {
 			return c.abortRT(x, e, ob)
 		}
@@ -485,28 +476,26 @@ func (c *h1conn) abortRT(x *exchange, e *rtExchange, ob []byte) []byte {
 // not send extended CONNECT, so the Transport refuses the request (502).
 func (c *h1conn) upgradeRT(x *exchange, e *rtExchange, res *http.Response, ob []byte) []byte {
 	up, ok := res.Body.(io.ReadWriteCloser)
-	if !c.req.upgrade || !ok {
+	if !c.req.Upgrade || !ok {
 		x.bodyLeft = e.detach()
 		return c.fail(x, ob, &upstreamError{up: x.up, err: errors.New("101 Switching Protocols to a request without Upgrade")})
 	}
 	x.bodyLeft = e.detach() // (an upgrade request has no body)
-	ob = append(ob, "HTTP/1.1 101 Switching Protocols\r\n"...)
+	ob = h1wire.AppendStatus(ob, 101, "Switching Protocols")
 	ob = appendHeader(ob, res.Header, "", false)
 	if v := res.Header["Upgrade"]; len(v) > 0 {
-		ob = append(ob, "Upgrade: "...)
-		ob = append(ob, v[0]...)
-		ob = append(ob, "\r\n"...)
+		ob = h1wire.AppendField(ob, "Upgrade", v[0])
 	}
-	ob = c.appendOwnFields(ob, x, 101, true, bodyNone, -1, false)
+	ob = c.appendOwnFields(ob, x, 101, true, h1wire.BodyNone, -1, false)
 	if _, err := c.write(ob); err != nil {
 		return c.abortRT(x, e, ob)
 	}
-	if n := c.br.buffered(); n > 0 {
-		if _, err := up.Write(c.br.buf[c.br.r:c.br.w]); err != nil {
+	if n := c.br.Buffered(); n > 0 {
+		if _, err := up.Write(c.br.Buf[c.br.R:c.br.W]); err != nil {
 			return c.abortRT(x, e, ob)
 		}
 	}
-	c.br.release()
+	c.br.Release()
 	x.closeAfter = true
 	c.putOut(ob)
 	c.tunnel(up, func() { up.Close() })
@@ -526,10 +515,7 @@ func appendHeader(ob []byte, h http.Header, hsts string, trailer bool) []byte {
 			continue
 		}
 		for _, v := range vs {
-			ob = append(ob, k...)
-			ob = append(ob, ": "...)
-			ob = append(ob, v...)
-			ob = append(ob, "\r\n"...)
+			ob = h1wire.AppendField(ob, k, v)
 		}
 	}
 	return ob

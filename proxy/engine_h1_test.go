@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
+	"github.com/gatehouse-proxy/gatehouse/proxy/internal/h1wire"
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
@@ -488,7 +489,7 @@ func TestH1HeaderTooLarge(t *testing.T) {
 // open and usable.
 func TestH1IdleConnHoldsNoBuffer(t *testing.T) {
 	w := startH1World(t, echoUpstream(t).URL)
-	before := buffersOut()
+	before := h1wire.BuffersOut()
 	type conn struct {
 		c  *tls.Conn
 		br *bufio.Reader
@@ -503,10 +504,10 @@ func TestH1IdleConnHoldsNoBuffer(t *testing.T) {
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	// (<=: a connection of an earlier test may still have held one in before)
-	for buffersOut() > before && time.Now().Before(deadline) {
+	for h1wire.BuffersOut() > before && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if n := buffersOut() - before; n > 0 {
+	if n := h1wire.BuffersOut() - before; n > 0 {
 		t.Fatalf("%d pooled buffers held by 50 idle keep-alive connections, want 0", n)
 	}
 	// and they still work

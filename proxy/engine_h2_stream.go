@@ -17,6 +17,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/gatehouse-proxy/gatehouse/proxy/internal/h1wire"
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
@@ -448,7 +449,7 @@ func (st *h2Stream) serve(in h2Request) {
 		st.logOwn(rs, in, began)
 		return
 	}
-	if !isToken(in.method) || !validTarget(bstr(in.path)) || in.authority == "" || !validHost(bstr(in.authority)) {
+	if !isToken(in.method) || !h1wire.ValidTarget(bstr(in.path)) || in.authority == "" || !validHost(bstr(in.authority)) {
 		// what reaches an HTTP/1.1 upstream must parse there as it did
 		// here; a Host's port is digits (policy.go)
 		st.Header().Set("Content-Type", "text/plain; charset=utf-8")

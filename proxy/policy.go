@@ -4,12 +4,12 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/gatehouse-proxy/gatehouse/proxy/internal/h1wire"
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
@@ -19,79 +19,13 @@ import (
 // engines call it and only move bytes and frames.
 
 // validHost reports whether a Host field (or :authority, or an
-// absolute-form target's authority) is uri-host [ ":" port ]
-// (RFC 9110 §7.2, RFC 3986 §3.2.2–3.2.3), as strictly as a name a route
-// can serve:
-//   - uri-host is a bracketed IPv6 address (no zone, no IPvFuture), or a
-//     reg-name / IPv4 address of unreserved characters only (letters,
-//     digits, "-", ".", "_", "~"): the sub-delims RFC 3986 also allows
-//     in a reg-name ("," ";" "=" …) and percent-encoding never name a
-//     route, and are how a forwarded host list is forged
-//     ("app.test:,evil.example");
-//   - a port is 1 to 5 digits, at most 65535 (RFC 3986 allows an empty
-//     port; gatehouse refuses "host:", as nothing sends it).
-//
-// The empty value is valid here (an HTTP/1.0 request without Host); the
-// route check answers it. Anything else fails with 400 (RFC 9112 §3.2),
-// so the Host, X-Forwarded-Host and Forwarded host= an upstream gets are
-// always a value that passed this check.
-func validHost(b []byte) bool {
-	if len(b) == 0 {
-		return true
-	}
-	var port []byte
-	hasPort := false
-	if b[0] == '[' {
-		end := -1
-		for i, c := range b {
-			if c == ']' {
-				end = i
-				break
-			}
-		}
-		if end < 0 {
-			return false
-		}
-		a, err := netip.ParseAddr(string(b[1:end]))
-		if err != nil || !a.Is6() || a.Zone() != "" {
-			return false
-		}
-		rest := b[end+1:]
-		if len(rest) > 0 {
-			if rest[0] != ':' {
-				return false
-			}
-			port, hasPort = rest[1:], true
-		}
-	} else {
-		host := b
-		if i := lastColon(b); i >= 0 {
-			host, port, hasPort = b[:i], b[i+1:], true
-		}
-		if len(host) == 0 {
-			return false
-		}
-		for _, c := range host {
-			if !regNameChar[c] {
-				return false
-			}
-		}
-	}
-	if !hasPort {
-		return true
-	}
-	if len(port) == 0 || len(port) > 5 {
-		return false
-	}
-	n := 0
-	for _, c := range port {
-		if c < '0' || c > '9' {
-			return false
-		}
-		n = n*10 + int(c-'0')
-	}
-	return n <= 65535
-}
+// absolute-form target's authority) is uri-host [ ":" port ] as
+// strictly as a name a route can serve (h1wire.ValidHost: unreserved
+// reg-name characters or a bracketed IPv6 address, a port of 1 to 5
+// digits), so the Host, X-Forwarded-Host and Forwarded host= an
+// upstream gets are always a value that passed it; anything else is
+// 400 (RFC 9112 §3.2). The HTTP/1.1 parser applies it itself.
+func validHost(b []byte) bool { return h1wire.ValidHost(b) }
 
 // forwardRequest completes a request an engine built from a client's
 // for rs.RoundTrip (routes whose upstreams the own HTTP/1.1 client does
@@ -158,21 +92,6 @@ func (rs *routeState) serves(host string) bool {
 	return false
 }
 
-// regNameChar: RFC 3986 unreserved characters.
-var regNameChar = func() (t [256]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c] = true
-		t[c-'a'+'A'] = true
-	}
-	for _, c := range "-._~" {
-		t[c] = true
-	}
-	return
-}()
-
 // eqFoldU compares a field name with a lower-case constant, ignoring
 // case and reading "_" as "-": CGI/WSGI and some servers fold them
 // (X_Forwarded_For becomes HTTP_X_FORWARDED_FOR, like
@@ -223,7 +142,7 @@ func h2ValueMalformed(v string) bool {
 // h2ContentLength parses an HTTP/2 content-length: 1*DIGIT (RFC 9110
 // §8.6), no sign, no whitespace, within int64.
 func h2ContentLength(v string) (int64, bool) {
-	return parseUint(bstr(v))
+	return h1wire.ParseUint(bstr(v))
 }
 
 // h2HeaderMalformed applies h2ValueMalformed and h2ContentLength to a

@@ -390,23 +390,6 @@ func get(authority, path string, extra ...[2]string) [][2]string {
 	return append([][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", authority}, {":path", path}}, extra...)
 }
 
-func TestValidHost(t *testing.T) {
-	for _, h := range []string{"", "app.test", "APP.test", "app.test.", "app.test:443", "app.test:1", "app.test:65535",
-		"127.0.0.1", "127.0.0.1:8443", "[::1]", "[::1]:443", "[2001:db8::1]", "a_b.test", "xn--bcher-kva.test"} {
-		if !validHost([]byte(h)) {
-			t.Errorf("validHost(%q) = false, want true", h)
-		}
-	}
-	for _, h := range []string{"app.test:,evil.example", "app.test:", "app.test:abc", "app.test:+443", "app.test:-1",
-		"app.test:65536", "app.test:000443", "app.test:443,evil.example", "app.test,evil.example", "app.test;x=y",
-		"app.test:443:443", ":443", "[::1", "[::1]x", "[::1]:", "[fe80::1%25eth0]", "[v1.x]", "[127.0.0.1]",
-		"user@app.test", "app%2etest", "app test", "app.test/", "[::1]:44a"} {
-		if validHost([]byte(h)) {
-			t.Errorf("validHost(%q) = true, want false", h)
-		}
-	}
-}
-
 // A Host whose port is not digits, or a host that is not a route name's
 // characters, is refused with 400 on every engine, and never reaches an
 // upstream; a valid one is forwarded exactly, in Host,

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"sync/atomic"
 	"time"
+
+	"github.com/gatehouse-proxy/gatehouse/proxy/internal/h1wire"
 )
 
 // One exchange with an http:// or https:// upstream through the own
@@ -33,10 +35,10 @@ type upClient interface {
 	// a *clientBodyError.
 	sendBody(uc *upConn, bodyLen int64) error
 	// interim relays an informational head (not 100, not 101).
-	interim(resp *respHead)
+	interim(resp *h1wire.ResponseHead)
 	// relay sends the final response and ends the exchange's use of uc
 	// (uc.done, up.active).
-	relay(rs *routeState, up *upstream, uc *upConn, resp *respHead, head bool)
+	relay(rs *routeState, up *upstream, uc *upConn, resp *h1wire.ResponseHead, head bool)
 }
 
 // upRequest is what exchangeUp sends.
@@ -94,7 +96,7 @@ func exchangeUp(rs *routeState, cl upClient, q *upRequest) (*upstream, error) {
 		if err == nil && q.stream {
 			err = cl.sendBody(uc, q.bodyLen)
 		}
-		var resp *respHead
+		var resp *h1wire.ResponseHead
 		early := false
 		// (uc.write and copyBodyUp return the *upWriteError itself: a
 		// type check, where errors.As would cost an allocation per
@@ -110,18 +112,18 @@ func exchangeUp(rs *routeState, cl upClient, q *upRequest) (*upstream, error) {
 		} else if err == nil {
 			resp, err = uc.readHead(time.Now().Add(q.respHeader))
 		}
-		for err == nil && resp.status < 200 {
-			if resp.status == 101 {
+		for err == nil && resp.Status < 200 {
+			if resp.Status == 101 {
 				err = errors.New("101 Switching Protocols to a request without Upgrade")
 				break
 			}
-			if resp.status != 100 { // 103 Early Hints …: relayed (100: the body read sends it)
+			if resp.Status != 100 { // 103 Early Hints …: relayed (100: the body read sends it)
 				cl.interim(resp)
 			}
 			resp, err = uc.readHead(time.Now().Add(q.respHeader))
 		}
 		if err == nil {
-			resp.close = resp.close || early
+			resp.Close = resp.Close || early
 			cl.relay(rs, up, uc, resp, string(q.method) == "HEAD")
 			return up, nil
 		}
@@ -158,9 +160,9 @@ func copyBodyUp(uc *upConn, first []byte, body io.Reader, bodyLen int64, buf []b
 		}
 	}
 	for {
-		n, err := body.Read(buf[chunkHdr : len(buf)-2])
+		n, err := body.Read(buf[h1wire.ChunkHeaderMax : len(buf)-2])
 		if n > 0 {
-			if werr := writeBodyUp(uc, buf[chunkHdr:chunkHdr+n], bodyLen < 0, buf); werr != nil {
+			if werr := writeBodyUp(uc, buf[h1wire.ChunkHeaderMax:h1wire.ChunkHeaderMax+n], bodyLen < 0, buf); werr != nil {
 				return werr
 			}
 		}
@@ -176,55 +178,55 @@ func copyBodyUp(uc *upConn, first []byte, body io.Reader, bodyLen int64, buf []b
 	}
 }
 
-// writeBodyUp writes data (in buf at chunkHdr, or elsewhere) as is, or
+// writeBodyUp writes data (in buf at h1wire.ChunkHeaderMax, or elsewhere) as is, or
 // as one chunk: the chunk-size line goes right before the data in buf.
 func writeBodyUp(uc *upConn, data []byte, chunked bool, buf []byte) error {
 	if !chunked {
 		return uc.write(data)
 	}
 	for len(data) > 0 {
-		n := copy(buf[chunkHdr:len(buf)-2], data) // a no-op when data is there already
+		n := copy(buf[h1wire.ChunkHeaderMax:len(buf)-2], data) // a no-op when data is there already
 		data = data[n:]
-		var hex [chunkHdr]byte
-		h := appendHex(hex[:0], uint64(n))
+		var hex [h1wire.ChunkHeaderMax]byte
+		h := h1wire.AppendHex(hex[:0], uint64(n))
 		h = append(h, '\r', '\n')
-		start := chunkHdr - len(h)
+		start := h1wire.ChunkHeaderMax - len(h)
 		copy(buf[start:], h)
-		if err := uc.write(append(buf[start:chunkHdr+n], '\r', '\n')); err != nil {
+		if err := uc.write(append(buf[start:h1wire.ChunkHeaderMax+n], '\r', '\n')); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// upHeadBuilder fills the reqHead an HTTP/2 or HTTP/3 request sends
+// upHeadBuilder fills the h1wire.RequestHead an HTTP/2 or HTTP/3 request sends
 // upstream (appendUpstreamHead writes it): its fields less what
 // HTTP/1.1 gets otherwise (cookies joined into one field, RFC 9113
 // §8.2.3 / RFC 9114 §4.2.1; Host from the :authority; Expect answered
 // by gatehouse itself).
 type upHeadBuilder struct {
-	req     reqHead
+	req     h1wire.RequestHead
 	cookies []string
 }
 
 func (b *upHeadBuilder) start(method, path, authority string, n int) {
-	b.req = reqHead{method: bstr(method), target: bstr(path), host: bstr(authority), contentLength: -1}
-	b.req.fields = make([]hfield, 0, n)
+	b.req = h1wire.RequestHead{Method: bstr(method), Target: bstr(path), Host: bstr(authority), ContentLength: -1}
+	b.req.Fields = make([]h1wire.Field, 0, n)
 }
 
 // add adds one field (a pseudo-field is not passed).
 func (b *upHeadBuilder) add(name, value string) {
 	switch len(name) {
 	case 4:
-		if eqFold(bstr(name), "host") {
+		if h1wire.EqFold(bstr(name), "host") {
 			return
 		}
 	case 6:
-		if eqFold(bstr(name), "expect") || eqFold(bstr(name), "cookie") && b.cookie(value) {
+		if h1wire.EqFold(bstr(name), "expect") || h1wire.EqFold(bstr(name), "cookie") && b.cookie(value) {
 			return
 		}
 	}
-	b.req.fields = append(b.req.fields, hfield{name: bstr(name), value: bstr(value)})
+	b.req.Fields = append(b.req.Fields, h1wire.Field{Name: bstr(name), Value: bstr(value)})
 }
 
 func (b *upHeadBuilder) cookie(v string) bool {
@@ -233,11 +235,11 @@ func (b *upHeadBuilder) cookie(v string) bool {
 }
 
 // finish returns the head; noBody: the request has no body.
-func (b *upHeadBuilder) finish(noBody bool) reqHead {
+func (b *upHeadBuilder) finish(noBody bool) h1wire.RequestHead {
 	switch len(b.cookies) {
 	case 0:
 	case 1:
-		b.req.fields = append(b.req.fields, hfield{name: []byte("cookie"), value: bstr(b.cookies[0])})
+		b.req.Fields = append(b.req.Fields, h1wire.Field{Name: []byte("cookie"), Value: bstr(b.cookies[0])})
 	default:
 		var v []byte
 		for i, c := range b.cookies {
@@ -246,12 +248,12 @@ func (b *upHeadBuilder) finish(noBody bool) reqHead {
 			}
 			v = append(v, c...)
 		}
-		b.req.fields = append(b.req.fields, hfield{name: []byte("cookie"), value: v})
+		b.req.Fields = append(b.req.Fields, h1wire.Field{Name: []byte("cookie"), Value: v})
 	}
 	if noBody {
-		switch string(b.req.method) {
+		switch string(b.req.Method) {
 		case "POST", "PUT", "PATCH":
-			b.req.contentLength = 0 // as the Transport sent them: Content-Length: 0
+			b.req.ContentLength = 0 // as the Transport sent them: Content-Length: 0
 		}
 	}
 	return b.req

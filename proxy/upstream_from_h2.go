@@ -9,6 +9,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/gatehouse-proxy/gatehouse/proxy/internal/h1wire"
 	"golang.org/x/net/http2/hpack"
 )
 
@@ -27,7 +28,7 @@ func bstr(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 func (c *h2Conn) fwdFor(host string) *fwdInfo { return fwdCached(&c.fwdUp, c.addr, host) }
 
 // upHead is the request as appendUpstreamHead writes it (upHeadBuilder).
-func (st *h2Stream) upHead(in h2Request) reqHead {
+func (st *h2Stream) upHead(in h2Request) h1wire.RequestHead {
 	var b upHeadBuilder
 	b.start(in.method, in.path, in.authority, len(in.fields))
 	for _, f := range in.fields {
@@ -80,8 +81,8 @@ func (st *h2Stream) forward(rs *routeState, in h2Request) (*upstream, error) {
 	if !in.endStream && in.declared != 0 {
 		bodyLen, stream = in.declared, true
 	}
-	bp := getBuf(&smallBufs)
-	defer putBuf(&smallBufs, bp)
+	bp := h1wire.GetBuf(&smallBufs)
+	defer h1wire.PutBuf(&smallBufs, bp)
 	ob := appendUpstreamHead((*bp)[:0], &req, fwd, bodyLen)
 	if stream && bodyLen > 0 && bodyLen <= smallBuf {
 		// the whole body is here already (a small form, an API call): one write
@@ -96,15 +97,15 @@ func (st *h2Stream) forward(rs *routeState, in h2Request) (*upstream, error) {
 	}
 	*bp = ob[:0]
 	return exchangeUp(rs, st, &upRequest{rc: c.rc, out: ob, stream: stream, bodyLen: bodyLen,
-		method: req.method, respHeader: c.tm.respHeader})
+		method: req.Method, respHeader: c.tm.respHeader})
 }
 
 // interim relays an upstream's 1xx head (upClient).
-func (st *h2Stream) interim(r *respHead) {
-	_ = st.sendInterim(r.status, func(c *h2Conn) {
-		for _, f := range r.fields {
-			if !isRespHop(f.name, r.conn, false) {
-				c.enc.WriteField(hpack.HeaderField{Name: c.lowerName(f.name), Value: c.intern(f.value)})
+func (st *h2Stream) interim(r *h1wire.ResponseHead) {
+	_ = st.sendInterim(r.Status, func(c *h2Conn) {
+		for _, f := range r.Fields {
+			if !isRespHop(f.Name, r.Conn, false) {
+				c.enc.WriteField(hpack.HeaderField{Name: c.lowerName(f.Name), Value: c.intern(f.Value)})
 			}
 		}
 	})
@@ -122,12 +123,12 @@ func (st *h2Stream) sendBody(uc *upConn, bodyLen int64) error {
 
 // relay sends the upstream's response to the client and ends the
 // exchange's use of uc.
-func (st *h2Stream) relay(rs *routeState, up *upstream, uc *upConn, resp *respHead, head bool) {
+func (st *h2Stream) relay(rs *routeState, up *upstream, uc *upConn, resp *h1wire.ResponseHead, head bool) {
 	up.succeeded()
-	up.reqs[classOf(resp.status)].Inc()
-	kind, n := resp.bodyKind(head)
-	uc.body.init(kind, n)
-	st.wroteHeader, st.status = true, resp.status
+	up.reqs[classOf(resp.Status)].Inc()
+	kind, n := resp.BodyKind(head)
+	uc.body.Init(kind, n)
+	st.wroteHeader, st.status = true, resp.Status
 	// A connection pinned to this client goes back to the client's pool
 	// before the stream's last frame is queued: the client's next
 	// request, sent as soon as it has the answer, finds it there (as the
@@ -145,8 +146,8 @@ func (st *h2Stream) relay(rs *routeState, up *upstream, uc *upConn, resp *respHe
 	defer release(false)
 	// resp is uc's: once a pinned uc is released, another stream of the
 	// client may be parsing its next response into it
-	if err := st.sendRespHead(rs, resp, kind, uc.body.done && !pinned); err != nil || uc.body.done {
-		keep := err == nil && !resp.close
+	if err := st.sendRespHead(rs, resp, kind, uc.body.Done && !pinned); err != nil || uc.body.Done {
+		keep := err == nil && !resp.Close
 		if err == nil && pinned {
 			release(keep)
 			_ = st.sendData(nil, true)
@@ -155,27 +156,27 @@ func (st *h2Stream) relay(rs *routeState, up *upstream, uc *upConn, resp *respHe
 		return
 	}
 	for {
-		data, err := uc.body.next(&uc.br)
+		data, err := uc.body.Next(&uc.br)
 		if err != nil {
 			rs.log.Warn("upstream sent a malformed body; response truncated", "upstream", up.Raw, "error", err)
 			return // streamDone resets the stream
 		}
 		if len(data) > 0 {
-			last := uc.body.done && len(uc.body.trailers) == 0 && !pinned
+			last := uc.body.Done && len(uc.body.Trailers) == 0 && !pinned
 			if err := st.sendData(data, last); err != nil {
 				return
 			}
 			st.bytes += int64(len(data))
 			continue
 		}
-		if uc.body.done {
+		if uc.body.Done {
 			break
 		}
 		uc.noDeadline()
-		if err := uc.br.fill(); err != nil {
-			if kind == bodyClose && err == io.EOF {
-				uc.body.done = true
-				resp.close = true
+		if err := uc.br.Fill(); err != nil {
+			if kind == h1wire.BodyClose && err == io.EOF {
+				uc.body.Done = true
+				resp.Close = true
 				continue
 			}
 			if !st.canceled() {
@@ -184,8 +185,8 @@ func (st *h2Stream) relay(rs *routeState, up *upstream, uc *upConn, resp *respHe
 			return
 		}
 	}
-	t := uc.body.trailers
-	keep := !resp.close && kind != bodyClose
+	t := uc.body.Trailers
+	keep := !resp.Close && kind != h1wire.BodyClose
 	if pinned {
 		t = append([]byte(nil), t...) // they alias the connection's buffer
 		release(keep)
@@ -208,25 +209,25 @@ func (st *h2Stream) canceled() bool {
 // sendRespHead queues the response HEADERS for an upstream head:
 // hop-by-hop and framing fields dropped, Content-Length as the body
 // will have it, HSTS (the route's replaces the upstream's), a Date.
-func (st *h2Stream) sendRespHead(rs *routeState, resp *respHead, kind int, end bool) error {
+func (st *h2Stream) sendRespHead(rs *routeState, resp *h1wire.ResponseHead, kind int, end bool) error {
 	return st.queueBlock(end, func(c *h2Conn) {
 		enc := c.enc
-		enc.WriteField(hpack.HeaderField{Name: ":status", Value: statusString(resp.status)})
+		enc.WriteField(hpack.HeaderField{Name: ":status", Value: statusString(resp.Status)})
 		hsts := rs.hsts
 		date := false
-		for _, f := range resp.fields {
-			if isRespHop(f.name, resp.conn, false) || hsts != "" && eqFold(f.name, "strict-transport-security") {
+		for _, f := range resp.Fields {
+			if isRespHop(f.Name, resp.Conn, false) || hsts != "" && h1wire.EqFold(f.Name, "strict-transport-security") {
 				continue
 			}
-			name := c.lowerName(f.name)
+			name := c.lowerName(f.Name)
 			if name == "date" {
 				date = true
 			}
-			enc.WriteField(hpack.HeaderField{Name: name, Value: c.intern(f.value)})
+			enc.WriteField(hpack.HeaderField{Name: name, Value: c.intern(f.Value)})
 		}
-		if kind == bodyLength || kind == bodyNone && resp.contentLength >= 0 && resp.status != 204 && resp.status != 304 {
+		if kind == h1wire.BodyLength || kind == h1wire.BodyNone && resp.ContentLength >= 0 && resp.Status != 204 && resp.Status != 304 {
 			var num [20]byte
-			enc.WriteField(hpack.HeaderField{Name: "content-length", Value: c.intern(strconv.AppendInt(num[:0], resp.contentLength, 10))})
+			enc.WriteField(hpack.HeaderField{Name: "content-length", Value: c.intern(strconv.AppendInt(num[:0], resp.ContentLength, 10))})
 		}
 		if hsts != "" {
 			enc.WriteField(hpack.HeaderField{Name: "strict-transport-security", Value: hsts})
@@ -329,7 +330,7 @@ func (st *h2Stream) logOwn(rs *routeState, in h2Request, began time.Time) {
 	if !isToken(in.method) {
 		in.method = ""
 	}
-	if !validTarget(bstr(in.path)) {
+	if !h1wire.ValidTarget(bstr(in.path)) {
 		in.path = ""
 	}
 	if !validHost(bstr(in.authority)) {

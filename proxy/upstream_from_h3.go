@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 	"unsafe"
+
+	"github.com/gatehouse-proxy/gatehouse/proxy/internal/h1wire"
 )
 
 // An HTTP/3 request's exchange with an http:// or https:// upstream
@@ -58,18 +60,18 @@ func (s *Server) forwardH3(rs *routeState, rc *replayConn, w http.ResponseWriter
 	// ends the stream with its HEADERS).
 	bodyLen, stream := r.ContentLength, false
 	noBody := bodyLen == 0
-	if !validTarget(bstr(r.RequestURI)) {
+	if !h1wire.ValidTarget(bstr(r.RequestURI)) {
 		// what reaches an HTTP/1.1 upstream must parse there as it did
 		// here (as for HTTP/2: engine_h2_stream.go's serve)
 		badRequest(w, r, "malformed :path")
 		return
 	}
 	if bodyLen != 0 {
-		if eqFold(bstr(r.Header.Get("Expect")), "100-continue") {
+		if h1wire.EqFold(bstr(r.Header.Get("Expect")), "100-continue") {
 			w.WriteHeader(http.StatusContinue) // the client may wait for it (RFC 9110 §10.1.1)
 		}
-		x.buf = getBuf(&upBufs)
-		defer putBuf(&upBufs, x.buf)
+		x.buf = h1wire.GetBuf(&upBufs)
+		defer h1wire.PutBuf(&upBufs, x.buf)
 		var err error
 		switch {
 		case bodyLen > 0 && bodyLen <= smallBuf:
@@ -108,8 +110,8 @@ func (s *Server) forwardH3(rs *routeState, rc *replayConn, w http.ResponseWriter
 	}
 	req := b.finish(noBody)
 	fwd := fwdCached(&rc.fwdUp, r.RemoteAddr, r.Host)
-	bp := getBuf(&smallBufs)
-	defer putBuf(&smallBufs, bp)
+	bp := h1wire.GetBuf(&smallBufs)
+	defer h1wire.PutBuf(&smallBufs, bp)
 	ob := appendUpstreamHead((*bp)[:0], &req, fwd, bodyLen)
 	if !stream {
 		ob = append(ob, x.pre...)
@@ -117,7 +119,7 @@ func (s *Server) forwardH3(rs *routeState, rc *replayConn, w http.ResponseWriter
 	}
 	*bp = ob[:0]
 	up, err := exchangeUp(rs, x, &upRequest{rc: rc, out: ob, stream: stream, bodyLen: bodyLen,
-		method: req.method, respHeader: tm.respHeader})
+		method: req.Method, respHeader: tm.respHeader})
 	if up == nil {
 		up = failedUpstream(err) // every upstream failed: name the last one tried
 	}
@@ -175,17 +177,17 @@ func (x *h3Up) sendBody(uc *upConn, bodyLen int64) error {
 
 // interim relays a 1xx head with its own fields only: the final
 // response's (HSTS, set before) are kept aside meanwhile.
-func (x *h3Up) interim(resp *respHead) {
+func (x *h3Up) interim(resp *h1wire.ResponseHead) {
 	h := x.w.Header()
 	saved := maps.Clone(h)
 	clear(h)
-	for _, f := range resp.fields {
-		if !isRespHop(f.name, resp.conn, false) {
-			k := canonicalBytes(f.name)
-			h[k] = append(h[k], string(f.value))
+	for _, f := range resp.Fields {
+		if !isRespHop(f.Name, resp.Conn, false) {
+			k := canonicalBytes(f.Name)
+			h[k] = append(h[k], string(f.Value))
 		}
 	}
-	x.w.WriteHeader(resp.status)
+	x.w.WriteHeader(resp.Status)
 	clear(h)
 	maps.Copy(h, saved)
 }
@@ -197,11 +199,11 @@ func (x *h3Up) interim(resp *respHead) {
 // flushed whenever the upstream pauses, then its trailers. A body that
 // breaks off resets the stream (http.ErrAbortHandler), so the client
 // never takes a truncated body for a whole one.
-func (x *h3Up) relay(rs *routeState, up *upstream, uc *upConn, resp *respHead, head bool) {
+func (x *h3Up) relay(rs *routeState, up *upstream, uc *upConn, resp *h1wire.ResponseHead, head bool) {
 	up.succeeded()
-	up.reqs[classOf(resp.status)].Inc()
-	kind, n := resp.bodyKind(head)
-	uc.body.init(kind, n)
+	up.reqs[classOf(resp.Status)].Inc()
+	kind, n := resp.BodyKind(head)
+	uc.body.Init(kind, n)
 	released := false
 	release := func(reusable bool) {
 		if !released {
@@ -214,19 +216,19 @@ func (x *h3Up) relay(rs *routeState, up *upstream, uc *upConn, resp *respHead, h
 	defer release(false)
 	// the values as one string and their slices in one array (two
 	// allocations, not two per field): relayed fields are read only
-	relayed := func(f hfield) bool {
-		return !isRespHop(f.name, resp.conn, false) && (x.hsts == "" || !eqFold(f.name, "strict-transport-security"))
+	relayed := func(f h1wire.Field) bool {
+		return !isRespHop(f.Name, resp.Conn, false) && (x.hsts == "" || !h1wire.EqFold(f.Name, "strict-transport-security"))
 	}
 	size, count := 0, 1
-	for _, f := range resp.fields {
+	for _, f := range resp.Fields {
 		if relayed(f) {
-			size, count = size+len(f.value), count+1
+			size, count = size+len(f.Value), count+1
 		}
 	}
 	var vb []byte
-	if kind == bodyLength || kind == bodyNone && resp.contentLength >= 0 && resp.status != 204 && resp.status != 304 {
+	if kind == h1wire.BodyLength || kind == h1wire.BodyNone && resp.ContentLength >= 0 && resp.Status != 204 && resp.Status != 304 {
 		vb = make([]byte, 0, size+20)
-		vb = strconv.AppendInt(vb, resp.contentLength, 10)
+		vb = strconv.AppendInt(vb, resp.ContentLength, 10)
 	} else if size > 0 {
 		vb = make([]byte, 0, size)
 	}
@@ -240,14 +242,14 @@ func (x *h3Up) relay(rs *routeState, up *upstream, uc *upConn, resp *respHead, h
 		h["Content-Length"] = nil // quic-go would count the (no) bytes written
 	}
 	i := 1
-	for _, f := range resp.fields {
+	for _, f := range resp.Fields {
 		if !relayed(f) {
 			continue
 		}
 		start := len(vb)
-		vb = append(vb, f.value...)
+		vb = append(vb, f.Value...)
 		vals[i] = all[start:len(vb)]
-		k := canonicalBytes(f.name)
+		k := canonicalBytes(f.Name)
 		if h[k] == nil {
 			h[k] = vals[i : i+1 : i+1]
 		} else {
@@ -258,15 +260,15 @@ func (x *h3Up) relay(rs *routeState, up *upstream, uc *upConn, resp *respHead, h
 	if _, ok := h["Content-Type"]; !ok {
 		h["Content-Type"] = nil // relayed as sent: quic-go would sniff one
 	}
-	x.w.WriteHeader(resp.status)
-	if uc.body.done {
-		release(!resp.close)
+	x.w.WriteHeader(resp.Status)
+	if uc.body.Done {
+		release(!resp.Close)
 		return
 	}
 	flusher, _ := x.w.(interface{ FlushError() error })
 	unflushed := true // the head: sent at once when the body does not follow it
 	for {
-		data, err := uc.body.next(&uc.br)
+		data, err := uc.body.Next(&uc.br)
 		if err != nil {
 			rs.log.Warn("upstream sent a malformed body; response truncated", "upstream", up.Raw, "error", err)
 			panic(http.ErrAbortHandler)
@@ -278,7 +280,7 @@ func (x *h3Up) relay(rs *routeState, up *upstream, uc *upConn, resp *respHead, h
 			unflushed = true
 			continue
 		}
-		if uc.body.done {
+		if uc.body.Done {
 			break
 		}
 		if unflushed && flusher != nil {
@@ -290,10 +292,10 @@ func (x *h3Up) relay(rs *routeState, up *upstream, uc *upConn, resp *respHead, h
 			unflushed = false
 		}
 		uc.noDeadline()
-		if err := uc.br.fill(); err != nil {
-			if kind == bodyClose && err == io.EOF {
-				uc.body.done = true
-				resp.close = true
+		if err := uc.br.Fill(); err != nil {
+			if kind == h1wire.BodyClose && err == io.EOF {
+				uc.body.Done = true
+				resp.Close = true
 				continue
 			}
 			if x.r.Context().Err() == nil {
@@ -302,11 +304,11 @@ func (x *h3Up) relay(rs *routeState, up *upstream, uc *upConn, resp *respHead, h
 			panic(http.ErrAbortHandler)
 		}
 	}
-	forEachTrailer(uc.body.trailers, func(name, value []byte) {
+	forEachTrailer(uc.body.Trailers, func(name, value []byte) {
 		k := http.TrailerPrefix + canonicalBytes(name)
 		h[k] = append(h[k], string(value))
 	})
-	release(!resp.close && kind != bodyClose)
+	release(!resp.Close && kind != h1wire.BodyClose)
 }
 
 // canonicalBytes is a field name as an http.Header key: quic-go looks

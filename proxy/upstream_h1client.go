@@ -15,13 +15,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gatehouse-proxy/gatehouse/proxy/internal/h1wire"
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
 // gatehouse's own HTTP/1.1 client for http:// and https:// upstreams,
 // used in place of net/http's Transport by the HTTP/1.1 fast path
 // (engine_h1.go), the HTTP/2 server and the HTTP/3 handler (upstream_from_h2.go, upstream_from_h3.go:
-// they fill a reqHead from pseudo-headers and fields, and share
+// they fill an h1wire.RequestHead from pseudo-headers and fields, and share
 // exchangeUp, upstream_exchange.go). It speaks over TCP, or
 // over TLS to an https:// upstream (dialUp; tlsQuiet for what a TLS
 // connection may receive while idle). One exchange, as engine_h1.go's proxy
@@ -30,13 +31,13 @@ import (
 //	up := rs.bal.pick(skip)                    // balancing and health (upstream_balance.go)
 //	up.active.Add(1)                           // least_conn weight, until done
 //	uc, err := up.pool.get(rs, up)             // pooled, or dialed (*dialError: try another)
-//	fwd.set(clientAddr, req.host)              // X-Forwarded-*/Forwarded, cached per client
+//	fwd.set(clientAddr, req.Host)              // X-Forwarded-*/Forwarded, cached per client
 //	head := appendUpstreamHead(buf, req, &fwd, bodyLen) // hop-by-hop removed, one buffer
 //	err = uc.write(head)                       // one write (with a small body appended)
 //	resp, err := uc.readHead(deadline)         // parsed into uc.resp, fields alias uc.br
-//	uc.body.init(resp.bodyKind(isHEAD))        // framing of what follows
-//	data, err := uc.body.next(&uc.br)          // body bytes available now, no copy;
-//	                                           // (nil, nil) and !uc.body.done: uc.noDeadline(); uc.br.fill()
+//	uc.body.Init(resp.BodyKind(isHEAD))        // framing of what follows (h1wire.BodyFramer)
+//	data, err := uc.body.Next(&uc.br)          // body bytes available now, no copy;
+//	                                           // (nil, nil) and !uc.body.Done: uc.noDeadline(); uc.br.Fill()
 //	uc.done(reusable)                          // back to the pool (no unread bytes), or closed
 //	up.active.Add(-1)
 //
@@ -188,9 +189,9 @@ type upConn struct {
 	pool     *upPool     // nil: pinned to a client connection (PROXY protocol), never pooled
 	pin      *pinnedPool // pinned, for HTTP/2 streams: kept there between exchanges
 	up       *upstream
-	br       bufReader
-	resp     respHead
-	body     bodyFramer
+	br       h1wire.BufReader
+	resp     h1wire.ResponseHead
+	body     h1wire.BodyFramer
 	reused   bool // it served a request before (it may have been closed by the upstream meanwhile)
 	idleFrom time.Time
 	deadline bool // a read deadline is set (the response header timeout)
@@ -417,7 +418,7 @@ func dialUp(rs *routeState, up *upstream, p *upPool, before func(net.Conn) error
 
 // put returns c to the idle pool (it must have no unread bytes).
 func (p *upPool) put(c *upConn) {
-	c.br.release()
+	c.br.Release()
 	c.idleFrom = time.Now()
 	p.mu.Lock()
 	if p.closed || len(p.idle) >= maxIdlePerAddr {
@@ -510,7 +511,7 @@ func (p *upPool) idleCount() int {
 // from an upstream that sends what nobody asked for: closed, not kept.
 func (c *upConn) done(reusable bool) {
 	c.recv, c.garbled, c.n1xx = false, false, 0
-	if reusable && c.tc != nil && c.br.buffered() == 0 {
+	if reusable && c.tc != nil && c.br.Buffered() == 0 {
 		// crypto/tls may hold records read from the socket with the
 		// response's last bytes: the socket is quiet then, and the
 		// watch would never see them
@@ -523,12 +524,12 @@ func (c *upConn) done(reusable bool) {
 			return
 		}
 	}
-	if reusable && c.pool != nil && c.br.buffered() == 0 {
+	if reusable && c.pool != nil && c.br.Buffered() == 0 {
 		c.pool.put(c)
 		return
 	}
-	if reusable && c.pool == nil && c.br.buffered() == 0 {
-		c.br.release() // pinned: kept by its client connection, watched
+	if reusable && c.pool == nil && c.br.Buffered() == 0 {
+		c.br.Release() // pinned: kept by its client connection, watched
 		c.idleFrom = time.Now()
 		if c.watchIdle() && c.pin != nil {
 			c.pin.putOwn(c)
@@ -546,7 +547,7 @@ func (c *upConn) done(reusable bool) {
 // close closes c (idle or not).
 func (c *upConn) close() {
 	c.take()
-	c.br.release()
+	c.br.Release()
 	c.nc.Close()
 }
 
@@ -564,31 +565,15 @@ func (c *upConn) write(b []byte) error {
 	return nil
 }
 
-// respHead is a parsed upstream response head; fields alias uc.br.
-type respHead struct {
-	status        int
-	statusLine    []byte // "200 OK": the code and reason as the upstream sent them
-	minor         int
-	fields        []hfield
-	contentLength int64 // -1: none
-	chunked       bool  // Transfer-Encoding ends in chunked
-	te            bool  // a Transfer-Encoding field was present
-	close         bool  // the upstream will close the connection after this response
-	conn          [][]byte
-	headLen       int
-}
-
-var errBadResponse = errors.New("malformed response from upstream")
-
 // readHead reads and parses a response head from c, until deadline
 // (zero: none). Informational (1xx) heads are returned like any other.
-func (c *upConn) readHead(deadline time.Time) (*respHead, error) {
-	if c.br.pb == nil {
-		c.br.src = c.nc
+func (c *upConn) readHead(deadline time.Time) (*h1wire.ResponseHead, error) {
+	if !c.br.Held() {
+		c.br.Src = c.nc
 		if c.rr.rc != nil {
-			c.br.src = &c.rr
+			c.br.Src = &c.rr
 		}
-		c.br.take(&buffers)
+		c.br.Take(&buffers)
 	}
 	if !deadline.IsZero() {
 		_ = c.nc.SetReadDeadline(deadline)
@@ -598,18 +583,18 @@ func (c *upConn) readHead(deadline time.Time) (*respHead, error) {
 	}
 	scan := 0
 	for {
-		end, next, err := headEnd(c.br.buf[c.br.r:c.br.w], scan)
+		end, next, err := h1wire.HeadEnd(c.br.Buf[c.br.R:c.br.W], scan)
 		if err != nil {
-			return nil, errBadResponse
+			return nil, h1wire.ErrBadResponse
 		}
 		if end > 0 {
 			h := &c.resp
-			if err := h.parse(c.br.buf[c.br.r : c.br.r+end]); err != nil {
+			if err := h.Parse(c.br.Buf[c.br.R : c.br.R+end]); err != nil {
 				c.garbled = c.n1xx == 0
 				return nil, err
 			}
-			c.br.r += end
-			if h.status < 200 && h.status != 101 {
+			c.br.R += end
+			if h.Status < 200 && h.Status != 101 {
 				if c.n1xx++; c.n1xx > max1xx {
 					return nil, errTooMany1xx
 				}
@@ -617,8 +602,8 @@ func (c *upConn) readHead(deadline time.Time) (*respHead, error) {
 			return h, nil
 		}
 		scan = next // relative to br.r, which fill's compaction keeps
-		if err := c.br.fill(); err != nil {
-			if err == errBufFull {
+		if err := c.br.Fill(); err != nil {
+			if err == h1wire.ErrBufFull {
 				c.garbled = c.n1xx == 0
 				return nil, errors.New("upstream response head larger than 32 KiB")
 			}
@@ -642,133 +627,6 @@ func (c *upConn) gotNothing() bool { return !c.recv }
 // 304 head just after the watch's last look), not an answer to this
 // request.
 func (c *upConn) retryable() bool { return c.reused && (!c.recv || c.garbled) }
-
-func (h *respHead) parse(b []byte) error {
-	fields, conn := h.fields[:0], h.conn[:0]
-	*h = respHead{fields: fields, conn: conn, contentLength: -1, headLen: len(b)}
-	nl := bytes.IndexByte(b, '\n')
-	line := b[:nl-1]
-	rest := b[nl+1:]
-	// status-line = HTTP-version SP status-code SP [ reason-phrase ]
-	if len(line) < 12 || string(line[:7]) != "HTTP/1." || line[8] != ' ' || (len(line) > 12 && line[12] != ' ') {
-		return errBadResponse
-	}
-	switch line[7] {
-	case '0':
-		h.close = true
-	case '1':
-		h.minor = 1
-	default:
-		return errBadResponse
-	}
-	code, ok := parseUint(line[9:12])
-	if !ok || code < 100 || code > 999 {
-		return errBadResponse
-	}
-	h.status = int(code)
-	h.statusLine = line[9:]
-	if !validValue(h.statusLine) {
-		return errBadResponse
-	}
-	keepAlive, closeTok := false, false
-	var clRaw []byte // the first Content-Length value
-	for len(rest) > 2 {
-		nl := bytes.IndexByte(rest, '\n')
-		line := rest[:nl-1]
-		rest = rest[nl+1:]
-		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 || line[0] == ' ' || line[0] == '\t' {
-			return errBadResponse
-		}
-		name, value := line[:colon], trimOWS(line[colon+1:])
-		if !isTokenBytes(name) || !validValue(value) {
-			return errBadResponse
-		}
-		h.fields = append(h.fields, hfield{name, value})
-		switch len(name) {
-		case 10:
-			if eqFold(name, "connection") {
-				forEachToken(value, func(tok []byte) {
-					switch {
-					case eqFold(tok, "close"):
-						h.close, closeTok = true, true
-					case eqFold(tok, "keep-alive"):
-						keepAlive = true
-					}
-					h.conn = append(h.conn, tok)
-				})
-			}
-		case 14:
-			if eqFold(name, "content-length") {
-				var bad bool
-				forEachToken(value, func(tok []byte) {
-					n, ok := parseUint(tok)
-					if !ok || h.contentLength >= 0 && h.contentLength != n {
-						bad = true
-					}
-					h.contentLength = n
-				})
-				// one value per field, as net/http takes it: "," or
-				// "1, 1" are refused, and a repeated field must be
-				// spelled the same ("03" then "3" is refused)
-				// (found by FuzzRespHead)
-				if bad || len(value) == 0 || bytes.IndexByte(value, ',') >= 0 ||
-					clRaw != nil && !bytes.Equal(clRaw, value) {
-					return errBadResponse
-				}
-				clRaw = value
-			}
-		case 17:
-			if eqFold(name, "transfer-encoding") {
-				// only a single "chunked" (as net/http and nginx take
-				// it): another coding would reach the client without
-				// its Transfer-Encoding, undecoded; in HTTP/1.0 the
-				// framing is faulty (RFC 9112 6.1: net/http reads to
-				// close there, gatehouse decoded chunks) (found by
-				// FuzzRespHead)
-				if h.te || !eqFold(value, "chunked") || h.minor == 0 {
-					return errBadResponse
-				}
-				h.te = true
-				// the final coding decides the framing
-				last := value
-				if i := bytes.LastIndexByte(value, ','); i >= 0 {
-					last = trimOWS(value[i+1:])
-				}
-				h.chunked = eqFold(last, "chunked")
-			}
-		}
-	}
-	// close wins over keep-alive, as in net/http (found by FuzzRespHead)
-	if h.minor == 0 && keepAlive && !closeTok {
-		h.close = false
-	}
-	if h.te {
-		// RFC 9112 6.3: Transfer-Encoding overrides Content-Length, and
-		// a message with both may be an attempt at smuggling: no reuse
-		if !h.chunked || h.contentLength >= 0 {
-			h.close = true
-		}
-		h.contentLength = -1
-	}
-	return nil
-}
-
-// bodyKind is the framing of the response to a request with method
-// head (HEAD) (RFC 9112 6.3).
-func (h *respHead) bodyKind(head bool) (int, int64) {
-	switch {
-	case head || h.status < 200 || h.status == 204 || h.status == 304:
-		return bodyNone, 0
-	case h.chunked:
-		return bodyChunked, 0
-	case h.te:
-		return bodyClose, 0
-	case h.contentLength >= 0:
-		return bodyLength, h.contentLength
-	}
-	return bodyClose, 0
-}
 
 // fwdInfo is what the Forwarded and X-Forwarded-* fields say about a
 // client connection: computed once per connection (and host).
@@ -885,39 +743,51 @@ func namedIn(name []byte, conn [][]byte) bool {
 func isRespHop(name []byte, conn [][]byte, keepTrailer bool) bool {
 	switch len(name) {
 	case 2:
-		if eqFold(name, "te") {
+		if h1wire.EqFold(name, "te") {
 			return true
 		}
 	case 7:
-		if eqFold(name, "upgrade") || !keepTrailer && eqFold(name, "trailer") {
+		if h1wire.EqFold(name, "upgrade") || !keepTrailer && h1wire.EqFold(name, "trailer") {
 			return true
 		}
 	case 10:
-		if eqFold(name, "connection") || eqFold(name, "keep-alive") {
+		if h1wire.EqFold(name, "connection") || h1wire.EqFold(name, "keep-alive") {
 			return true
 		}
 	case 14:
-		if eqFold(name, "content-length") {
+		if h1wire.EqFold(name, "content-length") {
 			return true
 		}
 	case 16:
-		if eqFold(name, "proxy-connection") {
+		if h1wire.EqFold(name, "proxy-connection") {
 			return true
 		}
 	case 17:
-		if eqFold(name, "transfer-encoding") {
+		if h1wire.EqFold(name, "transfer-encoding") {
 			return true
 		}
 	case 18:
-		if eqFold(name, "proxy-authenticate") {
+		if h1wire.EqFold(name, "proxy-authenticate") {
 			return true
 		}
 	case 19:
-		if eqFold(name, "proxy-authorization") {
+		if h1wire.EqFold(name, "proxy-authorization") {
 			return true
 		}
 	}
 	return namedIn(name, conn)
+}
+
+// forEachTrailer calls fn with each end-to-end field of a chunked body's
+// trailer section as received (h1wire.BodyFramer.Trailers), name and
+// value trimmed; malformed lines and fields of a single connection
+// (isRespHop) are skipped.
+func forEachTrailer(t []byte, fn func(name, value []byte)) {
+	h1wire.ForEachTrailer(t, func(name, value []byte) {
+		if !isRespHop(name, nil, false) {
+			fn(name, value)
+		}
+	})
 }
 
 // appendUpstreamHead appends the request head sent upstream for req:
@@ -925,59 +795,45 @@ func isRespHop(name []byte, conn [][]byte, keepTrailer bool) bool {
 // -Host, -Proto and Forwarded from fwd, and the framing of a body of
 // bodyLen bytes (-1: chunked; 0: none unless the client sent a
 // Content-Length of 0).
-func appendUpstreamHead(dst []byte, req *reqHead, fwd *fwdInfo, bodyLen int64) []byte {
-	dst = append(dst, req.method...)
-	dst = append(dst, ' ')
-	dst = append(dst, req.target...)
-	dst = append(dst, " HTTP/1.1\r\nHost: "...)
-	dst = append(dst, req.host...)
-	dst = append(dst, "\r\n"...)
+func appendUpstreamHead(dst []byte, req *h1wire.RequestHead, fwd *fwdInfo, bodyLen int64) []byte {
+	dst = h1wire.AppendRequestLine(dst, req.Method, req.Target)
+	dst = h1wire.AppendField(dst, "Host", req.Host)
 	te := false
 	var upgrade []byte
-	for _, f := range req.fields {
-		if isReqHop(f.name, req.conn) {
+	for _, f := range req.Fields {
+		if isReqHop(f.Name, req.Conn) {
 			switch {
-			case eqFold(f.name, "te"):
-				forEachToken(f.value, func(tok []byte) {
-					if eqFold(tok, "trailers") {
+			case h1wire.EqFold(f.Name, "te"):
+				h1wire.ForEachToken(f.Value, func(tok []byte) {
+					if h1wire.EqFold(tok, "trailers") {
 						te = true
 					}
 				})
-			case req.upgrade && eqFold(f.name, "upgrade"):
-				upgrade = f.value
+			case req.Upgrade && h1wire.EqFold(f.Name, "upgrade"):
+				upgrade = f.Value
 			}
 			continue
 		}
-		dst = append(dst, f.name...)
-		dst = append(dst, ": "...)
-		dst = append(dst, f.value...)
-		dst = append(dst, "\r\n"...)
+		dst = h1wire.AppendField(dst, f.Name, f.Value)
 	}
 	if te {
-		dst = append(dst, "Te: trailers\r\n"...)
+		dst = h1wire.AppendField(dst, "Te", "trailers")
 	}
 	if upgrade != nil {
-		dst = append(dst, "Connection: Upgrade\r\nUpgrade: "...)
-		dst = append(dst, upgrade...)
-		dst = append(dst, "\r\n"...)
+		dst = h1wire.AppendField(dst, "Connection", "Upgrade")
+		dst = h1wire.AppendField(dst, "Upgrade", upgrade)
 	}
 	if fwd.clientIP != "" {
-		dst = append(dst, "X-Forwarded-For: "...)
-		dst = append(dst, fwd.clientIP...)
-		dst = append(dst, "\r\n"...)
+		dst = h1wire.AppendField(dst, "X-Forwarded-For", fwd.clientIP)
 	}
-	dst = append(dst, "X-Forwarded-Host: "...)
-	dst = append(dst, req.host...)
-	dst = append(dst, "\r\nX-Forwarded-Proto: https\r\nForwarded: "...)
-	dst = append(dst, fwd.forwarded...)
-	dst = append(dst, "\r\n"...)
+	dst = h1wire.AppendField(dst, "X-Forwarded-Host", req.Host)
+	dst = h1wire.AppendField(dst, "X-Forwarded-Proto", "https")
+	dst = h1wire.AppendField(dst, "Forwarded", fwd.forwarded)
 	switch {
 	case bodyLen < 0:
-		dst = append(dst, "Transfer-Encoding: chunked\r\n"...)
-	case bodyLen > 0 || req.contentLength == 0:
-		dst = append(dst, "Content-Length: "...)
-		dst = strconv.AppendInt(dst, bodyLen, 10)
-		dst = append(dst, "\r\n"...)
+		dst = h1wire.AppendChunkedField(dst)
+	case bodyLen > 0 || req.ContentLength == 0:
+		dst = h1wire.AppendContentLength(dst, bodyLen)
 	}
-	return append(dst, "\r\n"...)
+	return h1wire.AppendEndOfHead(dst)
 }

@@ -300,7 +300,15 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	log := newLogger(cfg.Log, stderr)
 	slog.SetDefault(log)
+	// before the store is indexed and certificates loaded: the Go heap's
+	// soft limit from the container's (memlimit.go)
 	applyMemoryLimit(log, os.Getenv, "/sys/fs/cgroup", "/proc/self/cgroup")
+	// before anything is served: a SIGHUP that comes as soon as the
+	// listeners answer must reload, not end the process (SIGHUP's
+	// default action); signals during the start wait in the channel
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	in, err := start(cfg, startOptions{logger: log})
 	if err != nil {
 		fmt.Fprintln(stderr, "gatehouse:", err)
@@ -317,8 +325,6 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	defer stopTrim()
 	go newMemTrimmer().run(trimCtx)
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	for {
 		select {
 		case err := <-in.served:

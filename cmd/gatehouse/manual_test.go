@@ -134,6 +134,19 @@ func (l *logBuffer) waitLog(t testing.TB, limit time.Duration, subs ...string) {
 	})
 }
 
+// waitCount waits (bounded) until exactly want lines contain every one
+// of subs: a log line can be seen after what it reports (it is written
+// after the change, and a child's log comes through a pipe).
+func (l *logBuffer) waitCount(t testing.TB, limit time.Duration, want int, subs ...string) {
+	t.Helper()
+	testkit.WaitFor(t, limit, fmt.Sprintf("%d log lines with %s", want, strings.Join(subs, " & ")), func() error {
+		if n := l.count(subs...); n != want {
+			return fmt.Errorf("%d lines", n)
+		}
+		return nil
+	})
+}
+
 // tcpUpstream is a Postgres-like raw TCP server: it echoes every byte
 // it receives and, once the client half-closes, answers with a summary
 // ("summary: N bytes") and closes: an answer that can only arrive if

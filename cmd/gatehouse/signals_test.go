@@ -132,21 +132,15 @@ func TestSignals(t *testing.T) {
 		write(routes)
 		p.signal(t, syscall.SIGHUP)
 		testkit.WaitFor(t, 5*time.Second, "b.test served after SIGHUP", func() error { return get("b.test") })
-		if p.logs.count("SIGHUP: reloading the config") != 1 {
-			t.Error("the reload was not SIGHUP's")
-		}
+		p.logs.waitCount(t, 5*time.Second, 1, "SIGHUP: reloading the config") // the reload was SIGHUP's
 	})
 
 	t.Run("a changed config file reloads", func(t *testing.T) {
 		routes += m.route("c.test", c.URL, "")
 		write(routes)
 		testkit.WaitFor(t, 8*time.Second, "c.test served after the file changed", func() error { return get("c.test") })
-		if p.logs.count("config or certificate file changed; reloading") != 1 {
-			t.Error("the reload was not the watcher's")
-		}
-		if n := p.logs.count("config reloaded"); n != 2 {
-			t.Errorf("%d reloads logged, want 2 (SIGHUP's and the watcher's, each once)", n)
-		}
+		p.logs.waitCount(t, 5*time.Second, 1, "config or certificate file changed; reloading") // the watcher's
+		p.logs.waitCount(t, 5*time.Second, 2, "config reloaded")                               // SIGHUP's and the watcher's, each once
 	})
 
 	t.Run("SIGTERM drains, a second signal exits at once", func(t *testing.T) {

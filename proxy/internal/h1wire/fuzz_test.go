@@ -1,4 +1,4 @@
-package proxy
+package h1wire
 
 import (
 	"bufio"
@@ -13,13 +13,13 @@ import (
 
 // parseHead runs the fast path's head scan and parse over b as the
 // serve loop does; ok with the head length, or the refusal.
-func parseHead(b []byte) (*reqHead, int, error) {
-	end, _, err := headEnd(b, 0)
+func parseHead(b []byte) (*RequestHead, int, error) {
+	end, _, err := HeadEnd(b, 0)
 	if err != nil || end == 0 {
 		return nil, 0, err
 	}
-	h := new(reqHead)
-	return h, end, h.parse(b[:end])
+	h := new(RequestHead)
+	return h, end, h.Parse(b[:end])
 }
 
 // FuzzReqHead: the request-head parser never panics, and whatever it
@@ -29,7 +29,7 @@ func parseHead(b []byte) (*reqHead, int, error) {
 // and never frames a body differently (the condition for request
 // smuggling). Seeds: testdata/fuzz/FuzzReqHead.
 //
-//	go test -run '^$' -fuzz '^FuzzReqHead$' -fuzztime 30s ./proxy
+//	go test -run '^$' -fuzz '^FuzzReqHead$' -fuzztime 30s ./proxy/internal/h1wire
 func FuzzReqHead(f *testing.F) {
 	for _, s := range []string{
 		"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
@@ -67,42 +67,42 @@ func FuzzReqHead(f *testing.F) {
 		if rerr != nil {
 			t.Fatalf("gatehouse accepted what net/http refuses (%v):\n%q", rerr, head)
 		}
-		if req.Method != string(h.method) {
-			t.Fatalf("method %q vs net/http %q:\n%q", h.method, req.Method, head)
+		if req.Method != string(h.Method) {
+			t.Fatalf("method %q vs net/http %q:\n%q", h.Method, req.Method, head)
 		}
 		if rt := rawTarget(); req.RequestURI != string(rt) {
 			t.Fatalf("target %q vs net/http %q:\n%q", rt, req.RequestURI, head)
 		}
-		if req.Host != string(h.host) {
-			t.Fatalf("Host %q vs net/http %q:\n%q", h.host, req.Host, head)
+		if req.Host != string(h.Host) {
+			t.Fatalf("Host %q vs net/http %q:\n%q", h.Host, req.Host, head)
 		}
 		chunked := len(req.TransferEncoding) > 0 && req.TransferEncoding[len(req.TransferEncoding)-1] == "chunked"
-		if chunked != h.chunked {
-			t.Fatalf("chunked %v vs net/http %v:\n%q", h.chunked, chunked, head)
+		if chunked != h.Chunked {
+			t.Fatalf("chunked %v vs net/http %v:\n%q", h.Chunked, chunked, head)
 		}
-		want := h.contentLength // net/http: 0 for a request with neither field, -1 for chunked
+		want := h.ContentLength // net/http: 0 for a request with neither field, -1 for chunked
 		switch {
-		case h.chunked:
+		case h.Chunked:
 			want = -1
 		case want < 0:
 			want = 0
 		}
 		if req.ContentLength != want {
-			t.Fatalf("Content-Length %d (body %d) vs net/http %d:\n%q", h.contentLength, want, req.ContentLength, head)
+			t.Fatalf("Content-Length %d (body %d) vs net/http %d:\n%q", h.ContentLength, want, req.ContentLength, head)
 		}
-		if req.Close && !h.close && !h.upgrade {
+		if req.Close && !h.Close && !h.Upgrade {
 			t.Fatalf("gatehouse keeps the connection, net/http closes it:\n%q", head)
 		}
 		// field values, in order, per name; net/http takes Host out
 		// of the header, Transfer-Encoding into its own field and
 		// keeps one of identical Content-Lengths
 		got := http.Header{}
-		for _, fl := range h.fields {
-			k := http.CanonicalHeaderKey(string(fl.name))
+		for _, fl := range h.Fields {
+			k := http.CanonicalHeaderKey(string(fl.Name))
 			if k == "Host" || k == "Transfer-Encoding" || k == "Content-Length" { // compared above
 				continue
 			}
-			got[k] = append(got[k], string(fl.value))
+			got[k] = append(got[k], string(fl.Value))
 		}
 		delete(req.Header, "Transfer-Encoding")
 		delete(req.Header, "Content-Length")
@@ -112,14 +112,14 @@ func FuzzReqHead(f *testing.F) {
 	})
 }
 
-// FuzzChunked: the chunked decoder (bodyFramer) never panics, never
+// FuzzChunked: the chunked decoder (BodyFramer) never panics, never
 // returns more data than it was given, decodes the same whether the
 // bytes arrive at once or one at a time, and on a body it accepts
 // agrees with net/http — httputil.NewChunkedReader on the body bytes,
 // http.ReadRequest on the trailer fields and on where the body ends
 // (the next request on the connection starts at the same byte).
 //
-//	go test -run '^$' -fuzz '^FuzzChunked$' -fuzztime 30s ./proxy
+//	go test -run '^$' -fuzz '^FuzzChunked$' -fuzztime 30s ./proxy/internal/h1wire
 func FuzzChunked(f *testing.F) {
 	for _, s := range []string{
 		"3\r\nabc\r\n0\r\n\r\n", "1;x=y\r\na\r\n0\r\nT: v\r\n\r\n", "0\r\n\r\n",
@@ -130,24 +130,24 @@ func FuzzChunked(f *testing.F) {
 	}
 	// decode runs the framer over b, all in the buffer at once or (one)
 	// fed a byte per read; used: the bytes of b the body took
-	decode := func(b []byte, one bool) (body []byte, fr bodyFramer, used int, err error) {
-		br := bufReader{buf: make([]byte, len(b)+maxChunkLine)}
+	decode := func(b []byte, one bool) (body []byte, fr BodyFramer, used int, err error) {
+		br := BufReader{Buf: make([]byte, len(b)+MaxChunkLine)}
 		var src *bytes.Reader
 		if !one {
-			br.w = copy(br.buf, b)
+			br.W = copy(br.Buf, b)
 		} else {
 			src = bytes.NewReader(b)
-			br.src = iotest.OneByteReader(src)
+			br.Src = iotest.OneByteReader(src)
 		}
 		unread := func() int {
 			if src == nil {
-				return br.w - br.r
+				return br.W - br.R
 			}
-			return br.w - br.r + src.Len()
+			return br.W - br.R + src.Len()
 		}
-		fr.init(bodyChunked, 0)
-		for !fr.done {
-			data, err := fr.next(&br)
+		fr.Init(BodyChunked, 0)
+		for !fr.Done {
+			data, err := fr.Next(&br)
 			if err != nil {
 				return nil, fr, 0, err
 			}
@@ -155,14 +155,14 @@ func FuzzChunked(f *testing.F) {
 				body = append(body, data...)
 				continue
 			}
-			if fr.done || !one {
+			if fr.Done || !one {
 				break
 			}
-			if err := br.fill(); err != nil {
+			if err := br.Fill(); err != nil {
 				return body, fr, len(b) - unread(), err
 			}
 		}
-		fr.trailers = append([]byte(nil), fr.trailers...)
+		fr.Trailers = append([]byte(nil), fr.Trailers...)
 		return body, fr, len(b) - unread(), nil
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -173,13 +173,13 @@ func FuzzChunked(f *testing.F) {
 		if len(got) > len(b) {
 			t.Fatalf("decoded %d bytes from %d", len(got), len(b))
 		}
-		if !fr.done {
+		if !fr.Done {
 			return
 		}
 		// the same, a byte at a time (state kept across reads)
 		got1, fr1, used1, err1 := decode(b, true)
-		if err1 != nil || !bytes.Equal(got, got1) || used != used1 || !bytes.Equal(fr.trailers, fr1.trailers) {
-			t.Fatalf("byte at a time: %q/%d/%q/%v, at once: %q/%d/%q:\n%q", got1, used1, fr1.trailers, err1, got, used, fr.trailers, b)
+		if err1 != nil || !bytes.Equal(got, got1) || used != used1 || !bytes.Equal(fr.Trailers, fr1.Trailers) {
+			t.Fatalf("byte at a time: %q/%d/%q/%v, at once: %q/%d/%q:\n%q", got1, used1, fr1.Trailers, err1, got, used, fr.Trailers, b)
 		}
 
 		want, err := io.ReadAll(httputil.NewChunkedReader(bytes.NewReader(b)))
@@ -200,7 +200,7 @@ func FuzzChunked(f *testing.F) {
 		}
 		want, err = readAllBody(req)
 		if err != nil {
-			t.Fatalf("gatehouse decoded %q (trailers %q), net/http refused: %v (input %q)", got, fr.trailers, err, b)
+			t.Fatalf("gatehouse decoded %q (trailers %q), net/http refused: %v (input %q)", got, fr.Trailers, err, b)
 		}
 		if !bytes.Equal(got, want) {
 			t.Fatalf("decoded %q, net/http %q", got, want)
@@ -209,13 +209,13 @@ func FuzzChunked(f *testing.F) {
 			t.Fatalf("body ends after %d bytes, net/http after %d:\n%q", used, len(b)-rest, b)
 		}
 		trailer := http.Header{}
-		for tl := fr.trailers; len(tl) > 0; {
+		for tl := fr.Trailers; len(tl) > 0; {
 			nl := bytes.IndexByte(tl, '\n')
 			line := tl[:nl-1]
 			tl = tl[nl+1:]
 			colon := bytes.IndexByte(line, ':')
 			k := http.CanonicalHeaderKey(string(line[:colon]))
-			trailer[k] = append(trailer[k], string(trimOWS(line[colon+1:])))
+			trailer[k] = append(trailer[k], string(TrimOWS(line[colon+1:])))
 		}
 		if len(trailer) == 0 && len(req.Trailer) == 0 {
 			return
@@ -232,14 +232,14 @@ func readAllBody(req *http.Request) ([]byte, error) {
 	return buf.Bytes(), err
 }
 
-// FuzzRespHead: the upstream response-head parser (respHead.parse)
+// FuzzRespHead: the upstream response-head parser (ResponseHead.Parse)
 // never panics, and whatever it accepts http.ReadResponse accepts too,
 // with the same status, and the same framing of the body for a GET or a
 // HEAD: none (HEAD, 1xx, 204, 304), Content-Length n, chunked, or until
 // the connection closes. gatehouse may close where net/http would keep
 // the connection, never the reverse.
 //
-//	go test -run '^$' -fuzz '^FuzzRespHead$' -fuzztime 30s ./proxy
+//	go test -run '^$' -fuzz '^FuzzRespHead$' -fuzztime 30s ./proxy/internal/h1wire
 func FuzzRespHead(f *testing.F) {
 	for _, s := range []string{
 		"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
@@ -262,15 +262,15 @@ func FuzzRespHead(f *testing.F) {
 		f.Add([]byte(s), true)
 	}
 	f.Fuzz(func(t *testing.T, b []byte, head bool) {
-		end, _, err := headEnd(b, 0)
+		end, _, err := HeadEnd(b, 0)
 		if err != nil || end == 0 {
 			return
 		}
-		var h respHead
-		if h.parse(b[:end]) != nil {
+		var h ResponseHead
+		if h.Parse(b[:end]) != nil {
 			return
 		}
-		kind, n := h.bodyKind(head)
+		kind, n := h.BodyKind(head)
 		method := "GET"
 		if head {
 			method = "HEAD"
@@ -279,32 +279,32 @@ func FuzzRespHead(f *testing.F) {
 		if rerr != nil {
 			t.Fatalf("gatehouse accepted what net/http refuses (%v):\n%q", rerr, b[:end])
 		}
-		if res.StatusCode != h.status {
-			t.Fatalf("status %d vs net/http %d:\n%q", h.status, res.StatusCode, b[:end])
+		if res.StatusCode != h.Status {
+			t.Fatalf("status %d vs net/http %d:\n%q", h.Status, res.StatusCode, b[:end])
 		}
 		if res.StatusCode == 101 {
 			return // the connection is handed over: no body framing
 		}
 		chunked := len(res.TransferEncoding) > 0 && res.TransferEncoding[len(res.TransferEncoding)-1] == "chunked"
 		switch kind {
-		case bodyNone:
+		case BodyNone:
 			if res.Body != http.NoBody {
 				t.Fatalf("no body vs net/http reading one (cl %d, te %q):\n%q", res.ContentLength, res.TransferEncoding, b[:end])
 			}
-		case bodyLength:
+		case BodyLength:
 			if chunked || res.ContentLength != n || (n == 0) != (res.Body == http.NoBody) {
 				t.Fatalf("Content-Length %d vs net/http %d (te %q):\n%q", n, res.ContentLength, res.TransferEncoding, b[:end])
 			}
-		case bodyChunked:
+		case BodyChunked:
 			if !chunked || res.Body == http.NoBody {
 				t.Fatalf("chunked vs net/http te %q cl %d:\n%q", res.TransferEncoding, res.ContentLength, b[:end])
 			}
-		case bodyClose:
+		case BodyClose:
 			if chunked || res.ContentLength != -1 || !res.Close || res.Body == http.NoBody {
 				t.Fatalf("read to close vs net/http te %q cl %d close %v:\n%q", res.TransferEncoding, res.ContentLength, res.Close, b[:end])
 			}
 		}
-		if !h.close && kind != bodyClose && res.Close { // a body read to close ends the connection anyway
+		if !h.Close && kind != BodyClose && res.Close { // a body read to close ends the connection anyway
 			t.Fatalf("gatehouse keeps the connection, net/http closes it:\n%q", b[:end])
 		}
 	})
