@@ -288,6 +288,7 @@ func (m *Manager) loadOne(c *certmagic.Config, name string, call *loadCall) {
 			// only this name's handshakes can reach it, and they wait
 			// for call.done (chainintern.go)
 			shareChain(cert)
+			trimLeaf(cert.Leaf) // leaftrim.go
 		}
 		x.loads.Add(1) // before the waiters go on: they may read it
 	}

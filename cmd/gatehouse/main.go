@@ -300,6 +300,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	log := newLogger(cfg.Log, stderr)
 	slog.SetDefault(log)
+	// before the store is indexed and certificates loaded: the Go heap's
+	// soft limit from the container's (memlimit.go)
+	applyMemoryLimit(log, os.Getenv, "/sys/fs/cgroup", "/proc/self/cgroup")
 	// before anything is served: a SIGHUP that comes as soon as the
 	// listeners answer must reload, not end the process (SIGHUP's
 	// default action); signals during the start wait in the channel
