@@ -300,9 +300,6 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	log := newLogger(cfg.Log, stderr)
 	slog.SetDefault(log)
-	// before the store is indexed and certificates loaded: the Go heap's
-	// soft limit from the container's (memlimit.go)
-	applyMemoryLimit(log, os.Getenv, "/sys/fs/cgroup", "/proc/self/cgroup")
 	// before anything is served: a SIGHUP that comes as soon as the
 	// listeners answer must reload, not end the process (SIGHUP's
 	// default action); signals during the start wait in the channel
@@ -314,6 +311,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "gatehouse:", err)
 		return 1
 	}
+	// the Go heap's soft limit from the container's (memlimit.go): set
+	// as the store's index and the first loads begin in the background,
+	// after a failed start (which must say one thing, in one line)
+	applyMemoryLimit(log, os.Getenv, "/sys/fs/cgroup", "/proc/self/cgroup")
 	if cfg.Storage.Backend == "file" {
 		msg := "certificates and keys are stored in " + cfg.Storage.Dir
 		if path == "" {

@@ -148,7 +148,7 @@ func applyMemoryLimit(log *slog.Logger, getenv func(string) string, fsRoot, proc
 	cg, _ := os.ReadFile(procSelfCgroup)
 	limit, src, ok := cgroupMemoryLimit(fsRoot, cg)
 	if !ok {
-		log.Info("no container memory limit found; Go memory limit not set (GOMEMLIMIT sets one)")
+		log.Debug("no container memory limit found; Go memory limit not set (GOMEMLIMIT sets one)")
 		return 0
 	}
 	soft := limit / 100 * memLimitPercent
