@@ -8,11 +8,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -45,22 +48,40 @@ func buildGatehouse(t *testing.T) string {
 }
 
 // sharedPorts finds n ports free on every one of ips (loopback addresses;
-// on Linux all of 127.0.0.0/8 answers without setup).
+// on Linux all of 127.0.0.0/8 answers without setup). The kernel cannot
+// pick one port for several addresses, and a port it picked for ":0"
+// and that was released again is handed to the next ":0" listener or
+// outgoing connection of any process (CI saw a replica's admin port
+// taken that way between the check and the replica's start). So the
+// ports are drawn below the kernel's ephemeral range
+// (net.ipv4.ip_local_port_range), where no ":0" bind lands, and checked
+// free on every address.
 func sharedPorts(t *testing.T, ips []string, n int) []int {
 	t.Helper()
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if v, err := strconv.Atoi(f[0]); err == nil {
+				low = v
+			}
+		}
+	}
+	from := max(10000, low-12000)
+	if low-from < 1000 {
+		t.Skipf("ephemeral port range starts at %d: no room below it for ports chosen by the test", low)
+	}
 	var ports []int
 	for attempt := 0; len(ports) < n; attempt++ {
-		if attempt > 50 {
-			t.Fatalf("no port free on all of %v after 50 tries", ips)
+		if attempt > 200 {
+			t.Fatalf("no port in %d-%d free on all of %v after 200 tries", from, low-1, ips)
 		}
-		first, err := net.Listen("tcp", ips[0]+":0")
-		if err != nil {
-			t.Fatal(err)
+		p := from + rand.IntN(low-from)
+		if slices.Contains(ports, p) {
+			continue
 		}
-		p := first.Addr().(*net.TCPAddr).Port
 		ok := true
-		held := []net.Listener{first}
-		for _, ip := range ips[1:] {
+		var held []net.Listener
+		for _, ip := range ips {
 			l, err := net.Listen("tcp", fmt.Sprintf("%s:%d", ip, p))
 			if err != nil {
 				ok = false
