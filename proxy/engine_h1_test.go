@@ -14,6 +14,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -576,6 +578,59 @@ func TestH1IdleHandoffAndTimeout(t *testing.T) {
 	took := time.Since(began)
 	if err == nil || took < idle-300*time.Millisecond || took > idle+2*time.Second {
 		t.Errorf("idle connection closed after %v (%v), want about the idle timeout %v", took, err, idle)
+	}
+}
+
+// An idle keep-alive connection keeps a 2 KiB goroutine stack, not the
+// 8 KiB its handshake and request grew: after idleHandoff it waits on a
+// fresh goroutine, in frames of its own (waitThenLoop). Measured as the
+// growth of the runtime's stack memory in use over 300 idle
+// connections; 4.3 KiB each when the wait ran under serveOne's frame.
+// The runtime starts new goroutines at the average stack size it last
+// scanned (adaptivestackstart): with many idle connections that is
+// their own 2 KiB, in a test process it is not: the test runs itself
+// again with GODEBUG=adaptivestackstart=0 (read only at process start),
+// so it measures what the frames need.
+func TestH1IdleConnectionStackSmall(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector's frames are larger than a user's build")
+	}
+	if os.Getenv("GATEHOUSE_STACK_CHILD") == "" {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestH1IdleConnectionStackSmall$", "-test.v", "-test.count=1")
+		cmd.Env = append(os.Environ(), "GATEHOUSE_STACK_CHILD=1", "GODEBUG=adaptivestackstart=0")
+		out, err := cmd.CombinedOutput()
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.Contains(l, "idle connection") {
+				t.Log(strings.TrimSpace(l))
+			}
+		}
+		if err != nil {
+			t.Fatalf("measuring process: %v\n%s", err, out)
+		}
+		return
+	}
+	w := startH1World(t, echoUpstream(t).URL)
+	c0, br0 := w.dial() // one connection first: pools and caches warm
+	roundTrip(t, c0, br0, "GET /warm HTTP/1.1\r\nHost: web.test\r\n\r\n", false)
+	time.Sleep(idleHandoff + 200*time.Millisecond)
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	before := ms.StackInuse
+	const n = 300
+	for i := 0; i < n; i++ {
+		c, br := w.dial()
+		if res, _ := roundTrip(t, c, br, "GET /a HTTP/1.1\r\nHost: web.test\r\n\r\n", false); res.StatusCode != 200 {
+			t.Fatalf("status %d", res.StatusCode)
+		}
+	}
+	time.Sleep(idleHandoff + 500*time.Millisecond) // every connection handed off
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	per := (int64(ms.StackInuse) - int64(before)) / n
+	t.Logf("goroutine stack per idle connection: %d B", per)
+	if per > 3<<10 {
+		t.Errorf("an idle connection keeps %d B of goroutine stack, want at most 3 KiB (a 2 KiB stack)", per)
 	}
 }
 
