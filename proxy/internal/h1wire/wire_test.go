@@ -159,6 +159,8 @@ func TestFieldLines(t *testing.T) {
 		{"X-A:", 0, ""},
 		{"X-A:  \t ", 0, ""},
 		{"X-A:b:c", 0, "b:c"},
+		{"X-A: \xc2\xa0v\xc2\x85", 0, "\xc2\xa0v\xc2\x85"}, // NBSP, NEL: not OWS (net/http keeps them)
+		{"X-A: \tv\tv\t\tvvvvvvvvv\tv\t", 0, "v\tv\t\tvvvvvvvvv\tv"},
 		{"!#$%&'*+-.^_`|~0Az: 1", 0, "1"},
 		{"X-A: " + strings.Repeat("v\t", 40) + "v", 0, strings.Repeat("v\t", 40) + "v"},
 		{" X: 1", 400, "obsolete line folding in a header field"},
@@ -219,6 +221,27 @@ func TestFieldLines(t *testing.T) {
 		ForEachTrailer(fr.Trailers, func(name, value []byte) { last = value })
 		if err != nil || !fr.Done || string(last) != tc.msg {
 			t.Errorf("trailers %q: %v, done %v, value %q", tc.lines, err, fr.Done, last)
+		}
+	}
+}
+
+// valueLen, eight bytes at a time, ends where a byte-by-byte check of
+// RFC 9110 §5.5 ends: every byte value at every position of a word and
+// of the tail, after a tab or not.
+func TestValueLen(t *testing.T) {
+	for c := 0; c < 256; c++ {
+		for _, pre := range []string{"", "\t", "a\tb", "\xff\x80 "} {
+			for at := 0; at < 20; at++ {
+				b := []byte(pre + strings.Repeat("v", at) + string(rune(0)) + "vvvvvvvvvvvvvvvv\r\n")
+				b[len(pre)+at] = byte(c)
+				want := 0
+				for want < len(b) && (b[want] >= 0x20 || b[want] == '\t') && b[want] != 0x7f {
+					want++
+				}
+				if got := valueLen(b); got != want {
+					t.Fatalf("valueLen(%q) = %d, want %d", b, got, want)
+				}
+			}
 		}
 	}
 }
