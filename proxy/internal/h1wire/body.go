@@ -292,37 +292,29 @@ func (f *BodyFramer) Next(b *BufReader) ([]byte, error) {
 }
 
 // validFieldLines checks field lines (each ending in CRLF, as HeadEnd
-// found them): a token name, a colon, a valid value (RFC 9112 §5).
+// found them) with scanField, as the fields of a head.
 func validFieldLines(b []byte) bool {
 	for len(b) > 0 {
-		nl := bytes.IndexByte(b, '\n')
-		line := b[:nl-1]
-		b = b[nl+1:]
-		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 || !IsToken(line[:colon]) || !ValidValue(line[colon+1:]) {
+		_, _, n, fe := scanField(b)
+		if fe != fieldOK {
 			return false
 		}
+		b = b[n:]
 	}
 	return true
 }
 
 // ForEachTrailer calls fn with each field of a chunked body's trailer
 // section as received (BodyFramer.Trailers: field lines with their
-// CRLFs), name and value trimmed; malformed lines are skipped. Which
-// fields may be passed on is the caller's decision.
+// CRLFs), the value without its OWS, as scanField reads them; a line it
+// refuses is skipped. Which fields may be passed on is the caller's
+// decision.
 func ForEachTrailer(t []byte, fn func(name, value []byte)) {
 	for len(t) > 0 {
-		line := t
-		if i := bytes.IndexByte(t, '\n'); i >= 0 {
-			line, t = t[:i], t[i+1:]
-		} else {
-			t = nil
+		name, value, n, fe := scanField(t)
+		if fe == fieldOK {
+			fn(name, value)
 		}
-		line = bytes.TrimRight(line, "\r")
-		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 {
-			continue
-		}
-		fn(bytes.TrimSpace(line[:colon]), bytes.TrimSpace(line[colon+1:]))
+		t = t[n:]
 	}
 }

@@ -137,23 +137,11 @@ func (h *RequestHead) Parse(b []byte) error {
 	var clRaw []byte    // the first Content-Length value
 	closeTok := false   // Connection: close
 	for len(rest) > 2 { // the final CRLF is left
-		nl := bytes.IndexByte(rest, '\n')
-		line := rest[:nl-1]
-		rest = rest[nl+1:]
-		if line[0] == ' ' || line[0] == '\t' {
-			return bad("obsolete line folding in a header field")
+		name, value, n, fe := scanField(rest)
+		if fe != fieldOK {
+			return fieldErrs[fe]
 		}
-		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 {
-			return bad("header line without a field name")
-		}
-		name, value := line[:colon], TrimOWS(line[colon+1:])
-		if !IsToken(name) {
-			return bad("invalid header field name")
-		}
-		if !ValidValue(value) {
-			return bad("invalid header field value")
-		}
+		rest = rest[n:]
 		h.Fields = append(h.Fields, Field{name, value})
 		switch len(name) {
 		case 4:
@@ -352,17 +340,11 @@ func (h *ResponseHead) Parse(b []byte) error {
 	keepAlive, closeTok := false, false
 	var clRaw []byte // the first Content-Length value
 	for len(rest) > 2 {
-		nl := bytes.IndexByte(rest, '\n')
-		line := rest[:nl-1]
-		rest = rest[nl+1:]
-		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 || line[0] == ' ' || line[0] == '\t' {
+		name, value, n, fe := scanField(rest)
+		if fe != fieldOK {
 			return ErrBadResponse
 		}
-		name, value := line[:colon], TrimOWS(line[colon+1:])
-		if !IsToken(name) || !ValidValue(value) {
-			return ErrBadResponse
-		}
+		rest = rest[n:]
 		h.Fields = append(h.Fields, Field{name, value})
 		switch len(name) {
 		case 10:

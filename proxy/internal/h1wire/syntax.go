@@ -1,8 +1,10 @@
 // Package h1wire is gatehouse's HTTP/1.1 wire code, apart from any
 // policy: the head scanner and the strict parsers of request and
-// response heads (RFC 9112 §2–§6), the body framer (Content-Length,
-// chunked, read to close: RFC 9112 §6.3, §7.1) over a pooled read
-// buffer, and the writers of heads and chunks.
+// response heads (RFC 9112 §2–§6), which read their field lines, as the
+// chunked framer reads trailer sections, with one field-line scanner
+// (scanField); the body framer (Content-Length, chunked, read to close:
+// RFC 9112 §6.3, §7.1) over a pooled read buffer; and the writers of
+// heads and chunks.
 //
 // A proxy that parses more leniently than the upstream behind it is how
 // request smuggling happens, so anything ambiguous is refused: bare CR

@@ -142,3 +142,106 @@ func TestBufReaderAndFramer(t *testing.T) {
 		t.Fatalf("after Release: held %v, out %d", br.Held(), BuffersOut()-before)
 	}
 }
+
+// A field line that is not field-name ":" OWS field-value OWS (RFC 9112
+// §5, RFC 9110 §5.5) is refused with its own reason; the first refusal
+// in a head decides, a field interpreted on an earlier line included.
+// An upstream's is ErrBadResponse, a trailer section's ErrBadChunk; a
+// valid line's value is the same, without its OWS, in all three.
+func TestFieldLines(t *testing.T) {
+	for _, tc := range []struct {
+		lines  string // field lines after Host, without the final CRLF
+		status int    // 0: accepted
+		msg    string // the refusal, or the value of the last field
+	}{
+		{"X-A: a b\tc\x80\xff", 0, "a b\tc\x80\xff"},
+		{"X-A: \t v \t", 0, "v"},
+		{"X-A:", 0, ""},
+		{"X-A:  \t ", 0, ""},
+		{"X-A:b:c", 0, "b:c"},
+		{"X-A: \xc2\xa0v\xc2\x85", 0, "\xc2\xa0v\xc2\x85"}, // NBSP, NEL: not OWS (net/http keeps them)
+		{"X-A: \tv\tv\t\tvvvvvvvvv\tv\t", 0, "v\tv\t\tvvvvvvvvv\tv"},
+		{"!#$%&'*+-.^_`|~0Az: 1", 0, "1"},
+		{"X-A: " + strings.Repeat("v\t", 40) + "v", 0, strings.Repeat("v\t", 40) + "v"},
+		{" X: 1", 400, "obsolete line folding in a header field"},
+		{"\tX: 1", 400, "obsolete line folding in a header field"},
+		{"X-A: 1\r\n Y", 400, "obsolete line folding in a header field"},
+		{"X 1", 400, "header line without a field name"},
+		{"X-A", 400, "header line without a field name"},
+		{": 1", 400, "header line without a field name"},
+		{"X-A : 1", 400, "invalid header field name"},
+		{"X(A): 1", 400, "invalid header field name"},
+		{"X\x80: 1", 400, "invalid header field name"},
+		{"X\"A: 1", 400, "invalid header field name"},
+		{"X-A: 1\x00", 400, "invalid header field value"},
+		{"X-A: \x7f", 400, "invalid header field value"},
+		{"X-A: " + strings.Repeat("v", 30) + "\x1fb", 400, "invalid header field value"},
+		{"X-A: \x1b[31m", 400, "invalid header field value"},
+		{"Expect: 100-continue\r\nX(A): 1", 400, "invalid header field name"},
+		{"Expect: x\r\nX(A): 1", 417, "unsupported expectation"},
+		{"X(A): 1\r\nExpect: x", 400, "invalid header field name"},
+		{"Transfer-Encoding: gzip\r\nX-A: \x01", 501, "unsupported Transfer-Encoding"},
+		{"X-A: \x01\r\nTransfer-Encoding: gzip", 400, "invalid header field value"},
+	} {
+		req := "GET / HTTP/1.1\r\nHost: a\r\n" + tc.lines + "\r\n\r\n"
+		end, _, err := HeadEnd([]byte(req), 0)
+		if err != nil || end != len(req) {
+			t.Fatalf("HeadEnd(%q) = %d, %v", req, end, err)
+		}
+		var rh RequestHead
+		err = rh.Parse([]byte(req))
+		pe, _ := err.(*ParseError)
+		switch {
+		case tc.status == 0 && (err != nil || string(rh.Fields[len(rh.Fields)-1].Value) != tc.msg):
+			t.Errorf("%q: %v, value %q, want %q", tc.lines, err, rh.Fields[len(rh.Fields)-1].Value, tc.msg)
+		case tc.status != 0 && (pe == nil || pe.Status != tc.status || pe.Msg != tc.msg):
+			t.Errorf("%q: %#v, want %d %q", tc.lines, err, tc.status, tc.msg)
+		}
+		if tc.status == 417 || tc.status == 501 {
+			continue // a request's policy, not a field line's syntax
+		}
+		var sh ResponseHead
+		err = sh.Parse([]byte("HTTP/1.1 200 OK\r\n" + tc.lines + "\r\n\r\n"))
+		if tc.status == 0 && (err != nil || string(sh.Fields[len(sh.Fields)-1].Value) != tc.msg) ||
+			tc.status != 0 && err != ErrBadResponse {
+			t.Errorf("response %q: %v", tc.lines, err)
+		}
+		br := BufReader{Buf: []byte("0\r\n" + tc.lines + "\r\n\r\n")}
+		br.W = len(br.Buf)
+		var fr BodyFramer
+		fr.Init(BodyChunked, 0)
+		_, err = fr.Next(&br)
+		if tc.status != 0 {
+			if err != ErrBadChunk {
+				t.Errorf("trailers %q: %v, want ErrBadChunk", tc.lines, err)
+			}
+			continue
+		}
+		var last []byte
+		ForEachTrailer(fr.Trailers, func(name, value []byte) { last = value })
+		if err != nil || !fr.Done || string(last) != tc.msg {
+			t.Errorf("trailers %q: %v, done %v, value %q", tc.lines, err, fr.Done, last)
+		}
+	}
+}
+
+// valueLen, eight bytes at a time, ends where a byte-by-byte check of
+// RFC 9110 §5.5 ends: every byte value at every position of a word and
+// of the tail, after a tab or not.
+func TestValueLen(t *testing.T) {
+	for c := 0; c < 256; c++ {
+		for _, pre := range []string{"", "\t", "a\tb", "\xff\x80 "} {
+			for at := 0; at < 20; at++ {
+				b := []byte(pre + strings.Repeat("v", at) + string(rune(0)) + "vvvvvvvvvvvvvvvv\r\n")
+				b[len(pre)+at] = byte(c)
+				want := 0
+				for want < len(b) && (b[want] >= 0x20 || b[want] == '\t') && b[want] != 0x7f {
+					want++
+				}
+				if got := valueLen(b); got != want {
+					t.Fatalf("valueLen(%q) = %d, want %d", b, got, want)
+				}
+			}
+		}
+	}
+}
