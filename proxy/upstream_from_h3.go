@@ -6,13 +6,13 @@ import (
 	"io"
 	"maps"
 	"net/http"
-	"net/textproto"
 	"strconv"
 	"sync"
 	"time"
 	"unsafe"
 
 	"github.com/gatehouse-proxy/gatehouse/proxy/internal/h1wire"
+	"github.com/gatehouse-proxy/gatehouse/proxy/internal/h2server"
 )
 
 // An HTTP/3 request's exchange with an http:// or https:// upstream
@@ -314,9 +314,4 @@ func (x *h3Up) relay(rs *routeState, up *upstream, uc *upConn, resp *h1wire.Resp
 // canonicalBytes is a field name as an http.Header key: quic-go looks
 // fields up by their canonical names (Date, Content-Length, Trailer),
 // and writes every name in lower case. Common names cost no allocation.
-func canonicalBytes(b []byte) string {
-	if l, ok := h2LowerBytes[string(b)]; ok {
-		return h2Canon[l]
-	}
-	return textproto.CanonicalMIMEHeaderKey(string(b))
-}
+func canonicalBytes(b []byte) string { return h2server.CanonicalBytes(b) }
