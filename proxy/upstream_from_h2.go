@@ -63,10 +63,6 @@ func (x *h2Up) attach(uc *upConn) bool { return x.st().Attach(uc) }
 // connection meanwhile (its deadline is in the past: not reusable).
 func (x *h2Up) detach() bool { return x.st().Detach() }
 
-// Interrupt breaks off an exchange on uc whose client stream ended
-// (h2server.Interrupter).
-func (uc *upConn) Interrupt() { _ = uc.nc.SetDeadline(time.Unix(1, 0)) }
-
 // forward proxies the stream's request to an upstream of rs and relays
 // the answer (exchangeUp, upstream_exchange.go: the exchange HTTP/3 requests
 // share); an error means nothing (or not all) was answered yet: the

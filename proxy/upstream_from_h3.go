@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
-	"time"
 	"unsafe"
 
 	"github.com/gatehouse-proxy/gatehouse/proxy/internal/h1wire"
@@ -150,7 +149,7 @@ func (x *h3Up) cancel() {
 	x.gone = true
 	if x.uc != nil && !x.broken {
 		x.broken = true
-		_ = x.uc.nc.SetDeadline(time.Unix(1, 0))
+		x.uc.Interrupt()
 	}
 }
 
