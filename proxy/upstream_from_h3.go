@@ -61,7 +61,7 @@ func (s *Server) forwardH3(rs *routeState, rc *replayConn, w http.ResponseWriter
 	noBody := bodyLen == 0
 	if !h1wire.ValidTarget(bstr(r.RequestURI)) {
 		// what reaches an HTTP/1.1 upstream must parse there as it did
-		// here (as for HTTP/2: engine_h2_stream.go's serve)
+		// here (as for HTTP/2: engine_h2.go's ServeStream)
 		badRequest(w, r, "malformed :path")
 		return
 	}
