@@ -349,7 +349,8 @@ func (c *Conn) creditLocked(st *Stream, n int64) {
 	}
 }
 
-// Body is a request body as the upstream transport reads it.
+// Body is a request body as the Handler reads it (a 100 Continue is
+// sent at the first Read that waits, when the client asked for one).
 type Body struct{ st *Stream }
 
 var errBodyGone = errors.New("http2: request body canceled by the client")
@@ -369,8 +370,8 @@ func (b Body) Read(p []byte) (int, error) {
 			return 0, io.EOF
 		}
 		if st.expect && !st.headed {
-			// the upstream wants the body (it answered 100 Continue to
-			// the transport): tell the client to send it
+			// the Handler wants the body (the proxy's upstream answered
+			// 100 Continue): tell the client to send it
 			st.headed = true
 			c.hbuf.Reset()
 			c.enc.WriteField(hpack.HeaderField{Name: ":status", Value: "100"})
@@ -551,6 +552,3 @@ func (c *Conn) streamDone(st *Stream) {
 	}
 	c.idleLocked()
 }
-
-// serve handles one request: the 421 check, HSTS, the upstream
-// exchange through the own HTTP/1.1 client (upstream_from_h2.go) or the route's
