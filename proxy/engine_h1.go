@@ -40,7 +40,7 @@ import (
 // (engine_h1.go, upstream_from_h2.go, upstream_from_h3.go): an http route whose upstreams are all http:// or
 // https://. Requests of every other http route (h2c://) go through the
 // route's RoundTrip (net/http's Transport, upstream_balance.go): engine_h1_roundtrip.go,
-// engine_h2_stream.go. It is the one place that decides; routeState.fast holds
+// engine_h2.go. It is the one place that decides; routeState.fast holds
 // its answer.
 func nativeUpstreams(e *routes.Entry) bool {
 	if e.Mode() != routes.ModeHTTP || len(e.Upstreams) == 0 {

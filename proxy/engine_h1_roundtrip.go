@@ -23,7 +23,7 @@ import (
 // exchange goes through the route's RoundTrip (upstream_balance.go: pick, skip,
 // retry, passive health, PROXY-protocol pinning) with an http.Request
 // built from the parsed head, as the HTTP/2 server's streams do
-// (engine_h2_stream.go). Everything else is the HTTP/1.1 server's own: the
+// (engine_h2.go). Everything else is the HTTP/1.1 server's own: the
 // Host check and 421 (serveRequest), the forwarding fields and
 // hop-by-hop removal (isReqHop, forwardRequest), the request body
 // framing with [timeouts] client_body, the response head (hop-by-hop

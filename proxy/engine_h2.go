@@ -1,787 +1,362 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"io"
 	"net"
-	"runtime"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
+	"github.com/gatehouse-proxy/gatehouse/proxy/internal/h1wire"
+	"github.com/gatehouse-proxy/gatehouse/proxy/internal/h2server"
+	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
-// gatehouse's own HTTP/2 server for every http-mode connection that
-// negotiated "h2". net/http's HTTP/2 server spent
-// most of gatehouse's HTTP/2 CPU (bench/README.md) on a write syscall
-// per frame (it flushes HEADERS and DATA separately) and on goroutine
-// hand-offs per frame; this one reads frames in one loop per connection,
-// runs one goroutine per stream, and queues every frame in a
-// per-connection buffer that a writer goroutine flushes in one TLS
-// record when nothing more is ready. Framing and HPACK are
-// golang.org/x/net/http2's. Streams of routes with plain http://
-// upstreams go through the own HTTP/1.1 client (upstream_from_h2.go); the others
-// (h2c:// for gRPC, https://) through the route's RoundTrip, which
-// forwards trailers and streams both ways as those need (engine_h2_stream.go).
+// Every http-mode connection that negotiated "h2" is served by
+// gatehouse's own HTTP/2 server (proxy/internal/h2server: framing, flow
+// control, stream state, limits, timeouts). Here is its Handler: each
+// stream's request goes through the same policy as the other engines'
+// (policy*.go: CONNECT refused, the 421 check, forwarded fields, errors,
+// the access log). Streams of routes with plain http:// or https://
+// upstreams go through the own HTTP/1.1 client (upstream_from_h2.go);
+// the others (h2c:// for gRPC, https:// after a reload) through the
+// route's RoundTrip, which forwards trailers and streams both ways as
+// those need.
 
-// What the server advertises and how much it lets a client hold.
-const (
-	h2MaxStreams = 250 // SETTINGS_MAX_CONCURRENT_STREAMS: streams whose handler runs
-	// SETTINGS_INITIAL_WINDOW_SIZE, and the connection's window: request
-	// body bytes buffered per stream and, in all, per connection (as
-	// net/http's server has them); a stream may take a frame of
-	// h2MaxReadFrame whole.
-	h2StreamWindow = 1 << 20
-	h2ConnWindow   = 1 << 20
-	h2MaxPending   = 64 << 10 // frames queued for the client before writers wait for the socket
-	// h2MaxReadFrame is SETTINGS_MAX_FRAME_SIZE, as net/http's server
-	// sets it (clients that send a header block in one large frame keep
-	// working); DATA frames are bounded by the stream windows anyway.
-	h2MaxReadFrame = 1 << 20
-	// h2ResetBudget bounds work a client can make gatehouse start and
-	// then cancel (CVE-2023-44487, rapid reset): each stream the client
-	// resets before its response ended, or that gatehouse refused or
-	// reset for a protocol error, costs one; each completed response
-	// earns one back. At zero the connection is closed with
-	// ENHANCE_YOUR_CALM.
-	h2ResetBudget = 1000
-	// h2CloseWait is how long a connection that sent its last GOAWAY
-	// waits for the client to close first, so the GOAWAY is not lost to
-	// a TCP reset of unread data.
-	h2CloseWait = time.Second
-	// h2ResetMemory is how many of the streams gatehouse reset last a
-	// connection remembers, to ignore the frames in flight on them.
-	h2ResetMemory = 64
-)
-
-var h2Preface = []byte(http2.ClientPreface)
-
-// h2Conn is one client connection. The read loop (serve) owns frame
-// reading; everything else shared — streams, flow-control windows, the
-// outgoing buffer, the HPACK encoder — is guarded by mu.
+// h2Conn is the Handler of one client connection: what its streams'
+// requests share.
 type h2Conn struct {
 	s     *Server
-	tc    *tls.Conn
 	rc    *replayConn
+	sc    *h2server.Conn
 	tm    timeouts
 	tls   *tls.ConnectionState
-	ctx   context.Context           // carries rc for connFrom (proxy_protocol pinning)
 	addr  string                    // client address, as net/http's RemoteAddr
 	xff   []string                  // X-Forwarded-For: the client's IP, shared by the connection's requests
 	fwd   atomic.Pointer[fwdFields] // the Transport path's
 	fwdUp atomic.Pointer[fwdInfo]   // the own client's (upstream_from_h2.go)
-
-	fr *http2.Framer // reads; serve only
-
-	mu      sync.Mutex
-	out     []byte        // frames queued for the client
-	wfr     *http2.Framer // writes into out
-	enc     *hpack.Encoder
-	hbuf    bytes.Buffer      // HPACK output for one header block
-	strs    map[string]string // interned response field strings (upstream_from_h2.go)
-	streams map[uint32]*h2Stream
-	maxID   uint32 // highest stream id the client opened
-	running int    // stream goroutines not yet finished (including reset ones)
-	budget  int    // see h2ResetBudget
-
-	sendWin      int64  // connection window for DATA to the client
-	peerInitWin  int64  // client's SETTINGS_INITIAL_WINDOW_SIZE
-	peerMaxFrame uint32 // client's SETTINGS_MAX_FRAME_SIZE
-	recvWin      int64  // connection window the client may still send into
-	recvCredit   int64  // bytes consumed since the last connection WINDOW_UPDATE
-
-	blocked   []*h2Stream // streams waiting for sendWin or queue room
-	goAway    bool        // GOAWAY sent: no new streams above goAwayID
-	goAwayID  uint32
-	finishing bool // last GOAWAY queued and no stream left: close after the flush
-	closed    bool
-	flushing  bool // the writer holds a buffer it is writing
-
-	handlers  sync.WaitGroup // stream goroutines: the connection is done when they are
-	kick      chan struct{}  // wakes the writer
-	done      chan struct{}  // closed with the connection
-	wdone     chan struct{}  // closed when the writer has stopped
-	idleTimer *time.Timer
-	idleOn    bool      // idleTimer is armed
-	idleSince time.Time // when it was
-
-	// Streams waiting on the client (for request body, window or
-	// queue room) are "stalled": each is reset when it made no
-	// progress for [timeouts] client_body or send (stallTimer checks
-	// them), and a connection whose streams are all stalled is idle:
-	// the idle timer runs.
-	stalled    int
-	stallTimer *time.Timer
-	stallNext  time.Time // when stallTimer fires; zero: not armed
-
-	// resetIDs are the last streams gatehouse reset (RST_STREAM sent):
-	// frames the client sent on them before it saw the reset are
-	// ignored (RFC 9113 §5.1), not answered or charged to the reset
-	// budget. A ring, allocated on the first reset.
-	resetIDs  []uint32
-	resetNext int
 }
 
 // serveH2 serves one TLS connection that negotiated "h2" until it closes.
 func (s *Server) serveH2(tc *tls.Conn, rc *replayConn) {
-	snap := rc.snap
 	st := tc.ConnectionState()
-	c := &h2Conn{
-		s: s, tc: tc, rc: rc, tm: snap.tm, tls: &st,
-		ctx:          context.WithValue(context.Background(), connKey{}, rc),
-		addr:         rc.RemoteAddr().String(),
-		streams:      make(map[uint32]*h2Stream),
-		budget:       h2ResetBudget,
-		sendWin:      65535,
-		peerInitWin:  65535,
-		peerMaxFrame: 16384,
-		recvWin:      h2ConnWindow,
-		kick:         make(chan struct{}, 1),
-		done:         make(chan struct{}),
-		wdone:        make(chan struct{}),
-	}
+	c := &h2Conn{s: s, rc: rc, tm: rc.snap.tm, tls: &st, addr: rc.RemoteAddr().String()}
 	if ip, _, err := net.SplitHostPort(c.addr); err == nil {
 		c.xff = []string{ip}
 	}
 	if cur := s.state.Load(); cur != nil {
 		c.tm = cur.tm // the live config's timeouts
 	}
-	c.fr = http2.NewFramer(nil, tc)
-	c.fr.SetReuseFrames()
-	c.fr.SetMaxReadFrameSize(h2MaxReadFrame)
-	c.fr.MaxHeaderListSize = maxHeaderBytes
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.wfr = http2.NewFramer(outWriter{c}, nil)
-	c.enc = hpack.NewEncoder(&c.hbuf)
-	if !s.h2conns.add(c) {
+	c.sc = h2server.NewConn(tc, h2server.Config{
+		MaxHeaderBytes: maxHeaderBytes,
+		ReadHeader:     c.tm.readHeader,
+		Idle:           c.tm.idle,
+		ClientBody:     c.tm.clientBody,
+		Send:           c.tm.send,
+		Context:        context.WithValue(context.Background(), connKey{}, rc), // connFrom (proxy_protocol pinning)
+		Log:            s.log,
+		Client:         c.addr,
+	}, c)
+	if !s.h2conns.add(c.sc) {
 		tc.Close() // shutting down
 		return
 	}
-	defer s.h2conns.remove(c)
-	go c.writeLoop()
-	c.serve()
-	// the streams were ended with the connection; their goroutines
-	// return at once (canceled upstream requests), after their
-	// access-log lines: a drain that saw this connection go has seen
-	// its requests logged
-	c.handlers.Wait()
-}
-
-// outWriter appends the write framer's frames to the queue; mu is held.
-type outWriter struct{ c *h2Conn }
-
-func (w outWriter) Write(p []byte) (int, error) {
-	w.c.out = append(w.c.out, p...)
-	return len(p), nil
-}
-
-// errors of a connection or a stream, as the peer or gatehouse ended them
-var (
-	errH2Closed      = errors.New("http2: connection closed")
-	errH2StreamReset = errors.New("http2: stream reset by the client")
-	errH2StreamDone  = errors.New("http2: stream closed")
-)
-
-// serve is the read loop: preface, then one frame at a time.
-func (c *h2Conn) serve() {
-	defer c.end()
-	_ = c.tc.SetReadDeadline(time.Now().Add(c.tm.readHeader))
-	var pre [len(http2.ClientPreface)]byte
-	if _, err := io.ReadFull(c.tc, pre[:]); err != nil || !bytes.Equal(pre[:], h2Preface) {
-		return
-	}
-	c.mu.Lock()
-	_ = c.wfr.WriteSettings(
-		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: h2MaxStreams},
-		http2.Setting{ID: http2.SettingInitialWindowSize, Val: h2StreamWindow},
-		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderBytes},
-		http2.Setting{ID: http2.SettingMaxFrameSize, Val: h2MaxReadFrame},
-	)
-	_ = c.wfr.WriteWindowUpdate(0, h2ConnWindow-65535)
-	c.wake()
-	c.mu.Unlock()
-
-	first := true
-	for {
-		f, err := c.fr.ReadFrame()
-		if err != nil {
-			if !c.readError(err) {
-				return
-			}
-			continue
-		}
-		if first {
-			if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
-				c.fail(http2.ErrCodeProtocol)
-				return
-			}
-			first = false
-			_ = c.tc.SetReadDeadline(time.Time{})
-			c.mu.Lock()
-			c.idleLocked()
-			c.mu.Unlock()
-		}
-		if err := c.frame(f); err != nil {
-			var se http2.StreamError
-			if errors.As(err, &se) {
-				c.resetStream(se.StreamID, se.Code, true)
-				continue
-			}
-			var ce http2.ConnectionError
-			if errors.As(err, &ce) {
-				c.fail(http2.ErrCode(ce))
-			}
-			return
-		}
-	}
-}
-
-// readError handles a ReadFrame error; false ends the connection.
-func (c *h2Conn) readError(err error) bool {
-	var se http2.StreamError
-	var ce http2.ConnectionError
-	switch {
-	case errors.As(err, &se):
-		c.mu.Lock()
-		if se.StreamID > c.maxID && se.StreamID%2 == 1 {
-			c.maxID = se.StreamID // a stream opened with bad headers is gone for good
-		}
-		c.mu.Unlock()
-		c.resetStream(se.StreamID, se.Code, true)
-		return true
-	case errors.As(err, &ce):
-		c.fail(http2.ErrCode(ce))
-	case errors.Is(err, http2.ErrFrameTooLarge):
-		c.fail(http2.ErrCodeFrameSize)
-	}
-	return false
-}
-
-// frame handles one frame from the client.
-func (c *h2Conn) frame(f http2.Frame) error {
-	switch f := f.(type) {
-	case *http2.MetaHeadersFrame:
-		return c.onHeaders(f)
-	case *http2.DataFrame:
-		return c.onData(f)
-	case *http2.SettingsFrame:
-		return c.onSettings(f)
-	case *http2.PingFrame:
-		if f.IsAck() {
-			return nil
-		}
-		c.mu.Lock()
-		err := c.waitRoomLocked(nil)
-		if err == nil {
-			_ = c.wfr.WritePing(true, f.Data)
-			c.wake()
-		}
-		c.mu.Unlock()
-		return err
-	case *http2.WindowUpdateFrame:
-		return c.onWindowUpdate(f)
-	case *http2.RSTStreamFrame:
-		return c.onReset(f)
-	case *http2.PriorityFrame:
-		if f.StreamDep == f.StreamID {
-			return http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeProtocol}
-		}
-		return nil // priorities are ignored (RFC 9113 §5.3.2 deprecates them)
-	case *http2.GoAwayFrame:
-		c.mu.Lock()
-		c.goAwayLocked(http2.ErrCodeNo) // the client opens no more streams; finish these
-		c.mu.Unlock()
-		return nil
-	case *http2.PushPromiseFrame:
-		return http2.ConnectionError(http2.ErrCodeProtocol)
-	}
-	return nil // unknown frame types are ignored (RFC 9113 §4.1)
-}
-
-func (c *h2Conn) onSettings(f *http2.SettingsFrame) error {
-	if f.IsAck() {
-		return nil
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	err := f.ForeachSetting(func(s http2.Setting) error {
-		if err := s.Valid(); err != nil {
-			return err
-		}
-		switch s.ID {
-		case http2.SettingInitialWindowSize:
-			delta := int64(s.Val) - c.peerInitWin
-			c.peerInitWin = int64(s.Val)
-			for _, st := range c.streams {
-				st.sendWin += delta
-				if st.sendWin > 1<<31-1 {
-					return http2.ConnectionError(http2.ErrCodeFlowControl)
-				}
-				st.cond.Broadcast()
-			}
-		case http2.SettingMaxFrameSize:
-			c.peerMaxFrame = s.Val
-		case http2.SettingHeaderTableSize:
-			c.enc.SetMaxDynamicTableSizeLimit(s.Val)
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	if err := c.waitRoomLocked(nil); err != nil {
-		return err
-	}
-	_ = c.wfr.WriteSettingsAck()
-	c.wake()
-	return nil
-}
-
-func (c *h2Conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	inc := int64(f.Increment)
-	if f.StreamID == 0 {
-		if c.sendWin+inc > 1<<31-1 {
-			return http2.ConnectionError(http2.ErrCodeFlowControl)
-		}
-		c.sendWin += inc
-		c.unblockLocked()
-		return nil
-	}
-	st := c.streams[f.StreamID]
-	if st == nil {
-		if f.StreamID > c.maxID {
-			return http2.ConnectionError(http2.ErrCodeProtocol) // idle stream
-		}
-		return nil // closed: frames in flight are ignored
-	}
-	if st.sendWin+inc > 1<<31-1 {
-		return http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeFlowControl}
-	}
-	st.sendWin += inc
-	st.cond.Broadcast()
-	return nil
-}
-
-func (c *h2Conn) onReset(f *http2.RSTStreamFrame) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	st := c.streams[f.StreamID]
-	if st == nil {
-		if f.StreamID > c.maxID {
-			return http2.ConnectionError(http2.ErrCodeProtocol) // idle stream
-		}
-		return nil
-	}
-	// the response had not ended: work started and thrown away
-	if !st.ended && !c.spendLocked() {
-		return http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
-	}
-	st.endLocked(errH2StreamReset)
-	return nil
-}
-
-// spendLocked takes one from the reset budget; false when it is spent.
-func (c *h2Conn) spendLocked() bool {
-	c.budget--
-	return c.budget > 0
-}
-
-// resetStream sends RST_STREAM and ends the stream if it is open.
-// abuse counts it against the reset budget (a stream gatehouse refused
-// or found malformed).
-func (c *h2Conn) resetStream(id uint32, code http2.ErrCode, abuse bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if abuse && !c.spendLocked() {
-		c.goAwayCodeLocked(http2.ErrCodeEnhanceYourCalm)
-		c.finishLocked()
-		return
-	}
-	if st := c.streams[id]; st != nil {
-		st.endLocked(errH2StreamDone)
-	}
-	c.writeResetLocked(id, code)
-}
-
-// writeResetLocked queues RST_STREAM. It does not wait for queue room:
-// a reset frees the client's resources, and their number is bounded by
-// the reset budget and stream count.
-func (c *h2Conn) writeResetLocked(id uint32, code http2.ErrCode) {
-	if c.closed || id == 0 {
-		return
-	}
-	_ = c.wfr.WriteRSTStream(id, code)
-	c.wake()
-	if c.resetIDs == nil {
-		c.resetIDs = make([]uint32, h2ResetMemory)
-	}
-	c.resetIDs[c.resetNext] = id
-	c.resetNext = (c.resetNext + 1) % h2ResetMemory
-}
-
-// wasResetLocked reports whether gatehouse reset stream id lately: a
-// frame on it was in flight when the client got the RST_STREAM.
-func (c *h2Conn) wasResetLocked(id uint32) bool {
-	for _, r := range c.resetIDs {
-		if r == id {
-			return true
-		}
-	}
-	return false
-}
-
-// fail ends the connection for a connection error: GOAWAY with the
-// code, then close once it is written.
-func (c *h2Conn) fail(code http2.ErrCode) {
-	c.mu.Lock()
-	c.goAwayCodeLocked(code)
-	c.finishLocked()
-	c.mu.Unlock()
-}
-
-// goAwayLocked starts a graceful close: no new streams, the open ones
-// finish, then the connection closes.
-func (c *h2Conn) goAwayLocked(code http2.ErrCode) {
-	if c.goAway {
-		return
-	}
-	c.goAwayCodeLocked(code)
-	if len(c.streams) == 0 {
-		c.finishLocked()
-	}
-}
-
-func (c *h2Conn) goAwayCodeLocked(code http2.ErrCode) {
-	if c.closed {
-		return
-	}
-	if c.goAway && code == http2.ErrCodeNo {
-		return
-	}
-	c.goAway, c.goAwayID = true, c.maxID
-	_ = c.wfr.WriteGoAway(c.maxID, code, nil)
-	c.wake()
-}
-
-// finishLocked makes the writer close the connection's writing side
-// after its next flush; the read loop then waits h2CloseWait for the
-// client to close.
-func (c *h2Conn) finishLocked() {
-	if c.finishing || c.closed {
-		return
-	}
-	c.finishing = true
-	for _, st := range c.streams {
-		st.endLocked(errH2Closed)
-	}
-	c.unblockLocked()
-	c.wake()
-}
-
-// idleLocked arms the idle timer when no stream is open, or every
-// open one is stalled on the client (a connection whose streams all
-// wait for window or body is not busy).
-func (c *h2Conn) idleLocked() {
-	if len(c.streams) != c.stalled || c.closed {
-		return
-	}
-	if c.goAway && len(c.streams) == 0 {
-		c.finishLocked()
-		return
-	}
-	if c.idleOn {
-		return // running since the connection went idle
-	}
-	c.idleOn, c.idleSince = true, time.Now()
-	if c.idleTimer == nil {
-		c.idleTimer = time.AfterFunc(c.tm.idle, c.onIdle)
-	} else {
-		c.idleTimer.Reset(c.tm.idle)
-	}
-}
-
-// busyLocked stops the idle timer: a stream is open and not stalled.
-func (c *h2Conn) busyLocked() {
-	if c.idleOn {
-		c.idleOn = false
-		c.idleTimer.Stop()
-	}
-}
-
-func (c *h2Conn) onIdle() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.idleOn || len(c.streams) != c.stalled {
-		return // busy again meanwhile
-	}
-	if left := c.tm.idle - time.Since(c.idleSince); left > 0 {
-		c.idleTimer.Reset(left) // a stale fire: idle again since
-		return
-	}
-	c.idleOn = false
-	if len(c.streams) == 0 {
-		c.goAwayLocked(http2.ErrCodeNo)
-		return
-	}
-	// every stream has waited on the client for the whole idle time
-	c.s.log.Debug("HTTP/2 connection idle with every stream stalled; closing", "client", c.addr, "streams", len(c.streams))
-	c.goAwayCodeLocked(http2.ErrCodeNo)
-	c.finishLocked()
-}
-
-// stallLocked marks st as waiting on the client, for at most limit
-// without progress.
-func (st *h2Stream) stallLocked(limit time.Duration) {
-	if !st.stallAt.IsZero() {
-		return
-	}
-	c := st.c
-	now := time.Now()
-	st.stallAt, st.stallLimit = now, limit
-	c.stalled++
-	if at := now.Add(limit); c.stallNext.IsZero() || at.Before(c.stallNext) {
-		c.stallNext = at
-		if c.stallTimer == nil {
-			c.stallTimer = time.AfterFunc(limit, c.onStall)
-		} else {
-			c.stallTimer.Reset(limit)
-		}
-	}
-	c.idleLocked()
-}
-
-// unstallLocked marks st as making progress (or done waiting).
-func (st *h2Stream) unstallLocked() {
-	if st.stallAt.IsZero() {
-		return
-	}
-	st.stallAt = time.Time{}
-	st.c.stalled--
-	st.c.busyLocked()
-}
-
-var errH2Stalled = errors.New("http2: stream made no progress for [timeouts] client_body/send")
-
-// onStall resets the streams stalled for longer than their limit and
-// re-arms for the next one.
-func (c *h2Conn) onStall() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
-		return
-	}
-	now := time.Now()
-	var next time.Time
-	for _, st := range c.streams {
-		if st.stallAt.IsZero() {
-			continue
-		}
-		at := st.stallAt.Add(st.stallLimit)
-		if !at.After(now) {
-			c.s.log.Debug("HTTP/2 stream stalled on the client; reset", "client", c.addr, "stream", st.id, "waited", now.Sub(st.stallAt))
-			st.unstallLocked()
-			st.endLocked(errH2Stalled)
-			c.writeResetLocked(st.id, http2.ErrCodeCancel)
-			continue
-		}
-		if next.IsZero() || at.Before(next) {
-			next = at
-		}
-	}
-	c.stallNext = next
-	if !next.IsZero() {
-		c.stallTimer.Reset(next.Sub(now))
-	}
-	c.idleLocked()
-}
-
-// drain is Server.Shutdown's graceful GOAWAY.
-func (c *h2Conn) drain() {
-	c.mu.Lock()
-	c.goAwayLocked(http2.ErrCodeNo)
-	c.mu.Unlock()
-}
-
-// wake tells the writer there is something to flush; mu is held.
-func (c *h2Conn) wake() {
-	select {
-	case c.kick <- struct{}{}:
-	default:
-	}
-}
-
-// waitRoomLocked waits until the queue has room (the client reads what
-// it is sent), so neither a slow reader nor a flood of PINGs grows it
-// without bound. st, if set, is woken on a reset too.
-func (c *h2Conn) waitRoomLocked(st *h2Stream) error {
-	if st != nil {
-		defer st.unstallLocked()
-	}
-	for len(c.out) >= h2MaxPending {
-		if c.closed || c.finishing {
-			return errH2Closed
-		}
-		if st != nil && st.err != nil {
-			return st.err
-		}
-		if st == nil {
-			// the read loop: wait on the connection's own waiter
-			w := c.readWaiter()
-			c.blocked = append(c.blocked, w)
-			w.cond.Wait()
-			continue
-		}
-		st.stallLocked(c.tm.send) // the client is not reading
-		c.blocked = append(c.blocked, st)
-		st.cond.Wait()
-	}
-	if c.closed || c.finishing {
-		return errH2Closed
-	}
-	return nil
-}
-
-// readWaiter is a stream-shaped waiter for the read loop's waits.
-func (c *h2Conn) readWaiter() *h2Stream {
-	w := &h2Stream{c: c}
-	w.cond.L = &c.mu
-	return w
-}
-
-// unblockLocked wakes the streams waiting for the connection window or
-// queue room.
-func (c *h2Conn) unblockLocked() {
-	for i, st := range c.blocked {
-		st.cond.Broadcast()
-		c.blocked[i] = nil
-	}
-	c.blocked = c.blocked[:0]
-}
-
-// writeLoop flushes the queue: each wake-up writes everything queued so
-// far in one Write (one TLS record up to 16 KiB, one syscall).
-func (c *h2Conn) writeLoop() {
-	defer close(c.wdone)
-	var spare []byte
-	for {
-		select {
-		case <-c.kick:
-		case <-c.done:
-			return
-		}
-		// Let the streams that are ready queue their frames first: their
-		// responses then share this write.
-		runtime.Gosched()
-		for {
-			c.mu.Lock()
-			if c.closed {
-				c.mu.Unlock()
-				return
-			}
-			if len(c.out) == 0 {
-				finish := c.finishing
-				c.flushing = false
-				c.mu.Unlock()
-				if finish {
-					// the last frames are out: wait for the client to close
-					_ = c.tc.SetReadDeadline(time.Now().Add(h2CloseWait))
-					return
-				}
-				break
-			}
-			buf := c.out
-			c.out = spare[:0]
-			c.flushing = true
-			c.unblockLocked()
-			c.mu.Unlock()
-			// a client that stops reading for [timeouts] send is closed
-			_ = c.tc.SetWriteDeadline(time.Now().Add(c.tm.send))
-			_, err := c.tc.Write(buf)
-			if cap(buf) > 32<<10 {
-				buf = nil // a burst's buffer is not kept by an idle connection
-			}
-			spare = buf
-			if err != nil {
-				c.close()
-				return
-			}
-		}
-	}
-}
-
-// end closes the connection when the read loop is over: what is
-// queued (a GOAWAY) is written first, for at most h2CloseWait.
-func (c *h2Conn) end() {
-	c.mu.Lock()
-	c.finishLocked()
-	c.mu.Unlock()
-	t := time.NewTimer(h2CloseWait)
-	select {
-	case <-c.wdone:
-	case <-t.C:
-	}
-	t.Stop()
-	c.close()
-}
-
-// close ends the connection and every stream on it.
-func (c *h2Conn) close() {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return
-	}
-	c.closed = true
-	for _, st := range c.streams {
-		st.endLocked(errH2Closed)
-	}
-	c.unblockLocked()
-	if c.idleTimer != nil {
-		c.idleTimer.Stop()
-	}
-	if c.stallTimer != nil {
-		c.stallTimer.Stop()
-	}
-	close(c.done)
-	c.mu.Unlock()
-	c.tc.Close()
+	defer s.h2conns.remove(c.sc)
+	// Serve returns after the streams' handlers, which return at once
+	// when the connection ends (canceled upstream requests), after
+	// their access-log lines: a drain that saw this connection go has
+	// seen its requests logged
+	c.sc.Serve()
 }
 
 // h2Set tracks the connections served by gatehouse's HTTP/2 server, so
 // Shutdown can send each a GOAWAY, wait for its streams, and at the
 // deadline close it.
-type h2Set struct{ tracked[*h2Conn] }
+type h2Set struct{ tracked[*h2server.Conn] }
 
 // shutdown refuses new connections, sends every open one a GOAWAY and
 // waits until they closed or ctx ends; then it closes what is left and
 // reports how many.
 func (s *h2Set) shutdown(ctx context.Context) (cut int) {
 	for _, c := range s.members(true) {
-		c.drain()
+		c.Shutdown()
 	}
 	if s.wait(ctx) == nil {
 		return 0
 	}
 	left := s.members(false)
 	for _, c := range left {
-		c.close()
+		c.Close()
 	}
 	return len(left)
 }
 
-// fwdFields are the forwarding fields for one Host on a connection:
-// a client sends the same Host on every request, so they are built
-// once. The upstream transport only reads them.
-type fwdFields struct {
-	host     string
-	xfh, fwd []string
+// ServeStream handles one request (h2server.Handler): CONNECT refused,
+// :method, :path and :authority checked, the 421 check, HSTS, the
+// upstream exchange through the own HTTP/1.1 client
+// (upstream_from_h2.go) or the route's RoundTrip (balancing, retries,
+// metrics; errors through proxyError), and the access log (also of the
+// 431 the server answered itself).
+func (c *h2Conn) ServeStream(st *h2server.Stream, in h2server.Request) {
+	s, rc := c.s, c.rc
+	rs := s.routeForStream(rc)
+	began := time.Now()
+	if in.HeaderTooLarge {
+		c.logOwn(st, rs, in, began) // the server answered 431
+		return
+	}
+	if in.Method == "CONNECT" {
+		st.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		st.WriteHeader(http.StatusMethodNotAllowed)
+		_, _ = st.Write([]byte("405 Method Not Allowed: CONNECT is not proxied\n"))
+		c.logOwn(st, rs, in, began)
+		return
+	}
+	if !isToken(in.Method) || !h1wire.ValidTarget(bstr(in.Path)) || in.Authority == "" || !validHost(bstr(in.Authority)) {
+		// what reaches an HTTP/1.1 upstream must parse there as it did
+		// here; a Host's port is digits (policy.go)
+		st.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		st.WriteHeader(http.StatusBadRequest)
+		_, _ = st.Write([]byte("400 Bad Request: malformed :method, :path or :authority\n"))
+		c.logOwn(st, rs, in, began)
+		return
+	}
+	defer rs.metrics.observe(began, protoH2)
+	if misdirectedHost(rs, in.Authority, rc.hello.ServerName) {
+		rs.misdirected(st, rc.hello.ServerName)
+		c.logOwn(st, rs, in, began)
+		return
+	}
+	if !c.holdUpstream(st, rs) {
+		return
+	}
+	defer rc.upLimit.release()
+	if rs.fast { // nativeUpstreams (engine_h1.go)
+		up, err := c.forward(st, rs, in)
+		if up == nil {
+			up = failedUpstream(err) // every upstream failed: name the last one tried
+		}
+		if err != nil {
+			c.ownFields(st, rs)
+			c.failNative(st, rs, in, up, err)
+		}
+		if s.accessOn() {
+			st.End() // the duration logged includes the last frame queued
+			c.logNative(st, rs, in, up, began)
+		}
+		return
+	}
+	// h2c:// upstreams (and https:// ones after a reload moved this
+	// connection's route): net/http's Transport through the route's
+	// RoundTrip (balancing, retries, PROXY-protocol pinning)
+	c.ownFields(st, rs)
+	u, err := url.ParseRequestURI(in.Path)
+	if err != nil {
+		st.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		st.WriteHeader(http.StatusBadRequest)
+		_, _ = st.Write([]byte("400 Bad Request: malformed :path\n"))
+		c.logOwn(st, rs, in, began)
+		return
+	}
+	r := &http.Request{
+		Method: in.Method, URL: u, Proto: "HTTP/2.0", ProtoMajor: 2,
+		Header: make(http.Header, len(in.Fields)+4), Host: in.Authority,
+		RemoteAddr: c.addr, RequestURI: in.Path, TLS: c.tls,
+	}
+	c.upstreamRequest(st, r, rs, in)
+	ctx := st.Context()
+	var a *accessRecord
+	if s.access != nil {
+		a = accessPool.Get().(*accessRecord)
+		*a = accessRecord{}
+		ctx = context.WithValue(ctx, accessKey{}, a)
+	}
+	// 1xx but 100 (the body read sends that) relayed as they come
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+		if code != 100 {
+			_ = st.SendInterim(code, func(e h2server.Encoder) { e.Header(http.Header(h)) })
+		}
+		return nil
+	}})
+	r = r.WithContext(ctx)
+	if res, err := rs.RoundTrip(r); err != nil {
+		rs.proxyError(st, r, err)
+	} else {
+		_ = rs.modifyResponse(res) // the route's HSTS, a 304's framing
+		c.copyResponse(st, rs, r, res)
+	}
+	if a != nil {
+		st.End() // the duration logged includes the last frame queued
+		a.status, a.bytes = st.Status(), st.Written()
+		s.logAccess(rs, rc, r, a, began)
+		*a = accessRecord{}
+		accessPool.Put(a)
+	}
 }
 
-var xfpHTTPS = []string{"https"}
+// ownFields puts the route's HSTS and Alt-Svc into the header of what
+// gatehouse answers itself past the 421 check (503, 502/504) and of
+// the Transport path's responses; the own client's responses get them
+// in sendRespHead. Only then: a header map made for every stream was
+// 3% of the engine's CPU (bench/README.md).
+func (c *h2Conn) ownFields(st *h2server.Stream, rs *routeState) {
+	if rs.hsts != "" {
+		st.Header().Set("Strict-Transport-Security", rs.hsts)
+	}
+	if v := c.s.altSvc(rs); v != "" {
+		st.Header().Set("Alt-Svc", v)
+	}
+}
+
+// holdUpstream takes one of the connection's upstream slots
+// (policy_limits.go) for the stream's exchange; false when none came free
+// in time (answered 503) or the stream ended while it waited.
+func (c *h2Conn) holdUpstream(st *h2server.Stream, rs *routeState) bool {
+	if c.rc.upLimit.take() {
+		return true
+	}
+	err := c.rc.upLimit.acquire(st.Context(), c.tm.respHeader)
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, errUpstreamLimit):
+		rs.metrics.none[classOf(http.StatusServiceUnavailable)].Inc()
+		rs.log.Warn("client connection holds too many upstream exchanges; request refused",
+			"client", c.addr, "limit", maxUpstreamPerConn)
+		c.ownFields(st, rs)
+		st.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		st.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = st.Write([]byte("503 Service Unavailable: too many requests in progress on this connection\n"))
+	default:
+		rs.metrics.none[classCanceled].Inc()
+	}
+	return false
+}
+
+// routeForStream is routeFor (engine_h1.go) for a stream: after a reload
+// the next stream follows the new config; a name without an http route
+// any more is still served by the connection's route.
+func (s *Server) routeForStream(rc *replayConn) *routeState {
+	snap := s.state.Load()
+	if snap == rc.snap {
+		return rc.route
+	}
+	if cur := snap.lookup(rc.hello.ServerName); cur != nil && cur.mode == routes.ModeHTTP {
+		return cur
+	}
+	return rc.route
+}
+
+// upstreamRequest fills r as the upstream gets it: the stream's fields
+// less the client's X-Forwarded-* and Forwarded (forwardRequest sets
+// them from what gatehouse saw) and cookies joined; the body.
+func (c *h2Conn) upstreamRequest(st *h2server.Stream, r *http.Request, rs *routeState, in h2server.Request) {
+	h := r.Header
+	var cookies []string
+	for _, f := range in.Fields {
+		if f.IsPseudo() {
+			continue
+		}
+		// what the own client does not forward either (isReqHop:
+		// Proxy-Authorization, forwarding fields and their underscore
+		// spellings, Host, framing); checkRequest has refused the
+		// connection-specific fields, and a te is "trailers", kept
+		if f.Name != "te" && isReqHop(bstr(f.Name), nil) {
+			continue
+		}
+		switch f.Name {
+		case "cookie":
+			// HTTP/2 splits cookies into fields; HTTP/1.1 wants one (RFC 9113 §8.2.3)
+			cookies = append(cookies, f.Value)
+			continue
+		}
+		k := h2server.CanonicalKey(f.Name)
+		h[k] = append(h[k], f.Value)
+	}
+	if len(cookies) == 1 {
+		h["Cookie"] = cookies
+	} else if len(cookies) > 1 {
+		h["Cookie"] = []string{strings.Join(cookies, "; ")}
+	}
+	forwardRequest(r, rs, c.xff, &c.fwd)
+	if in.EndStream || in.ContentLength == 0 {
+		r.ContentLength = 0 // and no Body, as the reverse proxy sends it
+		return
+	}
+	r.ContentLength = in.ContentLength
+	r.Body = st.Body()
+}
+
+// copyResponse sends the upstream's response to the client: its
+// headers less hop-by-hop ones, its body as DATA within the client's
+// flow-control windows, its trailers.
+func (c *h2Conn) copyResponse(st *h2server.Stream, rs *routeState, r *http.Request, res *http.Response) {
+	defer res.Body.Close()
+	trailers := len(res.Trailer) > 0
+	// A body known to be empty ends the stream on HEADERS. Otherwise the
+	// HEADERS are queued before the body is read, so a response whose
+	// body comes later (a stream, a long poll) gets its headers at once;
+	// a body already at hand is queued before the writer runs, and both
+	// go out in one write.
+	empty := res.ContentLength == 0 && !trailers
+	err := st.SendHeaders(res.StatusCode, empty, func(e h2server.Encoder) bool {
+		date := e.Header(res.Header)
+		if len(res.Trailer) > 0 {
+			keys := make([]string, 0, len(res.Trailer))
+			for k := range res.Trailer {
+				keys = append(keys, k)
+			}
+			e.Field("trailer", strings.Join(keys, ", "))
+		}
+		return date
+	})
+	if err != nil || empty {
+		return
+	}
+	bp := h2Buffers.Get().(*[]byte)
+	defer h2Buffers.Put(bp)
+	buf := *bp
+	var rerr error
+	for rerr == nil {
+		var n int
+		n, rerr = readSome(res.Body, buf)
+		if n > 0 {
+			if err := st.SendData(buf[:n], rerr == io.EOF && !trailers); err != nil {
+				return
+			}
+		}
+	}
+	if rerr != io.EOF {
+		if r.Context().Err() == nil {
+			rs.log.Warn("upstream response broke off", "method", r.Method, "path", r.URL.Path,
+				"client", r.RemoteAddr, "error", rerr)
+		}
+		return // streamDone resets the stream
+	}
+	if trailers {
+		_ = st.SendTrailers(func(e h2server.Encoder) { e.Header(res.Trailer) })
+	} else {
+		st.End()
+	}
+}
+
+// readSome reads at least a byte unless the body ended or failed.
+func readSome(r io.Reader, buf []byte) (int, error) {
+	for range 100 {
+		n, err := r.Read(buf)
+		if n > 0 || err != nil {
+			return n, err
+		}
+	}
+	return 0, io.ErrNoProgress
+}
+
+var h2Buffers = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}

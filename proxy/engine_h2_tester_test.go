@@ -286,7 +286,7 @@ func h2Goroutines() (int, string) {
 	n := 0
 	var which []string
 	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "proxy.(*h2Conn)") || strings.Contains(g, "proxy.(*h2Stream)") || strings.Contains(g, "proxy.(*Server).serveH2") {
+		if strings.Contains(g, "h2server.(*Conn)") || strings.Contains(g, "h2server.(*Stream)") || strings.Contains(g, "proxy.(*Server).serveH2") {
 			n++
 			which = append(which, g)
 		}

@@ -76,7 +76,7 @@ type Server struct {
 	// h1 holds the connections gatehouse's HTTP/1.1 server serves (engine_h1.go).
 	h1 h1Set
 	// h2conns holds the connections gatehouse's own HTTP/2 server
-	// serves (engine_h2.go): a drain sends each a GOAWAY and waits for them.
+	// serves (proxy/internal/h2server, engine_h2.go): a drain sends each a GOAWAY and waits for them.
 	h2conns h2Set
 }
 

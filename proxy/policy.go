@@ -217,3 +217,36 @@ func logPath(target string) string {
 	}
 	return target
 }
+
+// fwdFields are the forwarding fields for one Host on a connection:
+// a client sends the same Host on every request, so they are built
+// once. The upstream transport only reads them.
+type fwdFields struct {
+	host     string
+	xfh, fwd []string
+}
+
+var xfpHTTPS = []string{"https"}
+
+// hopByHop reports the fields of a single connection (as httputil's
+// ReverseProxy removes them), which HTTP/2 also forbids.
+func hopByHop(k string) bool {
+	switch k {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+		"Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
+}
+
+// connListed reports whether the Connection field values conn name k.
+func connListed(conn []string, k string) bool {
+	for _, v := range conn {
+		for f := range strings.SplitSeq(v, ",") {
+			if http.CanonicalHeaderKey(strings.TrimSpace(f)) == k {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -25,6 +25,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/gatehouse-proxy/gatehouse/proxy/internal/h2server"
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
@@ -443,8 +444,8 @@ func TestH2IdleWhileStalled(t *testing.T) {
 func TestH2DataAfterOwnAnswerIgnored(t *testing.T) {
 	w := startH1World(t, echoUpstream(t).URL)
 	h := w.dialH2()
-	const rounds = 250 // × 5 frames after the reset: beyond h2ResetBudget
-	if rounds*5 <= h2ResetBudget {
+	const rounds = 250 // × 5 frames after the reset: beyond h2server.ResetBudget
+	if rounds*5 <= h2server.ResetBudget {
 		t.Fatal("the test no longer exceeds the reset budget")
 	}
 	chunk := bytes.Repeat([]byte("d"), 100)

@@ -11,7 +11,7 @@ import (
 	"unsafe"
 
 	"github.com/gatehouse-proxy/gatehouse/proxy/internal/h1wire"
-	"golang.org/x/net/http2/hpack"
+	"github.com/gatehouse-proxy/gatehouse/proxy/internal/h2server"
 )
 
 // An HTTP/2 stream's exchange with an http:// or https:// upstream
@@ -25,19 +25,29 @@ import (
 // bstr views s as bytes without a copy; the bytes are only read.
 func bstr(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 
+// h2Up is a stream as the exchange's upClient sees it: the same
+// memory as the h2server.Stream (a conversion, not an allocation per
+// stream), with the proxy's methods.
+type h2Up h2server.Stream
+
+func (x *h2Up) st() *h2server.Stream { return (*h2server.Stream)(x) }
+
+// conn is the stream's connection's Handler.
+func (x *h2Up) conn() *h2Conn { return x.st().Conn().Handler().(*h2Conn) }
+
 // fwdFor returns the connection's forwarding fields for host.
 func (c *h2Conn) fwdFor(host string) *fwdInfo { return fwdCached(&c.fwdUp, c.addr, host) }
 
 // upHead is the request as appendUpstreamHead writes it (upHeadBuilder).
-func (st *h2Stream) upHead(in h2Request, fields []h1wire.Field) h1wire.RequestHead {
+func upHeadH2(in *h2server.Request, fields []h1wire.Field) h1wire.RequestHead {
 	var b upHeadBuilder
-	b.startIn(in.method, in.path, in.authority, fields)
-	for _, f := range in.fields {
+	b.startIn(in.Method, in.Path, in.Authority, fields)
+	for _, f := range in.Fields {
 		if !f.IsPseudo() {
 			b.add(f.Name, f.Value)
 		}
 	}
-	return b.finish(in.endStream || in.declared == 0)
+	return b.finish(in.EndStream || in.ContentLength == 0)
 }
 
 // upFields are field lists for upHead: one allocated per stream was one
@@ -45,78 +55,52 @@ func (st *h2Stream) upHead(in h2Request, fields []h1wire.Field) h1wire.RequestHe
 var upFields = sync.Pool{New: func() any { f := make([]h1wire.Field, 0, 32); return &f }}
 
 // attach makes uc the stream's upstream connection: a reset of the
-// stream then breaks off its reads and writes at once. false: the
-// stream has ended already.
-func (st *h2Stream) attach(uc *upConn) bool {
-	st.c.mu.Lock()
-	defer st.c.mu.Unlock()
-	if st.err != nil {
-		return false
-	}
-	st.uc = uc
-	return true
-}
+// stream then breaks off its reads and writes at once (Interrupt).
+// false: the stream has ended already.
+func (x *h2Up) attach(uc *upConn) bool { return x.st().Attach(uc) }
 
 // detach ends attach; it reports whether a reset poisoned the
 // connection meanwhile (its deadline is in the past: not reusable).
-func (st *h2Stream) detach() bool {
-	st.c.mu.Lock()
-	defer st.c.mu.Unlock()
-	st.uc = nil
-	return st.ucBroken
-}
-
-// breakUpLocked interrupts the stream's upstream exchange (in endLocked).
-func (st *h2Stream) breakUpLocked() {
-	if st.uc != nil && !st.ucBroken {
-		st.ucBroken = true
-		_ = st.uc.nc.SetDeadline(time.Unix(1, 0))
-	}
-}
+func (x *h2Up) detach() bool { return x.st().Detach() }
 
 // forward proxies the stream's request to an upstream of rs and relays
 // the answer (exchangeUp, upstream_exchange.go: the exchange HTTP/3 requests
 // share); an error means nothing (or not all) was answered yet: the
 // caller answers it (failNative).
-func (st *h2Stream) forward(rs *routeState, in h2Request) (*upstream, error) {
-	c := st.c
+func (c *h2Conn) forward(st *h2server.Stream, rs *routeState, in h2server.Request) (*upstream, error) {
 	fp := upFields.Get().(*[]h1wire.Field)
-	req := st.upHead(in, *fp)
+	req := upHeadH2(&in, *fp)
 	defer func() {
 		clear(req.Fields) // they view the request's strings
 		*fp = req.Fields[:0]
 		upFields.Put(fp)
 	}()
-	fwd := c.fwdFor(in.authority)
+	fwd := c.fwdFor(in.Authority)
 	bodyLen, stream := int64(0), false
-	if !in.endStream && in.declared != 0 {
-		bodyLen, stream = in.declared, true
+	if !in.EndStream && in.ContentLength != 0 {
+		bodyLen, stream = in.ContentLength, true
 	}
 	bp := h1wire.GetBuf(&smallBufs)
 	defer h1wire.PutBuf(&smallBufs, bp)
 	ob := appendUpstreamHead((*bp)[:0], &req, fwd, bodyLen)
 	if stream && bodyLen > 0 && bodyLen <= smallBuf {
 		// the whole body is here already (a small form, an API call): one write
-		c.mu.Lock()
-		if st.remoteDone && int64(len(st.body)-st.bodyOff) == bodyLen {
-			ob = append(ob, st.body[st.bodyOff:]...)
-			c.creditLocked(nil, bodyLen)
-			st.body, st.bodyOff, st.bodyClosed = st.body[:0], 0, true
+		var whole bool
+		if ob, whole = st.TakeBody(ob, bodyLen); whole {
 			stream = false
 		}
-		c.mu.Unlock()
 	}
 	*bp = ob[:0]
-	return exchangeUp(rs, st, &upRequest{rc: c.rc, out: ob, stream: stream, bodyLen: bodyLen,
+	return exchangeUp(rs, (*h2Up)(st), &upRequest{rc: c.rc, out: ob, stream: stream, bodyLen: bodyLen,
 		method: req.Method, respHeader: c.tm.respHeader})
 }
 
 // interim relays an upstream's 1xx head (upClient).
-func (st *h2Stream) interim(r *h1wire.ResponseHead) {
-	_ = st.sendInterim(r.Status, func(c *h2Conn) {
+func (x *h2Up) interim(r *h1wire.ResponseHead) {
+	_ = x.st().SendInterim(r.Status, func(e h2server.Encoder) {
 		for _, f := range r.Fields {
 			if !isRespHop(f.Name, r.Conn, false) {
-				c.enc.WriteField(hpack.HeaderField{Name: c.lowerName(f.Name), Value: c.intern(f.Value)})
+				e.Field(e.LowerName(f.Name), e.Intern(f.Value))
 			}
 		}
 	})
@@ -124,22 +108,22 @@ func (st *h2Stream) interim(r *h1wire.ResponseHead) {
 
 // sendBody streams the request body to the upstream as the head
 // declared it (upClient).
-func (st *h2Stream) sendBody(uc *upConn, bodyLen int64) error {
+func (x *h2Up) sendBody(uc *upConn, bodyLen int64) error {
 	bp := h2Buffers.Get().(*[]byte)
 	defer h2Buffers.Put(bp)
-	body := h2Body{st}
+	body := x.st().Body()
 	defer body.Close()
 	return copyBodyUp(uc, nil, body, bodyLen, *bp)
 }
 
 // relay sends the upstream's response to the client and ends the
 // exchange's use of uc.
-func (st *h2Stream) relay(rs *routeState, up *upstream, uc *upConn, resp *h1wire.ResponseHead, head bool) {
+func (x *h2Up) relay(rs *routeState, up *upstream, uc *upConn, resp *h1wire.ResponseHead, head bool) {
+	st, c := x.st(), x.conn()
 	up.succeeded()
 	up.reqs[classOf(resp.Status)].Inc()
 	kind, n := resp.BodyKind(head)
 	uc.body.Init(kind, n)
-	st.wroteHeader, st.status = true, resp.Status
 	// A connection pinned to this client goes back to the client's pool
 	// before the stream's last frame is queued: the client's next
 	// request, sent as soon as it has the answer, finds it there (as the
@@ -149,7 +133,7 @@ func (st *h2Stream) relay(rs *routeState, up *upstream, uc *upConn, resp *h1wire
 	release := func(reusable bool) {
 		if !released {
 			released = true
-			broken := st.detach()
+			broken := st.Detach()
 			uc.done(reusable && !broken)
 			up.active.Add(-1)
 		}
@@ -157,11 +141,11 @@ func (st *h2Stream) relay(rs *routeState, up *upstream, uc *upConn, resp *h1wire
 	defer release(false)
 	// resp is uc's: once a pinned uc is released, another stream of the
 	// client may be parsing its next response into it
-	if err := st.sendRespHead(rs, resp, kind, uc.body.Done && !pinned); err != nil || uc.body.Done {
+	if err := c.sendRespHead(st, rs, resp, kind, uc.body.Done && !pinned); err != nil || uc.body.Done {
 		keep := err == nil && !resp.Close
 		if err == nil && pinned {
 			release(keep)
-			_ = st.sendData(nil, true)
+			_ = st.SendData(nil, true)
 		}
 		release(keep)
 		return
@@ -174,10 +158,9 @@ func (st *h2Stream) relay(rs *routeState, up *upstream, uc *upConn, resp *h1wire
 		}
 		if len(data) > 0 {
 			last := uc.body.Done && len(uc.body.Trailers) == 0 && !pinned
-			if err := st.sendData(data, last); err != nil {
+			if err := st.SendData(data, last); err != nil {
 				return
 			}
-			st.bytes += int64(len(data))
 			continue
 		}
 		if uc.body.Done {
@@ -190,7 +173,7 @@ func (st *h2Stream) relay(rs *routeState, up *upstream, uc *upConn, resp *h1wire
 				resp.Close = true
 				continue
 			}
-			if !st.canceled() {
+			if !st.Canceled() {
 				rs.log.Warn("upstream read error during body copy; response truncated", "upstream", up.Raw, "error", err)
 			}
 			return
@@ -203,126 +186,57 @@ func (st *h2Stream) relay(rs *routeState, up *upstream, uc *upConn, resp *h1wire
 		release(keep)
 	}
 	if len(t) > 0 {
-		_ = st.sendRawTrailers(t)
-	} else if !st.ended {
-		_ = st.sendData(nil, true)
+		_ = st.SendTrailers(func(e h2server.Encoder) {
+			forEachTrailer(t, func(name, value []byte) { e.Field(e.LowerName(name), string(value)) })
+		})
+	} else {
+		st.End()
 	}
 	release(keep)
-}
-
-// canceled reports whether the stream has ended (a client reset).
-func (st *h2Stream) canceled() bool {
-	st.c.mu.Lock()
-	defer st.c.mu.Unlock()
-	return st.err != nil
 }
 
 // sendRespHead queues the response HEADERS for an upstream head:
 // hop-by-hop and framing fields dropped, Content-Length as the body
 // will have it, HSTS (the route's replaces the upstream's), a Date.
-func (st *h2Stream) sendRespHead(rs *routeState, resp *h1wire.ResponseHead, kind int, end bool) error {
-	return st.queueBlock(end, func(c *h2Conn) {
-		enc := c.enc
-		enc.WriteField(hpack.HeaderField{Name: ":status", Value: statusString(resp.Status)})
+func (c *h2Conn) sendRespHead(st *h2server.Stream, rs *routeState, resp *h1wire.ResponseHead, kind int, end bool) error {
+	return st.SendHeaders(resp.Status, end, func(e h2server.Encoder) bool {
 		hsts := rs.hsts
 		date := false
 		for _, f := range resp.Fields {
 			if isRespHop(f.Name, resp.Conn, false) || hsts != "" && h1wire.EqFold(f.Name, "strict-transport-security") {
 				continue
 			}
-			name := c.lowerName(f.Name)
+			name := e.LowerName(f.Name)
 			if name == "date" {
 				date = true
 			}
-			enc.WriteField(hpack.HeaderField{Name: name, Value: c.intern(f.Value)})
+			e.Field(name, e.Intern(f.Value))
 		}
 		if kind == h1wire.BodyLength || kind == h1wire.BodyNone && resp.ContentLength >= 0 && resp.Status != 204 && resp.Status != 304 {
 			var num [20]byte
-			enc.WriteField(hpack.HeaderField{Name: "content-length", Value: c.intern(strconv.AppendInt(num[:0], resp.ContentLength, 10))})
+			e.Field("content-length", e.Intern(strconv.AppendInt(num[:0], resp.ContentLength, 10)))
 		}
 		if hsts != "" {
-			enc.WriteField(hpack.HeaderField{Name: "strict-transport-security", Value: hsts})
+			e.Field("strict-transport-security", hsts)
 		}
 		if v := c.s.altSvc(rs); v != "" {
-			enc.WriteField(hpack.HeaderField{Name: "alt-svc", Value: v})
+			e.Field("alt-svc", v)
 		}
-		if !date {
-			enc.WriteField(hpack.HeaderField{Name: "date", Value: httpDate()})
-		}
+		return date
 	})
-}
-
-// sendRawTrailers ends the stream with a chunked body's trailer section
-// (field lines as received).
-func (st *h2Stream) sendRawTrailers(t []byte) error {
-	return st.queueBlock(true, func(c *h2Conn) {
-		forEachTrailer(t, func(name, value []byte) {
-			c.enc.WriteField(hpack.HeaderField{Name: c.lowerName(name), Value: string(value)})
-		})
-	})
-}
-
-// lowerName is a response field name in lower case, as a string shared
-// across responses; mu is held.
-func (c *h2Conn) lowerName(b []byte) string {
-	if k, ok := h2LowerBytes[string(b)]; ok {
-		return k
-	}
-	var tmp [64]byte
-	l := tmp[:0]
-	if len(b) > len(tmp) {
-		l = make([]byte, 0, len(b))
-	}
-	for _, ch := range b {
-		if 'A' <= ch && ch <= 'Z' {
-			ch += 'a' - 'A'
-		}
-		l = append(l, ch)
-	}
-	return c.intern(l)
-}
-
-// intern returns b as a string, the same one for the same bytes while
-// the connection's table has room: response fields repeat (a server
-// name, a content type, a length), and HPACK keeps the strings it
-// indexes, so each must be a string of its own. mu is held.
-func (c *h2Conn) intern(b []byte) string {
-	if s, ok := c.strs[string(b)]; ok {
-		return s
-	}
-	s := string(b)
-	if len(b) <= 128 {
-		if c.strs == nil || len(c.strs) >= 256 {
-			c.strs = make(map[string]string, 64)
-		}
-		c.strs[s] = s
-	}
-	return s
-}
-
-// h2LowerBytes maps field names in their usual spellings (canonical,
-// and already lower case) to lower case.
-var h2LowerBytes = map[string]string{}
-
-func init() {
-	for k, l := range h2Lower {
-		h2LowerBytes[k] = l
-		h2LowerBytes[l] = l
-	}
 }
 
 // failNative answers a failed exchange (answerFailure).
-func (st *h2Stream) failNative(rs *routeState, in h2Request, up *upstream, err error) {
-	_ = rs.answerFailure(st, errors.Is(err, context.Canceled) || st.canceled(), up, err, in.method, in.path, st.c.addr)
+func (c *h2Conn) failNative(st *h2server.Stream, rs *routeState, in h2server.Request, up *upstream, err error) {
+	_ = rs.answerFailure(st, errors.Is(err, context.Canceled) || st.Canceled(), up, err, in.Method, in.Path, c.addr)
 }
 
 // logNative writes the access-log line of a stream served by forward,
 // with the fields logAccess writes for net/http's requests.
-func (st *h2Stream) logNative(rs *routeState, in h2Request, up *upstream, began time.Time) {
-	c := st.c
-	e := accessEntry{route: rs.name, sni: c.rc.hello.ServerName, client: c.addr, method: in.method,
-		host: in.authority, path: logPath(in.path), proto: "HTTP/2.0", tls: tls.VersionName(c.tls.Version),
-		status: st.status, bytes: st.bytes, began: began}
+func (c *h2Conn) logNative(st *h2server.Stream, rs *routeState, in h2server.Request, up *upstream, began time.Time) {
+	e := accessEntry{route: rs.name, sni: c.rc.hello.ServerName, client: c.addr, method: in.Method,
+		host: in.Authority, path: logPath(in.Path), proto: "HTTP/2.0", tls: tls.VersionName(c.tls.Version),
+		status: st.Status(), bytes: st.Written(), began: began}
 	if up != nil {
 		e.upstream = up.Raw
 	}
@@ -333,19 +247,19 @@ func (st *h2Stream) logNative(rs *routeState, in h2Request, up *upstream, began 
 // itself (400, 405, 421, 431), once the answer is queued: HTTP/1.1 and
 // HTTP/3 log those too. What the log names is what passed
 // the checks: a malformed :path or :authority is not written as is.
-func (st *h2Stream) logOwn(rs *routeState, in h2Request, began time.Time) {
-	if !st.c.s.accessOn() {
+func (c *h2Conn) logOwn(st *h2server.Stream, rs *routeState, in h2server.Request, began time.Time) {
+	if !c.s.accessOn() {
 		return
 	}
-	st.end()
-	if !isToken(in.method) {
-		in.method = ""
+	st.End()
+	if !isToken(in.Method) {
+		in.Method = ""
 	}
-	if !h1wire.ValidTarget(bstr(in.path)) {
-		in.path = ""
+	if !h1wire.ValidTarget(bstr(in.Path)) {
+		in.Path = ""
 	}
-	if !validHost(bstr(in.authority)) {
-		in.authority = ""
+	if !validHost(bstr(in.Authority)) {
+		in.Authority = ""
 	}
-	st.logNative(rs, in, nil, began)
+	c.logNative(st, rs, in, nil, began)
 }

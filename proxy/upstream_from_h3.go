@@ -6,13 +6,12 @@ import (
 	"io"
 	"maps"
 	"net/http"
-	"net/textproto"
 	"strconv"
 	"sync"
-	"time"
 	"unsafe"
 
 	"github.com/gatehouse-proxy/gatehouse/proxy/internal/h1wire"
+	"github.com/gatehouse-proxy/gatehouse/proxy/internal/h2server"
 )
 
 // An HTTP/3 request's exchange with an http:// or https:// upstream
@@ -62,7 +61,7 @@ func (s *Server) forwardH3(rs *routeState, rc *replayConn, w http.ResponseWriter
 	noBody := bodyLen == 0
 	if !h1wire.ValidTarget(bstr(r.RequestURI)) {
 		// what reaches an HTTP/1.1 upstream must parse there as it did
-		// here (as for HTTP/2: engine_h2_stream.go's serve)
+		// here (as for HTTP/2: engine_h2.go's ServeStream)
 		badRequest(w, r, "malformed :path")
 		return
 	}
@@ -150,7 +149,7 @@ func (x *h3Up) cancel() {
 	x.gone = true
 	if x.uc != nil && !x.broken {
 		x.broken = true
-		_ = x.uc.nc.SetDeadline(time.Unix(1, 0))
+		x.uc.Interrupt()
 	}
 }
 
@@ -314,9 +313,4 @@ func (x *h3Up) relay(rs *routeState, up *upstream, uc *upConn, resp *h1wire.Resp
 // canonicalBytes is a field name as an http.Header key: quic-go looks
 // fields up by their canonical names (Date, Content-Length, Trailer),
 // and writes every name in lower case. Common names cost no allocation.
-func canonicalBytes(b []byte) string {
-	if l, ok := h2LowerBytes[string(b)]; ok {
-		return h2Canon[l]
-	}
-	return textproto.CanonicalMIMEHeaderKey(string(b))
-}
+func canonicalBytes(b []byte) string { return h2server.CanonicalBytes(b) }

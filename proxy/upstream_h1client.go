@@ -195,6 +195,10 @@ type upConn struct {
 	reused   bool // it served a request before (it may have been closed by the upstream meanwhile)
 	idleFrom time.Time
 	deadline bool // a read deadline is set (the response header timeout)
+	// cut: the client side ended the exchange (Interrupt): the deadline
+	// is in the past and stays there — a deadline readHead or noDeadline
+	// sets after the interrupt must not undo it
+	cut atomic.Bool
 
 	// per exchange, reset by done
 	recv    bool // a byte of a response came in this exchange
@@ -242,6 +246,24 @@ func (c *upConn) noDeadline() {
 	if c.deadline {
 		_ = c.nc.SetReadDeadline(time.Time{})
 		c.deadline = false
+		c.keepCut()
+	}
+}
+
+// Interrupt breaks off the exchange on c at once: its client went away
+// (an HTTP/2 stream reset, an HTTP/3 request canceled). It may run on
+// another goroutine than the exchange's.
+func (c *upConn) Interrupt() {
+	c.cut.Store(true)
+	_ = c.nc.SetDeadline(time.Unix(1, 0))
+}
+
+// keepCut puts the past deadline back after the exchange set one of
+// its own: an Interrupt that came in between is not lost (the exchange
+// then waited for an upstream answer that may never come).
+func (c *upConn) keepCut() {
+	if c.cut.Load() {
+		_ = c.nc.SetDeadline(time.Unix(1, 0))
 	}
 }
 
@@ -622,6 +644,7 @@ func (c *upConn) readHead(deadline time.Time) (*h1wire.ResponseHead, error) {
 	if !deadline.IsZero() {
 		_ = c.nc.SetReadDeadline(deadline)
 		c.deadline = true // cleared by noDeadline before a body read
+		c.keepCut()
 	} else {
 		c.noDeadline()
 	}

@@ -640,3 +640,66 @@ func TestUpstreamStrayBeforeWatchBegins(t *testing.T) {
 		}
 	}
 }
+
+// A client's interrupt of an exchange (an HTTP/2 stream reset, an
+// HTTP/3 cancel) holds when the exchange sets a deadline after it: the
+// request's write fails, and the read for an early answer that follows
+// (readHead with a fresh upstream_response_header deadline), or a body
+// read after noDeadline, ends at once — not when an upstream that never
+// got the request answers it. (Found as a fuzz worker killed by the
+// fuzzing engine's 10 s watchdog: a stream stuck in readHead after its
+// connection closed.)
+func TestUpstreamInterruptSticks(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	held := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			held <- c // reads nothing, answers nothing
+		}
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	defer func() {
+		if c := <-held; c != nil {
+			c.Close()
+		}
+	}()
+	uc := &upConn{nc: nc, raw: nc, fd: -1}
+	uc.rr.rc = rawConnOf(nc)
+	uc.Interrupt()
+	if err := uc.write([]byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n")); err == nil {
+		t.Fatal("a write after the interrupt succeeded")
+	}
+	for _, read := range []struct {
+		name string
+		f    func() error
+	}{
+		{"readHead with a fresh deadline", func() error {
+			_, err := uc.readHead(time.Now().Add(time.Minute))
+			return err
+		}},
+		{"a body read after noDeadline", func() error {
+			uc.noDeadline()
+			return uc.br.Fill()
+		}},
+	} {
+		done := make(chan error, 1)
+		go func() { done <- read.f() }()
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Errorf("%s: no error", read.name)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: still reading 10 s after the interrupt", read.name)
+		}
+	}
+}

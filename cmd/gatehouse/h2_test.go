@@ -1,6 +1,6 @@
 package main
 
-// gatehouse's own HTTP/2 server (proxy/engine_h2.go), which serves http routes
+// gatehouse's own HTTP/2 server (proxy/internal/h2server, its Handler in proxy/engine_h2.go), which serves http routes
 // whose upstreams are plain http://, driven by real clients: Go's
 // HTTP/2 client, curl, h2load, and a raw framer for protocol errors.
 
