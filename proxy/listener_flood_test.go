@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	dto "github.com/prometheus/client_model/go"
 
@@ -316,5 +317,22 @@ func TestSourceLimitsOff(t *testing.T) {
 		if got, err := sendHello(t, w.addr, nil, hello); !bytes.Equal(got, alertUnrecognizedName) {
 			t.Fatalf("hello %d with the limits off: got %x (%v), want the alert", i+1, got, err)
 		}
+	}
+}
+
+// Finding the name and looking it up allocates nothing: a flood of
+// unknown names costs no garbage beyond accepting the sockets.
+func TestHelloSNIAllocatesNothing(t *testing.T) {
+	w := startH1World(t, echoUpstream(t).URL)
+	snap := w.s.state.Load()
+	hello := rawClientHello(t, "nobody.test")
+	allocs := testing.AllocsPerRun(100, func() {
+		name, ok := helloSNI(hello)
+		if !ok || snap.lookup(unsafe.String(unsafe.SliceData(name), len(name))) != nil {
+			t.Fatal("nobody.test: not found unknown")
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per refused hello's parse and lookup, want 0", allocs)
 	}
 }
