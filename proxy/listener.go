@@ -426,6 +426,15 @@ func (s *Server) handleConn(c net.Conn, snap *snapshot, prefix []byte, src *sour
 	tcp := c
 	c = acceptPROXY(c, snap.trusted, snap.tm.handshake)
 	_ = c.SetDeadline(time.Now().Add(snap.tm.handshake))
+	if prefix == nil && len(snap.trusted) == 0 {
+		var refused bool
+		if prefix, refused = s.waitFirst(snap, c); refused {
+			shaking = false
+			s.sources.done(src, true) // before the client hears of it
+			s.refuse(c)
+			return
+		}
+	}
 	hello, peeked, err := peekHello(c, prefix, s.echKeyFunc())
 	if err != nil {
 		if msg := proxyProblem(err, peeked); msg != "" {

@@ -182,17 +182,75 @@ func (s *Server) refuseFast(f *firstRead, snap *snapshot, c net.Conn) (prefix []
 		return nil, false
 	}
 	b := f.buf[:f.n]
+	if !s.unknownName(snap, b, c) {
+		return bytes.Clone(b), false
+	}
+	_ = rc.Write(f.alertFn)
+	c.Close()
+	return nil, true
+}
+
+// unknownName reports (and counts, and logs at debug) whether b is a
+// whole ClientHello for a name snap does not route.
+func (s *Server) unknownName(snap *snapshot, b []byte, c net.Conn) bool {
 	name, ok := helloSNI(b)
 	if !ok || snap.lookup(unsafe.String(unsafe.SliceData(name), len(name))) != nil {
-		return bytes.Clone(b), false
+		return false
 	}
 	metricUnknownSNI.Inc()
 	if s.log.Enabled(context.Background(), slog.LevelDebug) {
 		s.log.Debug("refusing handshake: no route for SNI", "sni", string(name), "remote", c.RemoteAddr())
 	}
-	_ = rc.Write(f.alertFn)
-	c.Close()
-	return nil, true
+	return true
+}
+
+// firstBufs lend waitFirst a buffer while it reads.
+var firstBufs = sync.Pool{New: func() any { b := make([]byte, 5+maxRecordPayload); return &b }}
+
+// waitFirst is refuseFast for a connection whose first bytes had not
+// come at accept (the usual case: the ClientHello follows the TCP
+// handshake by a few microseconds): on handleConn's goroutine, it
+// waits for them within c's deadline, holding no buffer while it
+// waits (a silent connection costs its goroutine only), and reads
+// them. refused: a whole ClientHello for a name snap does not route,
+// counted; else the bytes read (nil: none, or an error the next read
+// sees again).
+func (s *Server) waitFirst(snap *snapshot, c net.Conn) (prefix []byte, refused bool) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return nil, false
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return nil, false
+	}
+	var (
+		bp   *[]byte
+		n    int
+		rerr error
+	)
+	err = rc.Read(func(fd uintptr) bool {
+		bp = firstBufs.Get().(*[]byte)
+		n, rerr = syscall.Read(int(fd), *bp)
+		if rerr == syscall.EAGAIN {
+			firstBufs.Put(bp)
+			bp = nil
+			return false // wait until readable
+		}
+		return true
+	})
+	if bp == nil {
+		return nil, false
+	}
+	defer firstBufs.Put(bp)
+	if err != nil || rerr != nil || n <= 0 {
+		return nil, false
+	}
+	b := (*bp)[:n]
+	if s.unknownName(snap, b, c) {
+		return nil, true
+	}
+	return bytes.Clone(b), false
 }
 
 // Per-source limits. A source is an IPv4 address or an IPv6 /64.
