@@ -48,9 +48,10 @@ var errHelloDone = errors.New("clienthello read")
 //
 // echKeys, when not nil, gives the Encrypted Client Hello keys: a hello
 // encrypted to one of them is decrypted here as it will be in the real
-// handshake, so the route is the inner (real) name's.
-func peekHello(conn net.Conn, echKeys func() []tls.EncryptedClientHelloKey) (Hello, []byte, error) {
-	rec := &recordingConn{Conn: conn}
+// handshake, so the route is the inner (real) name's. prefix holds bytes
+// already read from conn (by the accept loop), read before conn's.
+func peekHello(conn net.Conn, prefix []byte, echKeys func() []tls.EncryptedClientHelloKey) (Hello, []byte, error) {
+	rec := &recordingConn{Conn: conn, pending: prefix}
 	var h Hello
 	var got bool
 	cfg := &tls.Config{
@@ -69,25 +70,41 @@ func peekHello(conn net.Conn, echKeys func() []tls.EncryptedClientHelloKey) (Hel
 	}
 	err := tls.Server(rec, cfg).Handshake()
 	if got {
-		return h, rec.buf.Bytes(), nil
+		return h, rec.all(), nil
 	}
 	if rec.readErr != nil {
-		return h, rec.buf.Bytes(), fmt.Errorf("reading ClientHello: %w", rec.readErr)
+		return h, rec.all(), fmt.Errorf("reading ClientHello: %w", rec.readErr)
 	}
-	return h, rec.buf.Bytes(), fmt.Errorf("not a TLS ClientHello: %w", err)
+	return h, rec.all(), fmt.Errorf("not a TLS ClientHello: %w", err)
 }
 
 // recordingConn keeps every byte read and refuses writes, so the
 // parsing handshake can neither answer the client nor lose its bytes.
 type recordingConn struct {
 	net.Conn
+	pending []byte // read before Conn (peekHello's prefix)
 	buf     bytes.Buffer
 	readErr error
+}
+
+// all returns every byte read from the connection: those crypto/tls
+// read, then any of the prefix it did not.
+func (c *recordingConn) all() []byte {
+	if len(c.pending) == 0 {
+		return c.buf.Bytes()
+	}
+	return append(c.buf.Bytes(), c.pending...)
 }
 
 var errTooBig = errors.New("ClientHello larger than 64 KiB")
 
 func (c *recordingConn) Read(p []byte) (int, error) {
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		c.buf.Write(p[:n])
+		c.pending = c.pending[n:]
+		return n, nil
+	}
 	if c.buf.Len() >= maxHelloBytes {
 		c.readErr = errTooBig
 		return 0, errTooBig

@@ -78,6 +78,13 @@ type Server struct {
 	// h2conns holds the connections gatehouse's own HTTP/2 server
 	// serves (proxy/internal/h2server, engine_h2.go): a drain sends each a GOAWAY and waits for them.
 	h2conns h2Set
+
+	// sources counts, per client address, handshakes in flight and
+	// refused ClientHellos (listener_flood.go).
+	sources sourceTable
+	// keepAliveLater: the https listener accepts without TCP keep-alive
+	// (Listen); a connection gets it once routed.
+	keepAliveLater bool
 }
 
 // snapshot is one config's worth of routing: the table and the live
@@ -88,6 +95,8 @@ type snapshot struct {
 	byKey   map[string]*routeState // routeKey -> state, to find unchanged routes on reload
 	tm      timeouts
 	trusted trustedSources // [listen] proxy_protocol_from
+	// sourceLimits: [listen] source_limits (listener_flood.go)
+	sourceLimits bool
 }
 
 // maxHeaderBytes bounds a request's header block (HTTP/1.1 answers
@@ -123,7 +132,7 @@ func New(opts Options) *Server {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Server{certs: opts.Certs, log: opts.Logger, access: opts.AccessLog}
+	s := &Server{certs: opts.Certs, log: opts.Logger, access: opts.AccessLog, sources: newSourceTable()}
 	s.tlsHTTP = s.baseTLS([]string{"h2", "http/1.1"})
 	s.tlsChallenge = s.baseTLS([]string{"acme-tls/1"})
 	return s
@@ -207,7 +216,8 @@ var alertUnrecognizedName = []byte{21, 3, 1, 0, 2, 2, 112}
 // the route they were accepted with.
 func (s *Server) SetTable(t *routes.Table) error {
 	old := s.state.Load()
-	snap := &snapshot{table: t, tm: timeoutsOf(t.Config()), trusted: parseTrusted(t.Config().Listen.ProxyProtocolFrom)}
+	snap := &snapshot{table: t, tm: timeoutsOf(t.Config()), trusted: parseTrusted(t.Config().Listen.ProxyProtocolFrom),
+		sourceLimits: t.Config().Listen.SourceLimitsOn()}
 	snap.byKey = make(map[string]*routeState, len(t.Entries()))
 	var fresh []*routeState // states built for this table (not kept from the old one)
 	for _, e := range t.Entries() {
@@ -282,11 +292,13 @@ func (sn *snapshot) lookupIP(local net.Addr) *routeState {
 // Binding happens before anything else so certmagic finds the ports
 // taken and leaves challenges to these listeners.
 func (s *Server) Listen(httpsAddr, httpAddr string) error {
-	ln, err := net.Listen("tcp", httpsAddr)
+	// no keep-alive at accept: a refused connection would pay four
+	// socket options for it (keepAliveRouted sets it once routed)
+	ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", httpsAddr)
 	if err != nil {
 		return listenError("https", httpsAddr, err)
 	}
-	s.httpsLn = ln
+	s.httpsLn, s.keepAliveLater = ln, true
 	if httpAddr != "" {
 		pl, err := net.Listen("tcp", httpAddr)
 		if err != nil {
@@ -376,6 +388,7 @@ func (s *Server) Serve() error {
 
 func (s *Server) acceptLoop() error {
 	var delay time.Duration
+	first := newFirstRead()
 	for {
 		c, err := s.httpsLn.Accept()
 		if err != nil {
@@ -393,20 +406,36 @@ func (s *Server) acceptLoop() error {
 			return err
 		}
 		delay = 0
-		go s.handleConn(c)
+		s.accepted(c, first)
 	}
 }
 
-// handleConn routes one accepted TLS connection. The handshake
-// timeout bounds the ClientHello peek and the TLS handshake together,
-// from accept: a client that sends nothing, or a hello byte by byte,
-// is closed when it runs out.
-func (s *Server) handleConn(c net.Conn) {
-	snap := s.state.Load()
-	metricConnsAccepted.Inc()
+// handleConn routes one accepted TLS connection, under snap (the
+// config it was accepted with); prefix holds the bytes the accept loop
+// read from it already. The handshake timeout bounds the ClientHello
+// peek and the TLS handshake together, from here: a client that sends
+// nothing, or a hello byte by byte, is closed when it runs out. src
+// counts the handshake for its source until it ends.
+func (s *Server) handleConn(c net.Conn, snap *snapshot, prefix []byte, src *sourceEntry) {
+	shaking := true
+	defer func() {
+		if shaking {
+			s.sources.done(src, false)
+		}
+	}()
+	tcp := c
 	c = acceptPROXY(c, snap.trusted, snap.tm.handshake)
 	_ = c.SetDeadline(time.Now().Add(snap.tm.handshake))
-	hello, peeked, err := peekHello(c, s.echKeyFunc())
+	if prefix == nil && len(snap.trusted) == 0 {
+		var refused bool
+		if prefix, refused = s.waitFirst(snap, c); refused {
+			shaking = false
+			s.sources.done(src, true) // before the client hears of it
+			s.refuse(c)
+			return
+		}
+	}
+	hello, peeked, err := peekHello(c, prefix, s.echKeyFunc())
 	if err != nil {
 		if msg := proxyProblem(err, peeked); msg != "" {
 			metricHandshakeFail("proxy_header")
@@ -439,12 +468,17 @@ func (s *Server) handleConn(c net.Conn) {
 		}
 		metricHandshakeFail(reason)
 		s.log.Debug("refusing handshake: no route for SNI", "sni", hello.ServerName, "remote", c.RemoteAddr())
+		shaking = false
+		s.sources.done(src, true) // before the client hears of it
 		s.refuse(c)
 		return
 	}
+	s.keepAliveRouted(tcp)
 	rc := &replayConn{Conn: c, pending: peeked, route: rs, snap: snap, hello: hello}
 	if rs.mode == routes.ModePassthrough {
 		_ = c.SetDeadline(time.Time{})
+		shaking = false
+		s.sources.done(src, false)
 		rc.countActive(rs.mode)
 		s.passthrough(rc)
 		return
@@ -464,6 +498,8 @@ func (s *Server) handleConn(c net.Conn) {
 		tc.Close()
 		return
 	}
+	shaking = false
+	s.sources.done(src, false)
 	_ = c.SetDeadline(time.Time{})
 	st := tc.ConnectionState()
 	metricHandshakeOK(st.Version)

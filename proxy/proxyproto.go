@@ -57,7 +57,11 @@ func (t trustedSources) contains(a net.Addr) bool {
 	if !ok {
 		return false
 	}
-	ip = ip.Unmap()
+	return t.containsAddr(ip.Unmap())
+}
+
+// containsAddr reports whether ip (unmapped) is a trusted source.
+func (t trustedSources) containsAddr(ip netip.Addr) bool {
 	for _, p := range t {
 		if p.Contains(ip) {
 			return true

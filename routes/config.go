@@ -55,11 +55,21 @@ type Listen struct {
 	// header (a load balancer in front). Empty: PROXY headers are refused.
 	ProxyProtocolFrom []string `toml:"proxy_protocol_from"`
 
+	// SourceLimits (default true) bounds, per client address, the
+	// handshakes in flight and the ClientHellos refused in a window
+	// (proxy/listener_flood.go); false turns both off — for a load
+	// balancer in front that sends no PROXY header, whose address
+	// every client shares.
+	SourceLimits *bool `toml:"source_limits"`
+
 	// MetricsNameLimit: up to this many names, /metrics has every name's
 	// certificate series; above it only the names that need attention
 	// (tlsconfig/inventory.go). nil: DefaultMetricsNameLimit; 0: no limit.
 	MetricsNameLimit *int `toml:"metrics_name_limit"`
 }
+
+// SourceLimitsOn reports whether the per-source limits are on.
+func (l Listen) SourceLimitsOn() bool { return l.SourceLimits == nil || *l.SourceLimits }
 
 // DefaultMetricsNameLimit is [listen] metrics_name_limit's default: one
 // scrape of 10,000 names' certificate series allocates ~30 MB and sends

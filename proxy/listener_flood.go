@@ -1,0 +1,454 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// A flood of connections gatehouse will refuse — ClientHellos for names
+// it does not route, handshakes that never finish — must cost little
+// and must not delay the clients it serves (issue 15, "good traffic
+// beside bad"). Three things keep it so:
+//
+//   - The accept loop reads the first bytes of each new connection
+//     itself (one non-blocking read into a buffer it owns). When they
+//     hold a whole ClientHello whose SNI has no route, it writes the
+//     unrecognized_name alert and closes right there: no goroutine, no
+//     deadline timer, no crypto/tls state, no allocation beyond what Go
+//     spends accepting a TCP connection. Anything else (a hello not
+//     complete yet, no SNI, an Encrypted Client Hello, a listener that
+//     expects PROXY headers) goes to handleConn with the bytes read.
+//   - TCP keep-alive is switched on only once a connection is routed:
+//     Go's accept would set four socket options for it, which a refused
+//     connection never needs.
+//   - Per-source limits (sourceTable): a source with too many
+//     connections between accept and the end of their handshake, or
+//     too many refused ClientHellos in the current window, has its
+//     further connections reset at accept, before a byte is read.
+
+// helloSNI returns the host_name of the server_name extension of the
+// ClientHello that b begins with, read as crypto/tls reads it
+// (handshake_messages.go): ok is false for anything the caller must
+// leave to crypto/tls — a hello not complete in its first record, no
+// server_name, an encrypted_client_hello extension (the inner hello
+// may name a route), any malformation. It allocates nothing.
+func helloSNI(b []byte) (name []byte, ok bool) {
+	if len(b) < 5 || b[0] != 22 { // a handshake record
+		return nil, false
+	}
+	rec := int(b[3])<<8 | int(b[4])
+	if len(b) < 5+rec {
+		return nil, false
+	}
+	m := b[5 : 5+rec]
+	if len(m) < 4 || m[0] != 1 { // client_hello
+		return nil, false
+	}
+	n := int(m[1])<<16 | int(m[2])<<8 | int(m[3])
+	if len(m) < 4+n {
+		return nil, false // continues in the next record
+	}
+	h := m[4 : 4+n]
+	if len(h) < 2+32 {
+		return nil, false
+	}
+	h = h[2+32:] // legacy_version, random
+	var good bool
+	if h, good = skipVec(h, 1); !good { // legacy_session_id
+		return nil, false
+	}
+	if h, good = skipVec(h, 2); !good { // cipher_suites
+		return nil, false
+	}
+	if h, good = skipVec(h, 1); !good { // legacy_compression_methods
+		return nil, false
+	}
+	if len(h) < 2 || int(h[0])<<8|int(h[1]) != len(h)-2 {
+		return nil, false // no extensions (so no SNI), or bytes after them
+	}
+	exts := h[2:]
+	seen := false
+	for len(exts) > 0 {
+		if len(exts) < 4 {
+			return nil, false
+		}
+		typ := int(exts[0])<<8 | int(exts[1])
+		l := int(exts[2])<<8 | int(exts[3])
+		if len(exts) < 4+l {
+			return nil, false
+		}
+		data := exts[4 : 4+l]
+		exts = exts[4+l:]
+		switch typ {
+		case 0xfe0d: // encrypted_client_hello: the full path decrypts it
+			return nil, false
+		case 0: // server_name (RFC 6066 §3)
+			if seen {
+				return nil, false // crypto/tls refuses a repeated extension
+			}
+			seen = true
+			if len(data) < 2 || int(data[0])<<8|int(data[1]) != len(data)-2 || len(data) == 2 {
+				return nil, false
+			}
+			for list := data[2:]; len(list) > 0; {
+				if len(list) < 3 {
+					return nil, false
+				}
+				typ, l := list[0], int(list[1])<<8|int(list[2])
+				if l == 0 || len(list) < 3+l {
+					return nil, false
+				}
+				v := list[3 : 3+l]
+				list = list[3+l:]
+				if typ != 0 { // not host_name: skipped, as crypto/tls does
+					continue
+				}
+				if name != nil || v[len(v)-1] == '.' {
+					return nil, false
+				}
+				name = v
+			}
+		}
+	}
+	return name, name != nil
+}
+
+// skipVec skips a vector with a lenBytes-byte length.
+func skipVec(b []byte, lenBytes int) ([]byte, bool) {
+	if len(b) < lenBytes {
+		return nil, false
+	}
+	n := int(b[0])
+	if lenBytes == 2 {
+		n = n<<8 | int(b[1])
+	}
+	if len(b) < lenBytes+n {
+		return nil, false
+	}
+	return b[lenBytes+n:], true
+}
+
+// firstRead is the accept loop's read of a new connection's first
+// bytes, into a buffer only the accept loop uses. The callbacks are
+// made once, so a read costs no allocation.
+type firstRead struct {
+	buf             []byte
+	n               int
+	err             error
+	readFn, alertFn func(fd uintptr) bool
+}
+
+func newFirstRead() *firstRead {
+	f := &firstRead{buf: make([]byte, 5+maxRecordPayload)}
+	f.readFn = func(fd uintptr) bool {
+		f.n, f.err = syscall.Read(int(fd), f.buf) // the socket is non-blocking: EAGAIN when nothing came yet
+		return true
+	}
+	f.alertFn = func(fd uintptr) bool {
+		_, _ = syscall.Write(int(fd), alertUnrecognizedName) // a fresh socket's send buffer is empty
+		return true
+	}
+	return f
+}
+
+var metricUnknownSNI = metricHandshakeFailures.WithLabelValues("unknown_sni")
+
+// refuseFast refuses c at once when its first bytes are a whole
+// ClientHello for a name snap does not route (refused true). Otherwise
+// it returns a copy of the bytes it read (nil: none), for handleConn.
+func (s *Server) refuseFast(f *firstRead, snap *snapshot, c net.Conn) (prefix []byte, refused bool) {
+	if len(snap.trusted) > 0 {
+		return nil, false // a PROXY header may come first: handleConn reads it
+	}
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return nil, false
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return nil, false
+	}
+	f.n, f.err = 0, nil
+	if rc.Read(f.readFn) != nil || f.err != nil || f.n <= 0 {
+		return nil, false
+	}
+	b := f.buf[:f.n]
+	if !s.unknownName(snap, b, c) {
+		return bytes.Clone(b), false
+	}
+	_ = rc.Write(f.alertFn)
+	c.Close()
+	return nil, true
+}
+
+// unknownName reports (and counts, and logs at debug) whether b is a
+// whole ClientHello for a name snap does not route.
+func (s *Server) unknownName(snap *snapshot, b []byte, c net.Conn) bool {
+	name, ok := helloSNI(b)
+	if !ok || snap.lookup(unsafe.String(unsafe.SliceData(name), len(name))) != nil {
+		return false
+	}
+	metricUnknownSNI.Inc()
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.log.Debug("refusing handshake: no route for SNI", "sni", string(name), "remote", c.RemoteAddr())
+	}
+	return true
+}
+
+// firstBufs lend waitFirst a buffer while it reads.
+var firstBufs = sync.Pool{New: func() any { b := make([]byte, 5+maxRecordPayload); return &b }}
+
+// waitFirst is refuseFast for a connection whose first bytes had not
+// come at accept (the usual case: the ClientHello follows the TCP
+// handshake by a few microseconds): on handleConn's goroutine, it
+// waits for them within c's deadline, holding no buffer while it
+// waits (a silent connection costs its goroutine only), and reads
+// them. refused: a whole ClientHello for a name snap does not route,
+// counted; else the bytes read (nil: none, or an error the next read
+// sees again).
+func (s *Server) waitFirst(snap *snapshot, c net.Conn) (prefix []byte, refused bool) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return nil, false
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return nil, false
+	}
+	var (
+		bp   *[]byte
+		n    int
+		rerr error
+	)
+	err = rc.Read(func(fd uintptr) bool {
+		bp = firstBufs.Get().(*[]byte)
+		n, rerr = syscall.Read(int(fd), *bp)
+		if rerr == syscall.EAGAIN {
+			firstBufs.Put(bp)
+			bp = nil
+			return false // wait until readable
+		}
+		return true
+	})
+	if bp == nil {
+		return nil, false
+	}
+	defer firstBufs.Put(bp)
+	if err != nil || rerr != nil || n <= 0 {
+		return nil, false
+	}
+	b := (*bp)[:n]
+	if s.unknownName(snap, b, c) {
+		return nil, true
+	}
+	return bytes.Clone(b), false
+}
+
+// Per-source limits. A source is an IPv4 address or an IPv6 /64.
+var (
+	// sourceMaxHandshakes bounds the connections one source may have
+	// between accept and the end of their TLS handshake (for
+	// passthrough: the hand-off to the upstream); each of them is also
+	// bounded in time by [timeouts] handshake.
+	sourceMaxHandshakes = 512
+	// sourceMaxRefused bounds the ClientHellos refused for their name
+	// (unknown_sni, no_sni) per source in a window of sourceWindow.
+	sourceMaxRefused = 1000
+	sourceWindow     = 10 * time.Second
+	// sourceMaxTracked bounds the table: a source that finds it full
+	// (after stale entries are swept) is served without a limit.
+	sourceMaxTracked = 100_000
+	// sourceClock is the time the windows are counted in (tests move it).
+	sourceClock = time.Now
+)
+
+var metricSourceLimited = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: "gatehouse_tls_source_limited_total",
+	Help: "Connections reset at accept, before any byte was read, because their source (an IPv4 address or IPv6 /64) was over a limit: handshakes (512 connections between accept and the end of their handshake) or refused (1,000 ClientHellos refused for their name in 10 s).",
+}, []string{"limit"})
+
+var (
+	metricLimitedHandshakes = metricSourceLimited.WithLabelValues("handshakes")
+	metricLimitedRefused    = metricSourceLimited.WithLabelValues("refused")
+)
+
+// sourceTable counts, per source, the connections between accept and
+// the end of their handshake and the ClientHellos refused in the
+// current window. A source with neither is not in it.
+type sourceTable struct {
+	// the limits and clock, from the package's at New (tests set those)
+	maxHandshakes, maxRefused int
+	clock                     func() time.Time
+
+	mu    sync.Mutex
+	m     map[netip.Addr]*sourceEntry
+	swept time.Time
+}
+
+func newSourceTable() sourceTable {
+	return sourceTable{maxHandshakes: sourceMaxHandshakes, maxRefused: sourceMaxRefused, clock: sourceClock}
+}
+
+type sourceEntry struct {
+	addr     netip.Addr
+	inflight int
+	refused  int       // in the window that began at since
+	since    time.Time // the window's start
+	told     bool      // the limit was logged in this window
+}
+
+// sourceOf returns the source a connection counts for.
+func sourceOf(a net.Addr) (netip.Addr, bool) {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	ip, ok := netip.AddrFromSlice(ta.IP)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	ip = ip.Unmap()
+	if ip.Is6() {
+		p, _ := ip.Prefix(64)
+		ip = p.Addr()
+	}
+	return ip, true
+}
+
+// admit counts a new connection from src. Over a limit it returns the
+// limit's name instead, and tell is true the first time in the window.
+func (t *sourceTable) admit(src netip.Addr, now time.Time) (e *sourceEntry, limit string, tell bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if now.Sub(t.swept) >= sourceWindow {
+		t.sweepLocked(now)
+	}
+	e = t.m[src]
+	if e == nil {
+		if t.m == nil {
+			t.m = make(map[netip.Addr]*sourceEntry)
+		}
+		if len(t.m) >= sourceMaxTracked {
+			t.sweepLocked(now)
+			if len(t.m) >= sourceMaxTracked {
+				return nil, "", false
+			}
+		}
+		e = &sourceEntry{addr: src, since: now}
+		t.m[src] = e
+	}
+	if now.Sub(e.since) >= sourceWindow {
+		e.refused, e.since, e.told = 0, now, false
+	}
+	switch {
+	case e.refused >= t.maxRefused:
+		limit = "refused"
+	case e.inflight >= t.maxHandshakes:
+		limit = "handshakes"
+	default:
+		e.inflight++
+		return e, "", false
+	}
+	tell = !e.told
+	e.told = true
+	return nil, limit, tell
+}
+
+// done ends what admit counted for e (nil: nothing was); refused: the
+// ClientHello was refused for its name.
+func (t *sourceTable) done(e *sourceEntry, refused bool) {
+	if e == nil {
+		return
+	}
+	var now time.Time
+	if refused {
+		now = t.clock()
+	}
+	t.mu.Lock()
+	e.inflight--
+	if refused {
+		if now.Sub(e.since) >= sourceWindow {
+			e.refused, e.since, e.told = 0, now, false
+		}
+		e.refused++
+	}
+	if e.inflight == 0 && e.refused == 0 && t.m[e.addr] == e {
+		delete(t.m, e.addr)
+	}
+	t.mu.Unlock()
+}
+
+// sweepLocked drops the sources with nothing in flight whose window ended.
+func (t *sourceTable) sweepLocked(now time.Time) {
+	t.swept = now
+	for k, e := range t.m {
+		if e.inflight == 0 && now.Sub(e.since) >= sourceWindow {
+			delete(t.m, k)
+		}
+	}
+}
+
+// accepted takes a connection from the accept loop: the per-source
+// limits, the unknown-name fast path, else handleConn on its own
+// goroutine.
+func (s *Server) accepted(c net.Conn, f *firstRead) {
+	snap := s.state.Load()
+	metricConnsAccepted.Inc()
+	var src *sourceEntry
+	if snap.sourceLimits {
+		if ip, ok := sourceOf(c.RemoteAddr()); ok && !snap.trusted.containsAddr(ip) {
+			var limit string
+			var tell bool
+			src, limit, tell = s.sources.admit(ip, s.sources.clock())
+			if limit != "" {
+				if limit == "refused" {
+					metricLimitedRefused.Inc()
+				} else {
+					metricLimitedHandshakes.Inc()
+				}
+				if tell {
+					s.log.Warn("source over a per-source limit: its new connections are reset at accept until it is back under",
+						"source", ip, "limit", limit, "handshakes_max", s.sources.maxHandshakes, "refused_max", s.sources.maxRefused, "window", sourceWindow)
+				}
+				resetConn(c)
+				return
+			}
+		}
+	}
+	prefix, refused := s.refuseFast(f, snap, c)
+	if refused {
+		s.sources.done(src, true)
+		return
+	}
+	go s.handleConn(c, snap, prefix, src)
+}
+
+// resetConn closes c with a TCP reset (SO_LINGER 0): nothing is sent
+// first, and no TIME_WAIT is left behind.
+func resetConn(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	c.Close()
+}
+
+// keepAliveRouted switches TCP keep-alive on for a routed connection
+// accepted without it (Listen): Go's defaults (15 s idle and interval,
+// 9 probes), as it would have set at accept.
+func (s *Server) keepAliveRouted(c net.Conn) {
+	if !s.keepAliveLater {
+		return
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true})
+	}
+}

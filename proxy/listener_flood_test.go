@@ -1,0 +1,338 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/gatehouse-proxy/gatehouse/routes"
+)
+
+// rawClientHello returns the ClientHello record Go's client sends for name.
+func rawClientHello(t testing.TB, name string) []byte {
+	t.Helper()
+	a, b := net.Pipe()
+	go func() { _ = tls.Client(a, &tls.Config{ServerName: name}).Handshake() }()
+	defer a.Close()
+	defer b.Close()
+	hdr := make([]byte, 5)
+	if _, err := io.ReadFull(b, hdr); err != nil {
+		t.Fatal(err)
+	}
+	rec := make([]byte, 5+(int(hdr[3])<<8|int(hdr[4])))
+	copy(rec, hdr)
+	if _, err := io.ReadFull(b, rec[5:]); err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+func counterValue(t *testing.T, c interface{ Write(*dto.Metric) error }) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+// sendHello connects from the address from (nil: any), writes hello
+// in pieces (each a write of its own) and returns what came back
+// before gatehouse closed, and how the read ended.
+func sendHello(t *testing.T, addr string, from net.IP, pieces ...[]byte) ([]byte, error) {
+	t.Helper()
+	d := &net.Dialer{Timeout: 3 * time.Second}
+	if from != nil {
+		d.LocalAddr = &net.TCPAddr{IP: from}
+	}
+	c, err := d.Dial("tcp", addr)
+	if isConnReset(err) {
+		return nil, err // reset at accept, before the dial returned
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	for i, p := range pieces {
+		if i > 0 {
+			time.Sleep(20 * time.Millisecond) // let gatehouse read the first piece alone
+		}
+		if _, err := c.Write(p); err != nil {
+			break // refused while still writing
+		}
+	}
+	got, err := io.ReadAll(c)
+	return got, err
+}
+
+// A ClientHello for a name gatehouse does not route gets the
+// unrecognized_name alert and nothing else, whether it came whole (the
+// accept loop refuses it) or in pieces (crypto/tls reads it); each is
+// counted as unknown_sni; clients of routed names are served beside.
+func TestUnknownNameRefused(t *testing.T) {
+	w := startH1World(t, echoUpstream(t).URL)
+	hello := rawClientHello(t, "nobody.test")
+	before := counterValue(t, metricUnknownSNI)
+	for _, pieces := range [][][]byte{
+		{hello},                // whole: refused at accept
+		{hello[:3], hello[3:]}, // record header split
+		{hello[:len(hello)-1], hello[len(hello)-1:]}, // last byte late
+	} {
+		got, err := sendHello(t, w.addr, nil, pieces...)
+		if !bytes.Equal(got, alertUnrecognizedName) {
+			t.Errorf("hello in %d pieces: got %x (%v), want the unrecognized_name alert %x", len(pieces), got, err, alertUnrecognizedName)
+		}
+	}
+	if d := counterValue(t, metricUnknownSNI) - before; d != 3 {
+		t.Errorf("unknown_sni counted %v times, want 3", d)
+	}
+	// a routed name whose hello came whole in the first read is served
+	res, err := w.client(false).Get("https://web.test/x")
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("good client: %v %v", res, err)
+	}
+	res.Body.Close()
+	// a wrong-case name is what crypto/tls would route: no route either
+	if got, err := sendHello(t, w.addr, nil, rawClientHello(t, "WEB.test")); !bytes.Equal(got, alertUnrecognizedName) {
+		t.Errorf("WEB.test: got %x (%v), want the alert (routes match names as sent, like the full path)", got, err)
+	}
+}
+
+// helloSNI finds the name crypto/tls would find, or leaves the hello
+// to crypto/tls: never another name.
+func TestHelloSNI(t *testing.T) {
+	hello := rawClientHello(t, "a.example")
+	if name, ok := helloSNI(hello); !ok || string(name) != "a.example" {
+		t.Fatalf("whole hello: %q %v", name, ok)
+	}
+	for i := 0; i < len(hello); i++ {
+		if _, ok := helloSNI(hello[:i]); ok {
+			t.Fatalf("hello cut at %d of %d: ok, want it left to crypto/tls", i, len(hello))
+		}
+	}
+	var ech bytes.Buffer // an encrypted_client_hello extension (GREASE-like) appended
+	ech.Write(hello)
+	ext := []byte{0xfe, 0x0d, 0, 1, 1} // type inner: crypto/tls takes the hello as is
+	grow := func(b []byte, at, by int, bytes int) {
+		n := 0
+		for i := 0; i < bytes; i++ {
+			n = n<<8 | int(b[at+i])
+		}
+		n += by
+		for i := bytes - 1; i >= 0; i-- {
+			b[at+i] = byte(n)
+			n >>= 8
+		}
+	}
+	b := append(ech.Bytes(), ext...)
+	grow(b, 3, len(ext), 2) // record length
+	grow(b, 6, len(ext), 3) // handshake length
+	// the extensions' length is the last two bytes before the first extension: find it by parsing
+	h := b[9+2+32:]
+	h, _ = skipVec(h, 1)
+	h, _ = skipVec(h, 2)
+	h, _ = skipVec(h, 1)
+	grow(h, 0, len(ext), 2)
+	if _, ok := helloSNI(b); ok {
+		t.Error("hello with encrypted_client_hello: ok, want it left to crypto/tls (the inner name may be routed)")
+	}
+	if name, _, err := peekHello(&bytesConn{r: bytes.NewReader(b)}, nil, nil); err != nil || name.ServerName != "a.example" {
+		t.Errorf("the edited hello does not parse in crypto/tls: %v %v", name, err)
+	}
+}
+
+// FuzzHelloSNI: whatever the bytes, helloSNI names no other name than
+// crypto/tls's parse of the same bytes.
+func FuzzHelloSNI(f *testing.F) {
+	f.Add(rawClientHello(f, "a.example"))
+	f.Add(rawClientHello(f, "x.test"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		name, ok := helloSNI(b)
+		if !ok {
+			return
+		}
+		h, _, err := peekHello(&bytesConn{r: bytes.NewReader(b)}, nil, nil)
+		if err == nil && h.ServerName != string(name) {
+			t.Fatalf("helloSNI %q, crypto/tls %q", name, h.ServerName)
+		}
+	})
+}
+
+// bytesConn is a net.Conn that reads r, then EOF.
+type bytesConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *bytesConn) Read(p []byte) (int, error)       { return c.r.Read(p) }
+func (c *bytesConn) Write(p []byte) (int, error)      { return 0, io.ErrClosedPipe }
+func (c *bytesConn) SetDeadline(time.Time) error      { return nil }
+func (c *bytesConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *bytesConn) SetWriteDeadline(time.Time) error { return nil }
+func (c *bytesConn) Close() error                     { return nil }
+func (c *bytesConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+func (c *bytesConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
+
+func isConnReset(err error) bool { return errors.Is(err, syscall.ECONNRESET) }
+
+// setSourceLimits sets the per-source limits and clock for the servers
+// the test starts after it.
+func setSourceLimits(t *testing.T, handshakes, refused int, clock func() time.Time) {
+	h, r, c := sourceMaxHandshakes, sourceMaxRefused, sourceClock
+	sourceMaxHandshakes, sourceMaxRefused, sourceClock = handshakes, refused, clock
+	t.Cleanup(func() { sourceMaxHandshakes, sourceMaxRefused, sourceClock = h, r, c })
+}
+
+// closedAtOnce reports whether c was closed by gatehouse without a byte.
+func closedAtOnce(t *testing.T, c net.Conn) bool {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	n, err := c.Read(make([]byte, 16))
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return false
+	}
+	return n == 0 && err != nil
+}
+
+// A source that had its quota of refused ClientHellos in the window
+// has its next connections reset at accept (no alert: nothing of them
+// is read), counted and logged; other sources are served meanwhile;
+// the next window serves it again.
+func TestSourceLimitRefusedHellos(t *testing.T) {
+	var now atomic.Int64
+	now.Store(time.Now().UnixNano())
+	setSourceLimits(t, 512, 3, func() time.Time { return time.Unix(0, now.Load()) })
+	w := startH1World(t, echoUpstream(t).URL)
+	hello := rawClientHello(t, "nobody.test")
+	bad, good := net.IPv4(127, 0, 0, 1), net.IPv4(127, 0, 0, 2)
+	for i := 0; i < 3; i++ {
+		// whole (the accept loop refuses) and split (crypto/tls reads it): both count
+		pieces := [][]byte{hello}
+		if i == 1 {
+			pieces = [][]byte{hello[:3], hello[3:]}
+		}
+		if got, err := sendHello(t, w.addr, bad, pieces...); !bytes.Equal(got, alertUnrecognizedName) {
+			t.Fatalf("refused hello %d: got %x (%v), want the alert", i+1, got, err)
+		}
+	}
+	before := counterValue(t, metricLimitedRefused)
+	got, err := sendHello(t, w.addr, bad, hello)
+	if len(got) != 0 {
+		t.Errorf("4th hello from the same source: got %x, want a reset without an alert", got)
+	}
+	if d := counterValue(t, metricLimitedRefused) - before; d != 1 {
+		t.Errorf("gatehouse_tls_source_limited_total{limit=refused} +%v, want +1", d)
+	}
+	// another source: still answered, and a good client served
+	if got, _ := sendHello(t, w.addr, good, hello); !bytes.Equal(got, alertUnrecognizedName) {
+		t.Errorf("another source's hello: got %x, want the alert", got)
+	}
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 3 * time.Second, LocalAddr: &net.TCPAddr{IP: good}}, "tcp", w.addr,
+		&tls.Config{ServerName: "web.test", RootCAs: w.roots})
+	if err != nil {
+		t.Fatalf("good client from another source: %v", err)
+	}
+	c.Close()
+	// the next window
+	now.Add(int64(sourceWindow))
+	if got, err := sendHello(t, w.addr, bad, hello); !bytes.Equal(got, alertUnrecognizedName) {
+		t.Errorf("after the window: got %x (%v), want the alert again", got, err)
+	}
+}
+
+// A source may hold at most sourceMaxHandshakes connections between
+// accept and the end of their handshake: the next is reset at accept
+// and counted; other sources are served meanwhile; once those
+// connections end (here: their clients leave) the source is served.
+func TestSourceLimitHandshakesInFlight(t *testing.T) {
+	setSourceLimits(t, 3, 1000, time.Now)
+	w := startH1World(t, echoUpstream(t).URL)
+	bad, good := net.IPv4(127, 0, 0, 1), net.IPv4(127, 0, 0, 2)
+	d := &net.Dialer{Timeout: 3 * time.Second, LocalAddr: &net.TCPAddr{IP: bad}}
+	hello := rawClientHello(t, "web.test")
+	var silent []net.Conn
+	for i := 0; i < 3; i++ { // handshakes that never finish: half a hello, then nothing
+		c, err := d.Dial("tcp", w.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_, _ = c.Write(hello[:len(hello)/2])
+		silent = append(silent, c)
+	}
+	before := counterValue(t, metricLimitedHandshakes)
+	// reset at accept: the dial itself may see the reset
+	if c, err := d.Dial("tcp", w.addr); err == nil {
+		_, _ = c.Write(hello)
+		if !closedAtOnce(t, c) {
+			t.Error("4th connection from a source with 3 handshakes in flight: not closed at once")
+		}
+		c.Close()
+	} else if !isConnReset(err) {
+		t.Fatal(err)
+	}
+	if d := counterValue(t, metricLimitedHandshakes) - before; d != 1 {
+		t.Errorf("gatehouse_tls_source_limited_total{limit=handshakes} +%v, want +1", d)
+	}
+	gc, err := tls.DialWithDialer(&net.Dialer{Timeout: 3 * time.Second, LocalAddr: &net.TCPAddr{IP: good}}, "tcp", w.addr,
+		&tls.Config{ServerName: "web.test", RootCAs: w.roots})
+	if err != nil {
+		t.Fatalf("good client from another source: %v", err)
+	}
+	gc.Close()
+	for _, c := range silent {
+		c.Close()
+	}
+	served := poll(func() bool {
+		c, err := tls.DialWithDialer(d, "tcp", w.addr, &tls.Config{ServerName: "web.test", RootCAs: w.roots})
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
+	})
+	if !served {
+		t.Error("the source was not served again after its stalled handshakes ended")
+	}
+}
+
+// The limits are per source and off with [listen] source_limits = false.
+func TestSourceLimitsOff(t *testing.T) {
+	setSourceLimits(t, 1, 1, time.Now)
+	off := false
+	w := startH1WorldWith(t, func(c *routes.Config) { c.Listen.SourceLimits = &off }, echoUpstream(t).URL)
+	hello := rawClientHello(t, "nobody.test")
+	for i := 0; i < 3; i++ {
+		if got, err := sendHello(t, w.addr, nil, hello); !bytes.Equal(got, alertUnrecognizedName) {
+			t.Fatalf("hello %d with the limits off: got %x (%v), want the alert", i+1, got, err)
+		}
+	}
+}
+
+// Finding the name and looking it up allocates nothing: a flood of
+// unknown names costs no garbage beyond accepting the sockets.
+func TestHelloSNIAllocatesNothing(t *testing.T) {
+	w := startH1World(t, echoUpstream(t).URL)
+	snap := w.s.state.Load()
+	hello := rawClientHello(t, "nobody.test")
+	allocs := testing.AllocsPerRun(100, func() {
+		name, ok := helloSNI(hello)
+		if !ok || snap.lookup(unsafe.String(unsafe.SliceData(name), len(name))) != nil {
+			t.Fatal("nobody.test: not found unknown")
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per refused hello's parse and lookup, want 0", allocs)
+	}
+}
