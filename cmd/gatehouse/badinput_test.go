@@ -279,7 +279,7 @@ func clientHello(t testing.TB, name string) []byte {
 	if _, err := io.ReadFull(b, hdr); err != nil {
 		t.Fatal(err)
 	}
-	rec := make([]byte, 5+int(hdr[3])<<8|int(hdr[4]))
+	rec := make([]byte, 5+(int(hdr[3])<<8|int(hdr[4])))
 	copy(rec, hdr)
 	if _, err := io.ReadFull(b, rec[5:]); err != nil {
 		t.Fatal(err)

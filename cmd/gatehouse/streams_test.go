@@ -307,7 +307,7 @@ func leadingHello(b []byte) []byte {
 		}
 		hs = append(hs, b[off+5:off+5+n]...)
 		off += 5 + n
-		if len(hs) >= 4 && len(hs) >= 4+int(hs[1])<<16|int(hs[2])<<8|int(hs[3]) {
+		if len(hs) >= 4 && len(hs) >= 4+(int(hs[1])<<16|int(hs[2])<<8|int(hs[3])) {
 			return b[:off]
 		}
 	}
