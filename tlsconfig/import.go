@@ -309,9 +309,26 @@ func (im *importer) close() {
 }
 
 // run imports work in batches, appending each entry's results to out.
+// A batch's commit (file store: one flush, then a rename per name, all
+// in one goroutine) runs while the next batch is read, verified and
+// staged: the workers do not wait for the disk, and the flush overlaps
+// their CPU work.
 func (im *importer) run(ctx context.Context, work []importEntry, out []ImportResult) ([]ImportResult, error) {
+	var committing chan struct{} // the previous batch's commit
+	var previous []*importItem
+	collect := func() {
+		if committing == nil {
+			return
+		}
+		<-committing
+		for _, it := range previous {
+			out = append(out, it.res)
+		}
+		committing, previous = nil, nil
+	}
 	for start := 0; start < len(work); start += importBatch {
 		if err := ctx.Err(); err != nil {
+			collect()
 			return out, fmt.Errorf("interrupted after %d of %d entries: %w", start, len(work), err)
 		}
 		batch := work[start:min(start+importBatch, len(work))]
@@ -328,11 +345,16 @@ func (im *importer) run(ctx context.Context, work []importEntry, out []ImportRes
 		}
 		// check and write, in parallel
 		im.parallel(len(items), func(i int) { im.write(ctx, items[i]) })
-		im.commit(items)
-		for _, it := range items {
-			out = append(out, it.res)
-		}
+		// commits go one at a time, in batch order
+		collect()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			im.commit(items)
+		}()
+		committing, previous = done, items
 	}
+	collect()
 	return out, nil
 }
 
