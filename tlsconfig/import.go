@@ -461,6 +461,10 @@ func (im *importer) prepare(e importEntry) []*importItem {
 			res.Result, res.Reason = "failed", fmt.Sprintf("not a certificate and its key: %v", err)
 			continue
 		}
+		if err := chainParses(pair); err != nil {
+			res.Result, res.Reason = "failed", err.Error()
+			continue
+		}
 		chainPEM, keyPEM, err := encodePair(pair, data)
 		if err != nil {
 			res.Result, res.Reason = "failed", err.Error()
@@ -499,6 +503,9 @@ func (im *importer) prepareCaddy(e importEntry) []*importItem {
 	if err != nil {
 		return failed("certificate and key do not go together: %v", err)
 	}
+	if err := chainParses(pair); err != nil {
+		return failed("%v", err)
+	}
 	var issuerData json.RawMessage
 	if metaJSON, err := readSource(filepath.Join(site, e.name+".json")); err == nil {
 		var meta certmagic.CertificateResource
@@ -520,6 +527,19 @@ func (im *importer) prepareCaddy(e importEntry) []*importItem {
 		items = append(items, it)
 	}
 	return items
+}
+
+// chainParses checks that every certificate after the leaf parses
+// (tls.X509KeyPair parses the leaf only): a chain clients cannot read
+// is not imported. Issuers are few, so each is parsed once
+// (parsedIssuer's shared table).
+func chainParses(pair tls.Certificate) error {
+	for i, der := range pair.Certificate[1:] {
+		if _, err := parsedIssuer(der); err != nil {
+			return fmt.Errorf("certificate %d of the chain does not parse: %v", i+2, err)
+		}
+	}
+	return nil
 }
 
 // usable checks that leaf serves the item's name now; if not, the item

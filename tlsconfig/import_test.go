@@ -603,3 +603,59 @@ func TestImportNeverReplacesAnEmptyFolder(t *testing.T) {
 		t.Errorf("the folder made meanwhile: %v entries (%v), want it left empty", len(ents), err)
 	}
 }
+
+// A chain whose certificate after the leaf does not parse is not
+// imported, from autocert or from Caddy: the result says which
+// certificate, and nothing is stored for the name.
+func TestImportRefusesAChainThatDoesNotParse(t *testing.T) {
+	ca, err := acmetest.NewTestCA("import test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	garbled := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte{0x30, 0x03, 0x02, 0x01, 0x01}})
+	issue := func(name string) (certPEM, keyPEM []byte) {
+		c, k, _, err := ca.Issue([]string{name}, "", 30*24*time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := pem.Decode(c) // the leaf, then the garbled issuer
+		return append(pem.EncodeToMemory(b), garbled...), k
+	}
+	// autocert
+	src := t.TempDir()
+	c, k := issue("chain.import.test")
+	os.WriteFile(filepath.Join(src, "chain.import.test"), append(k, c...), 0o600)
+	// Caddy
+	csrc := &certmagic.FileStorage{Path: t.TempDir()}
+	cc, ck := issue("cchain.import.test")
+	for key, v := range map[string][]byte{
+		certmagic.StorageKeys.SiteCert("acme.example-dir", "cchain.import.test"):       cc,
+		certmagic.StorageKeys.SitePrivateKey("acme.example-dir", "cchain.import.test"): ck,
+	} {
+		if err := csrc.Store(context.Background(), key, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dstDir := t.TempDir()
+	cfg := manyNamesConfig(t, fmt.Sprintf("[storage]\ndir = %q\n", dstDir), []string{"chain.import.test", "cchain.import.test"})
+	dst := &certmagic.FileStorage{Path: dstDir}
+	a, err := ImportAutocert(context.Background(), src, dst, cfg, ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ImportCaddy(context.Background(), csrc.Path, dst, cfg, ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range append(a, b...) {
+		if r.Result != "failed" || !strings.Contains(r.Reason, "certificate 2 of the chain does not parse") {
+			t.Errorf("%s: %+v, want failed: the chain's second certificate does not parse", r.Name, r)
+		}
+	}
+	if len(a) != 1 || len(b) != 1 {
+		t.Errorf("results %+v %+v, want one each", a, b)
+	}
+	if keys, _ := dst.List(context.Background(), "certificates", true); len(keys) != 0 {
+		t.Errorf("stored for a chain that does not parse: %v", keys)
+	}
+}
