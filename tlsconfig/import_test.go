@@ -659,3 +659,57 @@ func TestImportRefusesAChainThatDoesNotParse(t *testing.T) {
 		t.Errorf("stored for a chain that does not parse: %v", keys)
 	}
 }
+
+// An interrupt stops the import between batches, with the batch being
+// committed meanwhile finished: every name reported imported is
+// complete in storage, every other reported name failed as interrupted
+// and has nothing stored, and no staging folder is left.
+func TestImportInterrupted(t *testing.T) {
+	defer func(b int) { importBatch = b }(importBatch)
+	importBatch = 8
+	src, names, serials, _ := autocertCache(t, 40, "i%02d.import.test")
+	dstDir := t.TempDir()
+	cfg := manyNamesConfig(t, fmt.Sprintf("[storage]\ndir = %q\n", dstDir), names)
+	target := acmeIssuerKeys(cfg)[0]
+	dst := &certmagic.FileStorage{Path: dstDir}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	defer func() { importHook = nil }()
+	importHook = func(stage string, _ int) {
+		if stage == "flushed" {
+			cancel() // during the first batch's commit
+		}
+	}
+	results, err := ImportAutocert(ctx, src, dst, cfg, ImportOptions{})
+	if err == nil || !strings.Contains(err.Error(), "interrupted") {
+		t.Fatalf("err %v, want interrupted", err)
+	}
+	c := resultCounts(results)
+	t.Logf("after the interrupt: %d of %d names reported: %v (%v)", len(results), len(names), c, err)
+	if c["imported"] < importBatch || len(results) == len(names) && c["failed"] == 0 {
+		t.Errorf("results %v: want the first batch imported and the import stopped", c)
+	}
+	for _, r := range results {
+		site := dst.Filename(certmagic.StorageKeys.CertsSitePrefix(target, r.Name))
+		switch r.Result {
+		case "imported":
+			checkStoredPair(t, dstDir, target, r.Name, serials[r.Name])
+		case "failed":
+			if !strings.Contains(r.Reason, "interrupted") {
+				t.Errorf("%s: %+v", r.Name, r)
+			}
+			if _, err := os.Stat(site); err == nil {
+				t.Errorf("%s: failed, yet something is stored", r.Name)
+			}
+		default:
+			t.Errorf("%s: %+v", r.Name, r)
+		}
+	}
+	sites, _ := os.ReadDir(dst.Filename(certmagic.StorageKeys.CertsPrefix(target)))
+	if len(sites) != c["imported"] {
+		t.Errorf("%d names in storage, %d reported imported", len(sites), c["imported"])
+	}
+	if left, _ := filepath.Glob(filepath.Join(dstDir, stagingPrefix+"*")); len(left) != 0 {
+		t.Errorf("staging folders left behind: %v", left)
+	}
+}
