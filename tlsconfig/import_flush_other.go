@@ -35,3 +35,8 @@ func syncFile(name string) error {
 	defer f.Close()
 	return f.Sync()
 }
+
+// renameNoReplace: os.Rename, which refuses to replace a folder.
+func renameNoReplace(src, dst string) error {
+	return os.Rename(src, dst)
+}

@@ -497,3 +497,219 @@ func TestImportNeverReplacesANameWrittenMeanwhile(t *testing.T) {
 		checkStoredPair(t, dstDir, target, name, serials[name])
 	}
 }
+
+// The key stored for an autocert entry is the block tls.X509KeyPair
+// verified against the certificate, as it was in the source (PKCS#8 or
+// SEC 1, after any other block), and certmagic reads it back as the
+// certificate's key.
+func TestImportStoresTheVerifiedKeyBlock(t *testing.T) {
+	ca, err := acmetest.NewTestCA("import test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := t.TempDir()
+	wantKey := map[string][]byte{}
+	leaves := map[string]*x509.Certificate{}
+	for _, name := range []string{"pk8.import.test", "sec1.import.test"} {
+		certPEM, keyPEM, leaf, err := ca.Issue([]string{name}, "", 30*24*time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		file := keyPEM
+		if name == "sec1.import.test" { // openssl's layout: parameters, then the SEC 1 key
+			b, _ := pem.Decode(keyPEM)
+			k, err := x509.ParsePKCS8PrivateKey(b.Bytes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			der, err := x509.MarshalECPrivateKey(k.(*ecdsa.PrivateKey))
+			if err != nil {
+				t.Fatal(err)
+			}
+			keyPEM = pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})
+			file = append(pem.EncodeToMemory(&pem.Block{Type: "EC PARAMETERS", Bytes: []byte{6, 8, 42, 134, 72, 206, 61, 3, 1, 7}}), keyPEM...)
+		}
+		if err := os.WriteFile(filepath.Join(src, name), append(file, certPEM...), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		wantKey[name], leaves[name] = keyPEM, leaf
+	}
+	dstDir := t.TempDir()
+	cfg := manyNamesConfig(t, fmt.Sprintf("[storage]\ndir = %q\n", dstDir), []string{"pk8.import.test", "sec1.import.test"})
+	target := acmeIssuerKeys(cfg)[0]
+	dst := &certmagic.FileStorage{Path: dstDir}
+	results, err := ImportAutocert(context.Background(), src, dst, cfg, ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := resultCounts(results); c["imported"] != 2 {
+		t.Fatalf("results %+v, want both imported", results)
+	}
+	for name, want := range wantKey {
+		checkStoredPair(t, dstDir, target, name, leaves[name].SerialNumber.Text(16))
+		got, err := dst.Load(context.Background(), certmagic.StorageKeys.SitePrivateKey(target, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(want) {
+			t.Errorf("%s: stored key\n%s\nwant the source's key block\n%s", name, got, want)
+		}
+		key, err := certmagic.PEMDecodePrivateKey(got)
+		if err != nil {
+			t.Fatalf("%s: certmagic cannot read the stored key: %v", name, err)
+		}
+		if !key.Public().(*ecdsa.PublicKey).Equal(leaves[name].PublicKey) {
+			t.Errorf("%s: certmagic reads a key that is not the certificate's", name)
+		}
+	}
+}
+
+// A folder that appears empty for a name between the import's listing
+// and its moving the name into place (a running gatehouse starting to
+// store a certificate there) is not replaced: the name is skipped and
+// the folder left as it is.
+func TestImportNeverReplacesAnEmptyFolder(t *testing.T) {
+	src, names, serials, _ := autocertCache(t, 10, "e%02d.import.test")
+	dstDir := t.TempDir()
+	cfg := manyNamesConfig(t, fmt.Sprintf("[storage]\ndir = %q\n", dstDir), names)
+	target := acmeIssuerKeys(cfg)[0]
+	dst := &certmagic.FileStorage{Path: dstDir}
+	theirs := dst.Filename(certmagic.StorageKeys.CertsSitePrefix(target, names[2]))
+	defer func() { importHook = nil }()
+	importHook = func(stage string, _ int) {
+		if stage == "flushed" {
+			if err := os.MkdirAll(theirs, 0o700); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	results, err := ImportAutocert(context.Background(), src, dst, cfg, ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range results {
+		switch {
+		case r.Name == names[2]:
+			if r.Result != "skipped" || !strings.Contains(r.Reason, "not replaced") {
+				t.Errorf("%s (folder made meanwhile): %+v", r.Name, r)
+			}
+		case r.Result != "imported":
+			t.Errorf("%s: %+v", r.Name, r)
+		default:
+			checkStoredPair(t, dstDir, target, r.Name, serials[r.Name])
+		}
+	}
+	if ents, err := os.ReadDir(theirs); err != nil || len(ents) != 0 {
+		t.Errorf("the folder made meanwhile: %v entries (%v), want it left empty", len(ents), err)
+	}
+}
+
+// A chain whose certificate after the leaf does not parse is not
+// imported, from autocert or from Caddy: the result says which
+// certificate, and nothing is stored for the name.
+func TestImportRefusesAChainThatDoesNotParse(t *testing.T) {
+	ca, err := acmetest.NewTestCA("import test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	garbled := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte{0x30, 0x03, 0x02, 0x01, 0x01}})
+	issue := func(name string) (certPEM, keyPEM []byte) {
+		c, k, _, err := ca.Issue([]string{name}, "", 30*24*time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := pem.Decode(c) // the leaf, then the garbled issuer
+		return append(pem.EncodeToMemory(b), garbled...), k
+	}
+	// autocert
+	src := t.TempDir()
+	c, k := issue("chain.import.test")
+	os.WriteFile(filepath.Join(src, "chain.import.test"), append(k, c...), 0o600)
+	// Caddy
+	csrc := &certmagic.FileStorage{Path: t.TempDir()}
+	cc, ck := issue("cchain.import.test")
+	for key, v := range map[string][]byte{
+		certmagic.StorageKeys.SiteCert("acme.example-dir", "cchain.import.test"):       cc,
+		certmagic.StorageKeys.SitePrivateKey("acme.example-dir", "cchain.import.test"): ck,
+	} {
+		if err := csrc.Store(context.Background(), key, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dstDir := t.TempDir()
+	cfg := manyNamesConfig(t, fmt.Sprintf("[storage]\ndir = %q\n", dstDir), []string{"chain.import.test", "cchain.import.test"})
+	dst := &certmagic.FileStorage{Path: dstDir}
+	a, err := ImportAutocert(context.Background(), src, dst, cfg, ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ImportCaddy(context.Background(), csrc.Path, dst, cfg, ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range append(a, b...) {
+		if r.Result != "failed" || !strings.Contains(r.Reason, "certificate 2 of the chain does not parse") {
+			t.Errorf("%s: %+v, want failed: the chain's second certificate does not parse", r.Name, r)
+		}
+	}
+	if len(a) != 1 || len(b) != 1 {
+		t.Errorf("results %+v %+v, want one each", a, b)
+	}
+	if keys, _ := dst.List(context.Background(), "certificates", true); len(keys) != 0 {
+		t.Errorf("stored for a chain that does not parse: %v", keys)
+	}
+}
+
+// An interrupt stops the import between batches, with the batch being
+// committed meanwhile finished: every name reported imported is
+// complete in storage, every other reported name failed as interrupted
+// and has nothing stored, and no staging folder is left.
+func TestImportInterrupted(t *testing.T) {
+	defer func(b int) { importBatch = b }(importBatch)
+	importBatch = 8
+	src, names, serials, _ := autocertCache(t, 40, "i%02d.import.test")
+	dstDir := t.TempDir()
+	cfg := manyNamesConfig(t, fmt.Sprintf("[storage]\ndir = %q\n", dstDir), names)
+	target := acmeIssuerKeys(cfg)[0]
+	dst := &certmagic.FileStorage{Path: dstDir}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	defer func() { importHook = nil }()
+	importHook = func(stage string, _ int) {
+		if stage == "flushed" {
+			cancel() // during the first batch's commit
+		}
+	}
+	results, err := ImportAutocert(ctx, src, dst, cfg, ImportOptions{})
+	if err == nil || !strings.Contains(err.Error(), "interrupted") {
+		t.Fatalf("err %v, want interrupted", err)
+	}
+	c := resultCounts(results)
+	t.Logf("after the interrupt: %d of %d names reported: %v (%v)", len(results), len(names), c, err)
+	if c["imported"] < importBatch || len(results) == len(names) && c["failed"] == 0 {
+		t.Errorf("results %v: want the first batch imported and the import stopped", c)
+	}
+	for _, r := range results {
+		site := dst.Filename(certmagic.StorageKeys.CertsSitePrefix(target, r.Name))
+		switch r.Result {
+		case "imported":
+			checkStoredPair(t, dstDir, target, r.Name, serials[r.Name])
+		case "failed":
+			if !strings.Contains(r.Reason, "interrupted") {
+				t.Errorf("%s: %+v", r.Name, r)
+			}
+			if _, err := os.Stat(site); err == nil {
+				t.Errorf("%s: failed, yet something is stored", r.Name)
+			}
+		default:
+			t.Errorf("%s: %+v", r.Name, r)
+		}
+	}
+	sites, _ := os.ReadDir(dst.Filename(certmagic.StorageKeys.CertsPrefix(target)))
+	if len(sites) != c["imported"] {
+		t.Errorf("%d names in storage, %d reported imported", len(sites), c["imported"])
+	}
+	if left, _ := filepath.Glob(filepath.Join(dstDir, stagingPrefix+"*")); len(left) != 0 {
+		t.Errorf("staging folders left behind: %v", left)
+	}
+}

@@ -69,8 +69,19 @@ func main() {
 	namesFlag := flag.String("names", "10000,100000", "many-names counts")
 	namesLayout := flag.String("names-layout", "hosts", "many names: 'hosts' (one route listing every name) or 'routes' (a route per name)")
 	profile := flag.Bool("profile", false, "after the rounds, profile gatehouse (pprof build) in each scenario")
+	importPrep := flag.String("import-prep", "", "write DIR/autocert (an autocert cache of the first -names set) and DIR/gatehouse-names.toml, then exit (bench/import.sh)")
 	flag.Parse()
 	initClkTck()
+	if *importPrep != "" {
+		ns := parseInts(*namesFlag)
+		if len(ns) == 0 {
+			fatal(fmt.Errorf("-import-prep: no -names count"))
+		}
+		if err := importPrepare(*cacheDir, ns[0], *importPrep); err != nil {
+			fatal(err)
+		}
+		return
+	}
 
 	b := &bench{dur: *dur, latDur: 15 * time.Second, idleN: 5000, rounds: *rounds, profile: *profile,
 		cache: *cacheDir, out: *outDir}
