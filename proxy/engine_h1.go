@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gatehouse-proxy/gatehouse/proxy/internal/h1wire"
@@ -172,6 +173,9 @@ func (c *h1conn) loop() {
 // connection keeps (4.3 KiB measured, 2,000 idle connections).
 func (c *h1conn) waitThenLoop() {
 	_ = c.tc.SetReadDeadline(c.idleEnd)
+	if handoffPause > 0 {
+		time.Sleep(handoffPause)
+	}
 	c.waitErr = c.waitReadable()
 	c.waited = true
 	c.loop()
@@ -189,14 +193,28 @@ func (c *h1conn) waitReadable() error {
 		return err
 	}
 	first := true
-	return raw.Read(func(uintptr) bool {
-		if first {
-			first = false
-			return false // wait for readability, then be called again
+	return raw.Read(func(fd uintptr) bool {
+		if !first {
+			return true // woken: readable (or the deadline, which Read reports)
 		}
-		return true
+		first = false
+		// RawConn.Read forgets a readiness the poller noted before it
+		// began, and the poller is edge-triggered: bytes that arrived
+		// since the last read (while the connection changed goroutine)
+		// would not wake the wait. Look at the socket first.
+		for {
+			_, err := peekByte(fd)
+			if err == syscall.EINTR {
+				continue
+			}
+			return err != syscall.EAGAIN && err != syscall.EWOULDBLOCK
+		}
 	})
 }
+
+// handoffPause delays a handed-off connection's wait (tests only: the
+// client's next request then arrives before the wait begins).
+var handoffPause time.Duration
 
 // watchEvery is how often a request waiting on its upstream (for the
 // response head, or for more of a streamed body) checks that its

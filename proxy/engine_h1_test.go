@@ -581,6 +581,35 @@ func TestH1IdleHandoffAndTimeout(t *testing.T) {
 	}
 }
 
+// A request that arrives while an idle connection changes goroutine —
+// after the first wait timed out, before the new goroutine's wait on the
+// socket began — is served at once: the poller is edge-triggered and
+// RawConn.Read forgets a readiness noted before it began, so the wait
+// looks at the socket first. (handoffPause holds the new goroutine so the
+// request surely comes in between; before the fix it waited for the idle
+// timeout: CI saw a 10 s client timeout in the stray-bytes tests.)
+func TestH1RequestDuringIdleHandoff(t *testing.T) {
+	handoffPause = 150 * time.Millisecond
+	t.Cleanup(func() { handoffPause = 0 })
+	w := startH1WorldIdle(t, 20*time.Second, echoUpstream(t).URL)
+	c, br := w.dial()
+	for i := range 3 {
+		if res, _ := roundTrip(t, c, br, "GET /a HTTP/1.1\r\nHost: web.test\r\n\r\n", false); res.StatusCode != 200 {
+			t.Fatalf("status %d", res.StatusCode)
+		}
+		time.Sleep(idleHandoff + 50*time.Millisecond) // handed off, the new goroutine paused
+		began := time.Now()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		res, body := roundTrip(t, c, br, "GET /b HTTP/1.1\r\nHost: web.test\r\n\r\n", false)
+		if res.StatusCode != 200 || !strings.Contains(body, "GET /b ") {
+			t.Fatalf("round %d: request during the hand-off: %d %q", i, res.StatusCode, body)
+		}
+		if took := time.Since(began); took > 2*time.Second {
+			t.Fatalf("round %d: request during the hand-off answered after %v", i, took)
+		}
+	}
+}
+
 // An idle keep-alive connection keeps a 2 KiB goroutine stack, not the
 // 8 KiB its handshake and request grew: after idleHandoff it waits on a
 // fresh goroutine, in frames of its own (waitThenLoop). Measured as the
