@@ -25,10 +25,11 @@ declare -A pkg=(
 	[FuzzRespHead]=./proxy/internal/h1wire/
 	[FuzzChunked]=./proxy/internal/h1wire/
 	[FuzzFrames]=./proxy/internal/h2server/
+	[FuzzHelloSNI]=./proxy/
 )
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-	targets=(FuzzReqHead FuzzRespHead FuzzChunked FuzzFrames)
+	targets=(FuzzReqHead FuzzRespHead FuzzChunked FuzzFrames FuzzHelloSNI)
 fi
 for t in "${targets[@]}"; do
 	if [ -z "${pkg[$t]:-}" ]; then
