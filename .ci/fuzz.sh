@@ -25,7 +25,7 @@ declare -A pkg=(
 	[FuzzRespHead]=./proxy/internal/h1wire/
 	[FuzzChunked]=./proxy/internal/h1wire/
 	[FuzzFrames]=./proxy/internal/h2server/
-	[FuzzHelloSNI]=./proxy/
+	[FuzzHelloSNI]=./proxy/internal/sni/
 )
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"errors"
+	"github.com/gatehouse-proxy/gatehouse/proxy/internal/sni"
 	"io"
 	"net"
 	"sync/atomic"
@@ -107,81 +108,6 @@ func TestUnknownNameRefused(t *testing.T) {
 		t.Errorf("WEB.test: got %x (%v), want the alert (routes match names as sent, like the full path)", got, err)
 	}
 }
-
-// helloSNI finds the name crypto/tls would find, or leaves the hello
-// to crypto/tls: never another name.
-func TestHelloSNI(t *testing.T) {
-	hello := rawClientHello(t, "a.example")
-	if name, ok := helloSNI(hello); !ok || string(name) != "a.example" {
-		t.Fatalf("whole hello: %q %v", name, ok)
-	}
-	for i := 0; i < len(hello); i++ {
-		if _, ok := helloSNI(hello[:i]); ok {
-			t.Fatalf("hello cut at %d of %d: ok, want it left to crypto/tls", i, len(hello))
-		}
-	}
-	var ech bytes.Buffer // an encrypted_client_hello extension (GREASE-like) appended
-	ech.Write(hello)
-	ext := []byte{0xfe, 0x0d, 0, 1, 1} // type inner: crypto/tls takes the hello as is
-	grow := func(b []byte, at, by int, bytes int) {
-		n := 0
-		for i := 0; i < bytes; i++ {
-			n = n<<8 | int(b[at+i])
-		}
-		n += by
-		for i := bytes - 1; i >= 0; i-- {
-			b[at+i] = byte(n)
-			n >>= 8
-		}
-	}
-	b := append(ech.Bytes(), ext...)
-	grow(b, 3, len(ext), 2) // record length
-	grow(b, 6, len(ext), 3) // handshake length
-	// the extensions' length is the last two bytes before the first extension: find it by parsing
-	h := b[9+2+32:]
-	h, _ = skipVec(h, 1)
-	h, _ = skipVec(h, 2)
-	h, _ = skipVec(h, 1)
-	grow(h, 0, len(ext), 2)
-	if _, ok := helloSNI(b); ok {
-		t.Error("hello with encrypted_client_hello: ok, want it left to crypto/tls (the inner name may be routed)")
-	}
-	if name, _, err := peekHello(&bytesConn{r: bytes.NewReader(b)}, nil, nil); err != nil || name.ServerName != "a.example" {
-		t.Errorf("the edited hello does not parse in crypto/tls: %v %v", name, err)
-	}
-}
-
-// FuzzHelloSNI: whatever the bytes, helloSNI names no other name than
-// crypto/tls's parse of the same bytes.
-func FuzzHelloSNI(f *testing.F) {
-	f.Add(rawClientHello(f, "a.example"))
-	f.Add(rawClientHello(f, "x.test"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		name, ok := helloSNI(b)
-		if !ok {
-			return
-		}
-		h, _, err := peekHello(&bytesConn{r: bytes.NewReader(b)}, nil, nil)
-		if err == nil && h.ServerName != string(name) {
-			t.Fatalf("helloSNI %q, crypto/tls %q", name, h.ServerName)
-		}
-	})
-}
-
-// bytesConn is a net.Conn that reads r, then EOF.
-type bytesConn struct {
-	net.Conn
-	r io.Reader
-}
-
-func (c *bytesConn) Read(p []byte) (int, error)       { return c.r.Read(p) }
-func (c *bytesConn) Write(p []byte) (int, error)      { return 0, io.ErrClosedPipe }
-func (c *bytesConn) SetDeadline(time.Time) error      { return nil }
-func (c *bytesConn) SetReadDeadline(time.Time) error  { return nil }
-func (c *bytesConn) SetWriteDeadline(time.Time) error { return nil }
-func (c *bytesConn) Close() error                     { return nil }
-func (c *bytesConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
-func (c *bytesConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
 
 func isConnReset(err error) bool { return errors.Is(err, syscall.ECONNRESET) }
 
@@ -327,7 +253,7 @@ func TestHelloSNIAllocatesNothing(t *testing.T) {
 	snap := w.s.state.Load()
 	hello := rawClientHello(t, "nobody.test")
 	allocs := testing.AllocsPerRun(100, func() {
-		name, ok := helloSNI(hello)
+		name, ok := sni.FromHello(hello)
 		if !ok || snap.lookup(unsafe.String(unsafe.SliceData(name), len(name))) != nil {
 			t.Fatal("nobody.test: not found unknown")
 		}
