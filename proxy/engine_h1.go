@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"github.com/gatehouse-proxy/gatehouse/proxy/internal/httpfield"
 	"io"
 	"net"
 	"os"
@@ -521,7 +522,7 @@ func appendSimple(ob []byte, status int, body string, close bool, hsts string) [
 	ob = h1wire.AppendStatus(ob, status, statusText(status))
 	ob = h1wire.AppendField(ob, "Content-Type", "text/plain; charset=utf-8")
 	ob = h1wire.AppendField(ob, "X-Content-Type-Options", "nosniff")
-	ob = h1wire.AppendField(ob, "Date", httpDate())
+	ob = h1wire.AppendField(ob, "Date", httpfield.Date())
 	if hsts != "" {
 		ob = h1wire.AppendField(ob, "Strict-Transport-Security", hsts)
 	}
@@ -1215,7 +1216,7 @@ func (c *h1conn) appendOwnFields(ob []byte, x *exchange, status int, date bool, 
 		ob = h1wire.AppendField(ob, "Alt-Svc", v)
 	}
 	if !date { // RFC 9110 §6.6.1, as every engine (behaviour_test.go)
-		ob = h1wire.AppendField(ob, "Date", httpDate())
+		ob = h1wire.AppendField(ob, "Date", httpfield.Date())
 	}
 	switch {
 	// a 304 carries no Content-Length, as on every engine (net/http's

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/gatehouse-proxy/gatehouse/proxy/internal/httpfield"
 	"io"
 	"net"
 	"net/http"
@@ -510,7 +511,7 @@ func (c *h1conn) upgradeRT(x *exchange, e *rtExchange, res *http.Response, ob []
 func appendHeader(ob []byte, h http.Header, hsts string, trailer bool) []byte {
 	conn := h["Connection"]
 	for k, vs := range h {
-		if hopByHop(k) || len(conn) > 0 && connListed(conn, k) ||
+		if httpfield.HopByHop(k) || len(conn) > 0 && httpfield.ConnListed(conn, k) ||
 			!trailer && (k == "Content-Length" || hsts != "" && k == "Strict-Transport-Security") {
 			continue
 		}

@@ -227,26 +227,3 @@ type fwdFields struct {
 }
 
 var xfpHTTPS = []string{"https"}
-
-// hopByHop reports the fields of a single connection (as httputil's
-// ReverseProxy removes them), which HTTP/2 also forbids.
-func hopByHop(k string) bool {
-	switch k {
-	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-		"Te", "Trailer", "Transfer-Encoding", "Upgrade":
-		return true
-	}
-	return false
-}
-
-// connListed reports whether the Connection field values conn name k.
-func connListed(conn []string, k string) bool {
-	for _, v := range conn {
-		for f := range strings.SplitSeq(v, ",") {
-			if http.CanonicalHeaderKey(strings.TrimSpace(f)) == k {
-				return true
-			}
-		}
-	}
-	return false
-}

@@ -6,13 +6,10 @@ import (
 	"log"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
-	"time"
 )
 
 type connKey struct{}
@@ -158,21 +155,3 @@ func handshakeReason(err error) string {
 	}
 	return "other"
 }
-
-// httpDate is the current time as a Date field, formatted once a second.
-func httpDate() string {
-	now := time.Now().Unix()
-	if d := cachedDate.Load(); d != nil && d.sec == now {
-		return d.s
-	}
-	d := &dateString{sec: now, s: time.Unix(now, 0).UTC().Format(http.TimeFormat)}
-	cachedDate.Store(d)
-	return d.s
-}
-
-type dateString struct {
-	sec int64
-	s   string
-}
-
-var cachedDate atomic.Pointer[dateString]

@@ -1,11 +1,10 @@
 package h2server
 
 import (
+	"github.com/gatehouse-proxy/gatehouse/proxy/internal/httpfield"
 	"net/http"
 	"strconv"
 	"strings"
-	"sync/atomic"
-	"time"
 	"unsafe"
 
 	"golang.org/x/net/http2/hpack"
@@ -34,7 +33,7 @@ func contentLength(v string) (int64, bool) {
 func encodeFields(enc *hpack.Encoder, h http.Header) (date bool) {
 	conn := h["Connection"]
 	for k, vs := range h {
-		if hopByHop(k) || len(conn) > 0 && connListed(conn, k) {
+		if httpfield.HopByHop(k) || len(conn) > 0 && httpfield.ConnListed(conn, k) {
 			continue
 		}
 		if k == "Date" {
@@ -46,28 +45,6 @@ func encodeFields(enc *hpack.Encoder, h http.Header) (date bool) {
 		}
 	}
 	return date
-}
-
-// hopByHop reports the fields of a single connection (as httputil's
-// ReverseProxy removes them), which HTTP/2 also forbids.
-func hopByHop(k string) bool {
-	switch k {
-	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-		"Te", "Trailer", "Transfer-Encoding", "Upgrade":
-		return true
-	}
-	return false
-}
-
-func connListed(conn []string, k string) bool {
-	for _, v := range conn {
-		for f := range strings.SplitSeq(v, ",") {
-			if http.CanonicalHeaderKey(strings.TrimSpace(f)) == k {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // Common field names, both ways: HPACK wants lower case, net/http's
@@ -126,24 +103,6 @@ func init() {
 		statusStrings[i] = strconv.Itoa(i)
 	}
 }
-
-// httpDate is the current time as a Date field, formatted once a second.
-func httpDate() string {
-	now := time.Now().Unix()
-	if d := cachedDate.Load(); d != nil && d.sec == now {
-		return d.s
-	}
-	d := &dateString{sec: now, s: time.Unix(now, 0).UTC().Format(http.TimeFormat)}
-	cachedDate.Store(d)
-	return d.s
-}
-
-type dateString struct {
-	sec int64
-	s   string
-}
-
-var cachedDate atomic.Pointer[dateString]
 
 // lowerBytes maps field names in their usual spellings (canonical,
 // and already lower case) to lower case.

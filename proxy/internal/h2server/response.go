@@ -1,6 +1,7 @@
 package h2server
 
 import (
+	"github.com/gatehouse-proxy/gatehouse/proxy/internal/httpfield"
 	"net/http"
 
 	"golang.org/x/net/http2"
@@ -144,7 +145,7 @@ func (st *Stream) SendHeaders(status int, end bool, fill func(Encoder) (date boo
 			date = fill(Encoder{c}) || date
 		}
 		if !date {
-			c.enc.WriteField(hpack.HeaderField{Name: "date", Value: httpDate()})
+			c.enc.WriteField(hpack.HeaderField{Name: "date", Value: httpfield.Date()})
 		}
 	})
 }
