@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"errors"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 	"github.com/gatehouse-proxy/gatehouse/proxy/internal/sni"
 	"io"
 	"net"
@@ -17,25 +18,6 @@ import (
 
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
-
-// rawClientHello returns the ClientHello record Go's client sends for name.
-func rawClientHello(t testing.TB, name string) []byte {
-	t.Helper()
-	a, b := net.Pipe()
-	go func() { _ = tls.Client(a, &tls.Config{ServerName: name}).Handshake() }()
-	defer a.Close()
-	defer b.Close()
-	hdr := make([]byte, 5)
-	if _, err := io.ReadFull(b, hdr); err != nil {
-		t.Fatal(err)
-	}
-	rec := make([]byte, 5+(int(hdr[3])<<8|int(hdr[4])))
-	copy(rec, hdr)
-	if _, err := io.ReadFull(b, rec[5:]); err != nil {
-		t.Fatal(err)
-	}
-	return rec
-}
 
 func counterValue(t *testing.T, c interface{ Write(*dto.Metric) error }) float64 {
 	t.Helper()
@@ -82,7 +64,7 @@ func sendHello(t *testing.T, addr string, from net.IP, pieces ...[]byte) ([]byte
 // counted as unknown_sni; clients of routed names are served beside.
 func TestUnknownNameRefused(t *testing.T) {
 	w := startH1World(t, echoUpstream(t).URL)
-	hello := rawClientHello(t, "nobody.test")
+	hello := testkit.ClientHello(t, "nobody.test")
 	before := counterValue(t, metricUnknownSNI)
 	for _, pieces := range [][][]byte{
 		{hello},                // whole: refused at accept
@@ -104,7 +86,7 @@ func TestUnknownNameRefused(t *testing.T) {
 	}
 	res.Body.Close()
 	// a wrong-case name is what crypto/tls would route: no route either
-	if got, err := sendHello(t, w.addr, nil, rawClientHello(t, "WEB.test")); !bytes.Equal(got, alertUnrecognizedName) {
+	if got, err := sendHello(t, w.addr, nil, testkit.ClientHello(t, "WEB.test")); !bytes.Equal(got, alertUnrecognizedName) {
 		t.Errorf("WEB.test: got %x (%v), want the alert (routes match names as sent, like the full path)", got, err)
 	}
 }
@@ -140,7 +122,7 @@ func TestSourceLimitRefusedHellos(t *testing.T) {
 	now.Store(time.Now().UnixNano())
 	setSourceLimits(t, 512, 3, func() time.Time { return time.Unix(0, now.Load()) })
 	w := startH1World(t, echoUpstream(t).URL)
-	hello := rawClientHello(t, "nobody.test")
+	hello := testkit.ClientHello(t, "nobody.test")
 	bad, good := net.IPv4(127, 0, 0, 1), net.IPv4(127, 0, 0, 2)
 	for i := 0; i < 3; i++ {
 		// whole (the accept loop refuses) and split (crypto/tls reads it): both count
@@ -186,7 +168,7 @@ func TestSourceLimitHandshakesInFlight(t *testing.T) {
 	w := startH1World(t, echoUpstream(t).URL)
 	bad, good := net.IPv4(127, 0, 0, 1), net.IPv4(127, 0, 0, 2)
 	d := &net.Dialer{Timeout: 3 * time.Second, LocalAddr: &net.TCPAddr{IP: bad}}
-	hello := rawClientHello(t, "web.test")
+	hello := testkit.ClientHello(t, "web.test")
 	var silent []net.Conn
 	for i := 0; i < 3; i++ { // handshakes that never finish: half a hello, then nothing
 		c, err := d.Dial("tcp", w.addr)
@@ -238,7 +220,7 @@ func TestSourceLimitsOff(t *testing.T) {
 	setSourceLimits(t, 1, 1, time.Now)
 	off := false
 	w := startH1WorldWith(t, func(c *routes.Config) { c.Listen.SourceLimits = &off }, echoUpstream(t).URL)
-	hello := rawClientHello(t, "nobody.test")
+	hello := testkit.ClientHello(t, "nobody.test")
 	for i := 0; i < 3; i++ {
 		if got, err := sendHello(t, w.addr, nil, hello); !bytes.Equal(got, alertUnrecognizedName) {
 			t.Fatalf("hello %d with the limits off: got %x (%v), want the alert", i+1, got, err)
@@ -251,7 +233,7 @@ func TestSourceLimitsOff(t *testing.T) {
 func TestHelloSNIAllocatesNothing(t *testing.T) {
 	w := startH1World(t, echoUpstream(t).URL)
 	snap := w.s.state.Load()
-	hello := rawClientHello(t, "nobody.test")
+	hello := testkit.ClientHello(t, "nobody.test")
 	allocs := testing.AllocsPerRun(100, func() {
 		name, ok := sni.FromHello(hello)
 		if !ok || snap.lookup(unsafe.String(unsafe.SliceData(name), len(name))) != nil {

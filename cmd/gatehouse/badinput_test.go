@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -71,7 +70,7 @@ func TestBadInput(t *testing.T) {
 		}
 	}()
 
-	hello := clientHello(t, "web.test")
+	hello := testkit.ClientHello(t, "web.test")
 
 	t.Run("garbage instead of a ClientHello is closed at once", func(t *testing.T) {
 		took, _, err := exchange(t, m.httpsAddr(), []byte("\x00\x01\x02garbage that is not TLS\r\n\r\n"), false)
@@ -266,23 +265,3 @@ func exchange(t *testing.T, addr string, data []byte, eof bool) (time.Duration, 
 }
 
 func isReset(err error) bool { return err != nil && strings.Contains(err.Error(), "reset") }
-
-// clientHello returns the ClientHello record Go's default client sends for name.
-func clientHello(t testing.TB, name string) []byte {
-	a, b := net.Pipe()
-	go func() {
-		_ = tls.Client(a, &tls.Config{ServerName: name}).Handshake()
-	}()
-	defer a.Close()
-	defer b.Close()
-	hdr := make([]byte, 5)
-	if _, err := io.ReadFull(b, hdr); err != nil {
-		t.Fatal(err)
-	}
-	rec := make([]byte, 5+(int(hdr[3])<<8|int(hdr[4])))
-	copy(rec, hdr)
-	if _, err := io.ReadFull(b, rec[5:]); err != nil {
-		t.Fatal(err)
-	}
-	return rec
-}

@@ -270,3 +270,23 @@ func (s *CountingStorage) KeyLoads() int {
 	}
 	return n
 }
+
+// ClientHello returns the first record (the ClientHello) Go's default
+// TLS client sends for name.
+func ClientHello(t testing.TB, name string) []byte {
+	t.Helper()
+	a, b := net.Pipe()
+	go func() { _ = tls.Client(a, &tls.Config{ServerName: name}).Handshake() }()
+	defer a.Close()
+	defer b.Close()
+	hdr := make([]byte, 5)
+	if _, err := io.ReadFull(b, hdr); err != nil {
+		t.Fatal(err)
+	}
+	rec := make([]byte, 5+(int(hdr[3])<<8|int(hdr[4])))
+	copy(rec, hdr)
+	if _, err := io.ReadFull(b, rec[5:]); err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}

@@ -4,30 +4,12 @@ import (
 	"bytes"
 	"crypto/tls"
 	"errors"
+	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 	"io"
 	"net"
 	"testing"
 	"time"
 )
-
-// rawClientHello is the first record crypto/tls's client sends for name.
-func rawClientHello(t testing.TB, name string) []byte {
-	t.Helper()
-	a, b := net.Pipe()
-	go func() { _ = tls.Client(a, &tls.Config{ServerName: name}).Handshake() }()
-	defer a.Close()
-	defer b.Close()
-	hdr := make([]byte, 5)
-	if _, err := io.ReadFull(b, hdr); err != nil {
-		t.Fatal(err)
-	}
-	rec := make([]byte, 5+(int(hdr[3])<<8|int(hdr[4])))
-	copy(rec, hdr)
-	if _, err := io.ReadFull(b, rec[5:]); err != nil {
-		t.Fatal(err)
-	}
-	return rec
-}
 
 var errStop = errors.New("hello read")
 
@@ -52,7 +34,7 @@ func tlsName(b []byte) (string, error) {
 // FromHello finds the name crypto/tls would find, or leaves the hello
 // to crypto/tls: never another name.
 func TestFromHello(t *testing.T) {
-	hello := rawClientHello(t, "a.example")
+	hello := testkit.ClientHello(t, "a.example")
 	if name, ok := FromHello(hello); !ok || string(name) != "a.example" {
 		t.Fatalf("whole hello: %q %v", name, ok)
 	}
@@ -95,8 +77,8 @@ func TestFromHello(t *testing.T) {
 // FuzzHelloSNI: whatever the bytes, FromHello names no other name than
 // crypto/tls's parse of the same bytes.
 func FuzzHelloSNI(f *testing.F) {
-	f.Add(rawClientHello(f, "a.example"))
-	f.Add(rawClientHello(f, "x.test"))
+	f.Add(testkit.ClientHello(f, "a.example"))
+	f.Add(testkit.ClientHello(f, "x.test"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		name, ok := FromHello(b)
 		if !ok {
