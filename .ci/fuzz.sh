@@ -25,11 +25,12 @@ declare -A pkg=(
 	[FuzzRespHead]=./proxy/internal/h1wire/
 	[FuzzChunked]=./proxy/internal/h1wire/
 	[FuzzFrames]=./proxy/internal/h2server/
+	[FuzzHeaderBlock]=./proxy/internal/h2server/
 	[FuzzHelloSNI]=./proxy/internal/sni/
 )
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-	targets=(FuzzReqHead FuzzRespHead FuzzChunked FuzzFrames FuzzHelloSNI)
+	targets=(FuzzReqHead FuzzRespHead FuzzChunked FuzzFrames FuzzHeaderBlock FuzzHelloSNI)
 fi
 for t in "${targets[@]}"; do
 	if [ -z "${pkg[$t]:-}" ]; then

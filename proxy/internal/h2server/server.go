@@ -103,6 +103,7 @@ type Conn struct {
 	h   Handler
 
 	fr *http2.Framer // reads; serve only
+	hb headerBlock   // decodes header blocks; serve only
 
 	mu      sync.Mutex
 	out     []byte        // frames queued for the client
@@ -176,8 +177,7 @@ func NewConn(nc net.Conn, cfg Config, h Handler) *Conn {
 	c.fr = http2.NewFramer(nil, nc)
 	c.fr.SetReuseFrames()
 	c.fr.SetMaxReadFrameSize(maxReadFrame)
-	c.fr.MaxHeaderListSize = cfg.MaxHeaderBytes
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.initHeaders() // header blocks: headers.go
 	c.wfr = http2.NewFramer(outWriter{c}, nil)
 	c.enc = hpack.NewEncoder(&c.hbuf)
 	return c
@@ -247,6 +247,9 @@ func (c *Conn) serve() {
 	first := true
 	for {
 		f, err := c.fr.ReadFrame()
+		if hf, ok := f.(*http2.HeadersFrame); ok && err == nil {
+			f, err = c.readHeaderBlock(hf)
+		}
 		if err != nil {
 			if !c.readError(err) {
 				return

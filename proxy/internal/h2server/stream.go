@@ -265,6 +265,9 @@ func (c *Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	st := &Stream{c: c, id: id, sendWin: c.peerInitWin, recvWin: streamWindow,
 		declared: req.ContentLength, remoteDone: f.StreamEnded(), expect: req.Expect && !f.StreamEnded()}
 	st.cond.L = &c.mu
+	// the block's fields are the read loop's (headers.go): the stream
+	// gets its own copy
+	req.Fields = append([]hpack.HeaderField(nil), req.Fields...)
 	c.streams[id] = st
 	c.busyLocked()
 	c.handlers.Add(1)
