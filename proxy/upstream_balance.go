@@ -56,6 +56,16 @@ func (u *upstream) usable(now int64) bool {
 	return !u.checkDown.Load() && now >= u.downUntil.Load()
 }
 
+// usableNow is usable at this moment; an upstream never put into a
+// passive cooldown needs no clock read.
+func (u *upstream) usableNow() bool {
+	if u.checkDown.Load() {
+		return false
+	}
+	d := u.downUntil.Load()
+	return d == 0 || time.Now().UnixNano() >= d
+}
+
 // healthy is usable at this moment, for the metric and logs.
 func (u *upstream) healthy() bool { return u.usable(time.Now().UnixNano()) }
 
@@ -109,7 +119,7 @@ func (b *balancer) pick(skip tried) *upstream {
 	n := len(b.ups)
 	if n == 1 {
 		u := b.ups[0]
-		if skip != 0 || !u.usable(time.Now().UnixNano()) {
+		if skip != 0 || !u.usableNow() {
 			return nil
 		}
 		return u

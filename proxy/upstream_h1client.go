@@ -271,7 +271,6 @@ func (c *upConn) keepCut() {
 // (a failure is a *dialError: nothing was sent, another upstream may
 // be tried).
 func (p *upPool) get(rs *routeState, up *upstream) (*upConn, error) {
-	now := time.Now()
 	p.mu.Lock()
 	for n := len(p.idle); n > 0; n = len(p.idle) {
 		c := p.idle[n-1]
@@ -281,7 +280,8 @@ func (p *upPool) get(rs *routeState, up *upstream) (*upConn, error) {
 		// every reuse is checked: the watcher may not have seen bytes
 		// that came just now
 		if c.take() {
-			if now.Sub(c.idleFrom) < upIdleTimeout && c.quiet() {
+			// (time.Since reads only the monotonic clock: half a time.Now)
+			if time.Since(c.idleFrom) < upIdleTimeout && c.quiet() {
 				c.up = up
 				c.reused = true
 				return c, nil

@@ -35,18 +35,21 @@ func ConnListed(conn []string, k string) bool {
 
 // Date is the current time as a Date field, formatted once a second.
 func Date() string {
-	now := time.Now().Unix()
-	if d := cachedDate.Load(); d != nil && d.sec == now {
+	// the cached value holds until its second ends on the monotonic
+	// clock (time.Until reads only that one: half a time.Now)
+	if d := cachedDate.Load(); d != nil && time.Until(d.until) > 0 {
 		return d.s
 	}
-	d := &dateString{sec: now, s: time.Unix(now, 0).UTC().Format(http.TimeFormat)}
+	now := time.Now()
+	d := &dateString{until: now.Add(time.Second - time.Duration(now.Nanosecond())),
+		s: now.UTC().Format(http.TimeFormat)}
 	cachedDate.Store(d)
 	return d.s
 }
 
 type dateString struct {
-	sec int64
-	s   string
+	until time.Time // the next second's start, with a monotonic reading
+	s     string
 }
 
 var cachedDate atomic.Pointer[dateString]
