@@ -125,7 +125,7 @@ func fuzzConfig(c *Config) {
 func runFrames(t *testing.T, b []byte) {
 	in := &fuzzInput{b: b}
 	st := newServerTester(t, echo, fuzzConfig)
-	st.bound = 2 * time.Second
+	st.Bound = 2 * time.Second
 	streams := map[uint32]*fuzzStream{}
 	var maxID uint32
 	var pending []byte // rest of a header block, for the next CONTINUATION
@@ -146,7 +146,7 @@ func runFrames(t *testing.T, b []byte) {
 				}
 				ss = append(ss, http2.Setting{ID: id, Val: val})
 			}
-			return st.writeSettings(ss...)
+			return st.WriteSettings(ss...)
 		case 1: // HEADERS
 			mode := in.byte()
 			id := uint32(in.byte()%8)*2 + 1
@@ -187,7 +187,7 @@ func runFrames(t *testing.T, b []byte) {
 					s.method = val
 				}
 			}
-			block := st.encode(kv...)
+			block := st.Encode(kv...)
 			endStream, endHeaders := flags&1 != 0, flags&2 == 0
 			if !endHeaders && len(block) > 1 {
 				cut := 1 + int(in.byte())%(len(block)-1)
@@ -202,7 +202,7 @@ func runFrames(t *testing.T, b []byte) {
 			} else if s0 := streams[id]; s0 != nil && endStream {
 				s0.clientDone = true // trailers
 			}
-			return st.writeHeaders(id, endStream, endHeaders, block)
+			return st.WriteHeaders(id, endStream, endHeaders, block)
 		case 2: // CONTINUATION
 			id, frag, end := pendingID, pending, true
 			if frag == nil {
@@ -211,7 +211,7 @@ func runFrames(t *testing.T, b []byte) {
 				end = in.byte()&1 == 0
 			}
 			pending = nil
-			return st.writeContinuation(id, end, frag)
+			return st.WriteContinuation(id, end, frag)
 		case 3: // DATA
 			id := uint32(in.byte() % 16)
 			n := in.byte()
@@ -223,26 +223,26 @@ func runFrames(t *testing.T, b []byte) {
 			if s := streams[id]; s != nil && end {
 				s.clientDone = true
 			}
-			return st.writeData(id, end, p)
+			return st.WriteData(id, end, p)
 		case 4: // WINDOW_UPDATE
 			id := uint32(in.byte() % 16)
-			return st.writeWindowUpdate(id, in.u32()&(1<<31-1))
+			return st.WriteWindowUpdate(id, in.u32()&(1<<31-1))
 		case 5: // RST_STREAM
 			id := uint32(in.byte() % 16)
 			if s := streams[id]; s != nil {
 				s.clientReset = true
 			}
-			return st.writeRST(id, http2.ErrCode(in.byte()%14))
+			return st.WriteRST(id, http2.ErrCode(in.byte()%14))
 		case 6: // PING
 			var d [8]byte
 			copy(d[:], in.bytes(8))
-			return st.writePing(in.byte()&1 == 1, d)
+			return st.WritePing(in.byte()&1 == 1, d)
 		case 7: // PRIORITY
 			id := uint32(in.byte() % 16)
 			dep := uint32(in.byte() % 16)
-			return st.fr.WritePriority(id, http2.PriorityParam{StreamDep: dep, Exclusive: in.byte()&1 == 1, Weight: in.byte()})
+			return st.Fr.WritePriority(id, http2.PriorityParam{StreamDep: dep, Exclusive: in.byte()&1 == 1, Weight: in.byte()})
 		case 8: // GOAWAY
-			return st.fr.WriteGoAway(maxID, http2.ErrCode(in.byte()%14), in.bytes(int(in.byte()%8)))
+			return st.Fr.WriteGoAway(maxID, http2.ErrCode(in.byte()%14), in.bytes(int(in.byte()%8)))
 		case 9: // a raw frame of any type
 			typ, flags, id := in.byte(), in.byte(), uint32(in.byte()%16)
 			p := in.bytes(int(in.byte() % 32))
@@ -253,14 +253,14 @@ func runFrames(t *testing.T, b []byte) {
 				// fuzzing engine's 10 s watchdog: a silent worker death)
 				s.clientReset = true
 			}
-			return st.writeRaw(http2.FrameType(typ), http2.Flags(flags), id, p)
+			return st.WriteRaw(http2.FrameType(typ), http2.Flags(flags), id, p)
 		default: // SETTINGS ack
-			return st.writeSettingsAck()
+			return st.WriteSettingsAck()
 		}
 	}
 
 	var werr error
-	if werr = st.writeSettings(); werr == nil {
+	if werr = st.WriteSettings(); werr == nil {
 		for ops := 0; len(in.b) > 0 && ops < 64 && werr == nil; ops++ {
 			werr = write()
 		}
@@ -269,10 +269,10 @@ func runFrames(t *testing.T, b []byte) {
 	if werr == nil {
 		// a stream window the sequence set to 0 is restored (RFC 9113
 		// 6.9.2 moves every stream's window by the difference)
-		werr = st.writeSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 65535})
+		werr = st.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 65535})
 	}
 	if werr == nil {
-		werr = st.writePing(false, marker)
+		werr = st.WritePing(false, marker)
 	}
 
 	// read until the server acked the PING and ended each stream the
@@ -294,7 +294,7 @@ func runFrames(t *testing.T, b []byte) {
 		if left <= 0 {
 			t.Fatalf("server neither answered nor closed within 4s: ping acked %v, streams waiting %v (write error %v)\ninput %q", pinged, waiting(), werr, b)
 		}
-		fr, err := st.readFrame(left)
+		fr, err := st.ReadFrame(left)
 		if err != nil {
 			if errors.Is(err, errNoFrame) {
 				continue
@@ -308,7 +308,7 @@ func runFrames(t *testing.T, b []byte) {
 		switch fr.Type {
 		case http2.FrameSettings:
 			if !fr.Flags.Has(http2.FlagSettingsAck) {
-				_ = st.writeSettingsAck()
+				_ = st.WriteSettingsAck()
 			}
 		case http2.FramePing:
 			if fr.Flags.Has(http2.FlagPingAck) && fr.Ping == marker {
@@ -339,7 +339,7 @@ func runFrames(t *testing.T, b []byte) {
 			}
 			switch fr.Type {
 			case http2.FrameHeaders:
-				if v := fr.header(":status"); v != "" && v[0] != '1' {
+				if v := fr.Field(":status"); v != "" && v[0] != '1' {
 					s.status = v
 				}
 			case http2.FrameData:
@@ -350,7 +350,7 @@ func runFrames(t *testing.T, b []byte) {
 			case http2.FrameRSTStream:
 				s.ended, s.reset = true, true
 			}
-			if fr.endStream() {
+			if fr.EndStream() {
 				s.ended = true
 			}
 		}

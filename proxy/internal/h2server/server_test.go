@@ -19,14 +19,14 @@ import (
 // goroutine is left once the connection closed.
 func TestRoundTrip(t *testing.T) {
 	st := newServerTester(t, echo)
-	st.greet()
-	st.must(st.writeHeaders(1, true, true, st.getRequest("/one")))
-	st.must(st.writeHeaders(3, false, true, st.postRequest("/three?x", "content-length", "5")))
-	st.must(st.writeData(3, true, []byte("hello")))
-	if status, body, _ := st.response(1); status != "200" || body != "path=/one" {
+	st.Greet()
+	st.Must(st.WriteHeaders(1, true, true, st.getRequest("/one")))
+	st.Must(st.WriteHeaders(3, false, true, st.postRequest("/three?x", "content-length", "5")))
+	st.Must(st.WriteData(3, true, []byte("hello")))
+	if status, body, _ := st.Response(1); status != "200" || body != "path=/one" {
 		t.Errorf("stream 1: %s %q", status, body)
 	}
-	if status, body, _ := st.response(3); status != "200" || body != "path=/three?x" {
+	if status, body, _ := st.Response(3); status != "200" || body != "path=/three?x" {
 		t.Errorf("stream 3: %s %q", status, body)
 	}
 	st.close()
@@ -38,11 +38,11 @@ func TestRoundTrip(t *testing.T) {
 func TestPrefaceAndSettings(t *testing.T) {
 	t.Run("advertised", func(t *testing.T) {
 		st := newServerTester(t, echo, func(c *Config) { c.MaxHeaderBytes = 4096 })
-		st.must(st.writeSettings())
+		st.Must(st.WriteSettings())
 		got := map[http2.SettingID]uint32{}
 		var incr uint32
 		for len(got) == 0 || incr == 0 {
-			f := st.wantFrame(5 * time.Second)
+			f := st.WantFrame(5 * time.Second)
 			switch {
 			case f.Type == http2.FrameSettings && !f.Flags.Has(http2.FlagSettingsAck):
 				for _, s := range f.Settings {
@@ -60,15 +60,15 @@ func TestPrefaceAndSettings(t *testing.T) {
 		if incr != 1<<20-65535 {
 			t.Errorf("connection WINDOW_UPDATE %d, want the window raised to 1 MiB", incr)
 		}
-		st.must(st.writePing(false, [8]byte{7}))
-		st.until(func(f frame) bool {
+		st.Must(st.WritePing(false, [8]byte{7}))
+		st.Until(func(f frame) bool {
 			return f.Type == http2.FramePing && f.Flags.Has(http2.FlagPingAck) && f.Ping == [8]byte{7}
 		})
 	})
 	t.Run("bad preface", func(t *testing.T) {
 		st := startServerTester(t, echo)
 		_, _ = io.WriteString(st.cc, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-		if f, err := st.readFrame(10 * time.Second); !closedCleanly(err) {
+		if f, err := st.ReadFrame(10 * time.Second); !closedCleanly(err) {
 			t.Errorf("got %v %v, want the connection closed with nothing sent", f.FrameHeader, err)
 		}
 	})
@@ -80,8 +80,8 @@ func TestPrefaceAndSettings(t *testing.T) {
 	})
 	t.Run("first frame not SETTINGS", func(t *testing.T) {
 		st := newServerTester(t, echo)
-		st.must(st.writePing(false, [8]byte{}))
-		if code, _ := st.wantGoAway(); code != http2.ErrCodeProtocol {
+		st.Must(st.WritePing(false, [8]byte{}))
+		if code, _ := st.WantGoAway(); code != http2.ErrCodeProtocol {
 			t.Errorf("GOAWAY %v, want PROTOCOL_ERROR", code)
 		}
 	})
@@ -95,8 +95,8 @@ func TestPrefaceAndSettings(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st := newServerTester(t, echo)
-			st.must(st.writeSettings(tc.s))
-			if code, _ := st.wantGoAway(); code != tc.code {
+			st.Must(st.WriteSettings(tc.s))
+			if code, _ := st.WantGoAway(); code != tc.code {
 				t.Errorf("GOAWAY %v, want %v", code, tc.code)
 			}
 		})
@@ -117,25 +117,25 @@ func TestFlowControl(t *testing.T) {
 	})
 	t.Run("stream window", func(t *testing.T) {
 		st := newServerTester(t, h)
-		st.greet(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 10})
-		st.must(st.writeHeaders(1, true, true, st.getRequest("/small")))
-		f := st.until(func(f frame) bool { return f.Type == http2.FrameData })
-		if len(f.Data) != 10 || f.endStream() {
-			t.Fatalf("first DATA: %d bytes, end %v; want the 10 the window allows", len(f.Data), f.endStream())
+		st.Greet(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 10})
+		st.Must(st.WriteHeaders(1, true, true, st.getRequest("/small")))
+		f := st.Until(func(f frame) bool { return f.Type == http2.FrameData })
+		if len(f.Data) != 10 || f.EndStream() {
+			t.Fatalf("first DATA: %d bytes, end %v; want the 10 the window allows", len(f.Data), f.EndStream())
 		}
 		// a PING round trip: no more DATA came meanwhile
-		st.must(st.writePing(false, [8]byte{1}))
-		st.until(func(f frame) bool {
+		st.Must(st.WritePing(false, [8]byte{1}))
+		st.Until(func(f frame) bool {
 			if f.Type == http2.FrameData {
 				t.Fatalf("DATA past the stream window")
 			}
 			return f.Type == http2.FramePing
 		})
-		st.must(st.writeWindowUpdate(1, 90))
+		st.Must(st.WriteWindowUpdate(1, 90))
 		got := 10
-		st.until(func(f frame) bool {
+		st.Until(func(f frame) bool {
 			got += len(f.Data)
-			return f.endStream()
+			return f.EndStream()
 		})
 		if got != 100 {
 			t.Errorf("%d bytes, want 100", got)
@@ -143,20 +143,20 @@ func TestFlowControl(t *testing.T) {
 	})
 	t.Run("connection window", func(t *testing.T) {
 		st := newServerTester(t, h)
-		st.greet(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 20})
-		st.must(st.writeHeaders(1, true, true, st.getRequest("/big")))
+		st.Greet(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 20})
+		st.Must(st.WriteHeaders(1, true, true, st.getRequest("/big")))
 		got := 0
-		st.until(func(f frame) bool {
+		st.Until(func(f frame) bool {
 			got += len(f.Data)
 			return got >= 65535
 		})
 		if got != 65535 {
 			t.Fatalf("%d bytes before a connection WINDOW_UPDATE, want 65535", got)
 		}
-		st.must(st.writeWindowUpdate(0, 70000-65535))
-		st.until(func(f frame) bool {
+		st.Must(st.WriteWindowUpdate(0, 70000-65535))
+		st.Until(func(f frame) bool {
 			got += len(f.Data)
-			return f.endStream()
+			return f.EndStream()
 		})
 		if got != 70000 {
 			t.Errorf("%d bytes, want 70000", got)
@@ -166,18 +166,18 @@ func TestFlowControl(t *testing.T) {
 		release := make(chan struct{})
 		st := newServerTester(t, handlerFunc(func(st *Stream, req Request) { <-release }))
 		defer close(release)
-		st.greet()
-		st.must(st.writeHeaders(1, true, true, st.getRequest("/")))
-		st.must(st.writeWindowUpdate(1, 1<<31-1))
-		if status, _, code := st.response(1); status != "RST" || code != http2.ErrCodeFlowControl {
+		st.Greet()
+		st.Must(st.WriteHeaders(1, true, true, st.getRequest("/")))
+		st.Must(st.WriteWindowUpdate(1, 1<<31-1))
+		if status, _, code := st.Response(1); status != "RST" || code != http2.ErrCodeFlowControl {
 			t.Errorf("got %s %v, want RST_STREAM FLOW_CONTROL_ERROR", status, code)
 		}
 	})
 	t.Run("connection window overflow", func(t *testing.T) {
 		st := newServerTester(t, echo)
-		st.greet()
-		st.must(st.writeWindowUpdate(0, 1<<31-1))
-		if code, _ := st.wantGoAway(); code != http2.ErrCodeFlowControl {
+		st.Greet()
+		st.Must(st.WriteWindowUpdate(0, 1<<31-1))
+		if code, _ := st.WantGoAway(); code != http2.ErrCodeFlowControl {
 			t.Errorf("GOAWAY %v, want FLOW_CONTROL_ERROR", code)
 		}
 	})
@@ -186,16 +186,16 @@ func TestFlowControl(t *testing.T) {
 		release := make(chan struct{})
 		st := newServerTester(t, handlerFunc(func(st *Stream, req Request) { <-release }))
 		defer close(release)
-		st.greet()
-		st.must(st.writeHeaders(1, false, true, st.postRequest("/")))
+		st.Greet()
+		st.Must(st.WriteHeaders(1, false, true, st.postRequest("/")))
 		chunk := make([]byte, 16<<10)
 		for range (1 << 20) / len(chunk) {
-			st.must(st.writeData(1, false, chunk))
+			st.Must(st.WriteData(1, false, chunk))
 		}
-		st.must(st.writePing(false, [8]byte{2}))
-		st.until(func(f frame) bool { return f.Type == http2.FramePing })
-		st.must(st.writeData(1, false, []byte("x")))
-		if code, _ := st.wantGoAway(); code != http2.ErrCodeFlowControl {
+		st.Must(st.WritePing(false, [8]byte{2}))
+		st.Until(func(f frame) bool { return f.Type == http2.FramePing })
+		st.Must(st.WriteData(1, false, []byte("x")))
+		if code, _ := st.WantGoAway(); code != http2.ErrCodeFlowControl {
 			t.Errorf("GOAWAY %v, want FLOW_CONTROL_ERROR", code)
 		}
 	})
@@ -214,12 +214,12 @@ func TestResetBudget(t *testing.T) {
 		<-st.Context().Done() // the client's reset
 		exited <- struct{}{}
 	}))
-	st.greet()
+	st.Greet()
 	id := uint32(1)
 	reset := func() {
 		t.Helper()
-		st.must(st.writeHeaders(id, true, true, st.getRequest("/wait")))
-		st.must(st.writeRST(id, http2.ErrCodeCancel))
+		st.Must(st.WriteHeaders(id, true, true, st.getRequest("/wait")))
+		st.Must(st.WriteRST(id, http2.ErrCodeCancel))
 		id += 2
 		select {
 		case <-exited: // the stream is gone: the next cannot be refused for the stream count
@@ -229,23 +229,23 @@ func TestResetBudget(t *testing.T) {
 	}
 	alive := func(what string) {
 		t.Helper()
-		st.must(st.writePing(false, [8]byte{byte(id)}))
-		st.until(func(f frame) bool { return f.Type == http2.FramePing && f.Ping == [8]byte{byte(id)} })
+		st.Must(st.WritePing(false, [8]byte{byte(id)}))
+		st.Until(func(f frame) bool { return f.Type == http2.FramePing && f.Ping == [8]byte{byte(id)} })
 	}
 	for range ResetBudget - 1 {
 		reset()
 	}
 	alive("after ResetBudget-1 resets")
-	st.must(st.writeHeaders(id, true, true, st.getRequest("/ok")))
-	if status, _, _ := st.response(id); status != "200" {
+	st.Must(st.WriteHeaders(id, true, true, st.getRequest("/ok")))
+	if status, _, _ := st.Response(id); status != "200" {
 		t.Fatalf("a request after the resets: %s", status)
 	}
 	id += 2
 	reset() // the completed response earned this one
 	alive("after a reset the completed response paid for")
-	st.must(st.writeHeaders(id, true, true, st.getRequest("/wait")))
-	st.must(st.writeRST(id, http2.ErrCodeCancel))
-	if code, last := st.wantGoAway(); code != http2.ErrCodeEnhanceYourCalm || last != id {
+	st.Must(st.WriteHeaders(id, true, true, st.getRequest("/wait")))
+	st.Must(st.WriteRST(id, http2.ErrCodeCancel))
+	if code, last := st.WantGoAway(); code != http2.ErrCodeEnhanceYourCalm || last != id {
 		t.Errorf("GOAWAY %v last stream %d, want ENHANCE_YOUR_CALM after stream %d", code, last, id)
 	}
 }
@@ -253,16 +253,16 @@ func TestResetBudget(t *testing.T) {
 // A flood of HEADERS + RST_STREAM pairs (rapid reset) is cut off.
 func TestRapidResetFlood(t *testing.T) {
 	st := newServerTester(t, handlerFunc(func(st *Stream, req Request) { <-st.Context().Done() }))
-	st.greet()
+	st.Greet()
 	blk := st.getRequest("/")
-	st.goWrite(func() {
+	st.GoWrite(func() {
 		for id := uint32(1); id < 2*5000; id += 2 {
-			if st.writeHeaders(id, true, true, blk) != nil || st.writeRST(id, http2.ErrCodeCancel) != nil {
+			if st.WriteHeaders(id, true, true, blk) != nil || st.WriteRST(id, http2.ErrCodeCancel) != nil {
 				return
 			}
 		}
 	})
-	if code, last := st.wantGoAway(); code != http2.ErrCodeEnhanceYourCalm || last > 2*5000 {
+	if code, last := st.WantGoAway(); code != http2.ErrCodeEnhanceYourCalm || last > 2*5000 {
 		t.Errorf("GOAWAY %v last stream %d, want ENHANCE_YOUR_CALM", code, last)
 	}
 	st.close()
@@ -280,15 +280,15 @@ func TestHeaderLimits(t *testing.T) {
 			tooLarge = append(tooLarge, req.HeaderTooLarge)
 			echo(st, req)
 		}), small)
-		st.greet()
+		st.Greet()
 		v := strings.Repeat("v", 1500)
 		// indexed once, then referenced: 3 × 1.5 KB decoded from a few bytes more
-		st.must(st.writeHeaders(1, true, true, st.getRequest("/big", "x-big", v, "x-big", v, "x-big", v)))
-		if status, body, _ := st.response(1); status != "431" || body != "431 Request Header Fields Too Large\n" {
+		st.Must(st.WriteHeaders(1, true, true, st.getRequest("/big", "x-big", v, "x-big", v, "x-big", v)))
+		if status, body, _ := st.Response(1); status != "431" || body != "431 Request Header Fields Too Large\n" {
 			t.Errorf("got %s %q, want 431", status, body)
 		}
-		st.must(st.writeHeaders(3, true, true, st.getRequest("/fits", "x-big", v, "x-big", v)))
-		if status, body, _ := st.response(3); status != "200" || body != "path=/fits" {
+		st.Must(st.WriteHeaders(3, true, true, st.getRequest("/fits", "x-big", v, "x-big", v)))
+		if status, body, _ := st.Response(3); status != "200" || body != "path=/fits" {
 			t.Errorf("next request: %s %q", status, body)
 		}
 		if fmt.Sprint(tooLarge) != "[true false]" {
@@ -297,25 +297,25 @@ func TestHeaderLimits(t *testing.T) {
 	})
 	t.Run("one field over the limit", func(t *testing.T) {
 		st := newServerTester(t, echo, small)
-		st.greet()
-		st.must(st.writeHeaders(1, true, true, st.getRequest("/", "x-big", strings.Repeat("v", 5000))))
-		if code, _ := st.wantGoAway(); code != http2.ErrCodeCompression && code != http2.ErrCodeProtocol {
+		st.Greet()
+		st.Must(st.WriteHeaders(1, true, true, st.getRequest("/", "x-big", strings.Repeat("v", 5000))))
+		if code, _ := st.WantGoAway(); code != http2.ErrCodeCompression && code != http2.ErrCodeProtocol {
 			t.Errorf("GOAWAY %v", code)
 		}
 	})
 	t.Run("CONTINUATION flood", func(t *testing.T) {
 		st := newServerTester(t, echo, small)
-		st.greet()
-		st.must(st.writeHeaders(1, true, false, st.getRequest("/")))
+		st.Greet()
+		st.Must(st.WriteHeaders(1, true, false, st.getRequest("/")))
 		frag := bytes.Repeat([]byte{0x90}, 1000) // static "accept-encoding: gzip, deflate", 60 bytes decoded each
-		st.goWrite(func() {
+		st.GoWrite(func() {
 			for range 10000 {
-				if st.writeContinuation(1, false, frag) != nil {
+				if st.WriteContinuation(1, false, frag) != nil {
 					return
 				}
 			}
 		})
-		if code, _ := st.wantGoAway(); code != http2.ErrCodeProtocol {
+		if code, _ := st.WantGoAway(); code != http2.ErrCodeProtocol {
 			t.Errorf("GOAWAY %v, want PROTOCOL_ERROR", code)
 		}
 	})
@@ -333,31 +333,31 @@ func TestStreamLimit(t *testing.T) {
 		}
 		_, _ = io.WriteString(st, "done")
 	}))
-	st.greet()
+	st.Greet()
 	for i := range maxStreams {
-		st.must(st.writeHeaders(uint32(2*i+1), true, true, st.getRequest("/wait")))
+		st.Must(st.WriteHeaders(uint32(2*i+1), true, true, st.getRequest("/wait")))
 	}
 	for range maxStreams {
 		<-started
 	}
 	over := uint32(2*maxStreams + 1)
-	st.must(st.writeHeaders(over, true, true, st.getRequest("/wait")))
-	if status, _, code := st.response(over); status != "RST" || code != http2.ErrCodeRefusedStream {
+	st.Must(st.WriteHeaders(over, true, true, st.getRequest("/wait")))
+	if status, _, code := st.Response(over); status != "RST" || code != http2.ErrCodeRefusedStream {
 		t.Fatalf("stream %d: %s %v, want RST_STREAM REFUSED_STREAM", over, status, code)
 	}
 	close(release)
 	ended := 0
-	st.until(func(f frame) bool {
+	st.Until(func(f frame) bool {
 		if f.Type == http2.FrameRSTStream {
 			t.Fatalf("stream %d reset: %v", f.StreamID, f.Code)
 		}
-		if f.endStream() {
+		if f.EndStream() {
 			ended++
 		}
 		return ended == maxStreams
 	})
-	st.must(st.writeHeaders(over+2, true, true, st.getRequest("/after")))
-	if status, body, _ := st.response(over + 2); status != "200" || body != "done" {
+	st.Must(st.WriteHeaders(over+2, true, true, st.getRequest("/after")))
+	if status, body, _ := st.Response(over + 2); status != "200" || body != "done" {
 		t.Errorf("after the streams ended: %s %q", status, body)
 	}
 }
@@ -382,16 +382,16 @@ func TestMalformedRequests(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st := newServerTester(t, echo)
-			st.greet()
-			st.must(st.writeHeaders(1, tc.body == "", true, st.postRequest("/m", tc.fields...)))
+			st.Greet()
+			st.Must(st.WriteHeaders(1, tc.body == "", true, st.postRequest("/m", tc.fields...)))
 			if tc.body != "" {
-				_ = st.writeData(1, true, []byte(tc.body))
+				_ = st.WriteData(1, true, []byte(tc.body))
 			}
-			if status, _, code := st.response(1); status != "RST" || code != http2.ErrCodeProtocol {
+			if status, _, code := st.Response(1); status != "RST" || code != http2.ErrCodeProtocol {
 				t.Errorf("got %s %v, want RST_STREAM PROTOCOL_ERROR", status, code)
 			}
-			st.must(st.writeHeaders(3, true, true, st.getRequest("/fine")))
-			if status, _, _ := st.response(3); status != "200" {
+			st.Must(st.WriteHeaders(3, true, true, st.getRequest("/fine")))
+			if status, _, _ := st.Response(3); status != "200" {
 				t.Errorf("next request: %s", status)
 			}
 		})
@@ -408,7 +408,7 @@ func TestDataAfterOwnResetIgnored(t *testing.T) {
 			st.WriteHeader(413) // without reading the body
 		}
 	}))
-	st.greet()
+	st.Greet()
 	const rounds = 250 // × 5 frames after the reset
 	if rounds*5 <= ResetBudget {
 		t.Fatal("the test no longer exceeds the reset budget")
@@ -416,15 +416,15 @@ func TestDataAfterOwnResetIgnored(t *testing.T) {
 	chunk := bytes.Repeat([]byte("d"), 100)
 	for i := range rounds {
 		id := uint32(2*i + 1)
-		st.must(st.writeHeaders(id, false, true, st.postRequest("/form", "content-length", "10000")))
-		st.must(st.writeData(id, false, chunk))
+		st.Must(st.WriteHeaders(id, false, true, st.postRequest("/form", "content-length", "10000")))
+		st.Must(st.WriteData(id, false, chunk))
 		status := ""
-		st.until(func(f frame) bool {
+		st.Until(func(f frame) bool {
 			if f.StreamID != id {
 				return false
 			}
 			if f.Type == http2.FrameHeaders {
-				status = f.header(":status")
+				status = f.Field(":status")
 			}
 			if f.Type == http2.FrameRSTStream {
 				if f.Code != http2.ErrCodeNo {
@@ -438,15 +438,15 @@ func TestDataAfterOwnResetIgnored(t *testing.T) {
 			t.Fatalf("round %d: status %q", i, status)
 		}
 		for range 5 {
-			st.must(st.writeData(id, false, chunk))
+			st.Must(st.WriteData(id, false, chunk))
 		}
 		if i%2 == 1 {
-			st.must(st.writeHeaders(id, true, true, st.encode("x-checksum", "abc")))
+			st.Must(st.WriteHeaders(id, true, true, st.Encode("x-checksum", "abc")))
 		}
 	}
 	id := uint32(2*rounds + 1)
-	st.must(st.writeHeaders(id, true, true, st.getRequest("/after")))
-	if status, _, _ := st.response(id); status != "200" {
+	st.Must(st.WriteHeaders(id, true, true, st.getRequest("/after")))
+	if status, _, _ := st.Response(id); status != "200" {
 		t.Errorf("request after the early answers: %s", status)
 	}
 }
@@ -462,10 +462,10 @@ func TestTimers(t *testing.T) {
 	}
 	t.Run("idle", func(t *testing.T) {
 		st := newServerTester(t, echo, short)
-		st.greet()
-		st.must(st.writeHeaders(1, true, true, st.getRequest("/")))
-		st.response(1)
-		if code, last := st.wantGoAway(); code != http2.ErrCodeNo || last != 1 {
+		st.Greet()
+		st.Must(st.WriteHeaders(1, true, true, st.getRequest("/")))
+		st.Response(1)
+		if code, last := st.WantGoAway(); code != http2.ErrCodeNo || last != 1 {
 			t.Errorf("GOAWAY %v last %d, want NO_ERROR after stream 1", code, last)
 		}
 	})
@@ -475,10 +475,10 @@ func TestTimers(t *testing.T) {
 			_, err := io.Copy(io.Discard, st.Body())
 			failed <- err
 		}), short, func(c *Config) { c.Idle = time.Minute })
-		st.greet()
-		st.must(st.writeHeaders(1, false, true, st.postRequest("/", "content-length", "100")))
-		st.must(st.writeData(1, false, []byte("0123456789")))
-		if status, _, code := st.response(1); status != "RST" || code != http2.ErrCodeCancel {
+		st.Greet()
+		st.Must(st.WriteHeaders(1, false, true, st.postRequest("/", "content-length", "100")))
+		st.Must(st.WriteData(1, false, []byte("0123456789")))
+		if status, _, code := st.Response(1); status != "RST" || code != http2.ErrCodeCancel {
 			t.Errorf("got %s %v, want RST_STREAM CANCEL", status, code)
 		}
 		if err := <-failed; err == nil {
@@ -491,9 +491,9 @@ func TestTimers(t *testing.T) {
 			_, err := io.WriteString(st, "hello")
 			failed <- err
 		}), short, func(c *Config) { c.Idle = time.Minute })
-		st.greet(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
-		st.must(st.writeHeaders(1, true, true, st.getRequest("/")))
-		if status, _, code := st.response(1); status != "RST" || code != http2.ErrCodeCancel {
+		st.Greet(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+		st.Must(st.WriteHeaders(1, true, true, st.getRequest("/")))
+		if status, _, code := st.Response(1); status != "RST" || code != http2.ErrCodeCancel {
 			t.Errorf("got %s %v, want RST_STREAM CANCEL", status, code)
 		}
 		if err := <-failed; err == nil {
@@ -503,11 +503,11 @@ func TestTimers(t *testing.T) {
 	t.Run("idle with every stream stalled", func(t *testing.T) {
 		st := newServerTester(t, handlerFunc(func(st *Stream, req Request) { _, _ = io.WriteString(st, "hello") }),
 			func(c *Config) { c.Idle, c.Send = 300*time.Millisecond, time.Minute })
-		st.greet(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+		st.Greet(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
 		for i := range 3 {
-			st.must(st.writeHeaders(uint32(2*i+1), true, true, st.getRequest("/")))
+			st.Must(st.WriteHeaders(uint32(2*i+1), true, true, st.getRequest("/")))
 		}
-		if code, _ := st.wantGoAway(); code != http2.ErrCodeNo {
+		if code, _ := st.WantGoAway(); code != http2.ErrCodeNo {
 			t.Errorf("GOAWAY %v, want NO_ERROR", code)
 		}
 	})
@@ -557,20 +557,20 @@ func TestShutdown(t *testing.T) {
 		<-release
 		_, _ = io.WriteString(st, "finished")
 	}))
-	st.greet()
-	st.must(st.writeHeaders(1, true, true, st.getRequest("/")))
+	st.Greet()
+	st.Must(st.WriteHeaders(1, true, true, st.getRequest("/")))
 	<-started
 	st.sc.Shutdown()
-	g := st.until(func(f frame) bool { return f.Type == http2.FrameGoAway })
+	g := st.Until(func(f frame) bool { return f.Type == http2.FrameGoAway })
 	if g.Code != http2.ErrCodeNo || g.LastID != 1 {
 		t.Errorf("GOAWAY %v last %d", g.Code, g.LastID)
 	}
-	st.must(st.writeHeaders(3, true, true, st.getRequest("/late")))
-	if status, _, code := st.response(3); status != "RST" || code != http2.ErrCodeRefusedStream {
+	st.Must(st.WriteHeaders(3, true, true, st.getRequest("/late")))
+	if status, _, code := st.Response(3); status != "RST" || code != http2.ErrCodeRefusedStream {
 		t.Errorf("a stream after GOAWAY: %s %v", status, code)
 	}
 	close(release)
-	if status, body, _ := st.response(1); status != "200" || body != "finished" {
+	if status, body, _ := st.Response(1); status != "200" || body != "finished" {
 		t.Errorf("the stream in flight: %s %q", status, body)
 	}
 	if !st.waitServed(10 * time.Second) {
