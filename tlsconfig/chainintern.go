@@ -3,6 +3,7 @@ package tlsconfig
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"sync"
 
@@ -67,6 +68,19 @@ func shareChain(cert certmagic.Certificate) {
 // issuer: the stapler (ocsp.go) keeps an issuer for every certificate it
 // staples, ~2.4 KB parsed; the CRL watcher (crl.go) parses one per
 // certificate it registers. Both only read it.
+// chainIssuer is the parsed certificate after cert's leaf (shared, see
+// parsedIssuer), or nil when the chain has none or it does not parse.
+func chainIssuer(cert tls.Certificate) *x509.Certificate {
+	if len(cert.Certificate) < 2 {
+		return nil
+	}
+	iss, err := parsedIssuer(cert.Certificate[1])
+	if err != nil {
+		return nil
+	}
+	return iss
+}
+
 func parsedIssuer(der []byte) (*x509.Certificate, error) {
 	sum := sha256.Sum256(der)
 	chainCerts.Lock()

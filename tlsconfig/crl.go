@@ -170,12 +170,7 @@ func (w *crlWatcher) register(cert tls.Certificate, names []string) {
 	if u == "" {
 		return
 	}
-	var issuer *x509.Certificate
-	if len(cert.Certificate) > 1 {
-		if iss, err := parsedIssuer(cert.Certificate[1]); err == nil {
-			issuer = iss
-		}
-	}
+	issuer := chainIssuer(cert)
 	w.mu.Lock()
 	if _, ok := w.certs[leaf]; ok {
 		w.mu.Unlock()
@@ -231,19 +226,7 @@ func (w *crlWatcher) drop(leaf *x509.Certificate) {
 }
 
 // run refreshes CRLs until ctx ends.
-func (w *crlWatcher) run(ctx context.Context) {
-	t := time.NewTicker(w.interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-w.kick:
-		}
-		w.refreshDue(ctx)
-	}
-}
+func (w *crlWatcher) run(ctx context.Context) { refreshLoop(ctx, w.interval, w.kick, w.refreshDue) }
 
 // refreshDue works through the lists one at a time (bounding the memory
 // a parsed CRL takes to one list): a list not read from storage yet is

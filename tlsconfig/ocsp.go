@@ -130,12 +130,7 @@ func (s *stapler) register(cert tls.Certificate, names []string) {
 	}
 	// the entry is complete before the refresher can see it (it reads
 	// issuer under s.mu)
-	var issuer *x509.Certificate
-	if len(cert.Certificate) > 1 {
-		if iss, err := parsedIssuer(cert.Certificate[1]); err == nil {
-			issuer = iss
-		}
-	}
+	issuer := chainIssuer(cert)
 	s.mu.Lock()
 	if _, ok := s.entries[leaf]; ok {
 		s.mu.Unlock()
@@ -225,17 +220,21 @@ func (s *stapler) accept(e *stapleEntry, der []byte) (*ocsp.Response, error) {
 }
 
 // run refreshes staples until ctx ends.
-func (s *stapler) run(ctx context.Context) {
-	t := time.NewTicker(s.interval)
+func (s *stapler) run(ctx context.Context) { refreshLoop(ctx, s.interval, s.kick, s.refreshDue) }
+
+// refreshLoop runs refresh every interval and when kicked, until ctx
+// ends (the stapler's and the CRL watcher's loop).
+func refreshLoop(ctx context.Context, interval time.Duration, kick <-chan struct{}, refresh func(context.Context)) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		case <-s.kick:
+		case <-kick:
 		}
-		s.refreshDue(ctx)
+		refresh(ctx)
 	}
 }
 
