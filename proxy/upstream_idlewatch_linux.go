@@ -133,7 +133,6 @@ func (w *idleWatcher) kill(id uint64) {
 
 // drop closes an idle connection the watch found readable.
 func (w *idleWatcher) drop(c *upConn) {
-	unsolicitedClosed.Add(1)
 	if p := c.pool; p != nil {
 		p.remove(c)
 	}
@@ -141,6 +140,9 @@ func (w *idleWatcher) drop(c *upConn) {
 		p.removeOwn(c)
 	}
 	c.nc.Close()
+	// counted once it is out of the pool and closed: what reads the
+	// count (the metric, a test) sees that state
+	unsolicitedClosed.Add(1)
 }
 
 // tlsCheck reads what came on the idle TLS connection c (watched under
