@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/caddyserver/certmagic"
 
+	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
 	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
@@ -142,5 +144,96 @@ func TestIndexWaitBoundedByHandshakeTimeout(t *testing.T) {
 	}
 	if leaf.SerialNumber.Text(16) != serials[names[3]] {
 		t.Errorf("served serial %s, want %s", leaf.SerialNumber.Text(16), serials[names[3]])
+	}
+}
+
+// heldStat is a real store whose Stat of a stored certificate waits
+// until released: a small index (a name or a few, looked up one by one)
+// is then still being built.
+type heldStat struct {
+	certmagic.Storage
+	statting chan struct{} // closed at the first Stat of a certificate
+	release  chan struct{}
+	once     sync.Once
+}
+
+func (s *heldStat) Stat(ctx context.Context, key string) (certmagic.KeyInfo, error) {
+	if strings.HasPrefix(key, "certificates/") {
+		s.once.Do(func() { close(s.statting) })
+		select {
+		case <-s.release:
+		case <-ctx.Done():
+			return certmagic.KeyInfo{}, ctx.Err()
+		}
+	}
+	return s.Storage.Stat(ctx, key)
+}
+
+// A "*.suffix" route's stored wildcard certificate, asked for (as
+// a.wild.test) while the index is being built, waits for the index like
+// a configured name and is served; it failed with a TLS internal_error
+// (TestDNS01WildcardRFC2136 saw it after a restart).
+func TestStoredWildcardServedWhileIndexing(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := acmetest.NewTestCA("wildcard index CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := routes.Parse([]byte(fmt.Sprintf(`
+[acme]
+email      = "ops@example.test"
+directory  = "https://127.0.0.1:1/dir"
+challenges = ["dns-01"]
+[acme.dns]
+provider = "exec"
+command  = ["/bin/true"]
+[storage]
+dir = %q
+[[route]]
+hosts    = ["*.wild.test"]
+upstream = "http://127.0.0.1:1"
+`, dir)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fst := &certmagic.FileStorage{Path: dir}
+	issuerKey := (&certmagic.ACMEIssuer{CA: cfg.ACME.Directory}).IssuerKey()
+	stored := plantWith(t, fst, issuerKey, "*.wild.test", ca, 24*time.Hour)
+	st := &heldStat{Storage: fst, statting: make(chan struct{}), release: make(chan struct{})}
+	m, err := New(cfg, Options{Logger: quietLogger(t), Storage: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	table := routes.NewTable(cfg)
+	if err := m.Apply(table); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-st.statting:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the index build never looked for the stored certificate")
+	}
+	done := make(chan error, 1)
+	go func() {
+		leaf, err := handshake(m, table, "a.wild.test", ca.Pool(), nil)
+		if err == nil && !leaf.Equal(stored) {
+			err = fmt.Errorf("served serial %s, want the stored %s", leaf.SerialNumber.Text(16), stored.SerialNumber.Text(16))
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("answered while the index was still being built: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(st.release)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("a.wild.test during indexing: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("handshake still waiting 20 s after the index was released")
 	}
 }

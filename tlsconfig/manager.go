@@ -722,25 +722,7 @@ func (m *Manager) GetCertificate(e *routes.Entry, hello *tls.ClientHelloInfo) (*
 	var cert *tls.Certificate
 	var err error
 	if c != nil {
-		if !challenge && m.stored.pending(name) {
-			m.awaitStored(hello, c, name)
-		}
-		cert, err = c.GetCertificate(hello)
-		if !challenge && (err != nil || cert == nil || cert.Leaf == nil) {
-			// right after a start or reload the index of stored
-			// certificates may still be being built (indexready.go)
-			waited := m.awaitIndexed(hello, name)
-			if m.stored.pending(name) {
-				// indexed meanwhile, or released from memory between
-				// the check and the cache lookup (releaseIdle,
-				// lazy.go): load it
-				m.awaitStored(hello, c, name)
-				waited = true
-			}
-			if waited {
-				cert, err = c.GetCertificate(hello)
-			}
-		}
+		cert, err = m.storedCertificate(c, name, hello)
 		if err == nil && c != m.manual {
 			m.markUsed(name)
 			if !challenge && cert != nil && cert.Leaf != nil && time.Now().After(cert.Leaf.NotAfter) {
@@ -754,6 +736,35 @@ func (m *Manager) GetCertificate(e *routes.Entry, hello *tls.ClientHelloInfo) (*
 		return cert, err
 	}
 	return m.staples.staple(cert), nil
+}
+
+// storedCertificate is c.GetCertificate for a configured name (or the
+// wildcard name a "*.suffix" route's certificate is stored under): a
+// stored name not loaded yet is loaded first (lazy.go), and right after
+// a start or reload, while the index of stored certificates is still
+// being built, a name found nowhere waits for the index (indexready.go)
+// and is looked up again.
+func (m *Manager) storedCertificate(c *certmagic.Config, name string, hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if isChallenge(hello) {
+		return c.GetCertificate(hello)
+	}
+	if m.stored.pending(name) {
+		m.awaitStored(hello, c, name)
+	}
+	cert, err := c.GetCertificate(hello)
+	if err != nil || cert == nil || cert.Leaf == nil {
+		waited := m.awaitIndexed(hello, name)
+		if m.stored.pending(name) {
+			// indexed meanwhile, or released from memory between the
+			// check and the cache lookup (releaseIdle, lazy.go): load it
+			m.awaitStored(hello, c, name)
+			waited = true
+		}
+		if waited {
+			cert, err = c.GetCertificate(hello)
+		}
+	}
+	return cert, err
 }
 
 // HandleHTTPChallenge answers an ACME HTTP-01 request; it reports

@@ -291,10 +291,7 @@ func (m *Manager) patternCertificate(e *routes.Entry, name string, hello *tls.Cl
 			if wild := "*" + name[dot:]; m.byName[wild] != nil {
 				c = m.byName[wild]
 				m.mu.RUnlock()
-				if !isChallenge(hello) && m.stored.pending(wild) {
-					m.awaitStored(hello, c, wild)
-				}
-				return c.GetCertificate(hello)
+				return m.storedCertificate(c, wild, hello)
 			}
 		}
 		c = m.onDemand.configs[onDemandKey(e)]
