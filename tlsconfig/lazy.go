@@ -131,7 +131,7 @@ func (m *Manager) indexStored(c *certmagic.Config, names []string) []string {
 		for _, n := range names {
 			for _, iss := range c.Issuers {
 				ctx, cancel := context.WithTimeout(m.ctx, healthTimeout)
-				_, err := m.storage.Stat(ctx, siteKey(iss.IssuerKey(), n, ".crt"))
+				_, err := m.storage.Stat(ctx, siteKey(issuerKey(iss), n, ".crt"))
 				cancel()
 				if err == nil {
 					have[safeKey(n)] = struct{}{}
@@ -150,7 +150,7 @@ func (m *Manager) indexStored(c *certmagic.Config, names []string) []string {
 		if len(names) <= smallIndex {
 			break
 		}
-		dir := certmagic.StorageKeys.CertsPrefix(iss.IssuerKey())
+		dir := certmagic.StorageKeys.CertsPrefix(issuerKey(iss))
 		ctx, cancel := context.WithTimeout(m.ctx, storedListTimeout)
 		sites, err := m.listSites(ctx, dir)
 		cancel()
@@ -263,7 +263,7 @@ func (m *Manager) loadFromIndex(ctx context.Context, c *certmagic.Config, name s
 	if call == nil {
 		call = &loadCall{done: make(chan struct{})}
 		x.loading[name] = call
-		go m.loadOne(c, name, call)
+		m.loaders.run(func() { m.loadOne(c, name, call) })
 	}
 	x.mu.Unlock()
 	select {
@@ -277,11 +277,23 @@ func (m *Manager) loadFromIndex(ctx context.Context, c *certmagic.Config, name s
 func (m *Manager) loadOne(c *certmagic.Config, name string, call *loadCall) {
 	ctx, cancel := context.WithTimeout(m.ctx, storedLoadTimeout)
 	defer cancel()
-	// the store's fingerprint before reading: the sync pass
+	// the store's fingerprint of what is read: the sync pass
 	// (storesync.go) then need not read the files again to find that
-	// the cached certificate is the stored one
-	sum, keys, fpErr := m.storeFingerprint(ctx, c, name)
-	cert, err := c.CacheManagedCertificate(ctx, name)
+	// the cached certificate is the stored one (loadnotes.go)
+	var sum uint64
+	var keys []string
+	var fpErr error
+	lctx, notes := m.loadNotes(ctx, certKeys(c, name))
+	if notes == nil { // not the file store: Stat before reading
+		sum, keys, fpErr = m.storeFingerprint(ctx, c, name)
+	}
+	cert, err := c.CacheManagedCertificate(lctx, name)
+	if notes != nil {
+		var ok bool
+		if sum, keys, ok = notes.fingerprint(); !ok {
+			fpErr = errNotAllRead
+		}
+	}
 	x := m.stored
 	if err == nil {
 		if len(cert.Names) == 1 && cert.Names[0] == name && !isPattern(name) {
@@ -320,6 +332,53 @@ func (m *Manager) loadOne(c *certmagic.Config, name string, call *loadCall) {
 		m.log.Info("stored certificate is due for renewal; renewing it", "name", name,
 			"not_after", cert.Leaf.NotAfter, "expired", cert.Expired())
 		m.kickRenewal()
+	}
+}
+
+// errNotAllRead: a load did not read every issuer's certificate file,
+// so it has no fingerprint of them to record (loadnotes.go).
+var errNotAllRead = errors.New("not every certificate file was read")
+
+// loaders runs loads from the lazy index on goroutines kept for a
+// second after their last load. A load (certmagic's storage keys,
+// parsing, hashing the chain) grows a fresh goroutine's stack three or
+// four times, copying it each time: ~6% of a load's CPU
+// (BenchmarkFirstLoad); a kept goroutine has grown already. As many run
+// as there are loads at the same time, as when each had its own.
+type loaders struct {
+	ctx  context.Context
+	work chan func()
+}
+
+// loaderIdle is how long a loader waits for the next load.
+const loaderIdle = time.Second
+
+func newLoaders(ctx context.Context) *loaders {
+	return &loaders{ctx: ctx, work: make(chan func())}
+}
+
+// run runs f on an idle loader, or on a new one.
+func (l *loaders) run(f func()) {
+	select {
+	case l.work <- f:
+	default:
+		go l.loop(f)
+	}
+}
+
+func (l *loaders) loop(f func()) {
+	idle := time.NewTimer(loaderIdle)
+	defer idle.Stop()
+	for {
+		f()
+		idle.Reset(loaderIdle)
+		select {
+		case f = <-l.work:
+		case <-idle.C:
+			return
+		case <-l.ctx.Done():
+			return
+		}
 	}
 }
 
@@ -511,7 +570,7 @@ func (m *Manager) readStoredLeaf(ctx context.Context, c *certmagic.Config, name 
 	var best *x509.Certificate
 	var bestIssuer string
 	for _, iss := range c.Issuers {
-		ik := iss.IssuerKey()
+		ik := issuerKey(iss)
 		lctx, cancel := context.WithTimeout(ctx, healthTimeout)
 		data, err := m.storage.Load(lctx, siteKey(ik, name, ".crt"))
 		cancel()

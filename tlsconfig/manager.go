@@ -122,6 +122,7 @@ type Manager struct {
 	checkOn   bool         // [acme] self_check
 
 	stored    *storedIndex  // certificates in storage not loaded yet (lazy.go)
+	loaders   *loaders      // goroutines loading them (lazy.go)
 	indexing  indexing      // index builds in flight (indexready.go)
 	used      *usedBook     // name -> last handshake (lazy.go)
 	renewKick chan struct{} // run certmagic's renewal scan soon (lazy.go)
@@ -182,6 +183,7 @@ func New(cfg *routes.Config, opts Options) (*Manager, error) {
 		onDemand:  newOnDemand(),
 		attempts:  newAttempts(storage),
 		stored:    newStoredIndex(),
+		loaders:   newLoaders(ctx),
 		renewKick: make(chan struct{}, 1),
 		dns01:     newDNSSolver(opts.Logger, opts.DNSPropagationTimeout),
 		plan:      newRenewPlan(),

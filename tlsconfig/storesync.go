@@ -10,7 +10,6 @@ import (
 	"hash/fnv"
 	"io/fs"
 	"sort"
-	"strconv"
 	"sync"
 	"time"
 
@@ -190,10 +189,7 @@ func (m *Manager) storeFingerprint(ctx context.Context, c *certmagic.Config, nam
 		if err != nil {
 			return 0, nil, err
 		}
-		buf = append(buf[:0], key...)
-		buf = strconv.AppendInt(append(buf, ' '), info.Size, 10)
-		buf = strconv.AppendInt(append(buf, ' '), info.Modified.UnixNano(), 10)
-		fp.Write(append(buf, '\n'))
+		buf = fingerprintLine(fp, buf, key, info.Size, info.Modified)
 		keys = append(keys, key)
 	}
 	return fp.Sum64(), keys, nil
@@ -232,10 +228,49 @@ func (m *Manager) storedLeaf(ctx context.Context, keys []string) (*x509.Certific
 func certKeys(c *certmagic.Config, name string) []string {
 	keys := make([]string, 0, len(c.Issuers))
 	for _, iss := range c.Issuers {
-		keys = append(keys, siteKey(iss.IssuerKey(), name, ".crt"))
+		keys = append(keys, siteKey(issuerKey(iss), name, ".crt"))
 	}
 	return keys
 }
+
+// issuerKey is iss.IssuerKey(), remembered for certmagic's ACME issuers:
+// theirs parses the CA's URL and builds a strings.Replacer on every call,
+// and a name's load, check and sync each ask for it.
+func issuerKey(iss certmagic.Issuer) string {
+	var ai *certmagic.ACMEIssuer
+	switch is := iss.(type) {
+	case *certmagic.ACMEIssuer:
+		ai = is
+	case *persistIssuer: // its key is its base's (persist.go)
+		ai = is.base
+	default:
+		return iss.IssuerKey()
+	}
+	issuerKeys.Lock()
+	k, ok := issuerKeys.m[ai]
+	issuerKeys.Unlock()
+	if ok {
+		return k
+	}
+	k = ai.IssuerKey()
+	issuerKeys.Lock()
+	if len(issuerKeys.m) >= maxIssuerKeys { // issuers of configs replaced by reloads
+		clear(issuerKeys.m)
+	}
+	issuerKeys.m[ai] = k
+	issuerKeys.Unlock()
+	return k
+}
+
+// maxIssuerKeys bounds issuerKeys; a config has a handful of issuers.
+const maxIssuerKeys = 256
+
+// issuerKeys: an issuer's CA (what its key is made from) is set when
+// gatehouse makes it (manager.go, acmeConfig) and never changed.
+var issuerKeys = struct {
+	sync.Mutex
+	m map[*certmagic.ACMEIssuer]string
+}{m: map[*certmagic.ACMEIssuer]string{}}
 
 // siteKey is certmagic.StorageKeys.SiteCert (ext ".crt"), SitePrivateKey
 // (".key") or SiteMeta (".json") without a strings.Replacer per call
