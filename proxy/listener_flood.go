@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -35,6 +36,10 @@ import (
 //     connections between accept and the end of their handshake, or
 //     too many refused ClientHellos in the current window, has its
 //     further connections reset at accept, before a byte is read.
+//   - Accept turns (acceptTurns): after acceptTurn connections the
+//     accept loop waits for the poller, so a flood that keeps the
+//     listener's backlog full cannot keep the served connections'
+//     readiness unseen.
 
 // firstRead is the accept loop's read of a new connection's first
 // bytes, into a buffer only the accept loop uses. The callbacks are
@@ -349,5 +354,96 @@ func (s *Server) keepAliveRouted(c net.Conn) {
 	}
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true})
+	}
+}
+
+// Accept turns. With one P (GOMAXPROCS=1: the proxy pinned to one
+// core), Go polls the network only when its run queue is empty, or from
+// sysmon every 10 ms. Under a flood that keeps the listener's backlog
+// full, Accept never waits: the accept loop and the goroutines it
+// starts keep the queue busy, and a served connection's request (or
+// ClientHello) waits up to 10 ms to be seen, on top of the queue. So
+// after acceptTurn accepts the loop waits for the listener to become
+// readable again through the poller: it runs again only after the
+// network was polled, when every connection that was ready is runnable
+// too. That is nginx's event loop turn (multi_accept off: one accept
+// per readiness of the listener), in batches of acceptTurn.
+var (
+	// acceptTurn is the accepts between two waits on the poller: 16
+	// refusals are ~0.3 ms of one core (~18 µs each).
+	acceptTurn = 16
+	// acceptTurnWait bounds a wait: the poller reports each new
+	// connection on the listener, but after a burst that ended there
+	// may be none, with connections still in the backlog.
+	acceptTurnWait = time.Millisecond
+)
+
+var metricAcceptTurns = prometheus.NewCounter(prometheus.CounterOpts{
+	Name: "gatehouse_tls_accept_turns_total",
+	Help: "Times the https accept loop, after 16 accepts, waited for the network poller so that served connections are seen under a flood of new ones.",
+})
+
+// acceptTurns makes the accept loop wait for the poller every
+// acceptTurn accepts. It waits on a duplicate of the listener's
+// descriptor (a listener's own RawConn cannot wait for reads):
+// readable when a connection is in the backlog.
+type acceptTurns struct {
+	n      int
+	turn   int           // acceptTurn, when the loop began (tests set it)
+	wait   time.Duration // acceptTurnWait, likewise
+	f      *os.File      // nil: the listener is not a TCP listener; no turns
+	rc     syscall.RawConn
+	fn     func(fd uintptr) bool
+	waited bool
+}
+
+func newAcceptTurns(ln net.Listener) *acceptTurns {
+	t := &acceptTurns{turn: acceptTurn, wait: acceptTurnWait}
+	tl, ok := ln.(*net.TCPListener)
+	if !ok {
+		return t
+	}
+	f, err := tl.File()
+	if err != nil {
+		return t
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return t
+	}
+	t.f, t.rc = f, rc
+	t.fn = func(uintptr) bool {
+		if t.waited {
+			return true
+		}
+		t.waited = true
+		return false // wait until the poller reports the listener readable
+	}
+	return t
+}
+
+// accepted counts one accept; every acceptTurn it waits for the poller
+// (at most acceptTurnWait).
+func (t *acceptTurns) accepted() {
+	if t.f == nil {
+		return
+	}
+	if t.n++; t.n < t.turn {
+		return
+	}
+	t.n = 0
+	metricAcceptTurns.Inc()
+	t.waited = false
+	_ = t.f.SetReadDeadline(time.Now().Add(t.wait))
+	_ = t.rc.Read(t.fn) // a timeout or a closed file: accept on
+	_ = t.f.SetReadDeadline(time.Time{})
+}
+
+// close releases the duplicate descriptor: until then the listening
+// socket stays open.
+func (t *acceptTurns) close() {
+	if t.f != nil {
+		t.f.Close()
 	}
 }

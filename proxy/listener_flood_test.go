@@ -244,3 +244,52 @@ func TestHelloSNIAllocatesNothing(t *testing.T) {
 		t.Errorf("%v allocations per refused hello's parse and lookup, want 0", allocs)
 	}
 }
+
+// The accept loop waits for the poller every acceptTurn accepts: a burst
+// of connections larger than a turn is served whole, and so is one that
+// ends with connections still in the backlog and no new one to wake the
+// loop (the wait is bounded); a routed client is served after both.
+func TestAcceptTurns(t *testing.T) {
+	turn, wait := acceptTurn, acceptTurnWait
+	acceptTurn, acceptTurnWait = 4, 50*time.Millisecond
+	t.Cleanup(func() { acceptTurn, acceptTurnWait = turn, wait })
+	w := startH1World(t, echoUpstream(t).URL)
+	hello := testkit.ClientHello(t, "nobody.test")
+	before := counterValue(t, metricAcceptTurns)
+
+	// connect all first (the kernel queues them in the backlog), then
+	// send every hello: each must get its alert
+	burst := func(n int) {
+		t.Helper()
+		conns := make([]net.Conn, n)
+		for i := range conns {
+			c, err := net.DialTimeout("tcp", w.addr, 3*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			conns[i] = c
+		}
+		for i, c := range conns {
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write(hello); err != nil {
+				t.Fatalf("connection %d of %d: %v", i+1, n, err)
+			}
+		}
+		for i, c := range conns {
+			if got, err := io.ReadAll(c); !bytes.Equal(got, alertUnrecognizedName) {
+				t.Fatalf("connection %d of %d: got %x (%v), want the alert", i+1, n, got, err)
+			}
+		}
+	}
+	burst(4*acceptTurn + 1)
+	burst(acceptTurn + 1) // a turn ends with connections in the backlog and nothing after them
+	if d := counterValue(t, metricAcceptTurns) - before; d < 5 {
+		t.Errorf("gatehouse_tls_accept_turns_total +%v after %d accepts in turns of %d, want ≥ 5", d, 6*acceptTurn+2, acceptTurn)
+	}
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 3 * time.Second}, "tcp", w.addr, &tls.Config{ServerName: "web.test", RootCAs: w.roots})
+	if err != nil {
+		t.Fatalf("routed client after the bursts: %v", err)
+	}
+	c.Close()
+}

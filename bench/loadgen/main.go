@@ -10,6 +10,9 @@
 //	hostile    ClientHellos with unknown SNI at full rate: a prebuilt
 //	           hello is written raw, so the client spends no crypto and
 //	           the proxy is the bottleneck
+//	flood      the same and handshakes that never finish, on raw
+//	           syscalls and one epoll set: cheap enough per connection
+//	           to saturate the proxy's core (flood.go)
 //	latency    open-loop HTTP/1.1 requests at a fixed rate; latency is
 //	           counted from each request's scheduled send time, so a
 //	           stalled proxy cannot hide by slowing the client down
@@ -55,12 +58,15 @@ var (
 	n        = flag.Int("n", 1000, "idle: connections to hold")
 	hold     = flag.Duration("hold", 60*time.Second, "idle: hold time at most (ends early when stdin closes)")
 	caFile   = flag.String("ca", "", "sweep: CA certificate to verify against")
+	kind     = flag.String("kind", "unknown", "flood: unknown, partial or stall (flood.go)")
+	fThreads = flag.Int("threads", 1, "flood: OS threads, each with its own epoll set and -c/threads connections")
+	fHold    = flag.Duration("flood-hold", 0, "flood partial/stall: reset each connection after this long (0: partial at once, stall when the proxy closes)")
 )
 
 func main() {
 	flag.Parse()
 	if flag.NArg() != 1 || *addr == "" {
-		fmt.Fprintln(os.Stderr, "usage: loadgen [flags] handshake|sweep|hostile|latency|idle|h3|h3hs|h3hostile")
+		fmt.Fprintln(os.Stderr, "usage: loadgen [flags] handshake|sweep|hostile|flood|latency|idle|h3|h3hs|h3hostile")
 		os.Exit(2)
 	}
 	var out any
@@ -72,6 +78,8 @@ func main() {
 		out, err = runSweep()
 	case "hostile":
 		out, err = runHostile()
+	case "flood":
+		out, err = runFlood(*kind, *fHold)
 	case "latency":
 		out, err = runLatency()
 	case "idle":
