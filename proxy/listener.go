@@ -440,11 +440,17 @@ func (s *Server) handleConn(c net.Conn, snap *snapshot, prefix []byte, src *sour
 	c = acceptPROXY(c, snap.trusted, snap.tm.handshake)
 	_ = c.SetDeadline(time.Now().Add(snap.tm.handshake))
 	if prefix == nil && len(snap.trusted) == 0 {
-		var refused bool
-		if prefix, refused = s.waitFirst(snap, c); refused {
+		var v firstVerdict
+		prefix, v = s.waitFirst(snap, c)
+		switch v {
+		case firstRefused:
 			shaking = false
 			s.sources.done(src, true) // before the client hears of it
 			s.refuse(c)
+			return
+		case firstGone:
+			metricBadHello.Inc()
+			c.Close()
 			return
 		}
 	}

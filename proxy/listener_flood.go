@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"github.com/gatehouse-proxy/gatehouse/proxy/internal/sni"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -64,7 +65,10 @@ func newFirstRead() *firstRead {
 	return f
 }
 
-var metricUnknownSNI = metricHandshakeFailures.WithLabelValues("unknown_sni")
+var (
+	metricUnknownSNI = metricHandshakeFailures.WithLabelValues("unknown_sni")
+	metricBadHello   = metricHandshakeFailures.WithLabelValues("bad_hello")
+)
 
 // refuseFast refuses c at once when its first bytes are a whole
 // ClientHello for a name snap does not route (refused true). Otherwise
@@ -111,22 +115,33 @@ func (s *Server) unknownName(snap *snapshot, b []byte, c net.Conn) bool {
 // firstBufs lend waitFirst a buffer while it reads.
 var firstBufs = sync.Pool{New: func() any { b := make([]byte, 5+maxRecordPayload); return &b }}
 
+// firstVerdict is what waitFirst found.
+type firstVerdict uint8
+
+const (
+	firstOn      firstVerdict = iota // go on with the bytes read (none: the next read sees what stopped it)
+	firstRefused                     // a whole ClientHello for a name not routed: counted, to be refused
+	firstGone                        // the client left (reset or closed) within its first TLS record
+)
+
 // waitFirst is refuseFast for a connection whose first bytes had not
 // come at accept (the usual case: the ClientHello follows the TCP
 // handshake by a few microseconds): on handleConn's goroutine, it
-// waits for them within c's deadline, holding no buffer while it
-// waits (a silent connection costs its goroutine only), and reads
-// them. refused: a whole ClientHello for a name snap does not route,
-// counted; else the bytes read (nil: none, or an error the next read
-// sees again).
-func (s *Server) waitFirst(snap *snapshot, c net.Conn) (prefix []byte, refused bool) {
+// waits for them within c's deadline, holding no buffer while nothing
+// came (a silent connection costs its goroutine only), and reads them.
+// When they are the start of a TLS handshake record it reads on to the
+// record's end first (holding the buffer): a handshake that never
+// finishes — half a ClientHello, then a reset — then costs this read,
+// not a crypto/tls server (bench/README.md, "partial"); so does a
+// ClientHello split over TCP segments before it is refused.
+func (s *Server) waitFirst(snap *snapshot, c net.Conn) (prefix []byte, v firstVerdict) {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
-		return nil, false
+		return nil, firstOn
 	}
 	rc, err := tc.SyscallConn()
 	if err != nil {
-		return nil, false
+		return nil, firstOn
 	}
 	var (
 		bp   *[]byte
@@ -134,27 +149,61 @@ func (s *Server) waitFirst(snap *snapshot, c net.Conn) (prefix []byte, refused b
 		rerr error
 	)
 	err = rc.Read(func(fd uintptr) bool {
-		bp = firstBufs.Get().(*[]byte)
-		n, rerr = syscall.Read(int(fd), *bp)
-		if rerr == syscall.EAGAIN {
-			firstBufs.Put(bp)
-			bp = nil
-			return false // wait until readable
+		for {
+			if bp == nil {
+				bp = firstBufs.Get().(*[]byte)
+			}
+			m, err := syscall.Read(int(fd), (*bp)[n:])
+			switch {
+			case err == syscall.EAGAIN && n == 0:
+				firstBufs.Put(bp)
+				bp = nil
+				return false // wait until readable
+			case err == syscall.EAGAIN:
+				return false // drained: wait for the rest of the record
+			case err != nil || m <= 0:
+				rerr = err
+				if m == 0 && err == nil {
+					rerr = io.EOF
+				}
+				return true
+			}
+			n += m
+			if !recordPartial((*bp)[:n]) {
+				return true
+			}
 		}
-		return true
 	})
 	if bp == nil {
-		return nil, false
+		return nil, firstOn
 	}
 	defer firstBufs.Put(bp)
-	if err != nil || rerr != nil || n <= 0 {
-		return nil, false
-	}
 	b := (*bp)[:n]
-	if s.unknownName(snap, b, c) {
-		return nil, true
+	switch {
+	case rerr != nil && n > 0 && recordPartial(b):
+		return nil, firstGone
+	case err != nil && n > 0 && recordPartial(b):
+		return bytes.Clone(b), firstOn // the deadline: crypto/tls sees it again
+	case n <= 0:
+		return nil, firstOn
 	}
-	return bytes.Clone(b), false
+	if s.unknownName(snap, b, c) {
+		return nil, firstRefused
+	}
+	return bytes.Clone(b), firstOn
+}
+
+// recordPartial reports whether b is the start of a TLS handshake
+// record that is not complete yet (and fits the read buffer).
+func recordPartial(b []byte) bool {
+	if len(b) == 0 || b[0] != 22 {
+		return false
+	}
+	if len(b) < 5 {
+		return true
+	}
+	l := int(b[3])<<8 | int(b[4])
+	return l <= maxRecordPayload && len(b) < 5+l
 }
 
 // Per-source limits. A source is an IPv4 address or an IPv6 /64.

@@ -293,3 +293,76 @@ func TestAcceptTurns(t *testing.T) {
 	}
 	c.Close()
 }
+
+// A ClientHello whose first record comes in pieces is read to the
+// record's end before anything else: split in the middle, a routed
+// name's hello completes its handshake and an unknown name's is
+// refused; a client that leaves within the record (a handshake that
+// never finishes) is closed and counted as bad_hello.
+func TestFirstRecordInPieces(t *testing.T) {
+	w := startH1World(t, echoUpstream(t).URL)
+	unknown := testkit.ClientHello(t, "nobody.test")
+	if got, err := sendHello(t, w.addr, nil, unknown[:len(unknown)/2], unknown[len(unknown)/2:]); !bytes.Equal(got, alertUnrecognizedName) {
+		t.Errorf("unknown name's hello in two pieces: got %x (%v), want the alert", got, err)
+	}
+
+	// a routed name: a real client whose first write is split in two
+	raw, err := net.DialTimeout("tcp", w.addr, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	sc := &splitFirstWrite{Conn: raw}
+	tc := tls.Client(sc, &tls.Config{ServerName: "web.test", RootCAs: w.roots})
+	_ = tc.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("routed hello in two pieces: %v", err)
+	}
+	if !sc.split {
+		t.Fatal("the first write was not split")
+	}
+	tc.Close()
+
+	before := counterValue(t, metricBadHello)
+	for _, reset := range []bool{true, false} {
+		c, err := net.DialTimeout("tcp", w.addr, 3*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hello := testkit.ClientHello(t, "web.test")
+		_, _ = c.Write(hello[:len(hello)/2])
+		time.Sleep(20 * time.Millisecond) // let gatehouse read the first half alone
+		if reset {
+			resetConn(c)
+		} else {
+			c.Close()
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for counterValue(t, metricBadHello)-before < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if d := counterValue(t, metricBadHello) - before; d != 2 {
+		t.Errorf("gatehouse_tls_handshake_failures_total{reason=bad_hello} +%v after two clients left mid-hello, want +2", d)
+	}
+}
+
+// splitFirstWrite writes its first Write in two, 20 ms apart.
+type splitFirstWrite struct {
+	net.Conn
+	split bool
+}
+
+func (s *splitFirstWrite) Write(p []byte) (int, error) {
+	if s.split || len(p) < 10 {
+		return s.Conn.Write(p)
+	}
+	s.split = true
+	n, err := s.Conn.Write(p[:len(p)/2])
+	if err != nil {
+		return n, err
+	}
+	time.Sleep(20 * time.Millisecond)
+	m, err := s.Conn.Write(p[len(p)/2:])
+	return n + m, err
+}

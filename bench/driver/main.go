@@ -505,10 +505,16 @@ func (b *bench) report(scens []*scenario, proxies []*proxy, results, namesRes []
 			if ho, _ := get("hostile", p.name, "cpu_us"); len(ho) > 0 {
 				extra = append(extra, fmt.Sprintf("| %s | hostile CPU per refused conn ÷ good handshake | %s× |", p.name, num(median(ho)/median(hs))))
 			}
+			if ho, _ := get("partial", p.name, "cpu_us"); len(ho) > 0 {
+				extra = append(extra, fmt.Sprintf("| %s | CPU per handshake that never finishes ÷ good handshake | %s× |", p.name, num(median(ho)/median(hs))))
+			}
 		}
 		if l, _ := get("latency", p.name, "p99_us"); len(l) > 0 {
 			if hl, _ := get("hostile-latency", p.name, "p99_us"); len(hl) > 0 {
 				extra = append(extra, fmt.Sprintf("| %s | good-traffic p99 with hostile load ÷ without | %s× |", p.name, num(median(hl)/median(l))))
+			}
+			if hl, _ := get("partial-latency", p.name, "p99_us"); len(hl) > 0 {
+				extra = append(extra, fmt.Sprintf("| %s | good-traffic p99 beside handshakes that never finish ÷ without | %s× |", p.name, num(median(hl)/median(l))))
 			}
 		}
 		if h3, _ := get("h3", p.name, "cpu_us"); len(h3) > 0 {
