@@ -439,9 +439,9 @@ func (s *Server) handleConn(c net.Conn, snap *snapshot, prefix []byte, src *sour
 	tcp := c
 	c = acceptPROXY(c, snap.trusted, snap.tm.handshake)
 	_ = c.SetDeadline(time.Now().Add(snap.tm.handshake))
-	if prefix == nil && len(snap.trusted) == 0 {
+	if (prefix == nil || recordPartial(prefix)) && len(snap.trusted) == 0 {
 		var v firstVerdict
-		prefix, v = s.waitFirst(snap, c)
+		prefix, v = s.waitFirst(snap, c, prefix)
 		switch v {
 		case firstRefused:
 			shaking = false

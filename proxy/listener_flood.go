@@ -134,20 +134,27 @@ const (
 // finishes — half a ClientHello, then a reset — then costs this read,
 // not a crypto/tls server (bench/README.md, "partial"); so does a
 // ClientHello split over TCP segments before it is refused.
-func (s *Server) waitFirst(snap *snapshot, c net.Conn) (prefix []byte, v firstVerdict) {
+//
+// have is what the accept loop read already (nil: nothing), the start
+// of a record waitFirst reads on.
+func (s *Server) waitFirst(snap *snapshot, c net.Conn, have []byte) (prefix []byte, v firstVerdict) {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
-		return nil, firstOn
+		return have, firstOn
 	}
 	rc, err := tc.SyscallConn()
 	if err != nil {
-		return nil, firstOn
+		return have, firstOn
 	}
 	var (
 		bp   *[]byte
 		n    int
 		rerr error
 	)
+	if len(have) > 0 {
+		bp = firstBufs.Get().(*[]byte)
+		n = copy(*bp, have)
+	}
 	err = rc.Read(func(fd uintptr) bool {
 		for {
 			if bp == nil {

@@ -27,8 +27,10 @@ import (
 	"net"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 type floodResult struct {
@@ -87,9 +89,19 @@ func runFlood(kind string, hold time.Duration) (any, error) {
 	start := time.Now()
 	deadline := start.Add(*dur).UnixNano()
 	per := max(*conc/threads, 1)
-	for range threads {
+	var cpus []int
+	for _, f := range strings.Split(*fCPUs, ",") {
+		if c, err := strconv.Atoi(strings.TrimSpace(f)); err == nil {
+			cpus = append(cpus, c)
+		}
+	}
+	for i := range threads {
+		cpu := -1
+		if len(cpus) > 0 {
+			cpu = cpus[i%len(cpus)]
+		}
 		go func() {
-			r, err := floodThread(kind, hold, sa, hellos, per, deadline)
+			r, err := floodThread(kind, hold, sa, hellos, per, deadline, cpu)
 			if err != nil {
 				errc <- err
 				return
@@ -117,8 +129,16 @@ func runFlood(kind string, hold time.Duration) (any, error) {
 
 // floodThread runs conc connections on one OS thread and its own epoll
 // set until deadline (unix ns).
-func floodThread(kind string, hold time.Duration, sa *syscall.SockaddrInet4, hellos [][]byte, conc int, deadline int64) (floodResult, error) {
+func floodThread(kind string, hold time.Duration, sa *syscall.SockaddrInet4, hellos [][]byte, conc int, deadline int64, cpu int) (floodResult, error) {
 	runtime.LockOSThread()
+	if cpu >= 0 {
+		// this thread only (pid 0 of sched_setaffinity is the caller)
+		var mask [16]uint64
+		mask[cpu/64] |= 1 << (cpu % 64)
+		if _, _, e := syscall.RawSyscall(syscall.SYS_SCHED_SETAFFINITY, 0, uintptr(len(mask)*8), uintptr(unsafe.Pointer(&mask))); e != 0 {
+			return floodResult{}, fmt.Errorf("pinning a flood thread to CPU %d: %v", cpu, e)
+		}
+	}
 	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
 		return floodResult{}, err

@@ -60,6 +60,7 @@ var (
 	caFile   = flag.String("ca", "", "sweep: CA certificate to verify against")
 	kind     = flag.String("kind", "unknown", "flood: unknown, partial or stall (flood.go)")
 	fThreads = flag.Int("threads", 1, "flood: OS threads, each with its own epoll set and -c/threads connections")
+	fCPUs    = flag.String("cpus", "", "flood: pin thread i to the i-th CPU of this list (round robin; empty: no pinning)")
 	fHold    = flag.Duration("flood-hold", 0, "flood partial/stall: reset each connection after this long (0: partial at once, stall when the proxy closes)")
 )
 
