@@ -516,6 +516,13 @@ func (b *bench) report(scens []*scenario, proxies []*proxy, results, namesRes []
 			if hl, _ := get("partial-latency", p.name, "p99_us"); len(hl) > 0 {
 				extra = append(extra, fmt.Sprintf("| %s | good-traffic p99 beside handshakes that never finish ÷ without | %s× |", p.name, num(median(hl)/median(l))))
 			}
+			if s, _ := get("latency", p.name, "svc_p99_us"); len(s) > 0 {
+				for _, k := range []string{"hostile-latency", "partial-latency"} {
+					if hs, _ := get(k, p.name, "svc_p99_us"); len(hs) > 0 {
+						extra = append(extra, fmt.Sprintf("| %s | %s p99 from the write ÷ latency's | %s× |", p.name, k, num(median(hs)/median(s))))
+					}
+				}
+			}
 		}
 		if h3, _ := get("h3", p.name, "cpu_us"); len(h3) > 0 {
 			if h2, _ := get("h2", p.name, "cpu_us"); len(h2) > 0 {
