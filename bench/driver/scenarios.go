@@ -217,13 +217,14 @@ type hostileOut struct {
 }
 
 // flood runs loadgen's flood (raw syscalls, one epoll set per thread)
-// of kind for d: niced, one thread pinned to each CPU, so it takes every cycle the proxy
-// (CPU 0) and the good clients (CPU 1) leave — the proxy's core is
+// of kind for d: niced, its two threads pinned to -flood-cpus (by
+// default one on each CPU), so it takes every cycle the proxy (CPU 0)
+// and the good clients (CPU 1) leave — the proxy's core is
 // saturated (cpu0_idle_pct ~0) — and yields to them. 128 connections in
 // flight over 2 threads.
 func (b *bench) flood(p *proxy, kind string, d time.Duration, into *hostileOut) error {
-	out, err := runLoadOn("0,1", d+30*time.Second, true, b.loadgenBin, "-addr", p.addr(), "-c", "128", "-threads", "2",
-		"-cpus", "0,1", "-kind", kind, "-sni", nameEC, "-d", d.String(), "flood")
+	out, err := runLoadOn(b.floodCPUs, d+30*time.Second, true, b.loadgenBin, "-addr", p.addr(), "-c", "128", "-threads", "2",
+		"-cpus", b.floodCPUs, "-kind", kind, "-sni", nameEC, "-d", d.String(), "flood")
 	if err != nil {
 		return err
 	}
