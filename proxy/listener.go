@@ -85,9 +85,6 @@ type Server struct {
 	// keepAliveLater: the https listener accepts without TCP keep-alive
 	// (Listen); a connection gets it once routed.
 	keepAliveLater bool
-	// turns: the accept loop's waits for the poller (listener_flood.go);
-	// set under mu once the loop runs, closed by Shutdown.
-	turns *acceptTurns
 }
 
 // snapshot is one config's worth of routing: the table and the live
@@ -392,15 +389,8 @@ func (s *Server) Serve() error {
 func (s *Server) acceptLoop() error {
 	var delay time.Duration
 	first := newFirstRead()
-	turns := newAcceptTurns(s.httpsLn)
+	turns := newAcceptTurns()
 	defer turns.close()
-	s.mu.Lock()
-	s.turns = turns
-	closed := s.closed.Load()
-	s.mu.Unlock()
-	if closed {
-		return nil
-	}
 	for {
 		c, err := s.httpsLn.Accept()
 		if err != nil {
@@ -569,11 +559,8 @@ func (s *Server) refuse(c net.Conn) {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closed.Store(true)
-	plain, h3, turns := s.plain, s.h3, s.turns
+	plain, h3 := s.plain, s.h3
 	s.mu.Unlock()
-	if turns != nil {
-		turns.close() // the listening socket stays open while its duplicate does
-	}
 	if s.httpsLn != nil {
 		s.httpsLn.Close()
 	}

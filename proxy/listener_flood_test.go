@@ -245,14 +245,15 @@ func TestHelloSNIAllocatesNothing(t *testing.T) {
 	}
 }
 
-// The accept loop waits for the poller every acceptTurn accepts: a burst
+// The accept loop lets the poller run every acceptTurn accepts: a burst
 // of connections larger than a turn is served whole, and so is one that
-// ends with connections still in the backlog and no new one to wake the
-// loop (the wait is bounded); a routed client is served after both.
+// ends with connections still in the backlog and no new one after them
+// (the loop does not wait for a new connection); a routed client is
+// served after both.
 func TestAcceptTurns(t *testing.T) {
-	turn, wait := acceptTurn, acceptTurnWait
-	acceptTurn, acceptTurnWait = 4, 50*time.Millisecond
-	t.Cleanup(func() { acceptTurn, acceptTurnWait = turn, wait })
+	turn := acceptTurn
+	acceptTurn = 4
+	t.Cleanup(func() { acceptTurn = turn })
 	w := startH1World(t, echoUpstream(t).URL)
 	hello := testkit.ClientHello(t, "nobody.test")
 	before := counterValue(t, metricAcceptTurns)
