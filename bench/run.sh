@@ -6,7 +6,7 @@
 #   --quick            short smoke run (small counts, one round; a few minutes)
 #   --profile          then profile gatehouse (pprof build) in every scenario
 #   --only=h1,h2,names scenarios to run (hs-ecdsa hs-rsa hs-mlkem h1 h2 h1-tls-up h2-h2c-up bulk bulk-nginx-up
-#                      latency idle hostile hostile-latency names)
+#                      latency idle hostile hostile-latency partial partial-latency names)
 #   --rounds=N  --d=8s  --names=10000,100000  --names-layout=hosts|routes
 #   --only=names --names=10000,100000   issue 15's many-names table: gatehouse
 #                      beside Caddy (and nginx, HAProxy at <= 10k), goals beside

@@ -389,6 +389,8 @@ func (s *Server) Serve() error {
 func (s *Server) acceptLoop() error {
 	var delay time.Duration
 	first := newFirstRead()
+	turns := newAcceptTurns()
+	defer turns.close()
 	for {
 		c, err := s.httpsLn.Accept()
 		if err != nil {
@@ -407,6 +409,7 @@ func (s *Server) acceptLoop() error {
 		}
 		delay = 0
 		s.accepted(c, first)
+		turns.accepted()
 	}
 }
 
@@ -426,12 +429,18 @@ func (s *Server) handleConn(c net.Conn, snap *snapshot, prefix []byte, src *sour
 	tcp := c
 	c = acceptPROXY(c, snap.trusted, snap.tm.handshake)
 	_ = c.SetDeadline(time.Now().Add(snap.tm.handshake))
-	if prefix == nil && len(snap.trusted) == 0 {
-		var refused bool
-		if prefix, refused = s.waitFirst(snap, c); refused {
+	if (prefix == nil || recordPartial(prefix)) && len(snap.trusted) == 0 {
+		var v firstVerdict
+		prefix, v = s.waitFirst(snap, c, prefix)
+		switch v {
+		case firstRefused:
 			shaking = false
 			s.sources.done(src, true) // before the client hears of it
 			s.refuse(c)
+			return
+		case firstGone:
+			metricBadHello.Inc()
+			c.Close()
 			return
 		}
 	}

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"github.com/gatehouse-proxy/gatehouse/proxy/internal/sni"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -35,6 +37,10 @@ import (
 //     connections between accept and the end of their handshake, or
 //     too many refused ClientHellos in the current window, has its
 //     further connections reset at accept, before a byte is read.
+//   - Accept turns (acceptTurns): after acceptTurn connections the
+//     accept loop lets the network poller run, so a flood that keeps
+//     the listener's backlog full cannot keep the served connections'
+//     readiness unseen.
 
 // firstRead is the accept loop's read of a new connection's first
 // bytes, into a buffer only the accept loop uses. The callbacks are
@@ -59,7 +65,10 @@ func newFirstRead() *firstRead {
 	return f
 }
 
-var metricUnknownSNI = metricHandshakeFailures.WithLabelValues("unknown_sni")
+var (
+	metricUnknownSNI = metricHandshakeFailures.WithLabelValues("unknown_sni")
+	metricBadHello   = metricHandshakeFailures.WithLabelValues("bad_hello")
+)
 
 // refuseFast refuses c at once when its first bytes are a whole
 // ClientHello for a name snap does not route (refused true). Otherwise
@@ -106,50 +115,102 @@ func (s *Server) unknownName(snap *snapshot, b []byte, c net.Conn) bool {
 // firstBufs lend waitFirst a buffer while it reads.
 var firstBufs = sync.Pool{New: func() any { b := make([]byte, 5+maxRecordPayload); return &b }}
 
+// firstVerdict is what waitFirst found.
+type firstVerdict uint8
+
+const (
+	firstOn      firstVerdict = iota // go on with the bytes read (none: the next read sees what stopped it)
+	firstRefused                     // a whole ClientHello for a name not routed: counted, to be refused
+	firstGone                        // the client left (reset or closed) within its first TLS record
+)
+
 // waitFirst is refuseFast for a connection whose first bytes had not
 // come at accept (the usual case: the ClientHello follows the TCP
 // handshake by a few microseconds): on handleConn's goroutine, it
-// waits for them within c's deadline, holding no buffer while it
-// waits (a silent connection costs its goroutine only), and reads
-// them. refused: a whole ClientHello for a name snap does not route,
-// counted; else the bytes read (nil: none, or an error the next read
-// sees again).
-func (s *Server) waitFirst(snap *snapshot, c net.Conn) (prefix []byte, refused bool) {
+// waits for them within c's deadline, holding no buffer while nothing
+// came (a silent connection costs its goroutine only), and reads them.
+// When they are the start of a TLS handshake record it reads on to the
+// record's end first (holding the buffer): a handshake that never
+// finishes — half a ClientHello, then a reset — then costs this read,
+// not a crypto/tls server (bench/README.md, "partial"); so does a
+// ClientHello split over TCP segments before it is refused.
+//
+// have is what the accept loop read already (nil: nothing), the start
+// of a record waitFirst reads on.
+func (s *Server) waitFirst(snap *snapshot, c net.Conn, have []byte) (prefix []byte, v firstVerdict) {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
-		return nil, false
+		return have, firstOn
 	}
 	rc, err := tc.SyscallConn()
 	if err != nil {
-		return nil, false
+		return have, firstOn
 	}
 	var (
 		bp   *[]byte
 		n    int
 		rerr error
 	)
-	err = rc.Read(func(fd uintptr) bool {
+	if len(have) > 0 {
 		bp = firstBufs.Get().(*[]byte)
-		n, rerr = syscall.Read(int(fd), *bp)
-		if rerr == syscall.EAGAIN {
-			firstBufs.Put(bp)
-			bp = nil
-			return false // wait until readable
+		n = copy(*bp, have)
+	}
+	err = rc.Read(func(fd uintptr) bool {
+		for {
+			if bp == nil {
+				bp = firstBufs.Get().(*[]byte)
+			}
+			m, err := syscall.Read(int(fd), (*bp)[n:])
+			switch {
+			case err == syscall.EAGAIN && n == 0:
+				firstBufs.Put(bp)
+				bp = nil
+				return false // wait until readable
+			case err == syscall.EAGAIN:
+				return false // drained: wait for the rest of the record
+			case err != nil || m <= 0:
+				rerr = err
+				if m == 0 && err == nil {
+					rerr = io.EOF
+				}
+				return true
+			}
+			n += m
+			if !recordPartial((*bp)[:n]) {
+				return true
+			}
 		}
-		return true
 	})
 	if bp == nil {
-		return nil, false
+		return nil, firstOn
 	}
 	defer firstBufs.Put(bp)
-	if err != nil || rerr != nil || n <= 0 {
-		return nil, false
-	}
 	b := (*bp)[:n]
-	if s.unknownName(snap, b, c) {
-		return nil, true
+	switch {
+	case rerr != nil && n > 0 && recordPartial(b):
+		return nil, firstGone
+	case err != nil && n > 0 && recordPartial(b):
+		return bytes.Clone(b), firstOn // the deadline: crypto/tls sees it again
+	case n <= 0:
+		return nil, firstOn
 	}
-	return bytes.Clone(b), false
+	if s.unknownName(snap, b, c) {
+		return nil, firstRefused
+	}
+	return bytes.Clone(b), firstOn
+}
+
+// recordPartial reports whether b is the start of a TLS handshake
+// record that is not complete yet (and fits the read buffer).
+func recordPartial(b []byte) bool {
+	if len(b) == 0 || b[0] != 22 {
+		return false
+	}
+	if len(b) < 5 {
+		return true
+	}
+	l := int(b[3])<<8 | int(b[4])
+	return l <= maxRecordPayload && len(b) < 5+l
 }
 
 // Per-source limits. A source is an IPv4 address or an IPv6 /64.
@@ -349,5 +410,93 @@ func (s *Server) keepAliveRouted(c net.Conn) {
 	}
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true})
+	}
+}
+
+// Accept turns. With one P (GOMAXPROCS=1: the proxy pinned to one
+// core), Go polls the network only when its run queue is empty, or from
+// sysmon every 10 ms. Under a flood that keeps the listener's backlog
+// full, Accept never waits: the accept loop and the goroutines it
+// starts keep the queue busy, and a served connection's request (or
+// ClientHello) waits up to 10 ms to be seen, on top of the queue. So
+// after acceptTurn accepts the loop waits for the poller to run once:
+// it makes a pipe of its own readable and waits for the poller to say
+// so, which it does at its next poll — once the goroutines already
+// runnable have run, together with every connection that became ready
+// meanwhile. That is nginx's event loop turn (multi_accept off: one
+// accept per readiness of the listener), in batches of acceptTurn. It
+// does not wait for a new connection (the listener's own readiness):
+// with the backlog full no new one can come, and the loop must drain it.
+//
+// acceptTurn is the accepts between two polls: 16 refusals are ~0.3 ms
+// of one core (~18 µs each). (64 made good traffic's p99 beside a flood
+// worse, bench/README.md.)
+var acceptTurn = 16
+
+var metricAcceptTurns = prometheus.NewCounter(prometheus.CounterOpts{
+	Name: "gatehouse_tls_accept_turns_total",
+	Help: "Times the https accept loop, after 16 accepts, let the network poller run once, so that served connections are seen under a flood of new ones.",
+})
+
+// acceptTurns makes the accept loop wait for the poller every
+// acceptTurn accepts, through a pipe: written to just before the wait,
+// drained after it.
+type acceptTurns struct {
+	n      int
+	turn   int      // acceptTurn, when the loop began (tests set it)
+	r, w   *os.File // nil: no pipe (the loop just accepts)
+	rc     syscall.RawConn
+	wfd    int
+	fn     func(fd uintptr) bool
+	waited bool
+	buf    [8]byte
+}
+
+func newAcceptTurns() *acceptTurns {
+	t := &acceptTurns{turn: acceptTurn}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return t
+	}
+	rc, err1 := r.SyscallConn()
+	wc, err2 := w.SyscallConn()
+	if err1 != nil || err2 != nil {
+		r.Close()
+		w.Close()
+		return t
+	}
+	_ = wc.Control(func(fd uintptr) { t.wfd = int(fd) }) // Control leaves the descriptor non-blocking (Fd would not)
+	t.r, t.w, t.rc = r, w, rc
+	one := []byte{1}
+	t.fn = func(fd uintptr) bool {
+		if !t.waited {
+			t.waited = true
+			_, _ = syscall.Write(t.wfd, one)
+			return false // wait for the poller to report it
+		}
+		_, _ = syscall.Read(int(fd), t.buf[:]) // drain (EAGAIN: drained already)
+		return true
+	}
+	return t
+}
+
+// accepted counts one accept; every acceptTurn it lets the poller run.
+func (t *acceptTurns) accepted() {
+	if t.r == nil {
+		return
+	}
+	if t.n++; t.n < t.turn {
+		return
+	}
+	t.n = 0
+	metricAcceptTurns.Inc()
+	t.waited = false
+	_ = t.rc.Read(t.fn)
+}
+
+func (t *acceptTurns) close() {
+	if t.r != nil {
+		t.r.Close()
+		t.w.Close()
 	}
 }

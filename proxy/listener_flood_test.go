@@ -244,3 +244,126 @@ func TestHelloSNIAllocatesNothing(t *testing.T) {
 		t.Errorf("%v allocations per refused hello's parse and lookup, want 0", allocs)
 	}
 }
+
+// The accept loop lets the poller run every acceptTurn accepts: a burst
+// of connections larger than a turn is served whole, and so is one that
+// ends with connections still in the backlog and no new one after them
+// (the loop does not wait for a new connection); a routed client is
+// served after both.
+func TestAcceptTurns(t *testing.T) {
+	turn := acceptTurn
+	acceptTurn = 4
+	t.Cleanup(func() { acceptTurn = turn })
+	w := startH1World(t, echoUpstream(t).URL)
+	hello := testkit.ClientHello(t, "nobody.test")
+	before := counterValue(t, metricAcceptTurns)
+
+	// connect all first (the kernel queues them in the backlog), then
+	// send every hello: each must get its alert
+	burst := func(n int) {
+		t.Helper()
+		conns := make([]net.Conn, n)
+		for i := range conns {
+			c, err := net.DialTimeout("tcp", w.addr, 3*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			conns[i] = c
+		}
+		for i, c := range conns {
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write(hello); err != nil {
+				t.Fatalf("connection %d of %d: %v", i+1, n, err)
+			}
+		}
+		for i, c := range conns {
+			if got, err := io.ReadAll(c); !bytes.Equal(got, alertUnrecognizedName) {
+				t.Fatalf("connection %d of %d: got %x (%v), want the alert", i+1, n, got, err)
+			}
+		}
+	}
+	burst(4*acceptTurn + 1)
+	burst(acceptTurn + 1) // a turn ends with connections in the backlog and nothing after them
+	if d := counterValue(t, metricAcceptTurns) - before; d < 5 {
+		t.Errorf("gatehouse_tls_accept_turns_total +%v after %d accepts in turns of %d, want ≥ 5", d, 6*acceptTurn+2, acceptTurn)
+	}
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 3 * time.Second}, "tcp", w.addr, &tls.Config{ServerName: "web.test", RootCAs: w.roots})
+	if err != nil {
+		t.Fatalf("routed client after the bursts: %v", err)
+	}
+	c.Close()
+}
+
+// A ClientHello whose first record comes in pieces is read to the
+// record's end before anything else: split in the middle, a routed
+// name's hello completes its handshake and an unknown name's is
+// refused; a client that leaves within the record (a handshake that
+// never finishes) is closed and counted as bad_hello.
+func TestFirstRecordInPieces(t *testing.T) {
+	w := startH1World(t, echoUpstream(t).URL)
+	unknown := testkit.ClientHello(t, "nobody.test")
+	if got, err := sendHello(t, w.addr, nil, unknown[:len(unknown)/2], unknown[len(unknown)/2:]); !bytes.Equal(got, alertUnrecognizedName) {
+		t.Errorf("unknown name's hello in two pieces: got %x (%v), want the alert", got, err)
+	}
+
+	// a routed name: a real client whose first write is split in two
+	raw, err := net.DialTimeout("tcp", w.addr, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	sc := &splitFirstWrite{Conn: raw}
+	tc := tls.Client(sc, &tls.Config{ServerName: "web.test", RootCAs: w.roots})
+	_ = tc.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("routed hello in two pieces: %v", err)
+	}
+	if !sc.split {
+		t.Fatal("the first write was not split")
+	}
+	tc.Close()
+
+	before := counterValue(t, metricBadHello)
+	for _, reset := range []bool{true, false} {
+		c, err := net.DialTimeout("tcp", w.addr, 3*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hello := testkit.ClientHello(t, "web.test")
+		_, _ = c.Write(hello[:len(hello)/2])
+		time.Sleep(20 * time.Millisecond) // let gatehouse read the first half alone
+		if reset {
+			resetConn(c)
+		} else {
+			c.Close()
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for counterValue(t, metricBadHello)-before < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if d := counterValue(t, metricBadHello) - before; d != 2 {
+		t.Errorf("gatehouse_tls_handshake_failures_total{reason=bad_hello} +%v after two clients left mid-hello, want +2", d)
+	}
+}
+
+// splitFirstWrite writes its first Write in two, 20 ms apart.
+type splitFirstWrite struct {
+	net.Conn
+	split bool
+}
+
+func (s *splitFirstWrite) Write(p []byte) (int, error) {
+	if s.split || len(p) < 10 {
+		return s.Conn.Write(p)
+	}
+	s.split = true
+	n, err := s.Conn.Write(p[:len(p)/2])
+	if err != nil {
+		return n, err
+	}
+	time.Sleep(20 * time.Millisecond)
+	m, err := s.Conn.Write(p[len(p)/2:])
+	return n + m, err
+}

@@ -62,7 +62,7 @@ func Collectors() []prometheus.Collector {
 	metricECHHandshakes.WithLabelValues("rejected")
 	metricECHHandshakes.WithLabelValues("retried")
 	return []prometheus.Collector{metricConnsAccepted, metricHandshakes, metricECHHandshakes, metricHandshakeFailures, metricActiveConns,
-		metricRequests, metricByProto, metricDuration, healthCollector{}, metricConnUpstreamLimit, metricSourceLimited}
+		metricRequests, metricByProto, metricDuration, healthCollector{}, metricConnUpstreamLimit, metricSourceLimited, metricAcceptTurns}
 }
 
 func metricHandshakeFail(reason string) { metricHandshakeFailures.WithLabelValues(reason).Inc() }

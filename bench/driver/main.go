@@ -31,6 +31,7 @@ import (
 )
 
 type bench struct {
+	floodCPUs   string // -flood-cpus
 	dur, latDur time.Duration
 	idleN       int
 	rounds      int
@@ -68,6 +69,7 @@ func main() {
 	dur := flag.Duration("d", 8*time.Second, "duration of each throughput run")
 	namesFlag := flag.String("names", "10000,100000", "many-names counts")
 	namesLayout := flag.String("names-layout", "hosts", "many names: 'hosts' (one route listing every name) or 'routes' (a route per name)")
+	floodCPUs := flag.String("flood-cpus", "0,1", "CPUs of the hostile/partial floods' two threads (one pinned to each, round robin): 0,1 saturates both CPUs; 0 only the proxy's, leaving CPU 1 to the good client and the upstream")
 	profile := flag.Bool("profile", false, "after the rounds, profile gatehouse (pprof build) in each scenario")
 	importPrep := flag.String("import-prep", "", "write DIR/autocert (an autocert cache of the first -names set) and DIR/gatehouse-names.toml, then exit (bench/import.sh)")
 	flag.Parse()
@@ -84,7 +86,7 @@ func main() {
 	}
 
 	b := &bench{dur: *dur, latDur: 15 * time.Second, idleN: 5000, rounds: *rounds, profile: *profile,
-		cache: *cacheDir, out: *outDir}
+		cache: *cacheDir, out: *outDir, floodCPUs: *floodCPUs}
 	names := parseInts(*namesFlag)
 	if *quick {
 		b.dur, b.latDur, b.idleN, b.rounds = 2*time.Second, 3*time.Second, 200, 1
@@ -418,6 +420,7 @@ func (b *bench) report(scens []*scenario, proxies []*proxy, results, namesRes []
 	fmt.Fprintf(&sb, "\n# gatehouse bench — %s, %s, %d CPUs (%s), %s\n\n", time.Now().Format("2006-01-02 15:04"), host, runtime.NumCPU(), cpuModel(), goVersion())
 	fmt.Fprintf(&sb, "rounds %d, throughput runs %s, latency runs %s, idle connections %d; proxy on CPU 0, load + upstream on CPU 1; medians over rounds; ratio = proxy ÷ nginx (per round in brackets)\n\n",
 		b.rounds, b.dur, b.latDur, b.idleN)
+	fmt.Fprintf(&sb, "floods (hostile, partial): 2 threads pinned to CPUs %s, nice 19\n\n", b.floodCPUs)
 	fmt.Fprintf(&sb, "load average (1/5/15 min) at start %s, at end %s: other work on the machine skews latency more than CPU per operation\n\n", b.loadStart, loadavg())
 	get := func(scen, proxy, metric string) (vals []float64, byRound map[int]float64) {
 		byRound = map[int]float64{}
@@ -505,10 +508,23 @@ func (b *bench) report(scens []*scenario, proxies []*proxy, results, namesRes []
 			if ho, _ := get("hostile", p.name, "cpu_us"); len(ho) > 0 {
 				extra = append(extra, fmt.Sprintf("| %s | hostile CPU per refused conn ÷ good handshake | %s× |", p.name, num(median(ho)/median(hs))))
 			}
+			if ho, _ := get("partial", p.name, "cpu_us"); len(ho) > 0 {
+				extra = append(extra, fmt.Sprintf("| %s | CPU per handshake that never finishes ÷ good handshake | %s× |", p.name, num(median(ho)/median(hs))))
+			}
 		}
 		if l, _ := get("latency", p.name, "p99_us"); len(l) > 0 {
 			if hl, _ := get("hostile-latency", p.name, "p99_us"); len(hl) > 0 {
 				extra = append(extra, fmt.Sprintf("| %s | good-traffic p99 with hostile load ÷ without | %s× |", p.name, num(median(hl)/median(l))))
+			}
+			if hl, _ := get("partial-latency", p.name, "p99_us"); len(hl) > 0 {
+				extra = append(extra, fmt.Sprintf("| %s | good-traffic p99 beside handshakes that never finish ÷ without | %s× |", p.name, num(median(hl)/median(l))))
+			}
+			if s, _ := get("latency", p.name, "svc_p99_us"); len(s) > 0 {
+				for _, k := range []string{"hostile-latency", "partial-latency"} {
+					if hs, _ := get(k, p.name, "svc_p99_us"); len(hs) > 0 {
+						extra = append(extra, fmt.Sprintf("| %s | %s p99 from the write ÷ latency's | %s× |", p.name, k, num(median(hs)/median(s))))
+					}
+				}
 			}
 		}
 		if h3, _ := get("h3", p.name, "cpu_us"); len(h3) > 0 {

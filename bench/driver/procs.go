@@ -129,9 +129,14 @@ func stopAll() {
 // runLoad runs a load generator pinned to CPU 1 with a time bound and
 // returns its stdout.
 func runLoad(limit time.Duration, nice bool, name string, args ...string) ([]byte, error) {
+	return runLoadOn("1", limit, nice, name, args...)
+}
+
+// runLoadOn is runLoad on the CPUs cpus (a taskset list).
+func runLoadOn(cpus string, limit time.Duration, nice bool, name string, args ...string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
-	argv := append([]string{"-c", "1", name}, args...)
+	argv := append([]string{"-c", cpus, name}, args...)
 	bin := "taskset"
 	if nice {
 		argv = append([]string{"-n", "19", "taskset"}, argv...)
@@ -235,6 +240,25 @@ func cpuSeconds(root int) float64 {
 		}
 	}
 	return sum
+}
+
+// cpu0Idle is CPU 0's idle and iowait time since boot, in seconds
+// (/proc/stat): the proxy runs there alone, so none left under a flood
+// means its core was saturated.
+func cpu0Idle() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) > 5 && f[0] == "cpu0" {
+			idle, _ := strconv.ParseFloat(f[4], 64)
+			iow, _ := strconv.ParseFloat(f[5], 64)
+			return (idle + iow) / clkTck
+		}
+	}
+	return 0
 }
 
 // rssKiB is VmRSS of root and every descendant, in KiB.

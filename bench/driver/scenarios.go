@@ -141,15 +141,16 @@ func (b *bench) handshakes(p *proxy, curve string, sniArgs ...string) (map[strin
 }
 
 type latOut struct {
-	Req  int64   `json:"requests"`
-	Err  int64   `json:"errors"`
-	Lt   int64   `json:"late_sends"`
-	P50  float64 `json:"p50_us"`
-	P99  float64 `json:"p99_us"`
-	P999 float64 `json:"p999_us"`
-	Max  float64 `json:"max_us"`
-	SL50 float64 `json:"send_late_p50_us"`
-	SL99 float64 `json:"send_late_p99_us"`
+	Req   int64   `json:"requests"`
+	Err   int64   `json:"errors"`
+	Lt    int64   `json:"late_sends"`
+	P50   float64 `json:"p50_us"`
+	P99   float64 `json:"p99_us"`
+	P999  float64 `json:"p999_us"`
+	Max   float64 `json:"max_us"`
+	SL50  float64 `json:"send_late_p50_us"`
+	Svc99 float64 `json:"svc_p99_us"`
+	SL99  float64 `json:"send_late_p99_us"`
 }
 
 func (b *bench) latency(p *proxy) (map[string]float64, error) {
@@ -162,7 +163,7 @@ func (b *bench) latency(p *proxy) (map[string]float64, error) {
 	return map[string]float64{
 		"p50_us": r.P50, "p99_us": r.P99, "p999_us": r.P999,
 		"cpu_pct": cpu / wall * 100, "errors": float64(r.Err), "late": float64(r.Lt),
-		"send_late_p50_us": r.SL50, "send_late_p99_us": r.SL99,
+		"send_late_p50_us": r.SL50, "send_late_p99_us": r.SL99, "svc_p99_us": r.Svc99,
 	}, nil
 }
 
@@ -211,37 +212,60 @@ func (b *bench) idle(p *proxy) (map[string]float64, error) {
 }
 
 type hostileOut struct {
-	Conns, Alerts, Served, Errors int64
-	Rate                          float64
+	Conns, Alerts, Served, Closed, Errors int64
+	Rate                                  float64
 }
 
-func (b *bench) hostile(p *proxy) (map[string]float64, error) {
+// flood runs loadgen's flood (raw syscalls, one epoll set per thread)
+// of kind for d: niced, its two threads pinned to -flood-cpus (by
+// default one on each CPU), so it takes every cycle the proxy (CPU 0)
+// and the good clients (CPU 1) leave — the proxy's core is
+// saturated (cpu0_idle_pct ~0) — and yields to them. 128 connections in
+// flight over 2 threads.
+func (b *bench) flood(p *proxy, kind string, d time.Duration, into *hostileOut) error {
+	out, err := runLoadOn(b.floodCPUs, d+30*time.Second, true, b.loadgenBin, "-addr", p.addr(), "-c", "128", "-threads", "2",
+		"-cpus", b.floodCPUs, "-kind", kind, "-sni", nameEC, "-d", d.String(), "flood")
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(out, into)
+}
+
+// hostile measures the proxy's CPU per connection of a flood of kind:
+// unknown (whole ClientHellos for names it does not route: refused) or
+// partial (half a ClientHello for a routed name, then a reset: a
+// handshake that never finishes).
+func (b *bench) hostile(p *proxy, kind string) (map[string]float64, error) {
 	var r hostileOut
-	args := []string{"-addr", p.addr(), "-c", "16", "-d", b.dur.String(), "hostile"}
-	cpu, wall, err := measure(p, func() error { return b.loadgen(false, b.dur+30*time.Second, &r, args...) })
+	i0 := cpu0Idle()
+	cpu, wall, err := measure(p, func() error { return b.flood(p, kind, b.dur, &r) })
 	if err != nil {
 		return nil, err
 	}
 	if r.Conns == 0 {
-		return nil, fmt.Errorf("hostile: no connection completed")
+		return nil, fmt.Errorf("hostile %s: no connection completed", kind)
+	}
+	if kind == "unknown" && r.Alerts == 0 {
+		return nil, fmt.Errorf("hostile: no ClientHello was refused with an alert (%d closed, %d served)", r.Closed, r.Served)
 	}
 	return map[string]float64{
 		"conns_s": r.Rate, "cpu_us": cpu / float64(r.Conns) * 1e6, "cpu_pct": cpu / wall * 100,
-		"served": float64(r.Served), "alerts": float64(r.Alerts),
+		"cpu0_idle_pct": (cpu0Idle() - i0) / wall * 100,
+		"served":        float64(r.Served), "alerts": float64(r.Alerts),
 	}, nil
 }
 
-// hostileLatency is the latency scenario with hostile handshakes at full
-// rate beside it (niced, so the good client and the upstream, sharing
-// CPU 1 with it, keep their share).
-func (b *bench) hostileLatency(p *proxy) (map[string]float64, error) {
+// hostileLatency is the latency scenario with a flood of kind beside
+// it (see flood: niced, so the good client and the upstream on CPU 1
+// and the proxy on CPU 0 keep their share).
+func (b *bench) hostileLatency(p *proxy, kind string) (map[string]float64, error) {
 	var hr hostileOut
 	hdone := make(chan error, 1)
-	go func() {
-		hdone <- b.loadgen(true, b.latDur+60*time.Second, &hr, "-addr", p.addr(), "-c", "16", "-d", (b.latDur + 2*time.Second).String(), "hostile")
-	}()
+	go func() { hdone <- b.flood(p, kind, b.latDur+4*time.Second, &hr) }()
 	time.Sleep(500 * time.Millisecond)
+	i0, t0 := cpu0Idle(), time.Now()
 	m, err := b.latency(p)
+	idle := (cpu0Idle() - i0) / time.Since(t0).Seconds() * 100
 	herr := <-hdone
 	if err != nil {
 		return nil, err
@@ -250,6 +274,7 @@ func (b *bench) hostileLatency(p *proxy) (map[string]float64, error) {
 		return nil, fmt.Errorf("hostile load: %v", herr)
 	}
 	m["hostile_conns_s"] = hr.Rate
+	m["cpu0_idle_pct"] = idle
 	return m, nil
 }
 
@@ -371,17 +396,26 @@ func (b *bench) scenarios() []*scenario {
 			run:     (*bench).bulkNginxUp},
 		{key: "latency", title: "open-loop 1,000 req/s, HTTP/1.1 keep-alive, 32 connections (latency from scheduled send)",
 			metrics: []metricDef{{"p50_us", "p50 µs", true}, {"p99_us", "p99 µs", true}, {"p999_us", "p99.9 µs", true}, {"cpu_pct", "% CPU", true},
-				{"send_late_p50_us", "client send lateness p50 µs", false}, {"send_late_p99_us", "client send lateness p99 µs", false}},
+				{"send_late_p50_us", "client send lateness p50 µs", false}, {"send_late_p99_us", "client send lateness p99 µs", false},
+				{"svc_p99_us", "p99 from the write µs", true}},
 			run: (*bench).latency},
 		{key: "idle", title: "idle TLS connections (one request each), RSS growth", restart: true,
 			metrics: []metricDef{{"kib_per_conn", "KiB/conn", true}, {"rss_before", "MiB before", false}, {"rss_after", "MiB after", false}},
 			run:     (*bench).idle},
-		{key: "hostile", title: "hostile: ClientHellos with unknown SNI at full rate (refused)",
-			metrics: []metricDef{{"conns_s", "conn/s", false}, {"cpu_us", "µs/conn", true}, {"cpu_pct", "% CPU", false}, {"served", "served (must be 0)", false}},
-			run:     (*bench).hostile},
-		{key: "hostile-latency", title: "open-loop 1,000 req/s good traffic beside full-rate hostile handshakes",
-			metrics: []metricDef{{"p50_us", "p50 µs", true}, {"p99_us", "p99 µs", true}, {"p999_us", "p99.9 µs", true}, {"cpu_pct", "% CPU", false}, {"hostile_conns_s", "hostile conn/s", false}},
-			run:     (*bench).hostileLatency},
+		{key: "hostile", title: "hostile: ClientHellos with unknown SNI at full rate (refused; loadgen flood, CPU 0 saturated)",
+			metrics: []metricDef{{"conns_s", "conn/s", false}, {"cpu_us", "µs/conn", true}, {"cpu_pct", "% CPU", false}, {"cpu0_idle_pct", "CPU 0 idle %", false}, {"served", "served (must be 0)", false}},
+			run:     func(b *bench, p *proxy) (map[string]float64, error) { return b.hostile(p, "unknown") }},
+		{key: "hostile-latency", title: "open-loop 1,000 req/s good traffic beside full-rate unknown-SNI ClientHellos",
+			metrics: []metricDef{{"p50_us", "p50 µs", true}, {"p99_us", "p99 µs", true}, {"p999_us", "p99.9 µs", true}, {"cpu_pct", "% CPU", false}, {"cpu0_idle_pct", "CPU 0 idle %", false}, {"hostile_conns_s", "hostile conn/s", false},
+				{"send_late_p99_us", "client send lateness p99 µs", false}, {"svc_p99_us", "p99 from the write µs", true}},
+			run: func(b *bench, p *proxy) (map[string]float64, error) { return b.hostileLatency(p, "unknown") }},
+		{key: "partial", title: "hostile: handshakes that never finish (half a ClientHello for a routed name, then a reset) at full rate",
+			metrics: []metricDef{{"conns_s", "conn/s", false}, {"cpu_us", "µs/conn", true}, {"cpu_pct", "% CPU", false}, {"cpu0_idle_pct", "CPU 0 idle %", false}},
+			run:     func(b *bench, p *proxy) (map[string]float64, error) { return b.hostile(p, "partial") }},
+		{key: "partial-latency", title: "open-loop 1,000 req/s good traffic beside full-rate handshakes that never finish",
+			metrics: []metricDef{{"p50_us", "p50 µs", true}, {"p99_us", "p99 µs", true}, {"p999_us", "p99.9 µs", true}, {"cpu_pct", "% CPU", false}, {"cpu0_idle_pct", "CPU 0 idle %", false}, {"hostile_conns_s", "hostile conn/s", false},
+				{"send_late_p99_us", "client send lateness p99 µs", false}, {"svc_p99_us", "p99 from the write µs", true}},
+			run: func(b *bench, p *proxy) (map[string]float64, error) { return b.hostileLatency(p, "partial") }},
 		{key: "h3", title: "HTTP/3, 16 QUIC connections x 16 streams, 100-byte body (quic-go client)", proxies: []string{"gatehouse", "caddy"}, vs: "caddy",
 			metrics: []metricDef{{"rps", "req/s", false}, {"cpu_us", "µs/req", true}, {"cpu_pct", "% CPU", false}},
 			run:     (*bench).h3},
