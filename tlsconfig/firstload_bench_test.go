@@ -10,9 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/certmagic"
-
-	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
 	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
@@ -37,21 +34,7 @@ func BenchmarkFirstLoad(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("GATEHOUSE_FIRSTLOAD_NAMES")); err == nil && v > 0 {
 		pool = v
 	}
-	dir := b.TempDir()
-	ca, err := acmetest.NewTestCA("bench CA")
-	if err != nil {
-		b.Fatal(err)
-	}
-	names := make([]string, pool)
-	for i := range names {
-		names[i] = fmt.Sprintf("f%05d.first.test", i)
-	}
-	cfg := manyNamesConfig(b, fmt.Sprintf("[storage]\ndir = %q\n", dir), names)
-	fst := &certmagic.FileStorage{Path: dir}
-	issuerKey := (&certmagic.ACMEIssuer{CA: cfg.ACME.Directory}).IssuerKey()
-	for _, name := range names {
-		plantWith(b, fst, issuerKey, name, ca, 30*24*time.Hour)
-	}
+	cfg, fst, names, _, ca := plantedNamesValid(b, pool, "f%05d.first.test", 30*24*time.Hour)
 	start := func(b *testing.B) (*Manager, *routes.Entry) {
 		// the walk at one name a second: what it costs is measured apart
 		// ("check"), not mixed into the loads at the rate of the clock

@@ -7,9 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/certmagic"
-
-	"github.com/gatehouse-proxy/gatehouse/internal/acmetest"
 	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
@@ -19,21 +16,7 @@ import (
 // different name each time (SNI spread over all names).
 func BenchmarkGetCertificateManyNames(b *testing.B) {
 	const n = 10000
-	dir := b.TempDir()
-	ca, err := acmetest.NewTestCA("bench CA")
-	if err != nil {
-		b.Fatal(err)
-	}
-	names := make([]string, n)
-	for i := range names {
-		names[i] = fmt.Sprintf("b%05d.many.test", i)
-	}
-	cfg := manyNamesConfig(b, fmt.Sprintf("[storage]\ndir = %q\n", dir), names)
-	fst := &certmagic.FileStorage{Path: dir}
-	issuerKey := (&certmagic.ACMEIssuer{CA: cfg.ACME.Directory}).IssuerKey()
-	for _, name := range names {
-		plantWith(b, fst, issuerKey, name, ca, 24*time.Hour)
-	}
+	cfg, fst, names, _, _ := plantedNamesValid(b, n, "b%05d.many.test", 24*time.Hour)
 	m, err := New(cfg, Options{Logger: quietLogger(b), Storage: fst, ReleaseIdle: -1})
 	if err != nil {
 		b.Fatal(err)

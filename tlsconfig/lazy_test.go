@@ -302,6 +302,13 @@ func quietLogger(t testing.TB) *slog.Logger {
 // each name to its certificate's serial (hex); ca is the issuing CA.
 func plantedNames(t *testing.T, n int, format string) (cfg *routes.Config, fst *certmagic.FileStorage, names []string, serials map[string]string, ca *acmetest.TestCA) {
 	t.Helper()
+	return plantedNamesValid(t, n, format, 24*time.Hour)
+}
+
+// plantedNamesValid is plantedNames with certificates valid for
+// validity from now.
+func plantedNamesValid(t testing.TB, n int, format string, validity time.Duration) (cfg *routes.Config, fst *certmagic.FileStorage, names []string, serials map[string]string, ca *acmetest.TestCA) {
+	t.Helper()
 	dir := t.TempDir()
 	var err error
 	ca, err = acmetest.NewTestCA("lazy test CA")
@@ -317,7 +324,7 @@ func plantedNames(t *testing.T, n int, format string) (cfg *routes.Config, fst *
 	issuerKey := (&certmagic.ACMEIssuer{CA: cfg.ACME.Directory}).IssuerKey()
 	serials = map[string]string{}
 	for _, name := range names {
-		serials[name] = plantWith(t, fst, issuerKey, name, ca, 24*time.Hour).SerialNumber.Text(16)
+		serials[name] = plantWith(t, fst, issuerKey, name, ca, validity).SerialNumber.Text(16)
 	}
 	return cfg, fst, names, serials, ca
 }
