@@ -45,6 +45,9 @@ type H2Client struct {
 	quit    chan struct{} // closed by Close: the reader stops
 	writers sync.WaitGroup
 	closed  bool
+	// held: frames of other streams that Response read past, returned
+	// by ReadFrame before the server's next ones
+	held []H2Frame
 }
 
 // H2Frame is a frame read from the server, with what the tests look at
@@ -225,6 +228,11 @@ var ErrNoFrame = errors.New("no frame from the server")
 // ReadFrame returns the server's next frame, or an error: io.EOF (or
 // another read error) when the server closed, or ErrNoFrame after d.
 func (c *H2Client) ReadFrame(d time.Duration) (H2Frame, error) {
+	if len(c.held) > 0 {
+		f := c.held[0]
+		c.held = c.held[1:]
+		return f, nil
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -311,12 +319,19 @@ func (c *H2Client) Greet(s ...http2.Setting) {
 }
 
 // Response reads until stream id ended: its final :status, its body,
-// and the RST_STREAM code if it was reset (status "RST").
+// and the RST_STREAM code if it was reset (status "RST"). Frames of
+// other streams read on the way are held for the next reads (the
+// server may interleave its responses).
 func (c *H2Client) Response(id uint32) (status, body string, code http2.ErrCode) {
 	c.T.Helper()
 	var b strings.Builder
+	var others []H2Frame
+	defer func() { c.held = append(others, c.held...) }()
 	c.Until(func(f H2Frame) bool {
 		if f.StreamID != id {
+			if f.StreamID != 0 {
+				others = append(others, f)
+			}
 			return false
 		}
 		switch f.Type {
