@@ -21,14 +21,28 @@ import (
 // collection and returns the freed pages to the OS (debug.FreeOSMemory).
 //
 // The cost is bounded by the allocation threshold: one collection per
-// trimAfterBytes allocated, and only at a quiet moment, so a steady load
-// never sees it. GOGC and GOMEMLIMIT keep their usual meaning.
+// trimAfterBytes allocated (or a quarter of the live heap, if more), and
+// only at a quiet moment, so a steady load never sees it. GOGC and
+// GOMEMLIMIT keep their usual meaning.
+//
+// "Quiet" is relative to the live heap: with many names loaded a
+// background trickle goes on for minutes after a burst (the walk over
+// 100,000 stored names reads ~8 MB a second for 100 s), and a fixed
+// threshold kept the burst's garbage (about as much again as the live
+// heap) resident until it ended. A period allocating under 1/32 of the
+// live heap would bring the next collection no sooner than half a minute
+// away, so it counts as quiet.
 const (
 	trimQuiet      = time.Second
 	trimAfterBytes = 32 << 20
-	// quietBytes is what "almost nothing" allows per trimQuiet period:
-	// timers, health checks and the odd request.
+	// quietBytes is what "almost nothing" allows per trimQuiet period
+	// whatever the heap: timers, health checks and the odd request.
 	quietBytes = 256 << 10
+	// quietLiveShare: a period allocating under live/quietLiveShare is
+	// quiet too; trimAfterLiveShare: the trims are at least
+	// live/trimAfterLiveShare of allocation apart.
+	quietLiveShare     = 32
+	trimAfterLiveShare = 4
 )
 
 // memTrimmer watches the runtime's cumulative allocation counter.
@@ -42,7 +56,7 @@ type memTrimmer struct {
 
 func newMemTrimmer() *memTrimmer {
 	t := &memTrimmer{
-		sample:   []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}},
+		sample:   []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/gc/heap/live:bytes"}},
 		interval: trimQuiet,
 	}
 	t.last = t.allocated()
@@ -50,20 +64,30 @@ func newMemTrimmer() *memTrimmer {
 	return t
 }
 
-func (t *memTrimmer) allocated() uint64 {
+// allocated is the bytes allocated since the process started; live, the
+// heap's live bytes as the last collection marked them.
+func (t *memTrimmer) read() (allocated, live uint64) {
 	metrics.Read(t.sample)
-	if t.sample[0].Value.Kind() != metrics.KindUint64 {
-		return 0
+	if t.sample[0].Value.Kind() == metrics.KindUint64 {
+		allocated = t.sample[0].Value.Uint64()
 	}
-	return t.sample[0].Value.Uint64()
+	if t.sample[1].Value.Kind() == metrics.KindUint64 {
+		live = t.sample[1].Value.Uint64()
+	}
+	return allocated, live
+}
+
+func (t *memTrimmer) allocated() uint64 {
+	a, _ := t.read()
+	return a
 }
 
 // tick runs once per interval and reports whether it trimmed.
 func (t *memTrimmer) tick() bool {
-	now := t.allocated()
-	quiet := now-t.last < quietBytes
+	now, live := t.read()
+	quiet := now-t.last < max(quietBytes, live/quietLiveShare)
 	t.last = now
-	if !quiet || now-t.trimmed < trimAfterBytes {
+	if !quiet || now-t.trimmed < max(trimAfterBytes, live/trimAfterLiveShare) {
 		return false
 	}
 	debug.FreeOSMemory()

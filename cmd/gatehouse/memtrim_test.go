@@ -50,3 +50,39 @@ func TestMemTrimNotUnderSteadyLoad(t *testing.T) {
 		}
 	}
 }
+
+// With a large live heap (many names loaded) a trickle that is small
+// beside it, like the background walk over the stored names, still lets
+// the burst's garbage go back; the same trickle beside a small heap does
+// not (TestMemTrimNotUnderSteadyLoad).
+func TestMemTrimBesideTrickleOnLargeHeap(t *testing.T) {
+	live := make([][]byte, 160)
+	for i := range live {
+		live[i] = make([]byte, 1<<20)
+	}
+	runtime.GC() // the live heap is now 160 MiB: quiet is under 5 MiB a period
+	tr := newMemTrimmer()
+	churn(160 << 20) // a burst
+	if tr.tick() {
+		t.Fatal("trimmed during the burst")
+	}
+	before := releasedBytes()
+	trimmed := false
+	for i := 0; i < 4 && !trimmed; i++ {
+		churn(1 << 20) // the trickle: 1 MiB a period
+		trimmed = tr.tick()
+	}
+	if !trimmed {
+		t.Fatal("no trim while 1 MiB a period was allocated beside a 160 MiB live heap")
+	}
+	if after := releasedBytes(); after <= before {
+		t.Fatalf("heap released to the OS did not grow: %d -> %d bytes", before, after)
+	}
+	for range 36 { // 36 MiB more: over trimAfterBytes, under a quarter of the live heap
+		churn(1 << 20)
+		if tr.tick() {
+			t.Fatal("trimmed again within a quarter of the live heap's allocation")
+		}
+	}
+	runtime.KeepAlive(live)
+}
