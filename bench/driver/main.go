@@ -589,6 +589,10 @@ func (b *bench) fetchProfile(name string, d time.Duration, _ bool) chan struct{}
 }
 
 func (b *bench) fetchHeap(name string) {
+	// the text form first, before the profile's collection: it ends with
+	// runtime.MemStats (heap in use, idle, released; stacks; spans), what
+	// RSS holds beside the live objects
+	b.savePprof(name+".heap.txt", "/debug/pprof/heap?debug=1", 30*time.Second)
 	b.savePprof(name+".heap.pb.gz", "/debug/pprof/heap?gc=1", 30*time.Second)
 }
 
@@ -672,8 +676,23 @@ func (b *bench) profileScenarios(scens []*scenario, want func(string) bool, cert
 			d = b.latDur
 		}
 		done := b.fetchProfile(s.key, d-time.Second, false)
+		var traced chan struct{}
+		if strings.Contains(s.key, "latency") {
+			// and an execution trace of a few seconds inside it: `go tool
+			// trace -pprof=sched` says what a goroutine waited for while
+			// runnable (the scheduler's share of a request's latency)
+			traced = make(chan struct{})
+			go func() {
+				defer close(traced)
+				time.Sleep(d / 2)
+				b.savePprof(s.key+".trace", "/debug/pprof/trace?seconds=3", 40*time.Second)
+			}()
+		}
 		_, err := s.run(b, p)
 		<-done
+		if traced != nil {
+			<-traced
+		}
 		b.logf("profiled %s %v", s.key, err)
 	}
 	b.fetchHeap("after-all")

@@ -31,7 +31,9 @@ import (
 // threshold kept the burst's garbage (about as much again as the live
 // heap) resident until it ended. A period allocating under 1/32 of the
 // live heap would bring the next collection no sooner than half a minute
-// away, so it counts as quiet.
+// away, so it counts as quiet too, with trims then a quarter of the live
+// heap's allocation apart; once the trickle stops, the first truly quiet
+// period gives back what it left.
 const (
 	trimQuiet      = time.Second
 	trimAfterBytes = 32 << 20
@@ -85,9 +87,14 @@ func (t *memTrimmer) allocated() uint64 {
 // tick runs once per interval and reports whether it trimmed.
 func (t *memTrimmer) tick() bool {
 	now, live := t.read()
-	quiet := now-t.last < max(quietBytes, live/quietLiveShare)
+	period, since := now-t.last, now-t.trimmed
 	t.last = now
-	if !quiet || now-t.trimmed < max(trimAfterBytes, live/trimAfterLiveShare) {
+	switch {
+	case period < quietBytes && since >= trimAfterBytes:
+		// quiet: whatever is left since the last trim goes back
+	case period < live/quietLiveShare && since >= max(trimAfterBytes, live/trimAfterLiveShare):
+		// a trickle beside a large heap
+	default:
 		return false
 	}
 	debug.FreeOSMemory()

@@ -84,5 +84,9 @@ func TestMemTrimBesideTrickleOnLargeHeap(t *testing.T) {
 			t.Fatal("trimmed again within a quarter of the live heap's allocation")
 		}
 	}
+	// the trickle stops: what it left goes back at the first quiet period
+	if !tr.tick() {
+		t.Fatal("no trim once the trickle stopped, 36 MiB after the last")
+	}
 	runtime.KeepAlive(live)
 }
