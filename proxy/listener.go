@@ -391,6 +391,8 @@ func (s *Server) acceptLoop() error {
 	first := newFirstRead()
 	turns := newAcceptTurns()
 	defer turns.close()
+	hellos := newHelloWait(s)
+	defer hellos.close()
 	for {
 		c, err := s.httpsLn.Accept()
 		if err != nil {
@@ -408,7 +410,7 @@ func (s *Server) acceptLoop() error {
 			return err
 		}
 		delay = 0
-		s.accepted(c, first)
+		s.accepted(c, first, hellos)
 		turns.accepted()
 	}
 }
@@ -418,8 +420,9 @@ func (s *Server) acceptLoop() error {
 // read from it already. The handshake timeout bounds the ClientHello
 // peek and the TLS handshake together, from here: a client that sends
 // nothing, or a hello byte by byte, is closed when it runs out. src
-// counts the handshake for its source until it ends.
-func (s *Server) handleConn(c net.Conn, snap *snapshot, prefix []byte, src *sourceEntry) {
+// counts the handshake for its source until it ends; the handshake
+// timeout runs from accepted.
+func (s *Server) handleConn(c net.Conn, snap *snapshot, prefix []byte, src *sourceEntry, accepted time.Time) {
 	shaking := true
 	defer func() {
 		if shaking {
@@ -428,7 +431,7 @@ func (s *Server) handleConn(c net.Conn, snap *snapshot, prefix []byte, src *sour
 	}()
 	tcp := c
 	c = acceptPROXY(c, snap.trusted, snap.tm.handshake)
-	_ = c.SetDeadline(time.Now().Add(snap.tm.handshake))
+	_ = c.SetDeadline(accepted.Add(snap.tm.handshake))
 	if (prefix == nil || recordPartial(prefix)) && len(snap.trusted) == 0 {
 		var v firstVerdict
 		prefix, v = s.waitFirst(snap, c, prefix)

@@ -360,7 +360,7 @@ func (t *sourceTable) sweepLocked(now time.Time) {
 // accepted takes a connection from the accept loop: the per-source
 // limits, the unknown-name fast path, else handleConn on its own
 // goroutine.
-func (s *Server) accepted(c net.Conn, f *firstRead) {
+func (s *Server) accepted(c net.Conn, f *firstRead, hellos *helloWait) {
 	snap := s.state.Load()
 	metricConnsAccepted.Inc()
 	var src *sourceEntry
@@ -389,7 +389,11 @@ func (s *Server) accepted(c net.Conn, f *firstRead) {
 		s.sources.done(src, true)
 		return
 	}
-	go s.handleConn(c, snap, prefix, src)
+	now := time.Now()
+	if len(snap.trusted) == 0 && (prefix == nil || recordPartial(prefix)) && hellos.park(c, snap, src, prefix, now) {
+		return // its first record is still to come (listener_hellowait.go)
+	}
+	go s.handleConn(c, snap, prefix, src, now)
 }
 
 // resetConn closes c with a TCP reset (SO_LINGER 0): nothing is sent
