@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -105,6 +106,9 @@ func newHelloWait(s *Server) *helloWait {
 			if n < len(w.events) {
 				return false
 			}
+			// more may be ready: let the served connections' goroutines
+			// run first (a full batch is a flood's turn)
+			runtime.Gosched()
 		}
 	}
 	go w.run()
