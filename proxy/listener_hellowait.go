@@ -67,6 +67,10 @@ type parked struct {
 	out      bool // handed on or closed: no longer in conns
 }
 
+// parkHellos switches parking on (benchmarks compare it with a
+// goroutine per connection).
+var parkHellos = true
+
 // helloSweep is how often parked connections are checked against their
 // deadline: one past it is closed within this much more.
 const helloSweep = 100 * time.Millisecond
@@ -119,7 +123,7 @@ func newHelloWait(s *Server) *helloWait {
 // of its record already) and reports whether it did; false: c goes on
 // its own goroutine.
 func (w *helloWait) park(c net.Conn, snap *snapshot, src *sourceEntry, have []byte, now time.Time) bool {
-	if w == nil {
+	if w == nil || !parkHellos {
 		return false
 	}
 	tc, ok := c.(*net.TCPConn)
