@@ -42,9 +42,14 @@ func TestMemTrimAfterBurst(t *testing.T) {
 }
 
 func TestMemTrimNotUnderSteadyLoad(t *testing.T) {
+	runtime.GC()
 	tr := newMemTrimmer()
-	for range 64 { // 64 periods with 1 MiB allocated in each: 64 MiB, never quiet
-		churn(1 << 20)
+	_, live := tr.read()
+	// 64 periods with 1 MiB allocated in each, or more beside a live heap
+	// of over 16 MiB (other tests' in this process): never quiet
+	per := max(1<<20, int(live/quietLiveShare)*2)
+	for range 64 {
+		churn(per)
 		if tr.tick() {
 			t.Fatal("trimmed while the process kept allocating")
 		}
