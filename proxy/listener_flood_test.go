@@ -19,7 +19,7 @@ import (
 	"github.com/gatehouse-proxy/gatehouse/routes"
 )
 
-func counterValue(t *testing.T, c interface{ Write(*dto.Metric) error }) float64 {
+func counterValue(t testing.TB, c interface{ Write(*dto.Metric) error }) float64 {
 	t.Helper()
 	var m dto.Metric
 	if err := c.Write(&m); err != nil {

@@ -14,7 +14,6 @@ import (
 
 	"github.com/gatehouse-proxy/gatehouse/internal/testkit"
 	"github.com/gatehouse-proxy/gatehouse/routes"
-	dto "github.com/prometheus/client_model/go"
 )
 
 // Connections whose ClientHello has not come are parked without a
@@ -135,7 +134,7 @@ func BenchmarkSilentConnection(b *testing.B) {
 			}, "http://127.0.0.1:9")
 			for range b.N {
 				before := heapAndStacks()
-				accepted := counterValueB(b, metricConnsAccepted)
+				accepted := counterValue(b, metricConnsAccepted)
 				var conns []net.Conn
 				for range n {
 					c, err := net.DialTimeout("tcp", w.addr, 3*time.Second)
@@ -145,7 +144,7 @@ func BenchmarkSilentConnection(b *testing.B) {
 					conns = append(conns, c)
 				}
 				deadline := time.Now().Add(10 * time.Second)
-				for counterValueB(b, metricConnsAccepted)-accepted < n && time.Now().Before(deadline) {
+				for counterValue(b, metricConnsAccepted)-accepted < n && time.Now().Before(deadline) {
 					time.Sleep(5 * time.Millisecond)
 				}
 				after := heapAndStacks()
@@ -163,12 +162,4 @@ func heapAndStacks() uint64 {
 	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/memory/classes/heap/stacks:bytes"}}
 	metrics.Read(s)
 	return s[0].Value.Uint64() + s[1].Value.Uint64()
-}
-
-func counterValueB(b *testing.B, c interface{ Write(*dto.Metric) error }) float64 {
-	var m dto.Metric
-	if err := c.Write(&m); err != nil {
-		b.Fatal(err)
-	}
-	return m.GetCounter().GetValue()
 }
