@@ -156,30 +156,9 @@ func (s *Server) waitFirst(snap *snapshot, c net.Conn, have []byte) (prefix []by
 		n = copy(*bp, have)
 	}
 	err = rc.Read(func(fd uintptr) bool {
-		for {
-			if bp == nil {
-				bp = firstBufs.Get().(*[]byte)
-			}
-			m, err := syscall.Read(int(fd), (*bp)[n:])
-			switch {
-			case err == syscall.EAGAIN && n == 0:
-				firstBufs.Put(bp)
-				bp = nil
-				return false // wait until readable
-			case err == syscall.EAGAIN:
-				return false // drained: wait for the rest of the record
-			case err != nil || m <= 0:
-				rerr = err
-				if m == 0 && err == nil {
-					rerr = io.EOF
-				}
-				return true
-			}
-			n += m
-			if !recordPartial((*bp)[:n]) {
-				return true
-			}
-		}
+		var wait bool
+		wait, rerr = fillFirstRecord(int(fd), &bp, &n)
+		return !wait
 	})
 	if bp == nil {
 		return nil, firstOn
@@ -198,6 +177,40 @@ func (s *Server) waitFirst(snap *snapshot, c net.Conn, have []byte) (prefix []by
 		return nil, firstRefused
 	}
 	return bytes.Clone(b), firstOn
+}
+
+// fillFirstRecord reads what the non-blocking socket fd has, into *bp
+// from *n on, up to the end of its first TLS record: the buffer is
+// taken from firstBufs when bytes come and given back while none did.
+// wait: nothing more to read now and the record not complete (read
+// again when fd is readable); otherwise done, with rerr the read's
+// error (io.EOF: the client closed), nil when the record is whole or
+// the bytes are not a handshake record.
+func fillFirstRecord(fd int, bp **[]byte, n *int) (wait bool, rerr error) {
+	for {
+		if *bp == nil {
+			*bp = firstBufs.Get().(*[]byte)
+		}
+		m, err := syscall.Read(fd, (**bp)[*n:])
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			if *n == 0 {
+				firstBufs.Put(*bp) // hold nothing while nothing came
+				*bp = nil
+			}
+			return true, nil
+		case err != nil:
+			return false, err
+		case m <= 0:
+			return false, io.EOF
+		}
+		*n += m
+		if !recordPartial((**bp)[:*n]) {
+			return false, nil
+		}
+	}
 }
 
 // recordPartial reports whether b is the start of a TLS handshake

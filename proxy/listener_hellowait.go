@@ -222,32 +222,9 @@ func (w *helloWait) ready(fd int) {
 	if p == nil {
 		return
 	}
-	var rerr error
-	for {
-		if p.bp == nil {
-			p.bp = firstBufs.Get().(*[]byte)
-		}
-		m, err := syscall.Read(fd, (*p.bp)[p.n:])
-		if err == syscall.EINTR {
-			continue
-		}
-		if err == syscall.EAGAIN {
-			if p.n == 0 {
-				w.release(p) // a spurious wake-up: hold nothing while nothing came
-			}
-			return // the rest of the record is still to come
-		}
-		if err != nil || m <= 0 {
-			rerr = err
-			if rerr == nil {
-				rerr = syscall.ECONNRESET // closed: the same to us
-			}
-			break
-		}
-		p.n += m
-		if !recordPartial((*p.bp)[:p.n]) {
-			break
-		}
+	wait, rerr := fillFirstRecord(fd, &p.bp, &p.n)
+	if wait {
+		return // the rest of the record is still to come
 	}
 	if !w.take(p) {
 		return
