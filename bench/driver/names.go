@@ -19,7 +19,8 @@ package main
 //
 // With -profile, gatehouse is the pprof build: start A saves a startup
 // CPU profile and a heap profile at ready; start B a heap profile after
-// the sweep and a CPU profile of each handshake run.
+// the sweep, a CPU profile of the sweep's first seconds (first
+// handshakes of names) and of each handshake run.
 
 import (
 	"crypto/tls"
@@ -424,6 +425,14 @@ func (b *bench) namesRun(kind string, s *namesSet, perRoute bool) (map[string]fl
 	m["ready_b_s"] = readyB.Seconds()
 	var sw hsOut
 	sweepLimit := 20 * time.Minute
+	if prof {
+		// the first handshakes of names: a CPU profile over the sweep's
+		// start (~1 s per 4,000 names, 2–30 s; the sweep at 16 clients
+		// runs for longer than that)
+		d := min(max(2*time.Second, time.Duration(n/4000)*time.Second), 30*time.Second)
+		sweepDone := b.fetchProfile(fmt.Sprintf("names-%d-sweep", n), d, false)
+		defer func() { <-sweepDone }()
+	}
 	t1 := time.Now()
 	cpuS, _, err := measure(p, func() error {
 		return b.loadgen(false, sweepLimit+time.Minute, &sw, "-addr", p.addr(), "-names", s.namesFile, "-ca", filepath.Join(s.dir, "ca.crt"),
