@@ -32,6 +32,7 @@ import (
 
 type bench struct {
 	floodCPUs   string // -flood-cpus
+	floodSched  string // -flood-sched
 	dur, latDur time.Duration
 	idleN       int
 	rounds      int
@@ -69,10 +70,14 @@ func main() {
 	dur := flag.Duration("d", 8*time.Second, "duration of each throughput run")
 	namesFlag := flag.String("names", "10000,100000", "many-names counts")
 	namesLayout := flag.String("names-layout", "hosts", "many names: 'hosts' (one route listing every name) or 'routes' (a route per name)")
+	floodSched := flag.String("flood-sched", "nice", "the floods' scheduling: nice (nice 19) or idle (SCHED_IDLE: any other task waking on the CPU preempts the flood's threads at once, so what the proxy waits for beside a flood is the flood's kernel work, not its threads' time slices)")
 	floodCPUs := flag.String("flood-cpus", "0,1", "CPUs of the hostile/partial floods' two threads (one pinned to each, round robin): 0,1 saturates both CPUs; 0 only the proxy's, leaving CPU 1 to the good client and the upstream")
 	profile := flag.Bool("profile", false, "after the rounds, profile gatehouse (pprof build) in each scenario")
 	importPrep := flag.String("import-prep", "", "write DIR/autocert (an autocert cache of the first -names set) and DIR/gatehouse-names.toml, then exit (bench/import.sh)")
 	flag.Parse()
+	if *floodSched != "nice" && *floodSched != "idle" {
+		fatal(fmt.Errorf("-flood-sched %q: nice or idle", *floodSched))
+	}
 	initClkTck()
 	if *importPrep != "" {
 		ns := parseInts(*namesFlag)
@@ -86,7 +91,7 @@ func main() {
 	}
 
 	b := &bench{dur: *dur, latDur: 15 * time.Second, idleN: 5000, rounds: *rounds, profile: *profile,
-		cache: *cacheDir, out: *outDir, floodCPUs: *floodCPUs}
+		cache: *cacheDir, out: *outDir, floodCPUs: *floodCPUs, floodSched: *floodSched}
 	names := parseInts(*namesFlag)
 	if *quick {
 		b.dur, b.latDur, b.idleN, b.rounds = 2*time.Second, 3*time.Second, 200, 1
@@ -420,7 +425,11 @@ func (b *bench) report(scens []*scenario, proxies []*proxy, results, namesRes []
 	fmt.Fprintf(&sb, "\n# gatehouse bench — %s, %s, %d CPUs (%s), %s\n\n", time.Now().Format("2006-01-02 15:04"), host, runtime.NumCPU(), cpuModel(), goVersion())
 	fmt.Fprintf(&sb, "rounds %d, throughput runs %s, latency runs %s, idle connections %d; proxy on CPU 0, load + upstream on CPU 1; medians over rounds; ratio = proxy ÷ nginx (per round in brackets)\n\n",
 		b.rounds, b.dur, b.latDur, b.idleN)
-	fmt.Fprintf(&sb, "floods (hostile, partial): 2 threads pinned to CPUs %s, nice 19\n\n", b.floodCPUs)
+	sched := "nice 19"
+	if b.floodSched == "idle" {
+		sched = "SCHED_IDLE"
+	}
+	fmt.Fprintf(&sb, "floods (hostile, partial): 2 threads pinned to CPUs %s, %s\n\n", b.floodCPUs, sched)
 	fmt.Fprintf(&sb, "load average (1/5/15 min) at start %s, at end %s: other work on the machine skews latency more than CPU per operation\n\n", b.loadStart, loadavg())
 	get := func(scen, proxy, metric string) (vals []float64, byRound map[int]float64) {
 		byRound = map[int]float64{}

@@ -129,18 +129,29 @@ func stopAll() {
 // runLoad runs a load generator pinned to CPU 1 with a time bound and
 // returns its stdout.
 func runLoad(limit time.Duration, nice bool, name string, args ...string) ([]byte, error) {
-	return runLoadOn("1", limit, nice, name, args...)
+	prio := ""
+	if nice {
+		prio = "nice"
+	}
+	return runLoadOn("1", limit, prio, name, args...)
 }
 
-// runLoadOn is runLoad on the CPUs cpus (a taskset list).
-func runLoadOn(cpus string, limit time.Duration, nice bool, name string, args ...string) ([]byte, error) {
+// runLoadOn is runLoad on the CPUs cpus (a taskset list), at prio: ""
+// (as the driver), "nice" (nice 19) or "idle" (SCHED_IDLE: runs only
+// when nothing else on its CPU wants to, and a waking task of any other
+// policy preempts it at once).
+func runLoadOn(cpus string, limit time.Duration, prio string, name string, args ...string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	argv := append([]string{"-c", cpus, name}, args...)
 	bin := "taskset"
-	if nice {
+	switch prio {
+	case "nice":
 		argv = append([]string{"-n", "19", "taskset"}, argv...)
 		bin = "nice"
+	case "idle":
+		argv = append([]string{"-i", "0", "taskset"}, argv...)
+		bin = "chrt"
 	}
 	cmd := exec.CommandContext(ctx, bin, argv...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

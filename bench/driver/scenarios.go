@@ -217,13 +217,13 @@ type hostileOut struct {
 }
 
 // flood runs loadgen's flood (raw syscalls, one epoll set per thread)
-// of kind for d: niced, its two threads pinned to -flood-cpus (by
+// of kind for d: niced (or SCHED_IDLE, -flood-sched), its two threads pinned to -flood-cpus (by
 // default one on each CPU), so it takes every cycle the proxy (CPU 0)
 // and the good clients (CPU 1) leave — the proxy's core is
 // saturated (cpu0_idle_pct ~0) — and yields to them. 128 connections in
 // flight over 2 threads.
 func (b *bench) flood(p *proxy, kind string, d time.Duration, into *hostileOut) error {
-	out, err := runLoadOn(b.floodCPUs, d+30*time.Second, true, b.loadgenBin, "-addr", p.addr(), "-c", "128", "-threads", "2",
+	out, err := runLoadOn(b.floodCPUs, d+30*time.Second, b.floodSched, b.loadgenBin, "-addr", p.addr(), "-c", "128", "-threads", "2",
 		"-cpus", b.floodCPUs, "-kind", kind, "-sni", nameEC, "-d", d.String(), "flood")
 	if err != nil {
 		return err
