@@ -445,14 +445,16 @@ func (s *Server) keepAliveRouted(c net.Conn) {
 // does not wait for a new connection (the listener's own readiness):
 // with the backlog full no new one can come, and the loop must drain it.
 //
-// acceptTurn is the accepts between two polls: 16 refusals are ~0.3 ms
-// of one core (~18 µs each). (64 made good traffic's p99 beside a flood
-// worse, bench/README.md.)
-var acceptTurn = 16
+// acceptTurn is the accepts between two polls. Beside a flood of
+// handshakes that never finish, good requests' median latency was 613
+// µs with turns of 2, 709 with 4 and 921 with 16 (medians of five runs
+// each, alternated), at the same CPU per refused hello (+3% per
+// never-finishing handshake); 64 made the p99 worse (bench/README.md).
+var acceptTurn = 2
 
 var metricAcceptTurns = prometheus.NewCounter(prometheus.CounterOpts{
 	Name: "gatehouse_tls_accept_turns_total",
-	Help: "Times the https accept loop, after 16 accepts, let the network poller run once, so that served connections are seen under a flood of new ones.",
+	Help: "Times the https accept loop, after 2 accepts, let the network poller run once, so that served connections are seen under a flood of new ones.",
 })
 
 // acceptTurns makes the accept loop wait for the poller every
