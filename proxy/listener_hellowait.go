@@ -126,12 +126,8 @@ func (w *helloWait) park(c net.Conn, snap *snapshot, src *sourceEntry, have []by
 	if w == nil || !parkHellos {
 		return false
 	}
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
-		return false
-	}
-	raw, err := tc.SyscallConn()
-	if err != nil {
+	raw := rawConnOf(c)
+	if raw == nil {
 		return false
 	}
 	fd := -1
